@@ -1,0 +1,132 @@
+//! Artifacts: a task's table output, stored as a file and passed downstream by reference.
+//!
+//! Large data moves by reference, small data by value: an [`ArtifactRef`] is a few bytes in
+//! the metadata store, the table itself lives in an [`ArtifactStore`]. Writes are atomic:
+//! an operator writes to [`ArtifactStore::staging_path`] and [`ArtifactStore::commit`]s,
+//! so a failed try never leaves a half-written artifact under the final name.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Identifies where one task's artifact belongs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactKey {
+    /// The DAG id.
+    pub dag_id: String,
+    /// The run id.
+    pub run_id: String,
+    /// The task id.
+    pub task_id: String,
+    /// File extension naming the format (`arrow`, `parquet`).
+    pub extension: String,
+}
+
+/// A reference to a committed artifact, stored in the task's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    /// Store-specific location (a path relative to the store's root for the local store).
+    pub location: String,
+    /// Format of the file (`arrow`, `parquet`).
+    pub format: String,
+    /// Number of rows, when the writer knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+}
+
+/// An artifact that could not be written or read.
+#[derive(Debug, thiserror::Error)]
+#[error("artifact {location}: {source}")]
+pub struct ArtifactError {
+    /// Which artifact.
+    pub location: String,
+    /// The underlying I/O error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Where artifacts live: a local folder now, an object store for several machines.
+#[async_trait]
+pub trait ArtifactStore: Send + Sync + fmt::Debug {
+    /// A local path the operator may write the artifact to before committing it.
+    async fn staging_path(&self, key: &ArtifactKey) -> Result<PathBuf, ArtifactError>;
+    /// Makes the staged file visible under its final name and returns its reference.
+    async fn commit(&self, key: &ArtifactKey, staged: &Path, rows: Option<u64>) -> Result<ArtifactRef, ArtifactError>;
+    /// A local path from which the artifact can be read.
+    async fn local_path(&self, artifact: &ArtifactRef) -> Result<PathBuf, ArtifactError>;
+}
+
+/// Artifacts as files under one folder: `<root>/<dag>/<run>/<task>.<ext>`.
+#[derive(Debug, Clone)]
+pub struct LocalArtifactStore {
+    root: PathBuf,
+}
+
+impl LocalArtifactStore {
+    /// A store rooted at `root` (created on first write).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn relative(key: &ArtifactKey) -> PathBuf {
+        PathBuf::from(&key.dag_id).join(&key.run_id).join(format!("{}.{}", key.task_id, key.extension))
+    }
+}
+
+fn io_error(location: &Path, source: std::io::Error) -> ArtifactError {
+    ArtifactError { location: location.display().to_string(), source }
+}
+
+#[async_trait]
+impl ArtifactStore for LocalArtifactStore {
+    async fn staging_path(&self, key: &ArtifactKey) -> Result<PathBuf, ArtifactError> {
+        let final_path = self.root.join(Self::relative(key));
+        let dir = final_path.parent().expect("artifact paths have a parent");
+        tokio::fs::create_dir_all(dir).await.map_err(|e| io_error(dir, e))?;
+        Ok(final_path.with_extension(format!("{}.partial", key.extension)))
+    }
+
+    async fn commit(&self, key: &ArtifactKey, staged: &Path, rows: Option<u64>) -> Result<ArtifactRef, ArtifactError> {
+        let relative = Self::relative(key);
+        let final_path = self.root.join(&relative);
+        // rename is atomic within one file system: readers see the old file or the new one.
+        tokio::fs::rename(staged, &final_path).await.map_err(|e| io_error(&final_path, e))?;
+        Ok(ArtifactRef { location: relative.display().to_string(), format: key.extension.clone(), rows })
+    }
+
+    async fn local_path(&self, artifact: &ArtifactRef) -> Result<PathBuf, ArtifactError> {
+        let path = self.root.join(&artifact.location);
+        match tokio::fs::metadata(&path).await {
+            Ok(_) => Ok(path),
+            Err(e) => Err(io_error(&path, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn staged_file_is_invisible_until_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalArtifactStore::new(dir.path());
+        let key = ArtifactKey {
+            dag_id: "d".into(),
+            run_id: "manual__2026-01-01T00:00:00+00:00".into(),
+            task_id: "t".into(),
+            extension: "arrow".into(),
+        };
+        let staged = store.staging_path(&key).await.unwrap();
+        tokio::fs::write(&staged, b"table").await.unwrap();
+        let would_be = ArtifactRef { location: LocalArtifactStore::relative(&key).display().to_string(), format: "arrow".into(), rows: None };
+        assert!(store.local_path(&would_be).await.is_err(), "visible before commit");
+        let committed = store.commit(&key, &staged, Some(1)).await.unwrap();
+        let path = store.local_path(&committed).await.unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), b"table");
+        assert_eq!(committed.rows, Some(1));
+        assert!(!staged.exists());
+    }
+}

@@ -1,0 +1,157 @@
+//! What a try sees: its identity, rendered template values, upstream outputs, connections,
+//! the artifact store, its log and its cancellation signal. And what a try returns.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::artifact::{ArtifactRef, ArtifactStore};
+use crate::connection::{Connection, Connections};
+use crate::error::OperatorError;
+use crate::template::{self, TemplateVars};
+
+/// Largest serialized [`TaskOutput`] accepted: the metadata store is not a data bus.
+pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
+
+/// What a successful try returns: a table by reference and small values by value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskOutput {
+    /// The task's table output, if it produces one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<ArtifactRef>,
+    /// Small JSON values: counts, ids, status.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub values: serde_json::Map<String, serde_json::Value>,
+}
+
+impl TaskOutput {
+    /// An output carrying only small values.
+    pub fn values(values: serde_json::Map<String, serde_json::Value>) -> Self {
+        Self { table: None, values }
+    }
+
+    /// Serializes the output, refusing anything over [`MAX_OUTPUT_BYTES`].
+    pub fn to_json(&self) -> Result<String, OperatorError> {
+        let json = serde_json::to_string(self).map_err(|e| OperatorError::fatal(format!("output is not JSON: {e}")))?;
+        if json.len() > MAX_OUTPUT_BYTES {
+            return Err(OperatorError::fatal(format!(
+                "output is {} bytes, over the {MAX_OUTPUT_BYTES}-byte limit: write large data as an artifact",
+                json.len()
+            )));
+        }
+        Ok(json)
+    }
+}
+
+/// Which stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    /// A line the operator or framework wrote.
+    Info,
+    /// A warning from the operator or framework.
+    Warn,
+    /// A line the task's process wrote to stdout.
+    Stdout,
+    /// A line the task's process wrote to stderr.
+    Stderr,
+}
+
+impl LogStream {
+    fn label(self) -> &'static str {
+        match self {
+            LogStream::Info => "INFO ",
+            LogStream::Warn => "WARN ",
+            LogStream::Stdout => "OUT  ",
+            LogStream::Stderr => "ERR  ",
+        }
+    }
+}
+
+/// The log of one try: timestamped lines appended to a file, each written whole so that a
+/// reader following the file never sees half a line.
+#[derive(Debug, Clone)]
+pub struct TaskLog {
+    file: Option<Arc<Mutex<File>>>,
+}
+
+impl TaskLog {
+    /// A log appended to `path` (created with its folders).
+    pub fn to_file(path: &Path) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self { file: Some(Arc::new(Mutex::new(file))) })
+    }
+
+    /// A log that drops every line (for unit tests of operators).
+    pub fn discard() -> Self {
+        Self { file: None }
+    }
+
+    /// Appends one line.
+    pub fn line(&self, stream: LogStream, text: &str) {
+        let Some(file) = &self.file else { return };
+        let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
+        let mut line = format!("{now} {} {}\n", stream.label(), text.trim_end_matches(['\n', '\r']));
+        if line.len() > 64 * 1024 {
+            line.truncate(64 * 1024);
+            line.push_str(" …[line truncated]\n");
+        }
+        // A poisoned lock only means another writer panicked mid-line; keep logging.
+        let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = file.write_all(line.as_bytes());
+    }
+
+    /// Appends an informational line.
+    pub fn info(&self, text: &str) {
+        self.line(LogStream::Info, text);
+    }
+
+    /// Appends a warning line.
+    pub fn warn(&self, text: &str) {
+        self.line(LogStream::Warn, text);
+    }
+}
+
+/// Everything one try of one task can see.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    /// The values templates render with (ids, data interval, params, conf).
+    pub vars: TemplateVars,
+    /// Folder of the DAG file: relative paths in config (SQL files) resolve against it.
+    pub dag_dir: PathBuf,
+    /// Outputs of the task's direct upstream tasks that succeeded, by task id.
+    pub upstream: BTreeMap<String, TaskOutput>,
+    /// Named connections.
+    pub connections: Arc<Connections>,
+    /// Where table outputs are written and read.
+    pub artifacts: Arc<dyn ArtifactStore>,
+    /// This try's log.
+    pub log: TaskLog,
+    /// Cancelled when the try must stop (timeout, run cancelled, shutdown).
+    pub cancel: CancellationToken,
+}
+
+impl TaskContext {
+    /// Renders a config string with this try's values; a failure is fatal (retrying renders the same).
+    pub fn render(&self, source: &str) -> Result<String, OperatorError> {
+        template::render(source, &self.vars).map_err(|e| OperatorError::fatal(e.message))
+    }
+
+    /// Looks up a connection; a missing one is fatal.
+    pub fn connection(&self, id: &str) -> Result<&Connection, OperatorError> {
+        self.connections.get(id).map_err(|e| OperatorError::fatal(e.to_string()))
+    }
+
+    /// Resolves a path from config against the DAG file's folder.
+    pub fn resolve_path(&self, path: &str) -> PathBuf {
+        let path = Path::new(path);
+        if path.is_absolute() { path.to_path_buf() } else { self.dag_dir.join(path) }
+    }
+}

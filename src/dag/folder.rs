@@ -1,0 +1,92 @@
+//! A folder of DAG files, loaded together: one broken file never hides the others.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sluice_operators::Registry;
+
+use super::{parse_dag, Dag, DagError};
+
+/// The DAGs of a folder, and the errors of the files that did not validate.
+#[derive(Debug, Default, Clone)]
+pub struct DagBag {
+    /// The folder.
+    pub folder: PathBuf,
+    /// Valid DAGs by id.
+    pub dags: BTreeMap<String, Arc<Dag>>,
+    /// Every error of every invalid file, in file order.
+    pub errors: Vec<DagError>,
+    /// Number of DAG files read.
+    pub files: usize,
+}
+
+/// Every `.yaml`/`.yml` file under `dir`, sorted, skipping hidden entries.
+fn dag_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            dag_files(&path, out)?;
+        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+impl DagBag {
+    /// Reads and validates every DAG file under `folder`.
+    pub fn load(folder: &Path, registry: &Registry) -> Self {
+        let mut bag = DagBag { folder: folder.to_path_buf(), ..Default::default() };
+        let mut files = Vec::new();
+        if let Err(e) = dag_files(folder, &mut files) {
+            bag.errors.push(DagError { file: folder.to_path_buf(), task: None, message: format!("cannot read the DAG folder: {e}") });
+            return bag;
+        }
+        let mut defined_in: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for file in files {
+            bag.files += 1;
+            let text = match std::fs::read_to_string(&file) {
+                Ok(text) => text,
+                Err(e) => {
+                    bag.errors.push(DagError { file, task: None, message: format!("cannot read the file: {e}") });
+                    continue;
+                }
+            };
+            match parse_dag(&file, &text, registry) {
+                Ok(dag) => {
+                    if let Some(first) = defined_in.get(&dag.dag_id) {
+                        bag.errors.push(DagError {
+                            file: file.clone(),
+                            task: None,
+                            message: format!("dag_id: `{}` is already defined in {}", dag.dag_id, first.display()),
+                        });
+                        continue;
+                    }
+                    defined_in.insert(dag.dag_id.clone(), file);
+                    bag.dags.insert(dag.dag_id.clone(), Arc::new(dag));
+                }
+                Err(errors) => bag.errors.extend(errors),
+            }
+        }
+        bag
+    }
+
+    /// The DAG with this id.
+    pub fn get(&self, dag_id: &str) -> Option<&Arc<Dag>> {
+        self.dags.get(dag_id)
+    }
+
+    /// Files with errors, each once.
+    pub fn broken_files(&self) -> Vec<&Path> {
+        let mut files: Vec<&Path> = self.errors.iter().map(|e| e.file.as_path()).collect();
+        files.dedup();
+        files
+    }
+}

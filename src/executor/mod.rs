@@ -1,0 +1,378 @@
+//! The local executor: drives one DAG run to its end inside this process.
+//!
+//! Event-driven: a finished try wakes the loop at once through a channel, and its
+//! downstream tasks are decided and started in the same turn; timers only serve retry
+//! delays. Every state change is persisted through the store (compare-and-set + history)
+//! *before* it is acted on: a try is `running` in the store before its operator starts.
+//! Tries run as tokio tasks under a shared slot limit (`parallelism`) and the DAG's
+//! `max_active_tasks`.
+
+mod attempt;
+pub mod decide;
+pub mod trylog;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sluice_operators::{ArtifactStore, Connections, FailureKind, LocalArtifactStore, TaskContext, TaskLog, TaskOutput, TemplateVars};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::dag::Dag;
+use crate::settings::Settings;
+use crate::state::{run_outcome, RunState, TaskState};
+use crate::store::{DagRun, Store, StoreError, TaskChange, TaskInstance, TaskKey};
+pub use attempt::{run_try, TryOutcome, STOP_GRACE};
+use decide::{decide, next_wakeup, TaskView};
+
+/// A state change the executor made, for live progress output.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// The task.
+    pub task_id: String,
+    /// Its try number after the change.
+    pub try_number: u32,
+    /// Previous state.
+    pub from: TaskState,
+    /// New state.
+    pub to: TaskState,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Why, when there is a reason.
+    pub reason: Option<String>,
+}
+
+/// Why a run could not be driven.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// The store failed; the run resumes from the store's state when retried.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The run does not exist.
+    #[error("run `{run_id}` of DAG `{dag_id}` not found")]
+    RunNotFound {
+        /// The DAG.
+        dag_id: String,
+        /// The run.
+        run_id: String,
+    },
+    /// The run's task instances do not match the DAG's tasks.
+    #[error("run `{run_id}` has no task instance for task `{task_id}` of DAG `{dag_id}` (the DAG changed since the run was created)")]
+    DagMismatch {
+        /// The DAG.
+        dag_id: String,
+        /// The run.
+        run_id: String,
+        /// The missing task.
+        task_id: String,
+    },
+}
+
+/// Runs DAG runs in this process.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    store: Arc<dyn Store>,
+    connections: Arc<Connections>,
+    artifacts: Arc<dyn ArtifactStore>,
+    logs_dir: PathBuf,
+    slots: Arc<Semaphore>,
+    observer: Option<mpsc::UnboundedSender<Progress>>,
+}
+
+/// The log file of one try: `<logs>/<dag>/<run>/<task>/<try>.log`.
+pub fn try_log_path(logs_dir: &std::path::Path, key: &TaskKey, try_number: u32) -> PathBuf {
+    logs_dir.join(&key.dag_id).join(&key.run_id).join(&key.task_id).join(format!("{try_number}.log"))
+}
+
+struct RunDriver<'a> {
+    executor: &'a Executor,
+    dag: Arc<Dag>,
+    run: DagRun,
+    instances: Vec<TaskInstance>,
+}
+
+impl Executor {
+    /// An executor over `store`, with logs and artifacts under the settings' home.
+    pub fn new(store: Arc<dyn Store>, settings: &Settings, connections: Arc<Connections>) -> Self {
+        Self {
+            store,
+            connections,
+            artifacts: Arc::new(LocalArtifactStore::new(settings.artifacts_dir())),
+            logs_dir: settings.logs_dir(),
+            slots: Arc::new(Semaphore::new(settings.parallelism)),
+            observer: None,
+        }
+    }
+
+    /// Sends every state change to `observer` as it happens.
+    pub fn with_observer(mut self, observer: mpsc::UnboundedSender<Progress>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The store this executor writes to.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Drives a run until every task has finished (or `cancel` fires) and returns the final run.
+    /// A run left mid-way by a dead process resumes: its `running` tries count as failed tries.
+    pub async fn run(&self, dag: Arc<Dag>, run_id: &str, cancel: CancellationToken) -> Result<DagRun, ExecutorError> {
+        let not_found = || ExecutorError::RunNotFound { dag_id: dag.dag_id.clone(), run_id: run_id.to_string() };
+        let mut run = self.store.run(&dag.dag_id, run_id).await?.ok_or_else(not_found)?;
+        if run.state.is_finished() {
+            return Ok(run);
+        }
+        if run.state == RunState::Queued {
+            run = self.store.set_run_state(&dag.dag_id, run_id, RunState::Queued, RunState::Running, Utc::now()).await?;
+        }
+        let by_id: HashMap<String, TaskInstance> =
+            self.store.task_instances(&dag.dag_id, run_id).await?.into_iter().map(|ti| (ti.task_id.clone(), ti)).collect();
+        let mut instances = Vec::with_capacity(dag.tasks.len());
+        for task in &dag.tasks {
+            match by_id.get(&task.id) {
+                Some(ti) => instances.push(ti.clone()),
+                None => {
+                    return Err(ExecutorError::DagMismatch {
+                        dag_id: dag.dag_id.clone(),
+                        run_id: run_id.to_string(),
+                        task_id: task.id.clone(),
+                    })
+                }
+            }
+        }
+        let driver = RunDriver { executor: self, dag, run, instances };
+        driver.drive(cancel).await
+    }
+}
+
+impl RunDriver<'_> {
+    fn key(&self, task: usize) -> TaskKey {
+        TaskKey { dag_id: self.dag.dag_id.clone(), run_id: self.run.run_id.clone(), task_id: self.dag.tasks[task].id.clone() }
+    }
+
+    /// Persists a change (the state machine approves it first), then updates the local view.
+    async fn change(
+        &mut self,
+        task: usize,
+        to: TaskState,
+        reason: Option<String>,
+        output: Option<String>,
+        next_retry_at: Option<DateTime<Utc>>,
+    ) -> Result<(), ExecutorError> {
+        let from = self.instances[task].state;
+        let transition = from.to(to).map_err(|e| StoreError::Conflict {
+            what: self.key(task).to_string(),
+            expected: e.from.to_string(),
+            found: format!("a state from which {} is illegal", e.to),
+        })?;
+        let change = TaskChange { key: self.key(task), transition, at: Utc::now(), reason, output, next_retry_at };
+        let ti = self.executor.store.transition(&change).await?;
+        if let Some(observer) = &self.executor.observer {
+            let _ = observer.send(Progress {
+                task_id: ti.task_id.clone(),
+                try_number: ti.try_number,
+                from,
+                to,
+                at: change.at,
+                reason: change.reason,
+            });
+        }
+        self.instances[task] = ti;
+        Ok(())
+    }
+
+    fn views(&self) -> Vec<TaskView> {
+        self.instances.iter().map(|ti| TaskView { state: ti.state, next_retry_at: ti.next_retry_at }).collect()
+    }
+
+    /// Records how a try ended: success, a retry, a failure, or a cancellation.
+    async fn finish(&mut self, task: usize, outcome: TryOutcome, cancelling: bool) -> Result<(), ExecutorError> {
+        let ti = &self.instances[task];
+        match outcome {
+            TryOutcome::Success { output } => self.change(task, TaskState::Success, None, Some(output), None).await,
+            TryOutcome::Cancelled => self.change(task, TaskState::Cancelled, Some("run cancelled".into()), None, None).await,
+            TryOutcome::Failure { message, .. } if cancelling => {
+                self.change(task, TaskState::Cancelled, Some(format!("run cancelled: {message}")), None, None).await
+            }
+            TryOutcome::Failure { kind, message } => {
+                let tries_left = ti.try_number < ti.max_tries;
+                if kind == FailureKind::Retryable && tries_left {
+                    let delay = self.dag.tasks[task].retry.delay_after(ti.try_number);
+                    let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                    let reason = format!("try {} of {} failed: {message}; retry in {}", ti.try_number, ti.max_tries, humantime::format_duration(delay));
+                    self.change(task, TaskState::UpForRetry, Some(reason), None, Some(at)).await
+                } else {
+                    let why = if kind == FailureKind::Fatal { "not retryable" } else { "no retries left" };
+                    let reason = format!("try {} of {} failed ({why}): {message}", ti.try_number, ti.max_tries);
+                    self.change(task, TaskState::Failed, Some(reason), None, None).await
+                }
+            }
+        }
+    }
+
+    fn context(&self, task: usize, try_number: u32, log: TaskLog, cancel: CancellationToken) -> TaskContext {
+        let dag = &self.dag;
+        let run = &self.run;
+        let vars = TemplateVars::new(
+            &dag.dag_id,
+            &run.run_id,
+            &dag.tasks[task].id,
+            try_number,
+            run.logical_date,
+            (run.data_interval_start, run.data_interval_end),
+            dag.params_with(&run.conf),
+            run.conf.clone(),
+        );
+        let upstream: BTreeMap<String, TaskOutput> = dag.tasks[task]
+            .upstream
+            .iter()
+            .filter(|&&u| self.instances[u].state == TaskState::Success)
+            .map(|&u| {
+                let output = self.instances[u].output.clone().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
+                (dag.tasks[u].id.clone(), output)
+            })
+            .collect();
+        TaskContext {
+            vars,
+            dag_dir: dag.file.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")),
+            upstream,
+            connections: self.executor.connections.clone(),
+            artifacts: self.executor.artifacts.clone(),
+            log,
+            cancel,
+        }
+    }
+
+    /// Marks `task` running (persisted first), then starts its try as a tokio task.
+    async fn start(
+        &mut self,
+        task: usize,
+        permit: OwnedSemaphorePermit,
+        done: &mpsc::UnboundedSender<(usize, TryOutcome)>,
+        run_cancel: &CancellationToken,
+    ) -> Result<CancellationToken, ExecutorError> {
+        self.change(task, TaskState::Running, None, None, None).await?;
+        let ti = &self.instances[task];
+        let key = self.key(task);
+        let path = try_log_path(&self.executor.logs_dir, &key, ti.try_number);
+        let log = match TaskLog::to_file(&path) {
+            Ok(log) => log,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot open the try log; its lines are dropped");
+                TaskLog::discard()
+            }
+        };
+        let spec = &self.dag.tasks[task];
+        log.info(&format!(
+            "try {} of {} of {} (operator {}) in run {}",
+            ti.try_number, ti.max_tries, key.task_id, spec.operator_name, key.run_id
+        ));
+        let cancel = run_cancel.child_token();
+        let ctx = self.context(task, ti.try_number, log.clone(), cancel.clone());
+        let route = trylog::route(log);
+        let span = tracing::info_span!("try", dag_id = %key.dag_id, run_id = %key.run_id, task_id = %key.task_id, try_number = ti.try_number, try_log = route.id());
+        let operator = spec.operator.clone();
+        let timeout = spec.execution_timeout;
+        let done = done.clone();
+        tokio::spawn(
+            async move {
+                let outcome = run_try(operator, ctx, timeout).await;
+                drop(permit);
+                drop(route);
+                let _ = done.send((task, outcome));
+            }
+            .instrument(span),
+        );
+        Ok(cancel)
+    }
+
+    async fn drive(mut self, cancel: CancellationToken) -> Result<DagRun, ExecutorError> {
+        // Tries still `running` in the store belong to a process that died: count them as failed tries.
+        for task in 0..self.instances.len() {
+            if self.instances[task].state == TaskState::Running {
+                let outcome = TryOutcome::Failure {
+                    kind: FailureKind::Retryable,
+                    message: "the process running this try died".into(),
+                };
+                self.finish(task, outcome, false).await?;
+            }
+        }
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, TryOutcome)>();
+        let mut running: HashMap<usize, CancellationToken> = HashMap::new();
+        let mut spare: Option<OwnedSemaphorePermit> = None;
+        let mut cancelling = false;
+        let slots = self.executor.slots.clone();
+        let max_active = self.dag.max_active_tasks as usize;
+        loop {
+            if cancelling {
+                for task in 0..self.instances.len() {
+                    let state = self.instances[task].state;
+                    if matches!(state, TaskState::Pending | TaskState::Queued | TaskState::UpForRetry) {
+                        self.change(task, TaskState::Cancelled, Some("run cancelled".into()), None, None).await?;
+                    }
+                }
+            } else {
+                for decision in decide(&self.dag, &self.views(), Utc::now()) {
+                    self.change(decision.task, decision.to, decision.reason, None, None).await?;
+                }
+                // Start queued tasks in topological order while slots are free.
+                for task in 0..self.instances.len() {
+                    if running.len() >= max_active {
+                        break;
+                    }
+                    if self.instances[task].state != TaskState::Queued || running.contains_key(&task) {
+                        continue;
+                    }
+                    let permit = match spare.take() {
+                        Some(permit) => permit,
+                        None => match slots.clone().try_acquire_owned() {
+                            Ok(permit) => permit,
+                            Err(_) => break,
+                        },
+                    };
+                    let token = self.start(task, permit, &done_tx, &cancel).await?;
+                    running.insert(task, token);
+                }
+            }
+            let all_finished = self.instances.iter().all(|ti| ti.state.is_finished());
+            if all_finished && running.is_empty() {
+                break;
+            }
+            let waiting_for_slot = !cancelling
+                && running.len() < max_active
+                && self.instances.iter().enumerate().any(|(i, ti)| ti.state == TaskState::Queued && !running.contains_key(&i));
+            let wakeup = if cancelling { None } else { next_wakeup(&self.views()) };
+            let sleep_for = wakeup.map(|at| (at - Utc::now()).to_std().unwrap_or_default());
+            tokio::select! {
+                Some((task, outcome)) = done_rx.recv() => {
+                    running.remove(&task);
+                    self.finish(task, outcome, cancelling).await?;
+                }
+                permit = slots.clone().acquire_owned(), if waiting_for_slot && spare.is_none() => {
+                    spare = permit.ok();
+                }
+                _ = tokio::time::sleep(sleep_for.unwrap_or_default()), if sleep_for.is_some() => {}
+                _ = cancel.cancelled(), if !cancelling => {
+                    cancelling = true;
+                    for token in running.values() {
+                        token.cancel();
+                    }
+                }
+            }
+        }
+        let outcome = if cancelling {
+            RunState::Cancelled
+        } else {
+            run_outcome(self.dag.leaves().map(|leaf| {
+                let i = self.dag.task_index(&leaf.id).expect("leaves are tasks");
+                self.instances[i].state
+            }))
+        };
+        let run = self.executor.store.set_run_state(&self.dag.dag_id, &self.run.run_id, RunState::Running, outcome, Utc::now()).await?;
+        Ok(run)
+    }
+}

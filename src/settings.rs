@@ -1,0 +1,70 @@
+//! Process settings from the environment (DESIGN §5): where sluice keeps its state, where
+//! DAG files live and which metadata store to use.
+
+use std::path::{Path, PathBuf};
+
+/// Settings shared by every command.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `SLUICE_HOME` (default `./.sluice`): the SQLite store, logs and artifacts.
+    pub home: PathBuf,
+    /// `SLUICE_DAGS_FOLDER` (default `./dags`).
+    pub dags_folder: PathBuf,
+    /// `SLUICE_DATABASE_URL` (default SQLite at `$SLUICE_HOME/sluice.db`).
+    pub database_url: String,
+    /// `SLUICE_PARALLELISM` (default 32): most tries running at once in this process.
+    pub parallelism: usize,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Self {
+        Self::from_lookup(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// Reads settings through `lookup` (for tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let home = PathBuf::from(lookup("SLUICE_HOME").unwrap_or_else(|| "./.sluice".into()));
+        let dags_folder = PathBuf::from(lookup("SLUICE_DAGS_FOLDER").unwrap_or_else(|| "./dags".into()));
+        let database_url = lookup("SLUICE_DATABASE_URL")
+            .unwrap_or_else(|| format!("sqlite://{}", home.join("sluice.db").display()));
+        let parallelism = lookup("SLUICE_PARALLELISM").and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(32);
+        Self { home, dags_folder, database_url, parallelism }
+    }
+
+    /// Settings rooted at `home` with an explicit DAG folder and SQLite store (for tests).
+    pub fn local(home: &Path, dags_folder: &Path) -> Self {
+        Self {
+            home: home.to_path_buf(),
+            dags_folder: dags_folder.to_path_buf(),
+            database_url: format!("sqlite://{}", home.join("sluice.db").display()),
+            parallelism: 32,
+        }
+    }
+
+    /// Folder of try logs: `$SLUICE_HOME/logs`.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.home.join("logs")
+    }
+
+    /// Folder of artifacts: `$SLUICE_HOME/artifacts`.
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.home.join("artifacts")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_design() {
+        let s = Settings::from_lookup(|_| None);
+        assert_eq!(s.home, PathBuf::from("./.sluice"));
+        assert_eq!(s.dags_folder, PathBuf::from("./dags"));
+        assert_eq!(s.database_url, "sqlite://./.sluice/sluice.db");
+        let s = Settings::from_lookup(|n| (n == "SLUICE_HOME").then(|| "/var/sluice".to_string()));
+        assert_eq!(s.database_url, "sqlite:///var/sluice/sluice.db");
+        assert_eq!(s.logs_dir(), PathBuf::from("/var/sluice/logs"));
+    }
+}

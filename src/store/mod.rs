@@ -1,0 +1,349 @@
+//! The metadata store: every run, task instance and state change, durably.
+//!
+//! One [`Store`] trait, used as `Arc<dyn Store>`, with SQLite (embedded default) and
+//! PostgreSQL (several processes or machines) behind it. Invariants:
+//! - task state only changes through [`Store::transition`], which takes a [`Transition`]
+//!   (so the state machine has approved it), compares-and-sets on the expected state and
+//!   writes a history row in the same transaction;
+//! - a run is unique per (DAG, logical date), so creating one twice is an error, never a
+//!   duplicate.
+
+mod sql;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::schedule::DataInterval;
+use crate::state::{IllegalRunTransition, RunState, TaskState, Transition};
+
+pub use sql::SqlStore;
+
+/// Why a run exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunType {
+    /// Created by the scheduler for a schedule interval.
+    Scheduled,
+    /// Triggered by a person (CLI, API, UI) or `dags test`.
+    Manual,
+    /// Created by a backfill.
+    Backfill,
+}
+
+impl RunType {
+    /// The name used in the store and in run ids.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunType::Scheduled => "scheduled",
+            RunType::Manual => "manual",
+            RunType::Backfill => "backfill",
+        }
+    }
+
+    /// The run id for a logical date, as Airflow spells it: `manual__2026-11-23T16:00:00+00:00`.
+    pub fn run_id(self, logical_date: DateTime<Utc>) -> String {
+        format!("{}__{}", self.as_str(), logical_date.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false))
+    }
+}
+
+impl std::str::FromStr for RunType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "scheduled" => Ok(RunType::Scheduled),
+            "manual" => Ok(RunType::Manual),
+            "backfill" => Ok(RunType::Backfill),
+            other => Err(format!("unknown run type `{other}`")),
+        }
+    }
+}
+
+/// One execution of a DAG for a data interval.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DagRun {
+    /// The DAG.
+    pub dag_id: String,
+    /// Unique within the DAG.
+    pub run_id: String,
+    /// The interval's start.
+    pub logical_date: DateTime<Utc>,
+    /// Start of the data interval.
+    pub data_interval_start: DateTime<Utc>,
+    /// End of the data interval (exclusive).
+    pub data_interval_end: DateTime<Utc>,
+    /// Why the run exists.
+    pub run_type: RunType,
+    /// Current state.
+    pub state: RunState,
+    /// Configuration given at trigger time.
+    pub conf: serde_json::Value,
+    /// Hash of the DAG file version the run started with.
+    pub dag_hash: String,
+    /// When the run was created.
+    pub created_at: DateTime<Utc>,
+    /// When it started running.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it finished.
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+impl DagRun {
+    /// The run's data interval.
+    pub fn interval(&self) -> DataInterval {
+        DataInterval { start: self.data_interval_start, end: self.data_interval_end }
+    }
+}
+
+/// A task within a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskInstance {
+    /// The DAG.
+    pub dag_id: String,
+    /// The run.
+    pub run_id: String,
+    /// The task.
+    pub task_id: String,
+    /// Operator name when the run was created.
+    pub operator: String,
+    /// Current state.
+    pub state: TaskState,
+    /// Tries started so far (0 before the first).
+    pub try_number: u32,
+    /// Most tries allowed (retries + 1).
+    pub max_tries: u32,
+    /// When it was last queued.
+    pub queued_at: Option<DateTime<Utc>>,
+    /// When the current or last try started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the last try ended.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// When an `up_for_retry` instance may be queued again.
+    pub next_retry_at: Option<DateTime<Utc>>,
+    /// Output of the successful try (JSON of `TaskOutput`).
+    pub output: Option<serde_json::Value>,
+    /// Error of the last failed try.
+    pub error: Option<String>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One recorded state change of a task instance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StateChange {
+    /// Order of recording.
+    pub id: i64,
+    /// The DAG.
+    pub dag_id: String,
+    /// The run.
+    pub run_id: String,
+    /// The task.
+    pub task_id: String,
+    /// Try number after the change.
+    pub try_number: u32,
+    /// Previous state.
+    pub from: TaskState,
+    /// New state.
+    pub to: TaskState,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// Why (error message, retry reason, …).
+    pub reason: Option<String>,
+}
+
+/// Identifies a task instance.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TaskKey {
+    /// The DAG.
+    pub dag_id: String,
+    /// The run.
+    pub run_id: String,
+    /// The task.
+    pub task_id: String,
+}
+
+impl std::fmt::Display for TaskKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.dag_id, self.run_id, self.task_id)
+    }
+}
+
+/// A run to create, with its task instances.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// The DAG.
+    pub dag_id: String,
+    /// The run id.
+    pub run_id: String,
+    /// The data interval (its start is the logical date).
+    pub interval: DataInterval,
+    /// Why it exists.
+    pub run_type: RunType,
+    /// Trigger configuration.
+    pub conf: serde_json::Value,
+    /// DAG file version.
+    pub dag_hash: String,
+    /// `(task_id, operator, max_tries)` of every task.
+    pub tasks: Vec<(String, String, u32)>,
+    /// Creation time.
+    pub at: DateTime<Utc>,
+}
+
+/// A state change to persist.
+#[derive(Debug, Clone)]
+pub struct TaskChange {
+    /// Which instance.
+    pub key: TaskKey,
+    /// The approved transition (compare-and-set on its `from`).
+    pub transition: Transition,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Why, recorded in the history (and as the instance's error on failures).
+    pub reason: Option<String>,
+    /// Output JSON on success.
+    pub output: Option<String>,
+    /// For `up_for_retry`: when the next try may be queued.
+    pub next_retry_at: Option<DateTime<Utc>>,
+}
+
+impl TaskChange {
+    /// A change with no reason, output or retry time.
+    pub fn new(key: TaskKey, transition: Transition, at: DateTime<Utc>) -> Self {
+        Self { key, transition, at, reason: None, output: None, next_retry_at: None }
+    }
+}
+
+/// Which runs to list.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Only this DAG.
+    pub dag_id: Option<String>,
+    /// Only this run id.
+    pub run_id: Option<String>,
+    /// Only runs in this state.
+    pub state: Option<RunState>,
+    /// Most rows (newest logical dates first).
+    pub limit: u32,
+}
+
+/// Store failures, each meaning something to the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or opened (the URL is shown without password).
+    #[error("cannot open the metadata store {url}: {source}")]
+    Open {
+        /// Redacted URL.
+        url: String,
+        /// Driver error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("metadata store migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A run for this DAG and logical date (or with this id) already exists.
+    #[error("DAG `{dag_id}` already has a run for logical date {logical_date} (or the run id `{run_id}`)")]
+    RunExists {
+        /// The DAG.
+        dag_id: String,
+        /// The run id asked for.
+        run_id: String,
+        /// The logical date asked for.
+        logical_date: DateTime<Utc>,
+    },
+    /// No such run or task instance.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Compare-and-set lost: the row was not in the expected state (another process moved it).
+    #[error("{what}: expected state {expected}, found {found}")]
+    Conflict {
+        /// Which row.
+        what: String,
+        /// State the caller expected.
+        expected: String,
+        /// State found.
+        found: String,
+    },
+    /// The run state machine forbids the change.
+    #[error(transparent)]
+    IllegalRunTransition(#[from] IllegalRunTransition),
+    /// A query failed.
+    #[error("metadata store query failed ({what}): {source}")]
+    Query {
+        /// The operation.
+        what: &'static str,
+        /// Driver error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A stored value could not be read back.
+    #[error("unreadable value in the metadata store ({what}): {message}")]
+    Corrupt {
+        /// Which value.
+        what: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Which database holds the metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file (default).
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// Durable records of runs, task instances and their history.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Which database this is.
+    fn backend(&self) -> Backend;
+
+    /// Creates a run and its task instances (all `pending`) in one transaction.
+    async fn create_run(&self, run: &NewRun) -> Result<DagRun, StoreError>;
+
+    /// One run.
+    async fn run(&self, dag_id: &str, run_id: &str) -> Result<Option<DagRun>, StoreError>;
+
+    /// Runs matching a filter, newest logical date first.
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<DagRun>, StoreError>;
+
+    /// Moves a run from `from` to `to` (compare-and-set, checked against the run state machine).
+    async fn set_run_state(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        from: RunState,
+        to: RunState,
+        at: DateTime<Utc>,
+    ) -> Result<DagRun, StoreError>;
+
+    /// The task instances of a run, by task id.
+    async fn task_instances(&self, dag_id: &str, run_id: &str) -> Result<Vec<TaskInstance>, StoreError>;
+
+    /// Persists one approved state change with its history row, or fails with `Conflict`.
+    async fn transition(&self, change: &TaskChange) -> Result<TaskInstance, StoreError>;
+
+    /// Every state change of a run, in order.
+    async fn history(&self, dag_id: &str, run_id: &str) -> Result<Vec<StateChange>, StoreError>;
+}
+
+/// Opens (and migrates) the store at `url`: `sqlite://path` or `postgres://…`.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(SqlStore::open(url).await?))
+}
+
+/// `url` with any password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,377 @@
+//! The SQL implementation of [`Store`], for SQLite and PostgreSQL.
+//!
+//! Both backends take the same statements through sqlx's `Any` driver: `$n` placeholders
+//! (SQLite accepts them too), BIGINT microseconds for instants and TEXT for states and
+//! JSON, so every query is written once. What differs (connection setup, migrations,
+//! later `FOR UPDATE SKIP LOCKED` claims) branches on [`Backend`]. Migrations live in
+//! `migrations/sqlite` and `migrations/postgres` with the same version numbers.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor, Row};
+
+use super::*;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+const RUN_COLUMNS: &str = "dag_id, run_id, logical_date, data_interval_start, data_interval_end, run_type, state, conf, dag_hash, created_at, started_at, ended_at";
+const TI_COLUMNS: &str = "dag_id, run_id, task_id, operator, state, try_number, max_tries, queued_at, started_at, ended_at, next_retry_at, output, error, updated_at";
+/// Rows per multi-row INSERT: well under both backends' bind-parameter limits.
+const INSERT_CHUNK: usize = 500;
+
+/// The metadata store on SQLite or PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn instant(what: &'static str, micros: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(micros).ok_or(StoreError::Corrupt { what, message: format!("{micros} is not an instant") })
+}
+
+fn opt_instant(what: &'static str, micros: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    micros.map(|m| instant(what, m)).transpose()
+}
+
+fn query_error(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { what, source }
+}
+
+fn get<'r, T>(row: &'r AnyRow, column: &'static str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    row.try_get(column).map_err(|e| StoreError::Corrupt { what: column, message: e.to_string() })
+}
+
+fn parse<T: std::str::FromStr>(what: &'static str, text: String) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|e: T::Err| StoreError::Corrupt { what, message: e.to_string() })
+}
+
+fn json(what: &'static str, text: Option<String>) -> Result<Option<serde_json::Value>, StoreError> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt { what, message: e.to_string() }))
+        .transpose()
+}
+
+fn run_from_row(row: &AnyRow) -> Result<DagRun, StoreError> {
+    Ok(DagRun {
+        dag_id: get(row, "dag_id")?,
+        run_id: get(row, "run_id")?,
+        logical_date: instant("logical_date", get(row, "logical_date")?)?,
+        data_interval_start: instant("data_interval_start", get(row, "data_interval_start")?)?,
+        data_interval_end: instant("data_interval_end", get(row, "data_interval_end")?)?,
+        run_type: parse("run_type", get::<String>(row, "run_type")?)?,
+        state: parse("state", get::<String>(row, "state")?)?,
+        conf: json("conf", Some(get(row, "conf")?))?.unwrap_or_default(),
+        dag_hash: get(row, "dag_hash")?,
+        created_at: instant("created_at", get(row, "created_at")?)?,
+        started_at: opt_instant("started_at", get(row, "started_at")?)?,
+        ended_at: opt_instant("ended_at", get(row, "ended_at")?)?,
+    })
+}
+
+fn ti_from_row(row: &AnyRow) -> Result<TaskInstance, StoreError> {
+    Ok(TaskInstance {
+        dag_id: get(row, "dag_id")?,
+        run_id: get(row, "run_id")?,
+        task_id: get(row, "task_id")?,
+        operator: get(row, "operator")?,
+        state: parse("state", get::<String>(row, "state")?)?,
+        try_number: get::<i64>(row, "try_number")? as u32,
+        max_tries: get::<i64>(row, "max_tries")? as u32,
+        queued_at: opt_instant("queued_at", get(row, "queued_at")?)?,
+        started_at: opt_instant("started_at", get(row, "started_at")?)?,
+        ended_at: opt_instant("ended_at", get(row, "ended_at")?)?,
+        next_retry_at: opt_instant("next_retry_at", get(row, "next_retry_at")?)?,
+        output: json("output", get(row, "output")?)?,
+        error: get(row, "error")?,
+        updated_at: instant("updated_at", get(row, "updated_at")?)?,
+    })
+}
+
+impl SqlStore {
+    /// Connects to `url` (`sqlite://path` or `postgres://…`) and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let shown = redact_url(url);
+        let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_string())
+        } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            let file = path.split('?').next().unwrap_or(path);
+            if let Some(dir) = std::path::Path::new(file).parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Open { url: shown.clone(), source: sqlx::Error::Io(e) })?;
+            }
+            let url = if path.contains('?') { format!("sqlite://{path}") } else { format!("sqlite://{path}?mode=rwc") };
+            (Backend::Sqlite, url)
+        } else {
+            return Err(StoreError::Open {
+                url: shown,
+                source: sqlx::Error::Configuration("expected a sqlite:// or postgres:// URL".into()),
+            });
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers (UI, CLI) proceed while the scheduler writes; NORMAL sync is
+                        // durable across process crashes in WAL mode.
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(|source| StoreError::Open { url: shown.clone(), source })?;
+        match backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
+        }
+        Ok(Self { pool, backend })
+    }
+
+    async fn current_state(&self, key: &TaskKey) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT state FROM task_instance WHERE dag_id = $1 AND run_id = $2 AND task_id = $3")
+            .bind(&key.dag_id)
+            .bind(&key.run_id)
+            .bind(&key.task_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("read task state"))?;
+        row.map(|r| get::<String>(&r, "state")).transpose()
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    async fn create_run(&self, run: &NewRun) -> Result<DagRun, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(query_error("begin"))?;
+        let at = micros(run.at);
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO dag_run ({RUN_COLUMNS}) VALUES ($1, $2, $3, $3, $4, $5, 'queued', $6, $7, $8, NULL, NULL) RETURNING {RUN_COLUMNS}"
+        ))
+        .bind(&run.dag_id)
+        .bind(&run.run_id)
+        .bind(micros(run.interval.start))
+        .bind(micros(run.interval.end))
+        .bind(run.run_type.as_str())
+        .bind(run.conf.to_string())
+        .bind(&run.dag_hash)
+        .bind(at)
+        .fetch_one(&mut *tx)
+        .await;
+        let row = match inserted {
+            Ok(row) => row,
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::RunExists {
+                    dag_id: run.dag_id.clone(),
+                    run_id: run.run_id.clone(),
+                    logical_date: run.interval.start,
+                })
+            }
+            Err(e) => return Err(query_error("create run")(e)),
+        };
+        for chunk in run.tasks.chunks(INSERT_CHUNK) {
+            let mut sql = String::from(
+                "INSERT INTO task_instance (dag_id, run_id, task_id, operator, max_tries, state, try_number, updated_at) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let p = i * 3 + 4;
+                sql.push_str(&format!("{}($1, $2, ${p}, ${}, ${}, 'pending', 0, $3)", if i > 0 { ", " } else { "" }, p + 1, p + 2));
+            }
+            let mut query = sqlx::query(&sql).bind(&run.dag_id).bind(&run.run_id).bind(at);
+            for (task_id, operator, max_tries) in chunk {
+                query = query.bind(task_id).bind(operator).bind(i64::from(*max_tries));
+            }
+            query.execute(&mut *tx).await.map_err(query_error("create task instances"))?;
+        }
+        tx.commit().await.map_err(query_error("commit run"))?;
+        run_from_row(&row)
+    }
+
+    async fn run(&self, dag_id: &str, run_id: &str) -> Result<Option<DagRun>, StoreError> {
+        sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM dag_run WHERE dag_id = $1 AND run_id = $2"))
+            .bind(dag_id)
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("read run"))?
+            .as_ref()
+            .map(run_from_row)
+            .transpose()
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<DagRun>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM dag_run
+             WHERE ($1 = '' OR dag_id = $1) AND ($2 = '' OR run_id = $2) AND ($3 = '' OR state = $3)
+             ORDER BY logical_date DESC, dag_id, run_id LIMIT $4"
+        ))
+        .bind(filter.dag_id.clone().unwrap_or_default())
+        .bind(filter.run_id.clone().unwrap_or_default())
+        .bind(filter.state.map(|s| s.as_str()).unwrap_or_default())
+        .bind(i64::from(if filter.limit == 0 { 100 } else { filter.limit }))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("list runs"))?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn set_run_state(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        from: RunState,
+        to: RunState,
+        at: DateTime<Utc>,
+    ) -> Result<DagRun, StoreError> {
+        from.check(to)?;
+        let started = (to == RunState::Running).then_some(micros(at));
+        let ended = to.is_finished().then_some(micros(at));
+        let row = sqlx::query(&format!(
+            "UPDATE dag_run SET state = $1, started_at = COALESCE($2, started_at), ended_at = COALESCE($3, ended_at)
+             WHERE dag_id = $4 AND run_id = $5 AND state = $6 RETURNING {RUN_COLUMNS}"
+        ))
+        .bind(to.as_str())
+        .bind(started)
+        .bind(ended)
+        .bind(dag_id)
+        .bind(run_id)
+        .bind(from.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("set run state"))?;
+        match row {
+            Some(row) => run_from_row(&row),
+            None => match self.run(dag_id, run_id).await? {
+                Some(current) => Err(StoreError::Conflict {
+                    what: format!("run {dag_id}/{run_id}"),
+                    expected: from.to_string(),
+                    found: current.state.to_string(),
+                }),
+                None => Err(StoreError::NotFound(format!("run {dag_id}/{run_id}"))),
+            },
+        }
+    }
+
+    async fn task_instances(&self, dag_id: &str, run_id: &str) -> Result<Vec<TaskInstance>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TI_COLUMNS} FROM task_instance WHERE dag_id = $1 AND run_id = $2 ORDER BY task_id"
+        ))
+        .bind(dag_id)
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("read task instances"))?;
+        rows.iter().map(ti_from_row).collect()
+    }
+
+    async fn transition(&self, change: &TaskChange) -> Result<TaskInstance, StoreError> {
+        let t = change.transition;
+        let to = t.to();
+        let at = micros(change.at);
+        let starts = t.starts_try();
+        let ends = to.is_finished() || to == TaskState::UpForRetry;
+        let mut tx = self.pool.begin().await.map_err(query_error("begin"))?;
+        let row = sqlx::query(&format!(
+            "UPDATE task_instance SET
+                state = $1,
+                updated_at = $2,
+                try_number = try_number + $3,
+                queued_at = COALESCE($4, queued_at),
+                started_at = COALESCE($5, started_at),
+                ended_at = $6,
+                next_retry_at = $7,
+                output = COALESCE($8, output),
+                error = CASE WHEN $9 = 1 THEN $10 ELSE error END
+             WHERE dag_id = $11 AND run_id = $12 AND task_id = $13 AND state = $14
+             RETURNING {TI_COLUMNS}"
+        ))
+        .bind(to.as_str())
+        .bind(at)
+        .bind(i64::from(starts))
+        .bind((to == TaskState::Queued).then_some(at))
+        .bind(starts.then_some(at))
+        .bind(ends.then_some(at))
+        .bind(change.next_retry_at.map(micros))
+        .bind(change.output.clone())
+        // a new try clears the last error; a failure records its own
+        .bind(i64::from(starts || matches!(to, TaskState::Failed | TaskState::UpForRetry)))
+        .bind(if starts { None } else { change.reason.clone() })
+        .bind(&change.key.dag_id)
+        .bind(&change.key.run_id)
+        .bind(&change.key.task_id)
+        .bind(t.from().as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(query_error("transition task"))?;
+        let Some(row) = row else {
+            drop(tx);
+            return Err(match self.current_state(&change.key).await? {
+                Some(found) => StoreError::Conflict { what: change.key.to_string(), expected: t.from().to_string(), found },
+                None => StoreError::NotFound(format!("task instance {}", change.key)),
+            });
+        };
+        let ti = ti_from_row(&row)?;
+        sqlx::query(
+            "INSERT INTO task_state_history (dag_id, run_id, task_id, try_number, from_state, to_state, at, reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&change.key.dag_id)
+        .bind(&change.key.run_id)
+        .bind(&change.key.task_id)
+        .bind(i64::from(ti.try_number))
+        .bind(t.from().as_str())
+        .bind(to.as_str())
+        .bind(at)
+        .bind(change.reason.clone())
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error("record history"))?;
+        tx.commit().await.map_err(query_error("commit transition"))?;
+        Ok(ti)
+    }
+
+    async fn history(&self, dag_id: &str, run_id: &str) -> Result<Vec<StateChange>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, dag_id, run_id, task_id, try_number, from_state, to_state, at, reason
+             FROM task_state_history WHERE dag_id = $1 AND run_id = $2 ORDER BY id",
+        )
+        .bind(dag_id)
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("read history"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(StateChange {
+                    id: get(row, "id")?,
+                    dag_id: get(row, "dag_id")?,
+                    run_id: get(row, "run_id")?,
+                    task_id: get(row, "task_id")?,
+                    try_number: get::<i64>(row, "try_number")? as u32,
+                    from: parse("from_state", get::<String>(row, "from_state")?)?,
+                    to: parse("to_state", get::<String>(row, "to_state")?)?,
+                    at: instant("at", get(row, "at")?)?,
+                    reason: get(row, "reason")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,1 +1,61 @@
-//! CLI
+//! The command line (clap). The binary's edge: errors here are `anyhow` and become a
+//! message and an exit code; everything below returns typed errors.
+
+mod dags;
+mod operators;
+mod runs;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::settings::Settings;
+
+/// sluice: a scheduled ETL orchestrator in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List, show, validate and test DAGs.
+    #[command(subcommand)]
+    Dags(dags::DagsCommand),
+    /// Inspect DAG runs.
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
+    /// Inspect task tries.
+    #[command(subcommand)]
+    Tasks(runs::TasksCommand),
+    /// List and describe operators.
+    #[command(subcommand)]
+    Operators(operators::OperatorsCommand),
+}
+
+/// Runs a parsed command line with settings from the environment.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = Settings::from_env();
+    match cli.command {
+        Command::Dags(cmd) => dags::run(cmd, &settings).await,
+        Command::Runs(cmd) => runs::run(cmd, &settings).await,
+        Command::Tasks(cmd) => runs::run_tasks(cmd, &settings).await,
+        Command::Operators(cmd) => operators::run(cmd),
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// `2026-11-23T16:00:00Z`-style text for an optional instant.
+fn show_time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_else(|| "-".into())
+}

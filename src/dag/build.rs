@@ -4,13 +4,15 @@
 //! the file, the task (or `-`) and the field, so `sluice dags validate` output can be
 //! acted on without opening the file.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use petgraph::algo::{tarjan_scc, toposort};
+use petgraph::algo::tarjan_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::Direction;
 use sha2::{Digest, Sha256};
 use sluice_operators::{template, Registry};
 
@@ -124,6 +126,26 @@ fn cycle_path(graph: &DiGraph<String, ()>, component: &[NodeIndex]) -> Vec<Strin
     let mut names: Vec<String> = path.iter().map(|n| graph[*n].clone()).collect();
     names.push(graph[start].clone());
     names
+}
+
+/// Kahn's algorithm preferring file order among ready tasks, so listings read like the file.
+/// Only called on acyclic graphs.
+fn file_order_toposort(graph: &DiGraph<String, ()>) -> Vec<NodeIndex> {
+    let mut indegree: Vec<usize> = graph.node_indices().map(|n| graph.neighbors_directed(n, Direction::Incoming).count()).collect();
+    let mut ready: BinaryHeap<Reverse<NodeIndex>> =
+        graph.node_indices().filter(|n| indegree[n.index()] == 0).map(Reverse).collect();
+    let mut order = Vec::with_capacity(graph.node_count());
+    while let Some(Reverse(node)) = ready.pop() {
+        order.push(node);
+        for next in graph.neighbors_directed(node, Direction::Outgoing) {
+            indegree[next.index()] -= 1;
+            if indegree[next.index()] == 0 {
+                ready.push(Reverse(next));
+            }
+        }
+    }
+    debug_assert_eq!(order.len(), graph.node_count(), "cycles are reported before ordering");
+    order
 }
 
 /// Parses and validates one DAG file. Returns the DAG, or every error found in it.
@@ -290,7 +312,7 @@ pub fn parse_dag(path: &Path, text: &str, registry: &Registry) -> Result<Dag, Ve
     }
 
     // Valid: order tasks topologically and wire indexes.
-    let order = toposort(&graph, None).expect("cycles were reported above");
+    let order = file_order_toposort(&graph);
     let position: HashMap<&str, usize> = order.iter().enumerate().map(|(i, n)| (graph[*n].as_str(), i)).collect();
     let mut ordered: Vec<Option<Task>> = (0..tasks.len()).map(|_| None).collect();
     for (task, spec) in tasks.into_iter().zip(&specs) {
@@ -342,7 +364,7 @@ mod tests {
         let text = "dag_id: demo\nschedule: '*/15 * * * *'\ndefault_args: {retries: 2, retry_delay: 10s}\ntasks:\n  - {id: load, operator: noop, depends_on: [a, b]}\n  - {id: a, operator: noop}\n  - {id: b, operator: sleep, config: {duration: 1ms}, retries: 0}\n";
         let dag = parse_dag(Path::new("d.yaml"), text, &Registry::builtin()).unwrap();
         let ids: Vec<&str> = dag.tasks.iter().map(|t| t.id.as_str()).collect();
-        assert_eq!(ids.last(), Some(&"load"));
+        assert_eq!(ids, ["a", "b", "load"], "file order where dependencies allow");
         let load = dag.task("load").unwrap();
         assert_eq!(load.upstream.len(), 2);
         assert_eq!(load.retry.retries, 2);

@@ -403,11 +403,14 @@ pub fn readiness(rule: TriggerRule, up: UpstreamSummary) -> Readiness {
     }
 }
 
-/// The run's outcome once every task has finished, from its leaf tasks (as Airflow):
-/// failed if any leaf failed or could not run, otherwise success.
-pub fn run_outcome(leaf_states: impl IntoIterator<Item = TaskState>) -> RunState {
+/// The run's outcome once every task has finished: failed if any task failed or could not
+/// run, cancelled if any was cancelled, otherwise success (skips are fine).
+///
+/// Unlike Airflow, which looks only at leaf tasks, a failure anywhere fails the run: an
+/// `all_done` cleanup task at the end must not turn a failed load into a green run.
+pub fn run_outcome(states: impl IntoIterator<Item = TaskState>) -> RunState {
     let mut outcome = RunState::Success;
-    for state in leaf_states {
+    for state in states {
         match state {
             Failed | UpstreamFailed => return RunState::Failed,
             Cancelled => outcome = RunState::Cancelled,

@@ -162,9 +162,11 @@ fn readiness_examples_a_person_would_check() {
 }
 
 #[test]
-fn run_outcome_follows_the_leaves() {
+fn run_outcome_fails_on_any_failure() {
     assert_eq!(run_outcome([Success, Skipped]), RunState::Success);
     assert_eq!(run_outcome([Success, UpstreamFailed]), RunState::Failed);
     assert_eq!(run_outcome([Cancelled, Success]), RunState::Cancelled);
     assert_eq!(run_outcome([Cancelled, Failed]), RunState::Failed);
+    // an all_done cleanup that succeeded does not hide a failure upstream of it
+    assert_eq!(run_outcome([Failed, UpstreamFailed, Success]), RunState::Failed);
 }

@@ -87,6 +87,9 @@ pub fn try_log_path(logs_dir: &std::path::Path, key: &TaskKey, try_number: u32) 
     logs_dir.join(&key.dag_id).join(&key.run_id).join(&key.task_id).join(format!("{try_number}.log"))
 }
 
+/// A try's end as sent back to the run loop, with the slot it held.
+type Finished = (usize, TryOutcome, OwnedSemaphorePermit);
+
 struct RunDriver<'a> {
     executor: &'a Executor,
     dag: Arc<Dag>,
@@ -252,7 +255,7 @@ impl RunDriver<'_> {
         &mut self,
         task: usize,
         permit: OwnedSemaphorePermit,
-        done: &mpsc::UnboundedSender<(usize, TryOutcome)>,
+        done: &mpsc::UnboundedSender<Finished>,
         run_cancel: &CancellationToken,
     ) -> Result<CancellationToken, ExecutorError> {
         self.change(task, TaskState::Running, None, None, None).await?;
@@ -281,9 +284,9 @@ impl RunDriver<'_> {
         tokio::spawn(
             async move {
                 let outcome = run_try(operator, ctx, timeout).await;
-                drop(permit);
                 drop(route);
-                let _ = done.send((task, outcome));
+                // The slot stays taken until the executor has persisted the try's end.
+                let _ = done.send((task, outcome, permit));
             }
             .instrument(span),
         );
@@ -301,13 +304,20 @@ impl RunDriver<'_> {
                 self.finish(task, outcome, false).await?;
             }
         }
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, TryOutcome)>();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
         let mut running: HashMap<usize, CancellationToken> = HashMap::new();
         let mut spare: Option<OwnedSemaphorePermit> = None;
         let mut cancelling = false;
         let slots = self.executor.slots.clone();
         let max_active = self.dag.max_active_tasks as usize;
         loop {
+            // A cancelled run may be noticed first through a try that stopped because of it.
+            if !cancelling && cancel.is_cancelled() {
+                cancelling = true;
+                for token in running.values() {
+                    token.cancel();
+                }
+            }
             if cancelling {
                 for task in 0..self.instances.len() {
                     let state = self.instances[task].state;
@@ -348,9 +358,10 @@ impl RunDriver<'_> {
             let wakeup = if cancelling { None } else { next_wakeup(&self.views()) };
             let sleep_for = wakeup.map(|at| (at - Utc::now()).to_std().unwrap_or_default());
             tokio::select! {
-                Some((task, outcome)) = done_rx.recv() => {
+                Some((task, outcome, permit)) = done_rx.recv() => {
                     running.remove(&task);
-                    self.finish(task, outcome, cancelling).await?;
+                    self.finish(task, outcome, cancelling || cancel.is_cancelled()).await?;
+                    drop(permit);
                 }
                 permit = slots.clone().acquire_owned(), if waiting_for_slot && spare.is_none() => {
                     spare = permit.ok();
@@ -367,10 +378,7 @@ impl RunDriver<'_> {
         let outcome = if cancelling {
             RunState::Cancelled
         } else {
-            run_outcome(self.dag.leaves().map(|leaf| {
-                let i = self.dag.task_index(&leaf.id).expect("leaves are tasks");
-                self.instances[i].state
-            }))
+            run_outcome(self.instances.iter().map(|ti| ti.state))
         };
         let run = self.executor.store.set_run_state(&self.dag.dag_id, &self.run.run_id, RunState::Running, outcome, Utc::now()).await?;
         Ok(run)

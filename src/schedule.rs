@@ -131,7 +131,14 @@ impl FromStr for Schedule {
         }
         let dow = normalize_day_of_week(fields[4]).map_err(|e| format!("`{written}`: {e}"))?;
         let six = format!("0 {} {} {} {} {dow}", fields[0], fields[1], fields[2], fields[3]);
-        let cron = cron::Schedule::from_str(&six).map_err(|e| format!("`{written}` is not a valid cron expression: {e}"))?;
+        let cron = cron::Schedule::from_str(&six).map_err(|e| {
+            // The crate's message echoes its own 6-field form with a caret line; keep only the reason.
+            let text = e.to_string();
+            let reason = text.lines().map(str::trim).filter(|l| !l.is_empty()).last().unwrap_or("invalid");
+            // "Minutes must be less than 59" means at most 59.
+            let reason = reason.replace("must be less than", "must be at most");
+            format!("`{written}` is not a valid cron expression: {reason}")
+        })?;
         Ok(Schedule::Cron { written: written.to_string(), cron: Box::new(cron) })
     }
 }
@@ -252,10 +259,14 @@ mod tests {
     #[test]
     fn bad_expressions_say_why() {
         assert!("* * *".parse::<Schedule>().unwrap_err().contains("has 3 fields"));
-        assert!("61 * * * *".parse::<Schedule>().unwrap_err().contains("not a valid cron"));
+        let out_of_range = "61 * * * *".parse::<Schedule>().unwrap_err();
+        assert!(out_of_range.contains("not a valid cron") && out_of_range.contains("'61'"), "{out_of_range}");
+        assert!(!out_of_range.contains('\n'), "{out_of_range}");
         assert!("@fortnightly".parse::<Schedule>().unwrap_err().contains("unknown preset"));
         assert!("0 0 * * 9".parse::<Schedule>().unwrap_err().contains("day of week"));
         assert!(matches!("@once".parse::<Schedule>().unwrap(), Schedule::Once));
+        let never: Schedule = "0 0 31 2 *".parse().unwrap();
+        assert_eq!(never.fire_after(Tz::UTC, utc("2026-01-01T00:00:00Z")), None);
         assert!(matches!("none".parse::<Schedule>().unwrap(), Schedule::Manual));
     }
 

@@ -8,6 +8,7 @@
 pub mod artifact;
 pub mod connection;
 pub mod context;
+pub mod duration;
 pub mod error;
 pub mod registry;
 pub mod template;
@@ -21,6 +22,7 @@ use async_trait::async_trait;
 pub use artifact::{ArtifactKey, ArtifactRef, ArtifactStore, LocalArtifactStore};
 pub use connection::{Connection, Connections};
 pub use context::{LogStream, TaskContext, TaskLog, TaskOutput};
+pub use duration::HumanDuration;
 pub use error::{ConfigError, FailureKind, OperatorError};
 pub use registry::{OperatorConfig, OperatorKind, Registry};
 pub use template::TemplateVars;

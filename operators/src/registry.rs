@@ -43,7 +43,14 @@ fn build_from<C: OperatorConfig>(config: serde_json::Value) -> Result<Arc<dyn Op
     let parsed: C = serde_path_to_error::deserialize(config).map_err(|e| {
         let path = e.path().to_string();
         let message = e.into_inner().to_string();
-        if path == "." { ConfigError::whole(message) } else { ConfigError::field(path, message) }
+        // serde reports a missing field at its parent; name the field itself.
+        let missing = message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next()).map(str::to_string);
+        match (path.as_str(), missing) {
+            (".", Some(field)) => ConfigError::field(field, message),
+            (".", None) => ConfigError::whole(message),
+            (_, Some(field)) => ConfigError::field(format!("{path}.{field}"), message),
+            (_, None) => ConfigError::field(path, message),
+        }
     })?;
     parsed.build()
 }
@@ -126,7 +133,7 @@ mod tests {
         let unknown = shell.build(json!({"command": "true", "comand": "x"})).unwrap_err();
         assert!(unknown.message.contains("unknown field `comand`"), "{unknown}");
         let missing = shell.build(json!({})).unwrap_err();
-        assert!(missing.to_string().contains("missing field `command`"), "{missing}");
+        assert_eq!(missing.to_string(), "config.command: missing field `command`");
         let wrong_type = shell.build(json!({"command": "true", "env": {"A": [1]}})).unwrap_err();
         assert_eq!(wrong_type.field.as_deref(), Some("env.A"), "{wrong_type}");
     }

@@ -7,14 +7,15 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use crate::registry::OperatorConfig;
-use crate::{ConfigError, Operator, OperatorError, TaskContext, TaskOutput};
+use crate::{ConfigError, HumanDuration, Operator, OperatorError, TaskContext, TaskOutput};
 
 /// Settings of `sleep`.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SleepConfig {
-    /// How long to wait, e.g. `500ms`, `2s`, `1m`.
-    pub duration: String,
+    /// How long to wait, e.g. `500ms`, `2s`, `1m`, or a number of seconds.
+    #[schemars(with = "String")]
+    pub duration: HumanDuration,
 }
 
 /// The built `sleep` operator.
@@ -28,9 +29,7 @@ impl OperatorConfig for SleepConfig {
     const SUMMARY: &'static str = "Waits for a duration, then succeeds; stops early when cancelled.";
 
     fn build(self) -> Result<Arc<dyn Operator>, ConfigError> {
-        let duration = humantime::parse_duration(&self.duration)
-            .map_err(|e| ConfigError::field("duration", format!("`{}` is not a duration: {e}", self.duration)))?;
-        Ok(Arc::new(Sleep { duration }))
+        Ok(Arc::new(Sleep { duration: self.duration.0 }))
     }
 }
 

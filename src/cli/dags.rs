@@ -137,6 +137,8 @@ fn show(dag: &Dag, as_json: bool) -> anyhow::Result<ExitCode> {
                     "trigger_rule": t.trigger_rule.as_str(),
                     "retries": t.retry.retries,
                     "retry_delay_secs": t.retry.delay.as_secs_f64(),
+                    "retry_exponential_backoff": t.retry.exponential_backoff,
+                    "max_retry_delay_secs": t.retry.max_delay.as_secs_f64(),
                     "execution_timeout_secs": t.execution_timeout.map(|d| d.as_secs_f64()),
                     "config": t.config,
                 })
@@ -149,6 +151,8 @@ fn show(dag: &Dag, as_json: bool) -> anyhow::Result<ExitCode> {
             "description": dag.description,
             "schedule": dag.schedule.to_string(),
             "timezone": dag.timezone.name(),
+            "start_date": dag.start_date,
+            "end_date": dag.end_date,
             "catchup": dag.catchup,
             "max_active_runs": dag.max_active_runs,
             "max_active_tasks": dag.max_active_tasks,

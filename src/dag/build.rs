@@ -46,17 +46,15 @@ const DEFAULT_MAX_ACTIVE: u32 = 16;
 const MAX_ID_LEN: usize = 200;
 
 /// Ids end up in paths (logs, artifacts) and URLs: keep them to a safe alphabet.
-fn check_id(kind: &str, id: &str) -> Result<(), String> {
+fn check_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
-        return Err(format!("{kind} must not be empty"));
+        return Err("must not be empty".into());
     }
     if id.len() > MAX_ID_LEN {
-        return Err(format!("{kind} is longer than {MAX_ID_LEN} characters"));
+        return Err(format!("is longer than {MAX_ID_LEN} characters"));
     }
     if id.starts_with('.') || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
-        return Err(format!(
-            "{kind} `{id}` may use only letters, digits, `_`, `-` and `.` (and not start with `.`)"
-        ));
+        return Err(format!("`{id}` may use only letters, digits, `_`, `-` and `.` (and not start with `.`)"));
     }
     Ok(())
 }
@@ -164,7 +162,7 @@ pub fn parse_dag(path: &Path, text: &str, registry: &Registry) -> Result<Dag, Ve
     let mut start_date = None;
     let mut end_date = None;
     if let Some(h) = header {
-        if let Err(e) = check_id("dag_id", &h.dag_id) {
+        if let Err(e) = check_id(&h.dag_id) {
             errors.push(None, format!("dag_id: {e}"));
         }
         if let Some(tz) = &h.timezone {
@@ -189,7 +187,13 @@ pub fn parse_dag(path: &Path, text: &str, registry: &Registry) -> Result<Dag, Ve
         }
         if let (Some(start), Some(end)) = (start_date, end_date) {
             if end < start {
-                errors.push(None, "end_date: is before start_date");
+                errors.push(None, format!("end_date: {} is before start_date {}", end.to_rfc3339(), start.to_rfc3339()));
+            }
+        }
+        if let Schedule::Cron { .. } = &schedule {
+            // An expression like `0 0 31 2 *` parses but never fires.
+            if schedule.fire_after(timezone, start_date.unwrap_or_else(chrono::Utc::now)).is_none() {
+                errors.push(None, format!("schedule: `{schedule}` never fires"));
             }
         }
         if matches!(schedule, Schedule::Once) && start_date.is_none() {
@@ -203,6 +207,11 @@ pub fn parse_dag(path: &Path, text: &str, registry: &Registry) -> Result<Dag, Ve
         if h.default_args.execution_timeout.is_some_and(|d| d.0.is_zero()) {
             errors.push(None, "default_args.execution_timeout: must be longer than 0s");
         }
+        if let (Some(delay), Some(max)) = (h.default_args.retry_delay, h.default_args.max_retry_delay) {
+            if max.0 < delay.0 {
+                errors.push(None, format!("default_args.max_retry_delay: {max} is shorter than retry_delay {delay}"));
+            }
+        }
         if h.tasks.is_empty() {
             errors.push(None, "tasks: a DAG needs at least one task");
         }
@@ -214,8 +223,9 @@ pub fn parse_dag(path: &Path, text: &str, registry: &Registry) -> Result<Dag, Ve
     let mut first_index: HashMap<&str, usize> = HashMap::new();
     for (index, spec) in &parsed.tasks {
         let id = spec.id.as_str();
-        if let Err(e) = check_id("id", id) {
-            errors.push(Some(id), format!("id: {e}"));
+        if let Err(e) = check_id(id) {
+            let label = if id.is_empty() { format!("tasks[{index}]") } else { id.to_string() };
+            errors.push(Some(&label), format!("id: {e}"));
         }
         if let Some(first) = first_index.get(id) {
             errors.push(Some(id), format!("id: duplicate task id `{id}` (tasks[{first}] and tasks[{index}])"));
@@ -233,6 +243,17 @@ pub fn parse_dag(path: &Path, text: &str, registry: &Registry) -> Result<Dag, Ve
         let own = spec.retry_spec();
         if own.execution_timeout.is_some_and(|d| d.0.is_zero()) {
             errors.push(Some(id), "execution_timeout: must be longer than 0s");
+        }
+        let policy = retry_policy(&defaults, &own);
+        if (own.retry_delay.is_some() || own.max_retry_delay.is_some()) && policy.max_delay < policy.delay {
+            errors.push(
+                Some(id),
+                format!(
+                    "max_retry_delay: {} is shorter than retry_delay {}",
+                    humantime::format_duration(policy.max_delay),
+                    humantime::format_duration(policy.delay)
+                ),
+            );
         }
         let operator = match registry.get(&spec.operator) {
             None => {
@@ -258,7 +279,7 @@ pub fn parse_dag(path: &Path, text: &str, registry: &Registry) -> Result<Dag, Ve
             upstream: Vec::new(),
             downstream: Vec::new(),
             trigger_rule: spec.trigger_rule,
-            retry: retry_policy(&defaults, &own),
+            retry: policy,
             execution_timeout: own.execution_timeout.or(defaults.execution_timeout).map(|d| d.0),
             doc: spec.doc.clone(),
         });
@@ -273,8 +294,16 @@ pub fn parse_dag(path: &Path, text: &str, registry: &Registry) -> Result<Dag, Ve
         node_of.entry(spec.id.as_str()).or_insert_with(|| graph.add_node(spec.id.clone()));
     }
     let mut seen_edges = HashSet::new();
-    for (_, spec) in &parsed.tasks {
-        if first_index.get(spec.id.as_str()).is_none() {
+    let unreadable_note = if unreadable_tasks.is_empty() {
+        String::new()
+    } else {
+        let mut labels: Vec<&str> = unreadable_tasks.iter().copied().collect();
+        labels.sort();
+        format!(" ({} could not be read)", labels.join(", "))
+    };
+    for (index, spec) in &parsed.tasks {
+        // A duplicated task's edges would only repeat errors about the first one.
+        if first_index.get(spec.id.as_str()) != Some(index) {
             continue;
         }
         let to = node_of[spec.id.as_str()];
@@ -291,7 +320,8 @@ pub fn parse_dag(path: &Path, text: &str, registry: &Registry) -> Result<Dag, Ve
                 None => {
                     let mut known: Vec<&str> = node_of.keys().copied().collect();
                     known.retain(|k| *k != spec.id);
-                    errors.push(Some(&spec.id), format!("depends_on: unknown task `{dep}`; tasks in this DAG: {}", known.join(", ")));
+                    let known = if known.is_empty() { "(none)".to_string() } else { known.join(", ") };
+                    errors.push(Some(&spec.id), format!("depends_on: unknown task `{dep}`; tasks in this DAG: {known}{unreadable_note}"));
                 }
             }
         }

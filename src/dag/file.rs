@@ -6,10 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
 
-use serde::de::{self, Deserializer, Visitor};
+use serde::de::{self, Deserializer};
 use serde::Deserialize;
+pub use sluice_operators::HumanDuration;
 
 use crate::state::TriggerRule;
 
@@ -20,37 +20,6 @@ pub struct FileProblem {
     pub task: Option<String>,
     /// What is wrong, starting with the field path where there is one.
     pub message: String,
-}
-
-/// A duration written as `30s`, `10m`, `1h 30m`, or a number of seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = HumanDuration;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a duration such as `30s`, `10m` or a number of seconds")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<HumanDuration, E> {
-                Ok(HumanDuration(Duration::from_secs(v)))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<HumanDuration, E> {
-                u64::try_from(v).map(|v| HumanDuration(Duration::from_secs(v))).map_err(|_| E::custom("a duration cannot be negative"))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<HumanDuration, E> {
-                Duration::try_from_secs_f64(v).map(HumanDuration).map_err(|_| E::custom("a duration cannot be negative"))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<HumanDuration, E> {
-                humantime::parse_duration(v)
-                    .map(HumanDuration)
-                    .map_err(|e| E::custom(format!("`{v}` is not a duration ({e}); write e.g. `30s`, `10m`, `1h`")))
-            }
-        }
-        deserializer.deserialize_any(V)
-    }
 }
 
 /// `depends_on` as one id or a list of ids.
@@ -232,11 +201,13 @@ pub fn parse(text: &str) -> ParsedFile {
         Err(e) => parsed.problems.push(FileProblem { task: None, message: path_error(e) }),
     }
     for (index, raw) in raw_tasks.into_iter().enumerate() {
-        let label = raw
-            .get("id")
-            .and_then(|id| id.as_str())
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("tasks[{index}]"));
+        // Name the task as its author would, even when its id is not a string.
+        let label = match raw.get("id") {
+            Some(serde_yaml::Value::String(id)) if !id.is_empty() => id.clone(),
+            Some(serde_yaml::Value::Number(n)) => n.to_string(),
+            Some(serde_yaml::Value::Bool(b)) => b.to_string(),
+            _ => format!("tasks[{index}]"),
+        };
         match serde_path_to_error::deserialize::<_, TaskSpec>(raw) {
             Ok(task) => parsed.tasks.push((index, task)),
             Err(e) => parsed.problems.push(FileProblem { task: Some(label), message: path_error(e) }),
@@ -272,8 +243,8 @@ mod tests {
     #[test]
     fn durations_accept_text_and_seconds() {
         let spec: RetrySpec = serde_json::from_value(serde_json::json!({"retry_delay": "1m 30s", "execution_timeout": 5})).unwrap();
-        assert_eq!(spec.retry_delay, Some(HumanDuration(Duration::from_secs(90))));
-        assert_eq!(spec.execution_timeout, Some(HumanDuration(Duration::from_secs(5))));
+        assert_eq!(spec.retry_delay, Some(HumanDuration(std::time::Duration::from_secs(90))));
+        assert_eq!(spec.execution_timeout, Some(HumanDuration(std::time::Duration::from_secs(5))));
         let err = serde_json::from_value::<RetrySpec>(serde_json::json!({"retry_delay": "5 parsecs"})).unwrap_err();
         assert!(err.to_string().contains("`5 parsecs` is not a duration"), "{err}");
     }

@@ -15,7 +15,11 @@ fn init_tracing() {
     // of the terminal output.
     let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
+        )
         .with(TryLogLayer.with_filter(tracing_subscriber::filter::LevelFilter::INFO))
         .init();
 }

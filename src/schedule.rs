@@ -39,7 +39,12 @@ pub struct DataInterval {
 
 impl fmt::Display for DataInterval {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}, {})", self.start.to_rfc3339(), self.end.to_rfc3339())
+        write!(
+            f,
+            "[{}, {})",
+            self.start.to_rfc3339(),
+            self.end.to_rfc3339()
+        )
     }
 }
 
@@ -63,7 +68,9 @@ fn normalize_day_of_week(field: &str) -> Result<String, String> {
     for item in field.split(',') {
         let (range, step) = match item.split_once('/') {
             Some((range, step)) => {
-                let step: u32 = step.parse().map_err(|_| format!("bad step `{step}` in day of week"))?;
+                let step: u32 = step
+                    .parse()
+                    .map_err(|_| format!("bad step `{step}` in day of week"))?;
                 if step == 0 {
                     return Err("a step of 0 in day of week".into());
                 }
@@ -118,7 +125,10 @@ impl FromStr for Schedule {
             Some((_, expr)) => *expr,
             None if written.starts_with('@') => {
                 let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
-                return Err(format!("unknown preset `{written}`; expected one of {}, @once", names.join(", ")));
+                return Err(format!(
+                    "unknown preset `{written}`; expected one of {}, @once",
+                    names.join(", ")
+                ));
             }
             None => written,
         };
@@ -130,16 +140,26 @@ impl FromStr for Schedule {
             ));
         }
         let dow = normalize_day_of_week(fields[4]).map_err(|e| format!("`{written}`: {e}"))?;
-        let six = format!("0 {} {} {} {} {dow}", fields[0], fields[1], fields[2], fields[3]);
+        let six = format!(
+            "0 {} {} {} {} {dow}",
+            fields[0], fields[1], fields[2], fields[3]
+        );
         let cron = cron::Schedule::from_str(&six).map_err(|e| {
             // The crate's message echoes its own 6-field form with a caret line; keep only the reason.
             let text = e.to_string();
-            let reason = text.lines().map(str::trim).filter(|l| !l.is_empty()).last().unwrap_or("invalid");
+            let reason = text
+                .lines()
+                .map(str::trim)
+                .rfind(|l| !l.is_empty())
+                .unwrap_or("invalid");
             // "Minutes must be less than 59" means at most 59.
             let reason = reason.replace("must be less than", "must be at most");
             format!("`{written}` is not a valid cron expression: {reason}")
         })?;
-        Ok(Schedule::Cron { written: written.to_string(), cron: Box::new(cron) })
+        Ok(Schedule::Cron {
+            written: written.to_string(),
+            cron: Box::new(cron),
+        })
     }
 }
 
@@ -155,7 +175,9 @@ impl fmt::Display for Schedule {
 
 /// Parses an IANA timezone name.
 pub fn parse_timezone(name: &str) -> Result<Tz, String> {
-    name.parse::<Tz>().map_err(|_| format!("unknown timezone `{name}`; use an IANA name such as UTC or Europe/Berlin"))
+    name.parse::<Tz>().map_err(|_| {
+        format!("unknown timezone `{name}`; use an IANA name such as UTC or Europe/Berlin")
+    })
 }
 
 /// Parses an instant: RFC 3339, `YYYY-MM-DDTHH:MM[:SS]` or `YYYY-MM-DD`, the latter two in `tz`.
@@ -164,17 +186,28 @@ pub fn parse_instant(text: &str, tz: Tz) -> Result<DateTime<Utc>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
     }
-    let local = ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]
-        .iter()
-        .find_map(|format| chrono::NaiveDateTime::parse_from_str(text, format).ok())
-        .or_else(|| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)));
+    let local = [
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|format| chrono::NaiveDateTime::parse_from_str(text, format).ok())
+    .or_else(|| {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+    });
     match local {
         Some(naive) => tz
             .from_local_datetime(&naive)
             .earliest()
             .map(|t| t.with_timezone(&Utc))
             .ok_or_else(|| format!("`{text}` does not exist in {tz} (a DST gap)")),
-        None => Err(format!("`{text}` is not a date or time; write RFC 3339 (2026-01-31T12:00:00Z) or YYYY-MM-DD")),
+        None => Err(format!(
+            "`{text}` is not a date or time; write RFC 3339 (2026-01-31T12:00:00Z) or YYYY-MM-DD"
+        )),
     }
 }
 
@@ -185,7 +218,9 @@ impl Schedule {
             Schedule::Cron { cron, .. } => {
                 // `after(x).next_back()` is the latest fire strictly before x; fires are whole seconds.
                 let probe = (t + ChronoDuration::seconds(1)).with_timezone(&tz);
-                cron.after(&probe).next_back().map(|f| f.with_timezone(&Utc))
+                cron.after(&probe)
+                    .next_back()
+                    .map(|f| f.with_timezone(&Utc))
             }
             _ => None,
         }
@@ -194,7 +229,10 @@ impl Schedule {
     /// The first fire time strictly after `t`.
     pub fn fire_after(&self, tz: Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
-            Schedule::Cron { cron, .. } => cron.after(&t.with_timezone(&tz)).next().map(|f| f.with_timezone(&Utc)),
+            Schedule::Cron { cron, .. } => cron
+                .after(&t.with_timezone(&tz))
+                .next()
+                .map(|f| f.with_timezone(&Utc)),
             _ => None,
         }
     }
@@ -225,19 +263,29 @@ mod tests {
     use super::*;
 
     fn utc(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     #[test]
     fn every_fifteen_minutes_gives_quarter_hour_intervals() {
         let s: Schedule = "*/15 * * * *".parse().unwrap();
         let i = s.interval_containing(Tz::UTC, utc("2026-11-23T16:07:12Z"));
-        assert_eq!((i.start, i.end), (utc("2026-11-23T16:00:00Z"), utc("2026-11-23T16:15:00Z")));
+        assert_eq!(
+            (i.start, i.end),
+            (utc("2026-11-23T16:00:00Z"), utc("2026-11-23T16:15:00Z"))
+        );
         // a fire time is the start of its own interval
         let i = s.interval_containing(Tz::UTC, utc("2026-11-23T16:15:00Z"));
         assert_eq!(i.start, utc("2026-11-23T16:15:00Z"));
-        let latest = s.latest_complete_interval(Tz::UTC, utc("2026-11-23T16:07:12Z")).unwrap();
-        assert_eq!((latest.start, latest.end), (utc("2026-11-23T15:45:00Z"), utc("2026-11-23T16:00:00Z")));
+        let latest = s
+            .latest_complete_interval(Tz::UTC, utc("2026-11-23T16:07:12Z"))
+            .unwrap();
+        assert_eq!(
+            (latest.start, latest.end),
+            (utc("2026-11-23T15:45:00Z"), utc("2026-11-23T16:00:00Z"))
+        );
     }
 
     #[test]
@@ -245,29 +293,65 @@ mod tests {
         let weekly: Schedule = "@weekly".parse().unwrap();
         // 2026-11-23 is a Monday; @weekly fires Sundays at midnight
         let i = weekly.interval_containing(Tz::UTC, utc("2026-11-25T10:00:00Z"));
-        assert_eq!((i.start, i.end), (utc("2026-11-22T00:00:00Z"), utc("2026-11-29T00:00:00Z")));
+        assert_eq!(
+            (i.start, i.end),
+            (utc("2026-11-22T00:00:00Z"), utc("2026-11-29T00:00:00Z"))
+        );
         let weekdays: Schedule = "30 6 * * 1-5".parse().unwrap();
-        let after_friday = weekdays.fire_after(Tz::UTC, utc("2026-11-27T07:00:00Z")).unwrap();
-        assert_eq!(after_friday, utc("2026-11-30T06:30:00Z"), "Saturday and Sunday skipped");
+        let after_friday = weekdays
+            .fire_after(Tz::UTC, utc("2026-11-27T07:00:00Z"))
+            .unwrap();
+        assert_eq!(
+            after_friday,
+            utc("2026-11-30T06:30:00Z"),
+            "Saturday and Sunday skipped"
+        );
         let sundays: Schedule = "0 0 * * 7".parse().unwrap();
-        assert_eq!(sundays.fire_after(Tz::UTC, utc("2026-11-23T00:00:00Z")).unwrap(), utc("2026-11-29T00:00:00Z"));
+        assert_eq!(
+            sundays
+                .fire_after(Tz::UTC, utc("2026-11-23T00:00:00Z"))
+                .unwrap(),
+            utc("2026-11-29T00:00:00Z")
+        );
         let even: Schedule = "0 0 * * */2".parse().unwrap();
         // 0,2,4,6 = Sun, Tue, Thu, Sat
-        assert_eq!(even.fire_after(Tz::UTC, utc("2026-11-23T00:00:00Z")).unwrap(), utc("2026-11-24T00:00:00Z"));
+        assert_eq!(
+            even.fire_after(Tz::UTC, utc("2026-11-23T00:00:00Z"))
+                .unwrap(),
+            utc("2026-11-24T00:00:00Z")
+        );
     }
 
     #[test]
     fn bad_expressions_say_why() {
-        assert!("* * *".parse::<Schedule>().unwrap_err().contains("has 3 fields"));
+        assert!("* * *"
+            .parse::<Schedule>()
+            .unwrap_err()
+            .contains("has 3 fields"));
         let out_of_range = "61 * * * *".parse::<Schedule>().unwrap_err();
-        assert!(out_of_range.contains("not a valid cron") && out_of_range.contains("'61'"), "{out_of_range}");
+        assert!(
+            out_of_range.contains("not a valid cron") && out_of_range.contains("'61'"),
+            "{out_of_range}"
+        );
         assert!(!out_of_range.contains('\n'), "{out_of_range}");
-        assert!("@fortnightly".parse::<Schedule>().unwrap_err().contains("unknown preset"));
-        assert!("0 0 * * 9".parse::<Schedule>().unwrap_err().contains("day of week"));
-        assert!(matches!("@once".parse::<Schedule>().unwrap(), Schedule::Once));
+        assert!("@fortnightly"
+            .parse::<Schedule>()
+            .unwrap_err()
+            .contains("unknown preset"));
+        assert!("0 0 * * 9"
+            .parse::<Schedule>()
+            .unwrap_err()
+            .contains("day of week"));
+        assert!(matches!(
+            "@once".parse::<Schedule>().unwrap(),
+            Schedule::Once
+        ));
         let never: Schedule = "0 0 31 2 *".parse().unwrap();
         assert_eq!(never.fire_after(Tz::UTC, utc("2026-01-01T00:00:00Z")), None);
-        assert!(matches!("none".parse::<Schedule>().unwrap(), Schedule::Manual));
+        assert!(matches!(
+            "none".parse::<Schedule>().unwrap(),
+            Schedule::Manual
+        ));
     }
 
     #[test]
@@ -275,16 +359,30 @@ mod tests {
         let tz = parse_timezone("Europe/Berlin").unwrap();
         let s: Schedule = "0 2 * * *".parse().unwrap();
         // summer: 02:00 CEST = 00:00 UTC; winter: 02:00 CET = 01:00 UTC
-        assert_eq!(s.fire_after(tz, utc("2026-07-01T12:00:00Z")).unwrap(), utc("2026-07-02T00:00:00Z"));
-        assert_eq!(s.fire_after(tz, utc("2026-12-01T12:00:00Z")).unwrap(), utc("2026-12-02T01:00:00Z"));
-        assert!(parse_timezone("Mars/Olympus").unwrap_err().contains("unknown timezone"));
+        assert_eq!(
+            s.fire_after(tz, utc("2026-07-01T12:00:00Z")).unwrap(),
+            utc("2026-07-02T00:00:00Z")
+        );
+        assert_eq!(
+            s.fire_after(tz, utc("2026-12-01T12:00:00Z")).unwrap(),
+            utc("2026-12-02T01:00:00Z")
+        );
+        assert!(parse_timezone("Mars/Olympus")
+            .unwrap_err()
+            .contains("unknown timezone"));
     }
 
     #[test]
     fn instants_parse_in_the_dag_timezone() {
         let tz = parse_timezone("Europe/Berlin").unwrap();
-        assert_eq!(parse_instant("2026-01-15", tz).unwrap(), utc("2026-01-14T23:00:00Z"));
-        assert_eq!(parse_instant("2026-01-15T10:00:00Z", tz).unwrap(), utc("2026-01-15T10:00:00Z"));
+        assert_eq!(
+            parse_instant("2026-01-15", tz).unwrap(),
+            utc("2026-01-14T23:00:00Z")
+        );
+        assert_eq!(
+            parse_instant("2026-01-15T10:00:00Z", tz).unwrap(),
+            utc("2026-01-15T10:00:00Z")
+        );
         assert!(parse_instant("yesterday", tz).is_err());
     }
 }

@@ -25,11 +25,20 @@ impl Settings {
     /// Reads settings through `lookup` (for tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
         let home = PathBuf::from(lookup("SLUICE_HOME").unwrap_or_else(|| "./.sluice".into()));
-        let dags_folder = PathBuf::from(lookup("SLUICE_DAGS_FOLDER").unwrap_or_else(|| "./dags".into()));
+        let dags_folder =
+            PathBuf::from(lookup("SLUICE_DAGS_FOLDER").unwrap_or_else(|| "./dags".into()));
         let database_url = lookup("SLUICE_DATABASE_URL")
             .unwrap_or_else(|| format!("sqlite://{}", home.join("sluice.db").display()));
-        let parallelism = lookup("SLUICE_PARALLELISM").and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(32);
-        Self { home, dags_folder, database_url, parallelism }
+        let parallelism = lookup("SLUICE_PARALLELISM")
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(32);
+        Self {
+            home,
+            dags_folder,
+            database_url,
+            parallelism,
+        }
     }
 
     /// Settings rooted at `home` with an explicit DAG folder and SQLite store (for tests).

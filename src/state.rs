@@ -85,7 +85,10 @@ impl TaskState {
 
     /// True once nothing more will happen to the task in this run.
     pub fn is_finished(self) -> bool {
-        matches!(self, Success | Failed | Skipped | UpstreamFailed | Cancelled)
+        matches!(
+            self,
+            Success | Failed | Skipped | UpstreamFailed | Cancelled
+        )
     }
 
     /// The checked transition from `self` to `to`, or why it is illegal.
@@ -112,7 +115,10 @@ pub struct UnknownState(pub String);
 impl FromStr for TaskState {
     type Err = UnknownState;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        TASK_STATES.into_iter().find(|state| state.as_str() == s).ok_or_else(|| UnknownState(s.to_string()))
+        TASK_STATES
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_string()))
     }
 }
 
@@ -167,8 +173,13 @@ pub enum RunState {
 }
 
 /// Every run state.
-pub const RUN_STATES: [RunState; 5] =
-    [RunState::Queued, RunState::Running, RunState::Success, RunState::Failed, RunState::Cancelled];
+pub const RUN_STATES: [RunState; 5] = [
+    RunState::Queued,
+    RunState::Running,
+    RunState::Success,
+    RunState::Failed,
+    RunState::Cancelled,
+];
 
 /// The run state machine: every allowed `(from, to)` pair.
 pub const RUN_ALLOWED: &[(RunState, RunState)] = &[
@@ -193,12 +204,19 @@ impl RunState {
 
     /// True once the run is over.
     pub fn is_finished(self) -> bool {
-        matches!(self, RunState::Success | RunState::Failed | RunState::Cancelled)
+        matches!(
+            self,
+            RunState::Success | RunState::Failed | RunState::Cancelled
+        )
     }
 
     /// Checks a run transition against [`RUN_ALLOWED`].
     pub fn check(self, to: RunState) -> Result<(), IllegalRunTransition> {
-        if RUN_ALLOWED.contains(&(self, to)) { Ok(()) } else { Err(IllegalRunTransition { from: self, to }) }
+        if RUN_ALLOWED.contains(&(self, to)) {
+            Ok(())
+        } else {
+            Err(IllegalRunTransition { from: self, to })
+        }
     }
 }
 
@@ -211,7 +229,10 @@ impl fmt::Display for RunState {
 impl FromStr for RunState {
     type Err = UnknownState;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        RUN_STATES.into_iter().find(|state| state.as_str() == s).ok_or_else(|| UnknownState(s.to_string()))
+        RUN_STATES
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_string()))
     }
 }
 
@@ -256,24 +277,38 @@ pub const TRIGGER_RULES: [(TriggerRule, &str); 8] = [
     (TriggerRule::OneSuccess, "one_success"),
     (TriggerRule::OneFailed, "one_failed"),
     (TriggerRule::NoneFailed, "none_failed"),
-    (TriggerRule::NoneFailedMinOneSuccess, "none_failed_min_one_success"),
+    (
+        TriggerRule::NoneFailedMinOneSuccess,
+        "none_failed_min_one_success",
+    ),
     (TriggerRule::Always, "always"),
 ];
 
 impl TriggerRule {
     /// The rule's name in DAG files.
     pub fn as_str(self) -> &'static str {
-        TRIGGER_RULES.iter().find(|(rule, _)| *rule == self).map(|(_, name)| *name).expect("every rule is listed")
+        TRIGGER_RULES
+            .iter()
+            .find(|(rule, _)| *rule == self)
+            .map(|(_, name)| *name)
+            .expect("every rule is listed")
     }
 }
 
 impl FromStr for TriggerRule {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        TRIGGER_RULES.iter().find(|(_, name)| *name == s).map(|(rule, _)| *rule).ok_or_else(|| {
-            let names: Vec<&str> = TRIGGER_RULES.iter().map(|(_, name)| *name).collect();
-            format!("unknown trigger rule `{s}`; expected one of {}", names.join(", "))
-        })
+        TRIGGER_RULES
+            .iter()
+            .find(|(_, name)| *name == s)
+            .map(|(rule, _)| *rule)
+            .ok_or_else(|| {
+                let names: Vec<&str> = TRIGGER_RULES.iter().map(|(_, name)| *name).collect();
+                format!(
+                    "unknown trigger rule `{s}`; expected one of {}",
+                    names.join(", ")
+                )
+            })
     }
 }
 
@@ -349,7 +384,11 @@ pub fn readiness(rule: TriggerRule, up: UpstreamSummary) -> Readiness {
             }
         }
         TriggerRule::AllDone => {
-            if up.all_done() { R::Run } else { R::Wait }
+            if up.all_done() {
+                R::Run
+            } else {
+                R::Wait
+            }
         }
         TriggerRule::AllFailed => {
             if up.success > 0 || up.skipped > 0 {

@@ -30,7 +30,10 @@ fn every_state_pair_is_allowed_exactly_when_the_rules_say() {
                 assert_eq!((t.from(), t.to()), (from, to));
                 assert_eq!(t.starts_try(), to == Running);
             } else {
-                assert_eq!(result.unwrap_err().to_string(), format!("illegal task state transition {from} -> {to}"));
+                assert_eq!(
+                    result.unwrap_err().to_string(),
+                    format!("illegal task state transition {from} -> {to}")
+                );
             }
         }
     }
@@ -59,7 +62,10 @@ fn state_names_round_trip() {
         assert_eq!(name.parse::<TriggerRule>().unwrap(), rule);
         assert_eq!(rule.as_str(), name);
     }
-    assert!("all_sucess".parse::<TriggerRule>().unwrap_err().contains("none_failed_min_one_success"));
+    assert!("all_sucess"
+        .parse::<TriggerRule>()
+        .unwrap_err()
+        .contains("none_failed_min_one_success"));
     assert!("zombie".parse::<TaskState>().is_err());
 }
 
@@ -94,7 +100,9 @@ fn reference(rule: TriggerRule, ups: &[TaskState]) -> Readiness {
         TriggerRule::AllSuccess if ups.iter().any(is_skip) => Readiness::Skip,
         TriggerRule::AllSuccess if ups.iter().all(is_success) => Readiness::Run,
         TriggerRule::AllDone if !unfinished => Readiness::Run,
-        TriggerRule::AllFailed if ups.iter().any(|s| is_success(s) || is_skip(s)) => Readiness::Skip,
+        TriggerRule::AllFailed if ups.iter().any(|s| is_success(s) || is_skip(s)) => {
+            Readiness::Skip
+        }
         TriggerRule::AllFailed if ups.iter().all(is_fail) => Readiness::Run,
         TriggerRule::OneSuccess if ups.iter().any(is_success) => Readiness::Run,
         TriggerRule::OneSuccess if !unfinished && ups.iter().all(is_skip) => Readiness::Skip,
@@ -103,8 +111,12 @@ fn reference(rule: TriggerRule, ups: &[TaskState]) -> Readiness {
         TriggerRule::OneFailed if !unfinished => Readiness::Skip,
         TriggerRule::NoneFailed if ups.iter().any(is_fail) => Readiness::UpstreamFailed,
         TriggerRule::NoneFailed if !unfinished => Readiness::Run,
-        TriggerRule::NoneFailedMinOneSuccess if ups.iter().any(is_fail) => Readiness::UpstreamFailed,
-        TriggerRule::NoneFailedMinOneSuccess if !unfinished && ups.iter().any(is_success) => Readiness::Run,
+        TriggerRule::NoneFailedMinOneSuccess if ups.iter().any(is_fail) => {
+            Readiness::UpstreamFailed
+        }
+        TriggerRule::NoneFailedMinOneSuccess if !unfinished && ups.iter().any(is_success) => {
+            Readiness::Run
+        }
         TriggerRule::NoneFailedMinOneSuccess if !unfinished => Readiness::Skip,
         _ => Readiness::Wait,
     }
@@ -144,17 +156,41 @@ fn every_rule_agrees_with_the_reference_on_every_upstream_mix_up_to_three() {
 fn readiness_examples_a_person_would_check() {
     let s = |states: &[TaskState]| UpstreamSummary::of(states.iter().copied());
     // default rule fails fast on one failure even while others run
-    assert_eq!(readiness(TriggerRule::AllSuccess, s(&[Failed, Running])), Readiness::UpstreamFailed);
-    assert_eq!(readiness(TriggerRule::AllSuccess, s(&[Success, Running])), Readiness::Wait);
-    assert_eq!(readiness(TriggerRule::AllSuccess, s(&[Success, Success])), Readiness::Run);
+    assert_eq!(
+        readiness(TriggerRule::AllSuccess, s(&[Failed, Running])),
+        Readiness::UpstreamFailed
+    );
+    assert_eq!(
+        readiness(TriggerRule::AllSuccess, s(&[Success, Running])),
+        Readiness::Wait
+    );
+    assert_eq!(
+        readiness(TriggerRule::AllSuccess, s(&[Success, Success])),
+        Readiness::Run
+    );
     // a cleanup task runs whatever happened
-    assert_eq!(readiness(TriggerRule::AllDone, s(&[Failed, Skipped, Success])), Readiness::Run);
-    assert_eq!(readiness(TriggerRule::AllDone, s(&[Failed, UpForRetry])), Readiness::Wait);
+    assert_eq!(
+        readiness(TriggerRule::AllDone, s(&[Failed, Skipped, Success])),
+        Readiness::Run
+    );
+    assert_eq!(
+        readiness(TriggerRule::AllDone, s(&[Failed, UpForRetry])),
+        Readiness::Wait
+    );
     // an alert task runs on the first failure
-    assert_eq!(readiness(TriggerRule::OneFailed, s(&[Running, Failed])), Readiness::Run);
+    assert_eq!(
+        readiness(TriggerRule::OneFailed, s(&[Running, Failed])),
+        Readiness::Run
+    );
     // a branch join: skips are fine, one success needed
-    assert_eq!(readiness(TriggerRule::NoneFailedMinOneSuccess, s(&[Skipped, Success])), Readiness::Run);
-    assert_eq!(readiness(TriggerRule::NoneFailedMinOneSuccess, s(&[Skipped, Skipped])), Readiness::Skip);
+    assert_eq!(
+        readiness(TriggerRule::NoneFailedMinOneSuccess, s(&[Skipped, Success])),
+        Readiness::Run
+    );
+    assert_eq!(
+        readiness(TriggerRule::NoneFailedMinOneSuccess, s(&[Skipped, Skipped])),
+        Readiness::Skip
+    );
     // a root task is always ready
     for (rule, _) in TRIGGER_RULES {
         assert_eq!(readiness(rule, s(&[])), Readiness::Run);
@@ -168,5 +204,8 @@ fn run_outcome_fails_on_any_failure() {
     assert_eq!(run_outcome([Cancelled, Success]), RunState::Cancelled);
     assert_eq!(run_outcome([Cancelled, Failed]), RunState::Failed);
     // an all_done cleanup that succeeded does not hide a failure upstream of it
-    assert_eq!(run_outcome([Failed, UpstreamFailed, Success]), RunState::Failed);
+    assert_eq!(
+        run_outcome([Failed, UpstreamFailed, Success]),
+        RunState::Failed
+    );
 }

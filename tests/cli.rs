@@ -14,7 +14,10 @@ impl Home {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("dags")).unwrap();
-        Self { dir, database_url: None }
+        Self {
+            dir,
+            database_url: None,
+        }
     }
 
     fn dags(&self) -> PathBuf {
@@ -66,13 +69,19 @@ fn list_shows_the_valid_dags_and_warns_about_the_broken_file() {
     let out = home.sluice(&["dags", "list"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("etl") && text.contains("report") && text.contains("*/15 * * * *"), "{text}");
+    assert!(
+        text.contains("etl") && text.contains("report") && text.contains("*/15 * * * *"),
+        "{text}"
+    );
     assert!(!text.contains("broken"), "{text}");
     assert!(stderr(&out).contains("broken.yaml"), "{}", stderr(&out));
 
     let out = home.sluice(&["dags", "list", "--json"]);
     let items: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let ids: Vec<&str> = items.iter().map(|d| d["dag_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = items
+        .iter()
+        .map(|d| d["dag_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["etl", "report"]);
 }
 
@@ -92,7 +101,10 @@ fn validate_prints_every_error_of_the_broken_file_and_exits_1() {
     ];
     assert_eq!(lines.len(), expected.len(), "{lines:#?}");
     for want in &expected {
-        assert!(lines.iter().any(|l| l.starts_with(want.as_str())), "missing {want}\n{lines:#?}");
+        assert!(
+            lines.iter().any(|l| l.starts_with(want.as_str())),
+            "missing {want}\n{lines:#?}"
+        );
     }
     // only the broken file is reported
     assert!(lines.iter().all(|l| l.starts_with(&file)), "{lines:#?}");
@@ -104,17 +116,33 @@ fn validate_prints_every_error_of_the_broken_file_and_exits_1() {
 
 fn run_id_of(home: &Home, dag: &str) -> String {
     let out = home.sluice(&["runs", "list", "--dag", dag, "--json"]);
-    let runs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)));
+    let runs: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)));
     runs[0]["run_id"].as_str().unwrap().to_string()
 }
 
 fn dags_test_story(home: &Home) {
-    let out = home.sluice(&["dags", "test", "etl", "--logical-date", "2026-11-23T10:07:00Z", "--conf", r#"{"region": "us"}"#]);
+    let out = home.sluice(&[
+        "dags",
+        "test",
+        "etl",
+        "--logical-date",
+        "2026-11-23T10:07:00Z",
+        "--conf",
+        r#"{"region": "us"}"#,
+    ]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
-    assert!(text.contains("data interval [2026-11-23T10:00:00+00:00, 2026-11-23T10:15:00+00:00)"), "{text}");
+    assert!(
+        text.contains("data interval [2026-11-23T10:00:00+00:00, 2026-11-23T10:15:00+00:00)"),
+        "{text}"
+    );
     for line in ["extract", "transform", "load"] {
-        assert!(text.lines().any(|l| l.contains(line) && l.contains("queued -> running")), "no transition for {line}: {text}");
+        assert!(
+            text.lines()
+                .any(|l| l.contains(line) && l.contains("queued -> running")),
+            "no transition for {line}: {text}"
+        );
     }
     assert!(text.contains("success"), "{text}");
 
@@ -125,42 +153,80 @@ fn dags_test_story(home: &Home) {
     assert_eq!(shown["run"]["state"], "success");
     assert_eq!(shown["run"]["conf"]["region"], "us");
     assert_eq!(shown["task_instances"].as_array().unwrap().len(), 3);
-    assert_eq!(shown["history"].as_array().unwrap().len(), 9, "three transitions per task");
+    assert_eq!(
+        shown["history"].as_array().unwrap().len(),
+        9,
+        "three transitions per task"
+    );
 
     let out = home.sluice(&["tasks", "logs", "etl", &run_id, "extract"]);
-    assert!(stdout(&out).contains("OUT   extracting us from 2026-11-23T10:00:00Z"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("OUT   extracting us from 2026-11-23T10:00:00Z"),
+        "{}",
+        stdout(&out)
+    );
     let out = home.sluice(&["tasks", "logs", "etl", &run_id, "extract", "--try", "2"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("there is no try 2"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("there is no try 2"),
+        "{}",
+        stderr(&out)
+    );
 
     // A failing DAG exits 1 and says which task failed and why.
     let out = home.sluice(&["dags", "test", "report"]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     let text = stdout(&out);
-    assert!(text.contains("fail: try 1 of 1 failed") && text.contains("exited with code 4"), "{text}");
-    assert!(text.lines().any(|l| l.contains("after") && l.contains("upstream_failed")), "{text}");
+    assert!(
+        text.contains("fail: try 1 of 1 failed") && text.contains("exited with code 4"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("after") && l.contains("upstream_failed")),
+        "{text}"
+    );
     let report_run = run_id_of(home, "report");
     let out = home.sluice(&["tasks", "logs", "report", &report_run, "fail"]);
-    assert!(stdout(&out).contains("ERR   about to fail"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("ERR   about to fail"),
+        "{}",
+        stdout(&out)
+    );
 
     // The same logical date again is refused with a hint, not a duplicate run.
-    let out = home.sluice(&["dags", "test", "etl", "--logical-date", "2026-11-23T10:14:59Z"]);
+    let out = home.sluice(&[
+        "dags",
+        "test",
+        "etl",
+        "--logical-date",
+        "2026-11-23T10:14:59Z",
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("already has a run"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already has a run"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn dags_test_runs_records_and_logs_on_sqlite() {
     let home = folder_with_two_valid_and_one_broken();
     dags_test_story(&home);
-    assert!(home.dir.path().join("home/sluice.db").exists(), "the default store is SQLite under SLUICE_HOME");
+    assert!(
+        home.dir.path().join("home/sluice.db").exists(),
+        "the default store is SQLite under SLUICE_HOME"
+    );
 }
 
 #[tokio::test]
 async fn dags_test_runs_records_and_logs_on_postgres() {
     let mut home = folder_with_two_valid_and_one_broken();
     home.database_url = Some(common::fresh_pg_database().await);
-    tokio::task::spawn_blocking(move || dags_test_story(&home)).await.unwrap();
+    tokio::task::spawn_blocking(move || dags_test_story(&home))
+        .await
+        .unwrap();
 }
 
 #[test]
@@ -168,15 +234,32 @@ fn bad_arguments_get_clear_errors() {
     let home = folder_with_two_valid_and_one_broken();
     let out = home.sluice(&["dags", "test", "nope"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("DAG `nope` not found") && stderr(&out).contains("known DAGs: etl, report"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("DAG `nope` not found")
+            && stderr(&out).contains("known DAGs: etl, report"),
+        "{}",
+        stderr(&out)
+    );
     let out = home.sluice(&["dags", "test", "etl", "--conf", "{not json"]);
-    assert!(stderr(&out).contains("--conf is not valid JSON"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--conf is not valid JSON"),
+        "{}",
+        stderr(&out)
+    );
     let out = home.sluice(&["dags", "test", "etl", "--conf", "[1]"]);
-    assert!(stderr(&out).contains("must be a JSON object"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("must be a JSON object"),
+        "{}",
+        stderr(&out)
+    );
     let out = home.sluice(&["dags", "test", "etl", "--logical-date", "last tuesday"]);
     assert!(stderr(&out).contains("--logical-date"), "{}", stderr(&out));
     let out = home.sluice(&["runs", "show", "manual__nothing"]);
-    assert!(stderr(&out).contains("no run `manual__nothing`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no run `manual__nothing`"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -189,10 +272,22 @@ fn operators_are_listed_and_described() {
     }
     let out = home.sluice(&["operators", "describe", "shell"]);
     let text = stdout(&out);
-    assert!(text.lines().any(|l| l.starts_with("command") && l.contains("yes") && l.contains("sh -c")), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("env") && l.contains("no")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("command") && l.contains("yes") && l.contains("sh -c")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("env") && l.contains("no")),
+        "{text}"
+    );
     let out = home.sluice(&["operators", "describe", "shel"]);
-    assert!(stderr(&out).contains("unknown operator `shel`; known: noop, shell, sleep"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown operator `shel`; known: noop, shell, sleep"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -200,6 +295,10 @@ fn show_prints_tasks_in_dependency_order() {
     let home = folder_with_two_valid_and_one_broken();
     let out = home.sluice(&["dags", "show", "etl"]);
     let text = stdout(&out);
-    let order: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().next()).filter(|w| ["extract", "transform", "load"].contains(w)).collect();
+    let order: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| ["extract", "transform", "load"].contains(w))
+        .collect();
     assert_eq!(order, ["extract", "transform", "load"], "{text}");
 }

@@ -26,30 +26,54 @@ fn files(dir: &str) -> Vec<PathBuf> {
 fn every_invalid_fixture_reports_exactly_its_expected_errors() {
     let registry = Registry::builtin();
     let invalid = files("tests/fixtures/dags/invalid");
-    assert!(invalid.len() >= 20, "the corpus has {} invalid files", invalid.len());
+    assert!(
+        invalid.len() >= 20,
+        "the corpus has {} invalid files",
+        invalid.len()
+    );
     let mut failures = Vec::new();
     for path in invalid {
         let text = std::fs::read_to_string(&path).unwrap();
-        let expected: Vec<&str> =
-            text.lines().filter_map(|l| l.strip_prefix("# expect:")).map(str::trim).collect();
-        assert!(!expected.is_empty(), "{} has no `# expect:` line", path.display());
+        let expected: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# expect:"))
+            .map(str::trim)
+            .collect();
+        assert!(
+            !expected.is_empty(),
+            "{} has no `# expect:` line",
+            path.display()
+        );
         let errors: Vec<String> = match parse_dag(&path, &text, &registry) {
             Ok(_) => {
-                failures.push(format!("{}: validated, expected errors {expected:?}", path.display()));
+                failures.push(format!(
+                    "{}: validated, expected errors {expected:?}",
+                    path.display()
+                ));
                 continue;
             }
             Err(errors) => errors.iter().map(ToString::to_string).collect(),
         };
         for e in &errors {
-            assert!(e.starts_with(&format!("{}: ", path.display())), "error does not name the file: {e}");
+            assert!(
+                e.starts_with(&format!("{}: ", path.display())),
+                "error does not name the file: {e}"
+            );
         }
         for want in &expected {
             if !errors.iter().any(|e| e.contains(want)) {
-                failures.push(format!("{}: no error contains {want:?}; got {errors:#?}", path.display()));
+                failures.push(format!(
+                    "{}: no error contains {want:?}; got {errors:#?}",
+                    path.display()
+                ));
             }
         }
         if errors.len() != expected.len() {
-            failures.push(format!("{}: expected {} error(s), got {errors:#?}", path.display(), expected.len()));
+            failures.push(format!(
+                "{}: expected {} error(s), got {errors:#?}",
+                path.display(),
+                expected.len()
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -13,7 +13,9 @@ use sluice::executor::Executor;
 use sluice::operators::{Connections, Registry};
 use sluice::settings::Settings;
 use sluice::state::{RunState, TaskState};
-use sluice::store::{DagRun, NewRun, RunType, StateChange, Store, TaskChange, TaskInstance, TaskKey};
+use sluice::store::{
+    DagRun, NewRun, RunType, StateChange, Store, TaskChange, TaskInstance, TaskKey,
+};
 use tokio_util::sync::CancellationToken;
 
 struct Harness {
@@ -34,7 +36,10 @@ impl Finished {
     }
 
     fn ti(&self, task: &str) -> &TaskInstance {
-        self.tis.iter().find(|t| t.task_id == task).unwrap_or_else(|| panic!("no task {task}"))
+        self.tis
+            .iter()
+            .find(|t| t.task_id == task)
+            .unwrap_or_else(|| panic!("no task {task}"))
     }
 
     /// `(start, end)` of each try of `task`, from the history.
@@ -52,7 +57,11 @@ impl Finished {
     }
 
     fn transitions(&self, task: &str) -> Vec<(u32, TaskState)> {
-        self.history.iter().filter(|h| h.task_id == task).map(|h| (h.try_number, h.to)).collect()
+        self.history
+            .iter()
+            .filter(|h| h.task_id == task)
+            .map(|h| (h.try_number, h.to))
+            .collect()
     }
 }
 
@@ -62,7 +71,11 @@ impl Harness {
         std::fs::create_dir_all(dir.path().join("dags")).unwrap();
         let store = common::sqlite_store(dir.path()).await;
         let settings = Settings::local(dir.path(), &dir.path().join("dags"));
-        Self { dir, store, settings }
+        Self {
+            dir,
+            store,
+            settings,
+        }
     }
 
     fn dag(&self, yaml: &str) -> Arc<Dag> {
@@ -81,18 +94,30 @@ impl Harness {
             run_type: RunType::Manual,
             conf: serde_json::json!({}),
             dag_hash: dag.hash.clone(),
-            tasks: dag.tasks.iter().map(|t| (t.id.clone(), t.operator_name.clone(), t.retry.retries + 1)).collect(),
+            tasks: dag
+                .tasks
+                .iter()
+                .map(|t| (t.id.clone(), t.operator_name.clone(), t.retry.retries + 1))
+                .collect(),
             at: now,
         };
         self.store.create_run(&run).await.unwrap().run_id
     }
 
     fn executor(&self) -> Executor {
-        Executor::new(self.store.clone(), &self.settings, Arc::new(Connections::default()))
+        Executor::new(
+            self.store.clone(),
+            &self.settings,
+            Arc::new(Connections::default()),
+        )
     }
 
     async fn finish(&self, dag: &Dag, run_id: &str, run: DagRun) -> Finished {
-        let tis = self.store.task_instances(&dag.dag_id, run_id).await.unwrap();
+        let tis = self
+            .store
+            .task_instances(&dag.dag_id, run_id)
+            .await
+            .unwrap();
         let history = self.store.history(&dag.dag_id, run_id).await.unwrap();
         Finished { run, tis, history }
     }
@@ -100,7 +125,11 @@ impl Harness {
     async fn run(&self, yaml: &str) -> Finished {
         let dag = self.dag(yaml);
         let run_id = self.create(&dag).await;
-        let run = self.executor().run(dag.clone(), &run_id, CancellationToken::new()).await.unwrap();
+        let run = self
+            .executor()
+            .run(dag.clone(), &run_id, CancellationToken::new())
+            .await
+            .unwrap();
         self.finish(&dag, &run_id, run).await
     }
 
@@ -122,9 +151,15 @@ async fn three_sleeps_fan_into_a_join_and_overlap() {
     assert!(tries.iter().all(|t| t.len() == 1), "{tries:?}");
     let latest_start = tries.iter().map(|t| t[0].0).max().unwrap();
     let earliest_end = tries.iter().map(|t| t[0].1).min().unwrap();
-    assert!(latest_start < earliest_end, "the three tries did not overlap: {tries:?}");
+    assert!(
+        latest_start < earliest_end,
+        "the three tries did not overlap: {tries:?}"
+    );
     let join = done.tries("join");
-    assert!(join[0].0 >= tries.iter().map(|t| t[0].1).max().unwrap(), "join started before its upstream ended");
+    assert!(
+        join[0].0 >= tries.iter().map(|t| t[0].1).max().unwrap(),
+        "join started before its upstream ended"
+    );
     assert_eq!(done.state("join"), TaskState::Success);
 }
 
@@ -137,7 +172,10 @@ async fn parallelism_one_runs_tries_one_at_a_time() {
         .await;
     let mut tries: Vec<_> = ["a", "b", "c"].iter().map(|t| done.tries(t)[0]).collect();
     tries.sort();
-    assert!(tries.windows(2).all(|w| w[0].1 <= w[1].0), "tries overlapped with parallelism 1: {tries:?}");
+    assert!(
+        tries.windows(2).all(|w| w[0].1 <= w[1].0),
+        "tries overlapped with parallelism 1: {tries:?}"
+    );
 }
 
 fn flaky(counter: &str, succeed_on: u32, retries: u32) -> String {
@@ -156,16 +194,46 @@ async fn a_task_failing_twice_succeeds_on_its_third_try_with_two_retries() {
     use TaskState::*;
     assert_eq!(
         done.transitions("flaky"),
-        [(0, Queued), (1, Running), (1, UpForRetry), (1, Queued), (2, Running), (2, UpForRetry), (2, Queued), (3, Running), (3, Success)]
+        [
+            (0, Queued),
+            (1, Running),
+            (1, UpForRetry),
+            (1, Queued),
+            (2, Running),
+            (2, UpForRetry),
+            (2, Queued),
+            (3, Running),
+            (3, Success)
+        ]
     );
-    let reasons: Vec<&str> = done.history.iter().filter(|h| h.to == UpForRetry).filter_map(|h| h.reason.as_deref()).collect();
-    assert!(reasons.iter().all(|r| r.contains("exited with code 1")), "{reasons:?}");
+    let reasons: Vec<&str> = done
+        .history
+        .iter()
+        .filter(|h| h.to == UpForRetry)
+        .filter_map(|h| h.reason.as_deref())
+        .collect();
+    assert!(
+        reasons.iter().all(|r| r.contains("exited with code 1")),
+        "{reasons:?}"
+    );
     assert_eq!(done.state("after"), Success);
     // every try has its own log with the command's output
     for n in 1..=3 {
-        let key = TaskKey { dag_id: "flaky".into(), run_id: done.run.run_id.clone(), task_id: "flaky".into() };
-        let log = std::fs::read_to_string(sluice::executor::try_log_path(&h.settings.logs_dir(), &key, n)).unwrap();
-        assert!(log.contains(&format!("OUT   try {n}")), "try {n} log: {log}");
+        let key = TaskKey {
+            dag_id: "flaky".into(),
+            run_id: done.run.run_id.clone(),
+            task_id: "flaky".into(),
+        };
+        let log = std::fs::read_to_string(sluice::executor::try_log_path(
+            &h.settings.logs_dir(),
+            &key,
+            n,
+        ))
+        .unwrap();
+        assert!(
+            log.contains(&format!("OUT   try {n}")),
+            "try {n} log: {log}"
+        );
     }
 }
 
@@ -176,10 +244,21 @@ async fn with_one_retry_the_run_fails_and_downstream_is_upstream_failed() {
     assert_eq!(done.run.state, RunState::Failed);
     let ti = done.ti("flaky");
     assert_eq!((ti.state, ti.try_number), (TaskState::Failed, 2));
-    assert!(ti.error.as_deref().unwrap().contains("no retries left"), "{:?}", ti.error);
+    assert!(
+        ti.error.as_deref().unwrap().contains("no retries left"),
+        "{:?}",
+        ti.error
+    );
     assert_eq!(done.state("after"), TaskState::UpstreamFailed);
-    assert_eq!(done.state("cleanup"), TaskState::Success, "all_done runs whatever happened upstream");
-    assert_eq!(std::fs::read_to_string(h.path("count")).unwrap().trim(), "2");
+    assert_eq!(
+        done.state("cleanup"),
+        TaskState::Success,
+        "all_done runs whatever happened upstream"
+    );
+    assert_eq!(
+        std::fs::read_to_string(h.path("count")).unwrap().trim(),
+        "2"
+    );
 }
 
 #[tokio::test]
@@ -193,11 +272,24 @@ async fn a_try_over_its_execution_timeout_is_stopped_and_failed() {
     assert_eq!(done.run.state, RunState::Failed);
     let ti = done.ti("slow");
     assert_eq!(ti.state, TaskState::Failed);
-    assert!(ti.error.as_deref().unwrap().contains("timed out after 300ms"), "{:?}", ti.error);
+    assert!(
+        ti.error
+            .as_deref()
+            .unwrap()
+            .contains("timed out after 300ms"),
+        "{:?}",
+        ti.error
+    );
     let (start, end) = done.tries("slow")[0];
-    assert!((end - start).num_milliseconds() < 2500, "the try was not stopped at its timeout: {start} .. {end}");
+    assert!(
+        (end - start).num_milliseconds() < 2500,
+        "the try was not stopped at its timeout: {start} .. {end}"
+    );
     tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
-    assert!(!Path::new(&marker).exists(), "the command kept running after the timeout");
+    assert!(
+        !Path::new(&marker).exists(),
+        "the command kept running after the timeout"
+    );
 }
 
 #[tokio::test]
@@ -209,8 +301,15 @@ async fn a_timed_out_try_is_retried_when_retries_remain() {
     );
     let done = h.run(&yaml).await;
     assert_eq!(done.run.state, RunState::Success);
-    let retry = done.history.iter().find(|h| h.to == TaskState::UpForRetry).unwrap();
-    assert!(retry.reason.as_deref().unwrap().contains("timed out"), "{retry:?}");
+    let retry = done
+        .history
+        .iter()
+        .find(|h| h.to == TaskState::UpForRetry)
+        .unwrap();
+    assert!(
+        retry.reason.as_deref().unwrap().contains("timed out"),
+        "{retry:?}"
+    );
     assert_eq!(done.ti("t").try_number, 2);
 }
 
@@ -223,11 +322,20 @@ async fn trigger_rules_route_failures() {
         )
         .await;
     use TaskState::*;
-    let states: Vec<(&str, TaskState)> =
-        ["ok", "bad", "needs_all", "alert", "any_ok", "all_failed", "no_failures", "no_alert", "after_skip"]
-            .iter()
-            .map(|t| (*t, done.state(t)))
-            .collect();
+    let states: Vec<(&str, TaskState)> = [
+        "ok",
+        "bad",
+        "needs_all",
+        "alert",
+        "any_ok",
+        "all_failed",
+        "no_failures",
+        "no_alert",
+        "after_skip",
+    ]
+    .iter()
+    .map(|t| (*t, done.state(t)))
+    .collect();
     assert_eq!(
         states,
         [
@@ -243,7 +351,11 @@ async fn trigger_rules_route_failures() {
         ]
     );
     assert_eq!(done.run.state, RunState::Failed, "a task failed");
-    assert_eq!(done.ti("needs_all").try_number, 0, "an upstream_failed task never starts a try");
+    assert_eq!(
+        done.ti("needs_all").try_number,
+        0,
+        "an upstream_failed task never starts a try"
+    );
 }
 
 #[tokio::test]
@@ -257,7 +369,11 @@ async fn cancelling_a_run_stops_running_tries_and_cancels_the_rest() {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         trigger.cancel();
     });
-    let run = h.executor().run(dag.clone(), &run_id, cancel).await.unwrap();
+    let run = h
+        .executor()
+        .run(dag.clone(), &run_id, cancel)
+        .await
+        .unwrap();
     let done = h.finish(&dag, &run_id, run).await;
     assert_eq!(done.run.state, RunState::Cancelled);
     for task in ["slow", "nap", "after"] {
@@ -273,29 +389,73 @@ async fn a_run_left_by_a_dead_process_resumes_and_retries_the_interrupted_try() 
     let run_id = h.create(&dag).await;
     // What a process killed mid-try leaves in the store: `first` done, `second` running, the run running.
     let at = Utc::now();
-    let key = |t: &str| TaskKey { dag_id: "resume".into(), run_id: run_id.clone(), task_id: t.into() };
+    let key = |t: &str| TaskKey {
+        dag_id: "resume".into(),
+        run_id: run_id.clone(),
+        task_id: t.into(),
+    };
     let s = h.store.as_ref();
-    s.set_run_state("resume", &run_id, RunState::Queued, RunState::Running, at).await.unwrap();
+    s.set_run_state("resume", &run_id, RunState::Queued, RunState::Running, at)
+        .await
+        .unwrap();
     for (task, path) in [
-        ("first", &[TaskState::Pending, TaskState::Queued, TaskState::Running, TaskState::Success][..]),
-        ("second", &[TaskState::Pending, TaskState::Queued, TaskState::Running][..]),
+        (
+            "first",
+            &[
+                TaskState::Pending,
+                TaskState::Queued,
+                TaskState::Running,
+                TaskState::Success,
+            ][..],
+        ),
+        (
+            "second",
+            &[TaskState::Pending, TaskState::Queued, TaskState::Running][..],
+        ),
     ] {
         for w in path.windows(2) {
-            s.transition(&TaskChange::new(key(task), w[0].to(w[1]).unwrap(), at)).await.unwrap();
+            s.transition(&TaskChange::new(key(task), w[0].to(w[1]).unwrap(), at))
+                .await
+                .unwrap();
         }
     }
-    let run = h.executor().run(dag.clone(), &run_id, CancellationToken::new()).await.unwrap();
+    let run = h
+        .executor()
+        .run(dag.clone(), &run_id, CancellationToken::new())
+        .await
+        .unwrap();
     let done = h.finish(&dag, &run_id, run).await;
     assert_eq!(done.run.state, RunState::Success);
     use TaskState::*;
-    assert_eq!(done.transitions("first"), [(0, Queued), (1, Running), (1, Success)], "a finished task is not re-run");
+    assert_eq!(
+        done.transitions("first"),
+        [(0, Queued), (1, Running), (1, Success)],
+        "a finished task is not re-run"
+    );
     assert_eq!(
         done.transitions("second"),
-        [(0, Queued), (1, Running), (1, UpForRetry), (1, Queued), (2, Running), (2, Success)],
+        [
+            (0, Queued),
+            (1, Running),
+            (1, UpForRetry),
+            (1, Queued),
+            (2, Running),
+            (2, Success)
+        ],
         "the interrupted try is retried exactly once"
     );
-    let died = done.history.iter().find(|h| h.task_id == "second" && h.to == UpForRetry).unwrap();
-    assert!(died.reason.as_deref().unwrap().contains("process running this try died"), "{died:?}");
+    let died = done
+        .history
+        .iter()
+        .find(|h| h.task_id == "second" && h.to == UpForRetry)
+        .unwrap();
+    assert!(
+        died.reason
+            .as_deref()
+            .unwrap()
+            .contains("process running this try died"),
+        "{died:?}"
+    );
 }
 
 #[tokio::test]

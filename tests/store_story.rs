@@ -18,83 +18,151 @@ fn new_run(dag: &str, start: DateTime<Utc>, tasks: &[&str]) -> NewRun {
     NewRun {
         dag_id: dag.into(),
         run_id: RunType::Manual.run_id(start),
-        interval: DataInterval { start, end: start + Duration::minutes(15) },
+        interval: DataInterval {
+            start,
+            end: start + Duration::minutes(15),
+        },
         run_type: RunType::Manual,
         conf: serde_json::json!({"region": "eu", "quote": "it's \"ok\""}),
         dag_hash: "abc123".into(),
-        tasks: tasks.iter().map(|t| (t.to_string(), "noop".to_string(), 3)).collect(),
+        tasks: tasks
+            .iter()
+            .map(|t| (t.to_string(), "noop".to_string(), 3))
+            .collect(),
         at: start,
     }
 }
 
 fn key(dag: &str, run: &str, task: &str) -> TaskKey {
-    TaskKey { dag_id: dag.into(), run_id: run.into(), task_id: task.into() }
+    TaskKey {
+        dag_id: dag.into(),
+        run_id: run.into(),
+        task_id: task.into(),
+    }
 }
 
-async fn step(store: &dyn Store, key: &TaskKey, from: TaskState, to: TaskState, when: DateTime<Utc>) -> sluice::store::TaskInstance {
-    store.transition(&TaskChange::new(key.clone(), from.to(to).unwrap(), when)).await.unwrap()
+async fn step(
+    store: &dyn Store,
+    key: &TaskKey,
+    from: TaskState,
+    to: TaskState,
+    when: DateTime<Utc>,
+) -> sluice::store::TaskInstance {
+    store
+        .transition(&TaskChange::new(key.clone(), from.to(to).unwrap(), when))
+        .await
+        .unwrap()
 }
 
 async fn story(store: Arc<dyn Store>) {
     let store = store.as_ref();
     // A run is created with all its task instances pending.
-    let created = store.create_run(&new_run("etl", at(0), &["extract", "load"])).await.unwrap();
+    let created = store
+        .create_run(&new_run("etl", at(0), &["extract", "load"]))
+        .await
+        .unwrap();
     let run_id = created.run_id.clone();
     assert_eq!(created.state, RunState::Queued);
     assert_eq!(created.logical_date, at(0));
     assert_eq!(created.data_interval_end, at(15));
     assert_eq!(created.conf["quote"], "it's \"ok\"");
     let tis = store.task_instances("etl", &run_id).await.unwrap();
-    assert_eq!(tis.iter().map(|t| (t.task_id.as_str(), t.state, t.try_number, t.max_tries)).collect::<Vec<_>>(),
-        [("extract", TaskState::Pending, 0, 3), ("load", TaskState::Pending, 0, 3)]);
+    assert_eq!(
+        tis.iter()
+            .map(|t| (t.task_id.as_str(), t.state, t.try_number, t.max_tries))
+            .collect::<Vec<_>>(),
+        [
+            ("extract", TaskState::Pending, 0, 3),
+            ("load", TaskState::Pending, 0, 3)
+        ]
+    );
 
     // The same logical date cannot get a second run, whatever its id.
     let mut again = new_run("etl", at(0), &["extract"]);
     again.run_id = "other_id".into();
-    assert!(matches!(store.create_run(&again).await, Err(StoreError::RunExists { .. })));
+    assert!(matches!(
+        store.create_run(&again).await,
+        Err(StoreError::RunExists { .. })
+    ));
     // Another DAG may use the same date.
-    store.create_run(&new_run("other", at(0), &["t"])).await.unwrap();
+    store
+        .create_run(&new_run("other", at(0), &["t"]))
+        .await
+        .unwrap();
 
     // A try: queued, running (try 1), up for retry with its error, queued, running (try 2), success.
     let k = key("etl", &run_id, "extract");
     step(store, &k, TaskState::Pending, TaskState::Queued, at(1)).await;
     let running = step(store, &k, TaskState::Queued, TaskState::Running, at(2)).await;
     assert_eq!((running.try_number, running.started_at), (1, Some(at(2))));
-    let mut fail = TaskChange::new(k.clone(), TaskState::Running.to(TaskState::UpForRetry).unwrap(), at(3));
+    let mut fail = TaskChange::new(
+        k.clone(),
+        TaskState::Running.to(TaskState::UpForRetry).unwrap(),
+        at(3),
+    );
     fail.reason = Some("connection refused".into());
     fail.next_retry_at = Some(at(4));
     let retry = store.transition(&fail).await.unwrap();
     assert_eq!(retry.error.as_deref(), Some("connection refused"));
-    assert_eq!((retry.next_retry_at, retry.ended_at), (Some(at(4)), Some(at(3))));
+    assert_eq!(
+        (retry.next_retry_at, retry.ended_at),
+        (Some(at(4)), Some(at(3)))
+    );
     step(store, &k, TaskState::UpForRetry, TaskState::Queued, at(4)).await;
     let second = step(store, &k, TaskState::Queued, TaskState::Running, at(5)).await;
-    assert_eq!((second.try_number, second.error.clone(), second.ended_at), (2, None, None));
-    let mut ok = TaskChange::new(k.clone(), TaskState::Running.to(TaskState::Success).unwrap(), at(6));
+    assert_eq!(
+        (second.try_number, second.error.clone(), second.ended_at),
+        (2, None, None)
+    );
+    let mut ok = TaskChange::new(
+        k.clone(),
+        TaskState::Running.to(TaskState::Success).unwrap(),
+        at(6),
+    );
     ok.output = Some(r#"{"values":{"rows":42}}"#.into());
     let done = store.transition(&ok).await.unwrap();
     assert_eq!(done.state, TaskState::Success);
     assert_eq!(done.output.unwrap()["values"]["rows"], 42);
 
     // Compare-and-set: a change from a state the row is not in is refused and changes nothing.
-    let stale = TaskChange::new(k.clone(), TaskState::Queued.to(TaskState::Running).unwrap(), at(7));
+    let stale = TaskChange::new(
+        k.clone(),
+        TaskState::Queued.to(TaskState::Running).unwrap(),
+        at(7),
+    );
     match store.transition(&stale).await {
-        Err(StoreError::Conflict { expected, found, .. }) => assert_eq!((expected.as_str(), found.as_str()), ("queued", "success")),
+        Err(StoreError::Conflict {
+            expected, found, ..
+        }) => assert_eq!((expected.as_str(), found.as_str()), ("queued", "success")),
         other => panic!("expected a conflict, got {other:?}"),
     }
-    let missing = TaskChange::new(key("etl", &run_id, "ghost"), TaskState::Pending.to(TaskState::Queued).unwrap(), at(7));
-    assert!(matches!(store.transition(&missing).await, Err(StoreError::NotFound(_))));
+    let missing = TaskChange::new(
+        key("etl", &run_id, "ghost"),
+        TaskState::Pending.to(TaskState::Queued).unwrap(),
+        at(7),
+    );
+    assert!(matches!(
+        store.transition(&missing).await,
+        Err(StoreError::NotFound(_))
+    ));
 
     // The history has every change, in order, with try numbers and reasons.
     let history = store.history("etl", &run_id).await.unwrap();
-    let seen: Vec<(u32, TaskState, TaskState)> = history.iter().map(|h| (h.try_number, h.from, h.to)).collect();
-    assert_eq!(seen, [
-        (0, TaskState::Pending, TaskState::Queued),
-        (1, TaskState::Queued, TaskState::Running),
-        (1, TaskState::Running, TaskState::UpForRetry),
-        (1, TaskState::UpForRetry, TaskState::Queued),
-        (2, TaskState::Queued, TaskState::Running),
-        (2, TaskState::Running, TaskState::Success),
-    ]);
+    let seen: Vec<(u32, TaskState, TaskState)> = history
+        .iter()
+        .map(|h| (h.try_number, h.from, h.to))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (0, TaskState::Pending, TaskState::Queued),
+            (1, TaskState::Queued, TaskState::Running),
+            (1, TaskState::Running, TaskState::UpForRetry),
+            (1, TaskState::UpForRetry, TaskState::Queued),
+            (2, TaskState::Queued, TaskState::Running),
+            (2, TaskState::Running, TaskState::Success),
+        ]
+    );
     assert_eq!(history[2].reason.as_deref(), Some("connection refused"));
     assert_eq!(history[5].at, at(6));
 
@@ -102,47 +170,121 @@ async fn story(store: Arc<dyn Store>) {
     let l = key("etl", &run_id, "load");
     step(store, &l, TaskState::Pending, TaskState::Queued, at(8)).await;
     let claims = (0..8).map(|_| {
-        let change = TaskChange::new(l.clone(), TaskState::Queued.to(TaskState::Running).unwrap(), at(9));
+        let change = TaskChange::new(
+            l.clone(),
+            TaskState::Queued.to(TaskState::Running).unwrap(),
+            at(9),
+        );
         async move { store.transition(&change).await }
     });
     let results = futures::future::join_all(claims).await;
-    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
-    assert!(results.iter().filter(|r| r.is_err()).all(|r| matches!(r, Err(StoreError::Conflict { .. }))));
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(results
+        .iter()
+        .filter(|r| r.is_err())
+        .all(|r| matches!(r, Err(StoreError::Conflict { .. }))));
 
     // Runs move through their own state machine, compare-and-set as well.
-    let started = store.set_run_state("etl", &run_id, RunState::Queued, RunState::Running, at(1)).await.unwrap();
+    let started = store
+        .set_run_state("etl", &run_id, RunState::Queued, RunState::Running, at(1))
+        .await
+        .unwrap();
     assert_eq!(started.started_at, Some(at(1)));
     assert!(matches!(
-        store.set_run_state("etl", &run_id, RunState::Queued, RunState::Running, at(1)).await,
+        store
+            .set_run_state("etl", &run_id, RunState::Queued, RunState::Running, at(1))
+            .await,
         Err(StoreError::Conflict { .. })
     ));
     assert!(matches!(
-        store.set_run_state("etl", &run_id, RunState::Success, RunState::Running, at(1)).await,
+        store
+            .set_run_state("etl", &run_id, RunState::Success, RunState::Running, at(1))
+            .await,
         Err(StoreError::IllegalRunTransition(_))
     ));
-    let finished = store.set_run_state("etl", &run_id, RunState::Running, RunState::Success, at(10)).await.unwrap();
-    assert_eq!((finished.state, finished.ended_at), (RunState::Success, Some(at(10))));
+    let finished = store
+        .set_run_state("etl", &run_id, RunState::Running, RunState::Success, at(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        (finished.state, finished.ended_at),
+        (RunState::Success, Some(at(10)))
+    );
 
     // Listing: newest logical date first, filtered by DAG and state, limited.
     for minute in [15, 30, 45] {
-        store.create_run(&new_run("etl", at(minute), &["extract"])).await.unwrap();
+        store
+            .create_run(&new_run("etl", at(minute), &["extract"]))
+            .await
+            .unwrap();
     }
-    let all = store.list_runs(&RunFilter { dag_id: Some("etl".into()), ..Default::default() }).await.unwrap();
-    assert_eq!(all.iter().map(|r| r.logical_date).collect::<Vec<_>>(), [at(45), at(30), at(15), at(0)]);
-    let two = store.list_runs(&RunFilter { dag_id: Some("etl".into()), limit: 2, ..Default::default() }).await.unwrap();
+    let all = store
+        .list_runs(&RunFilter {
+            dag_id: Some("etl".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.logical_date).collect::<Vec<_>>(),
+        [at(45), at(30), at(15), at(0)]
+    );
+    let two = store
+        .list_runs(&RunFilter {
+            dag_id: Some("etl".into()),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(two.len(), 2);
-    let succeeded = store.list_runs(&RunFilter { state: Some(RunState::Success), ..Default::default() }).await.unwrap();
-    assert_eq!(succeeded.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), [run_id.as_str()]);
-    let by_id = store.list_runs(&RunFilter { run_id: Some(run_id.clone()), ..Default::default() }).await.unwrap();
+    let succeeded = store
+        .list_runs(&RunFilter {
+            state: Some(RunState::Success),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        succeeded
+            .iter()
+            .map(|r| r.run_id.as_str())
+            .collect::<Vec<_>>(),
+        [run_id.as_str()]
+    );
+    let by_id = store
+        .list_runs(&RunFilter {
+            run_id: Some(run_id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     // run ids are unique per DAG only: the same id under two DAGs lists both
-    assert_eq!(by_id.iter().map(|r| r.dag_id.as_str()).collect::<Vec<_>>(), ["etl", "other"]);
+    assert_eq!(
+        by_id.iter().map(|r| r.dag_id.as_str()).collect::<Vec<_>>(),
+        ["etl", "other"]
+    );
     assert!(store.run("etl", "nope").await.unwrap().is_none());
 
     // A run of many tasks is created in one go.
     let many: Vec<String> = (0..1200).map(|i| format!("t{i:04}")).collect();
     let refs: Vec<&str> = many.iter().map(String::as_str).collect();
-    let big = store.create_run(&new_run("wide", at(0), &refs)).await.unwrap();
-    assert_eq!(store.task_instances("wide", &big.run_id).await.unwrap().len(), 1200);
+    let big = store
+        .create_run(&new_run("wide", at(0), &refs))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .task_instances("wide", &big.run_id)
+            .await
+            .unwrap()
+            .len(),
+        1200
+    );
 }
 
 #[tokio::test]
@@ -153,9 +295,18 @@ async fn store_story_on_sqlite() {
     story(store).await;
     // Durable: a new process (a new store on the same file) sees everything.
     let reopened = common::sqlite_store(dir.path()).await;
-    let runs = reopened.list_runs(&RunFilter { dag_id: Some("etl".into()), ..Default::default() }).await.unwrap();
+    let runs = reopened
+        .list_runs(&RunFilter {
+            dag_id: Some("etl".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(runs.len(), 4);
-    assert!(dir.path().join("sluice.db-wal").exists(), "SQLite runs in WAL mode");
+    assert!(
+        dir.path().join("sluice.db-wal").exists(),
+        "SQLite runs in WAL mode"
+    );
 }
 
 #[tokio::test]
@@ -167,7 +318,9 @@ async fn store_story_on_postgres() {
 
 #[tokio::test]
 async fn store_errors_never_show_passwords() {
-    let err = sluice::store::open("postgres://etl:hunter2@127.0.0.1:1/nowhere").await.unwrap_err();
+    let err = sluice::store::open("postgres://etl:hunter2@127.0.0.1:1/nowhere")
+        .await
+        .unwrap_err();
     let shown = format!("{err} {err:?}");
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains("127.0.0.1:1"), "{shown}");

@@ -53,7 +53,12 @@ pub trait ArtifactStore: Send + Sync + fmt::Debug {
     /// A local path the operator may write the artifact to before committing it.
     async fn staging_path(&self, key: &ArtifactKey) -> Result<PathBuf, ArtifactError>;
     /// Makes the staged file visible under its final name and returns its reference.
-    async fn commit(&self, key: &ArtifactKey, staged: &Path, rows: Option<u64>) -> Result<ArtifactRef, ArtifactError>;
+    async fn commit(
+        &self,
+        key: &ArtifactKey,
+        staged: &Path,
+        rows: Option<u64>,
+    ) -> Result<ArtifactRef, ArtifactError>;
     /// A local path from which the artifact can be read.
     async fn local_path(&self, artifact: &ArtifactRef) -> Result<PathBuf, ArtifactError>;
 }
@@ -71,12 +76,17 @@ impl LocalArtifactStore {
     }
 
     fn relative(key: &ArtifactKey) -> PathBuf {
-        PathBuf::from(&key.dag_id).join(&key.run_id).join(format!("{}.{}", key.task_id, key.extension))
+        PathBuf::from(&key.dag_id)
+            .join(&key.run_id)
+            .join(format!("{}.{}", key.task_id, key.extension))
     }
 }
 
 fn io_error(location: &Path, source: std::io::Error) -> ArtifactError {
-    ArtifactError { location: location.display().to_string(), source }
+    ArtifactError {
+        location: location.display().to_string(),
+        source,
+    }
 }
 
 #[async_trait]
@@ -84,16 +94,29 @@ impl ArtifactStore for LocalArtifactStore {
     async fn staging_path(&self, key: &ArtifactKey) -> Result<PathBuf, ArtifactError> {
         let final_path = self.root.join(Self::relative(key));
         let dir = final_path.parent().expect("artifact paths have a parent");
-        tokio::fs::create_dir_all(dir).await.map_err(|e| io_error(dir, e))?;
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| io_error(dir, e))?;
         Ok(final_path.with_extension(format!("{}.partial", key.extension)))
     }
 
-    async fn commit(&self, key: &ArtifactKey, staged: &Path, rows: Option<u64>) -> Result<ArtifactRef, ArtifactError> {
+    async fn commit(
+        &self,
+        key: &ArtifactKey,
+        staged: &Path,
+        rows: Option<u64>,
+    ) -> Result<ArtifactRef, ArtifactError> {
         let relative = Self::relative(key);
         let final_path = self.root.join(&relative);
         // rename is atomic within one file system: readers see the old file or the new one.
-        tokio::fs::rename(staged, &final_path).await.map_err(|e| io_error(&final_path, e))?;
-        Ok(ArtifactRef { location: relative.display().to_string(), format: key.extension.clone(), rows })
+        tokio::fs::rename(staged, &final_path)
+            .await
+            .map_err(|e| io_error(&final_path, e))?;
+        Ok(ArtifactRef {
+            location: relative.display().to_string(),
+            format: key.extension.clone(),
+            rows,
+        })
     }
 
     async fn local_path(&self, artifact: &ArtifactRef) -> Result<PathBuf, ArtifactError> {
@@ -121,8 +144,15 @@ mod tests {
         };
         let staged = store.staging_path(&key).await.unwrap();
         tokio::fs::write(&staged, b"table").await.unwrap();
-        let would_be = ArtifactRef { location: LocalArtifactStore::relative(&key).display().to_string(), format: "arrow".into(), rows: None };
-        assert!(store.local_path(&would_be).await.is_err(), "visible before commit");
+        let would_be = ArtifactRef {
+            location: LocalArtifactStore::relative(&key).display().to_string(),
+            format: "arrow".into(),
+            rows: None,
+        };
+        assert!(
+            store.local_path(&would_be).await.is_err(),
+            "visible before commit"
+        );
         let committed = store.commit(&key, &staged, Some(1)).await.unwrap();
         let path = store.local_path(&committed).await.unwrap();
         assert_eq!(std::fs::read(path).unwrap(), b"table");

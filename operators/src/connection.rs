@@ -41,12 +41,20 @@ pub enum ConnectionError {
 impl Connection {
     /// Parses a connection URI. The error never repeats the URI, which may hold a password.
     pub fn parse(id: &str, uri: &str) -> Result<Self, ConnectionError> {
-        let uri = Url::parse(uri.trim())
-            .map_err(|e| ConnectionError::Invalid { id: id.to_string(), reason: e.to_string() })?;
+        let uri = Url::parse(uri.trim()).map_err(|e| ConnectionError::Invalid {
+            id: id.to_string(),
+            reason: e.to_string(),
+        })?;
         if uri.host_str().is_none() {
-            return Err(ConnectionError::Invalid { id: id.to_string(), reason: "no host".into() });
+            return Err(ConnectionError::Invalid {
+                id: id.to_string(),
+                reason: "no host".into(),
+            });
         }
-        Ok(Self { id: id.to_lowercase(), uri })
+        Ok(Self {
+            id: id.to_lowercase(),
+            uri,
+        })
     }
 
     /// The connection id, lower case (`crm` for `SLUICE_CONN_CRM`).
@@ -76,7 +84,10 @@ impl Connection {
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connection").field("id", &self.id).field("uri", &self.redacted()).finish()
+        f.debug_struct("Connection")
+            .field("id", &self.id)
+            .field("uri", &self.redacted())
+            .finish()
     }
 }
 
@@ -143,8 +154,14 @@ mod tests {
     #[test]
     fn lookup_is_case_insensitive_and_errors_name_the_variable() {
         let conns = Connections::from_vars([
-            ("SLUICE_CONN_CRM".to_string(), "postgres://u@h/db".to_string()),
-            ("SLUICE_CONN_BAD".to_string(), "not a uri with secret".to_string()),
+            (
+                "SLUICE_CONN_CRM".to_string(),
+                "postgres://u@h/db".to_string(),
+            ),
+            (
+                "SLUICE_CONN_BAD".to_string(),
+                "not a uri with secret".to_string(),
+            ),
             ("PATH".to_string(), "/bin".to_string()),
         ]);
         assert_eq!(conns.get("CRM").unwrap().scheme(), "postgres");
@@ -152,6 +169,9 @@ mod tests {
         let missing = conns.get("telemetry").unwrap_err().to_string();
         assert!(missing.contains("SLUICE_CONN_TELEMETRY"), "{missing}");
         let bad = conns.get("bad").unwrap_err().to_string();
-        assert!(bad.contains("SLUICE_CONN_BAD") && !bad.contains("secret"), "{bad}");
+        assert!(
+            bad.contains("SLUICE_CONN_BAD") && !bad.contains("secret"),
+            "{bad}"
+        );
     }
 }

@@ -32,12 +32,16 @@ pub struct TaskOutput {
 impl TaskOutput {
     /// An output carrying only small values.
     pub fn values(values: serde_json::Map<String, serde_json::Value>) -> Self {
-        Self { table: None, values }
+        Self {
+            table: None,
+            values,
+        }
     }
 
     /// Serializes the output, refusing anything over [`MAX_OUTPUT_BYTES`].
     pub fn to_json(&self) -> Result<String, OperatorError> {
-        let json = serde_json::to_string(self).map_err(|e| OperatorError::fatal(format!("output is not JSON: {e}")))?;
+        let json = serde_json::to_string(self)
+            .map_err(|e| OperatorError::fatal(format!("output is not JSON: {e}")))?;
         if json.len() > MAX_OUTPUT_BYTES {
             return Err(OperatorError::fatal(format!(
                 "output is {} bytes, over the {MAX_OUTPUT_BYTES}-byte limit: write large data as an artifact",
@@ -47,6 +51,9 @@ impl TaskOutput {
         Ok(json)
     }
 }
+
+/// Longest log line kept; longer lines are cut (a binary blob on stdout must not fill the disk line by line).
+const MAX_LINE_BYTES: usize = 64 * 1024;
 
 /// Which stream a log line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +93,9 @@ impl TaskLog {
             std::fs::create_dir_all(dir)?;
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self { file: Some(Arc::new(Mutex::new(file))) })
+        Ok(Self {
+            file: Some(Arc::new(Mutex::new(file))),
+        })
     }
 
     /// A log that drops every line (for unit tests of operators).
@@ -94,18 +103,27 @@ impl TaskLog {
         Self { file: None }
     }
 
-    /// Appends one line.
+    /// Appends `text`; each of its lines gets the timestamp and stream label.
     pub fn line(&self, stream: LogStream, text: &str) {
         let Some(file) = &self.file else { return };
         let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
-        let mut line = format!("{now} {} {}\n", stream.label(), text.trim_end_matches(['\n', '\r']));
-        if line.len() > 64 * 1024 {
-            line.truncate(64 * 1024);
-            line.push_str(" …[line truncated]\n");
+        let mut out = String::new();
+        for line in text.trim_end_matches(['\n', '\r']).split('\n') {
+            let mut line = line.trim_end_matches('\r');
+            let truncated = line.len() > MAX_LINE_BYTES;
+            if truncated {
+                line = &line[..line.floor_char_boundary(MAX_LINE_BYTES)];
+            }
+            let cut = if truncated {
+                " …[line truncated]"
+            } else {
+                ""
+            };
+            out.push_str(&format!("{now} {} {line}{cut}\n", stream.label()));
         }
-        // A poisoned lock only means another writer panicked mid-line; keep logging.
+        // One write per call: a reader following the file never sees half a line.
         let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = file.write_all(line.as_bytes());
+        let _ = file.write_all(out.as_bytes());
     }
 
     /// Appends an informational line.
@@ -146,12 +164,41 @@ impl TaskContext {
 
     /// Looks up a connection; a missing one is fatal.
     pub fn connection(&self, id: &str) -> Result<&Connection, OperatorError> {
-        self.connections.get(id).map_err(|e| OperatorError::fatal(e.to_string()))
+        self.connections
+            .get(id)
+            .map_err(|e| OperatorError::fatal(e.to_string()))
     }
 
     /// Resolves a path from config against the DAG file's folder.
     pub fn resolve_path(&self, path: &str) -> PathBuf {
         let path = Path::new(path);
-        if path.is_absolute() { path.to_path_buf() } else { self.dag_dir.join(path) }
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.dag_dir.join(path)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_line_gets_a_prefix_and_long_lines_are_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/try.log");
+        let log = TaskLog::to_file(&path).unwrap();
+        log.info("first\nsecond\r\n");
+        log.line(LogStream::Stdout, &"é".repeat(MAX_LINE_BYTES));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].ends_with("INFO  first") && lines[1].ends_with("INFO  second"),
+            "{text}"
+        );
+        assert!(lines[2].contains("OUT   é") && lines[2].ends_with("…[line truncated]"));
+        assert!(lines[2].len() < MAX_LINE_BYTES + 100);
     }
 }

@@ -37,7 +37,11 @@ impl<'de> Deserialize<'de> for HumanDuration {
                 }
                 humantime::parse_duration(v)
                     .map(HumanDuration)
-                    .map_err(|e| E::custom(format!("`{v}` is not a duration ({e}); write e.g. `30s`, `10m`, `1h`")))
+                    .map_err(|e| {
+                        E::custom(format!(
+                            "`{v}` is not a duration ({e}); write e.g. `30s`, `10m`, `1h`"
+                        ))
+                    })
             }
         }
         deserializer.deserialize_any(V)
@@ -57,11 +61,26 @@ mod tests {
     #[test]
     fn text_and_numbers_parse() {
         let parse = |v: serde_json::Value| serde_json::from_value::<HumanDuration>(v).map(|d| d.0);
-        assert_eq!(parse(serde_json::json!("1m 30s")).unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            parse(serde_json::json!("1m 30s")).unwrap(),
+            Duration::from_secs(90)
+        );
         assert_eq!(parse(serde_json::json!(5)).unwrap(), Duration::from_secs(5));
-        assert_eq!(parse(serde_json::json!("5")).unwrap(), Duration::from_secs(5));
-        assert_eq!(parse(serde_json::json!(0.25)).unwrap(), Duration::from_millis(250));
-        assert!(parse(serde_json::json!(-3)).unwrap_err().to_string().contains("cannot be negative"));
-        assert!(parse(serde_json::json!("5 parsecs")).unwrap_err().to_string().contains("`5 parsecs` is not a duration"));
+        assert_eq!(
+            parse(serde_json::json!("5")).unwrap(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            parse(serde_json::json!(0.25)).unwrap(),
+            Duration::from_millis(250)
+        );
+        assert!(parse(serde_json::json!(-3))
+            .unwrap_err()
+            .to_string()
+            .contains("cannot be negative"));
+        assert!(parse(serde_json::json!("5 parsecs"))
+            .unwrap_err()
+            .to_string()
+            .contains("`5 parsecs` is not a duration"));
     }
 }

@@ -19,12 +19,18 @@ pub struct ConfigError {
 impl ConfigError {
     /// An error about one named field.
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: Some(field.into()), message: message.into() }
+        Self {
+            field: Some(field.into()),
+            message: message.into(),
+        }
     }
 
     /// An error about the config as a whole.
     pub fn whole(message: impl Into<String>) -> Self {
-        Self { field: None, message: message.into() }
+        Self {
+            field: None,
+            message: message.into(),
+        }
     }
 }
 
@@ -60,11 +66,17 @@ pub struct OperatorError {
 impl OperatorError {
     /// A failure that another try may not repeat.
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self { kind: FailureKind::Retryable, message: message.into() }
+        Self {
+            kind: FailureKind::Retryable,
+            message: message.into(),
+        }
     }
 
     /// A failure that another try would repeat.
     pub fn fatal(message: impl Into<String>) -> Self {
-        Self { kind: FailureKind::Fatal, message: message.into() }
+        Self {
+            kind: FailureKind::Fatal,
+            message: message.into(),
+        }
     }
 }

@@ -35,16 +35,23 @@ pub struct OperatorKind {
 
 impl std::fmt::Debug for OperatorKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OperatorKind").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("OperatorKind")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
-fn build_from<C: OperatorConfig>(config: serde_json::Value) -> Result<Arc<dyn Operator>, ConfigError> {
+fn build_from<C: OperatorConfig>(
+    config: serde_json::Value,
+) -> Result<Arc<dyn Operator>, ConfigError> {
     let parsed: C = serde_path_to_error::deserialize(config).map_err(|e| {
         let path = e.path().to_string();
         let message = e.into_inner().to_string();
         // serde reports a missing field at its parent; name the field itself.
-        let missing = message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next()).map(str::to_string);
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_string);
         match (path.as_str(), missing) {
             (".", Some(field)) => ConfigError::field(field, message),
             (".", None) => ConfigError::whole(message),
@@ -62,7 +69,12 @@ fn schema_of<C: OperatorConfig>() -> serde_json::Value {
 impl OperatorKind {
     /// The kind for config type `C`.
     pub fn of<C: OperatorConfig>() -> Self {
-        Self { name: C::NAME, summary: C::SUMMARY, build: build_from::<C>, schema: schema_of::<C> }
+        Self {
+            name: C::NAME,
+            summary: C::SUMMARY,
+            build: build_from::<C>,
+            schema: schema_of::<C>,
+        }
     }
 
     /// Deserializes and checks a task's `config:` block. Pure.
@@ -124,17 +136,30 @@ mod tests {
         assert_eq!(registry.names(), ["noop", "shell", "sleep"]);
         let schema = registry.get("shell").unwrap().schema();
         let command = &schema["properties"]["command"];
-        assert!(command["description"].as_str().unwrap().contains("sh -c"), "{schema}");
+        assert!(
+            command["description"].as_str().unwrap().contains("sh -c"),
+            "{schema}"
+        );
     }
 
     #[test]
     fn config_errors_name_the_field() {
         let shell = Registry::builtin().get("shell").cloned().unwrap();
-        let unknown = shell.build(json!({"command": "true", "comand": "x"})).unwrap_err();
-        assert!(unknown.message.contains("unknown field `comand`"), "{unknown}");
+        let unknown = shell
+            .build(json!({"command": "true", "comand": "x"}))
+            .unwrap_err();
+        assert!(
+            unknown.message.contains("unknown field `comand`"),
+            "{unknown}"
+        );
         let missing = shell.build(json!({})).unwrap_err();
-        assert_eq!(missing.to_string(), "config.command: missing field `command`");
-        let wrong_type = shell.build(json!({"command": "true", "env": {"A": [1]}})).unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "config.command: missing field `command`"
+        );
+        let wrong_type = shell
+            .build(json!({"command": "true", "env": {"A": [1]}}))
+            .unwrap_err();
         assert_eq!(wrong_type.field.as_deref(), Some("env.A"), "{wrong_type}");
     }
 }

@@ -42,7 +42,8 @@ pub struct Shell {
 
 impl OperatorConfig for ShellConfig {
     const NAME: &'static str = "shell";
-    const SUMMARY: &'static str = "Runs a command with sh -c; output goes to the task log, a non-zero exit fails the try.";
+    const SUMMARY: &'static str =
+        "Runs a command with sh -c; output goes to the task log, a non-zero exit fails the try.";
 
     fn build(self) -> Result<Arc<dyn Operator>, ConfigError> {
         if self.command.trim().is_empty() {
@@ -50,7 +51,10 @@ impl OperatorConfig for ShellConfig {
         }
         for name in self.env.keys() {
             if name.is_empty() || name.contains('=') || name.contains('\0') {
-                return Err(ConfigError::field(format!("env.{name}"), "is not a valid environment variable name"));
+                return Err(ConfigError::field(
+                    format!("env.{name}"),
+                    "is not a valid environment variable name",
+                ));
             }
         }
         Ok(Arc::new(Shell { config: self }))
@@ -121,17 +125,32 @@ impl Operator for Shell {
         }
         cmd.env("SLUICE_TRY_NUMBER", vars.try_number.to_string());
         for (name, value) in &self.config.env {
-            let value = if template::is_template(value) { ctx.render(value)? } else { value.clone() };
+            let value = if template::is_template(value) {
+                ctx.render(value)?
+            } else {
+                value.clone()
+            };
             cmd.env(name, value);
         }
 
-        ctx.log.info(&format!("running in {}: {command}", cwd.display()));
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| OperatorError::fatal(format!("could not start sh in {}: {e}", cwd.display())))?;
-        let group = ProcessGroup { pgid: child.id().map(|id| id as i32) };
-        let stdout = tokio::spawn(pump(child.stdout.take().expect("piped"), ctx.log.clone(), LogStream::Stdout));
-        let stderr = tokio::spawn(pump(child.stderr.take().expect("piped"), ctx.log.clone(), LogStream::Stderr));
+        ctx.log
+            .info(&format!("running in {}: {command}", cwd.display()));
+        let mut child = cmd.spawn().map_err(|e| {
+            OperatorError::fatal(format!("could not start sh in {}: {e}", cwd.display()))
+        })?;
+        let group = ProcessGroup {
+            pgid: child.id().map(|id| id as i32),
+        };
+        let stdout = tokio::spawn(pump(
+            child.stdout.take().expect("piped"),
+            ctx.log.clone(),
+            LogStream::Stdout,
+        ));
+        let stderr = tokio::spawn(pump(
+            child.stderr.take().expect("piped"),
+            ctx.log.clone(),
+            LogStream::Stderr,
+        ));
 
         let status = tokio::select! {
             status = child.wait() => status.map_err(|e| OperatorError::retryable(format!("waiting for the command: {e}")))?,
@@ -155,10 +174,16 @@ impl Operator for Shell {
                 Ok(TaskOutput::values(values))
             }
             Some(code) if self.config.fatal_exit_codes.contains(&code) => {
-                Err(OperatorError::fatal(format!("command exited with code {code} (listed in fatal_exit_codes)")))
+                Err(OperatorError::fatal(format!(
+                    "command exited with code {code} (listed in fatal_exit_codes)"
+                )))
             }
-            Some(code) => Err(OperatorError::retryable(format!("command exited with code {code}"))),
-            None => Err(OperatorError::retryable(format!("command was killed by a signal ({status})"))),
+            Some(code) => Err(OperatorError::retryable(format!(
+                "command exited with code {code}"
+            ))),
+            None => Err(OperatorError::retryable(format!(
+                "command was killed by a signal ({status})"
+            ))),
         }
     }
 }
@@ -175,7 +200,16 @@ mod tests {
     fn context(dir: &std::path::Path) -> TaskContext {
         let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 0, 0).unwrap();
         TaskContext {
-            vars: TemplateVars::new("dag", "run", "task", 1, t, (t, t), serde_json::json!({}), serde_json::json!({})),
+            vars: TemplateVars::new(
+                "dag",
+                "run",
+                "task",
+                1,
+                t,
+                (t, t),
+                serde_json::json!({}),
+                serde_json::json!({}),
+            ),
             dag_dir: dir.to_path_buf(),
             upstream: Default::default(),
             connections: Arc::new(Connections::default()),
@@ -186,14 +220,19 @@ mod tests {
     }
 
     fn shell(json: serde_json::Value) -> Arc<dyn Operator> {
-        serde_json::from_value::<ShellConfig>(json).unwrap().build().unwrap()
+        serde_json::from_value::<ShellConfig>(json)
+            .unwrap()
+            .build()
+            .unwrap()
     }
 
     #[tokio::test]
     async fn output_goes_to_the_log_and_templates_render() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = context(dir.path());
-        let op = shell(serde_json::json!({"command": "echo day={{ ds }} $GREETING; echo oops >&2", "env": {"GREETING": "hi {{ dag_id }}"}}));
+        let op = shell(
+            serde_json::json!({"command": "echo day={{ ds }} $GREETING; echo oops >&2", "env": {"GREETING": "hi {{ dag_id }}"}}),
+        );
         let out = op.execute(&ctx).await.unwrap();
         assert_eq!(out.values["last_line"], "day=2026-01-02 hi dag");
         let log = std::fs::read_to_string(dir.path().join("try.log")).unwrap();
@@ -205,10 +244,16 @@ mod tests {
     async fn exit_codes_classify_failures() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = context(dir.path());
-        let err = shell(serde_json::json!({"command": "exit 3"})).execute(&ctx).await.unwrap_err();
+        let err = shell(serde_json::json!({"command": "exit 3"}))
+            .execute(&ctx)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind, FailureKind::Retryable);
         assert!(err.message.contains("code 3"));
-        let err = shell(serde_json::json!({"command": "exit 3", "fatal_exit_codes": [3]})).execute(&ctx).await.unwrap_err();
+        let err = shell(serde_json::json!({"command": "exit 3", "fatal_exit_codes": [3]}))
+            .execute(&ctx)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind, FailureKind::Fatal);
     }
 
@@ -217,8 +262,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ctx = context(dir.path());
         let marker = dir.path().join("survived");
-        let op = shell(serde_json::json!({"command": format!("(sleep 1; touch {}) & wait", marker.display())}));
-        let timed_out = tokio::time::timeout(std::time::Duration::from_millis(200), op.execute(&ctx)).await;
+        let op = shell(
+            serde_json::json!({"command": format!("(sleep 1; touch {}) & wait", marker.display())}),
+        );
+        let timed_out =
+            tokio::time::timeout(std::time::Duration::from_millis(200), op.execute(&ctx)).await;
         assert!(timed_out.is_err());
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
         assert!(!marker.exists(), "a grandchild outlived the try");

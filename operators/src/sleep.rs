@@ -26,10 +26,13 @@ pub struct Sleep {
 
 impl OperatorConfig for SleepConfig {
     const NAME: &'static str = "sleep";
-    const SUMMARY: &'static str = "Waits for a duration, then succeeds; stops early when cancelled.";
+    const SUMMARY: &'static str =
+        "Waits for a duration, then succeeds; stops early when cancelled.";
 
     fn build(self) -> Result<Arc<dyn Operator>, ConfigError> {
-        Ok(Arc::new(Sleep { duration: self.duration.0 }))
+        Ok(Arc::new(Sleep {
+            duration: self.duration.0,
+        }))
     }
 }
 

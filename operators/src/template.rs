@@ -109,9 +109,9 @@ pub fn check(source: &str) -> Result<(), TemplateError> {
         return Ok(());
     }
     let env = environment();
-    let template = env
-        .template_from_str(source)
-        .map_err(|e| TemplateError { message: format!("template does not compile: {}", describe(&e)) })?;
+    let template = env.template_from_str(source).map_err(|e| TemplateError {
+        message: format!("template does not compile: {}", describe(&e)),
+    })?;
     let mut unknown: Vec<String> = template
         .undeclared_variables(false)
         .into_iter()
@@ -137,7 +137,9 @@ pub fn render(source: &str, vars: &TemplateVars) -> Result<String, TemplateError
     }
     environment()
         .render_str(source, vars)
-        .map_err(|e| TemplateError { message: format!("template failed to render: {}", describe(&e)) })
+        .map_err(|e| TemplateError {
+            message: format!("template failed to render: {}", describe(&e)),
+        })
 }
 
 fn describe(e: &minijinja::Error) -> String {
@@ -171,7 +173,11 @@ mod tests {
 
     #[test]
     fn renders_interval_params_and_ds() {
-        let out = render("{{ ds }} {{ data_interval_end }} {{ params.region }} #{{ try_number }}", &vars()).unwrap();
+        let out = render(
+            "{{ ds }} {{ data_interval_end }} {{ params.region }} #{{ try_number }}",
+            &vars(),
+        )
+        .unwrap();
         assert_eq!(out, "2026-11-23 2026-11-23T16:15:00Z eu #2");
     }
 

@@ -60,8 +60,18 @@ pub async fn run(cmd: DagsCommand, settings: &Settings) -> anyhow::Result<ExitCo
         DagsCommand::List { json } => list(&bag, json),
         DagsCommand::Show { dag_id, json } => show(find(&bag, &dag_id)?, json),
         DagsCommand::Validate => Ok(validate(&bag)),
-        DagsCommand::Test { dag_id, logical_date, conf } => {
-            test(find(&bag, &dag_id)?.clone(), logical_date.as_deref(), conf.as_deref(), settings).await
+        DagsCommand::Test {
+            dag_id,
+            logical_date,
+            conf,
+        } => {
+            test(
+                find(&bag, &dag_id)?.clone(),
+                logical_date.as_deref(),
+                conf.as_deref(),
+                settings,
+            )
+            .await
         }
     }
 }
@@ -86,7 +96,11 @@ fn find<'b>(bag: &'b DagBag, dag_id: &str) -> anyhow::Result<&'b Arc<Dag>> {
     Err(anyhow!(
         "DAG `{dag_id}` not found in {}; known DAGs: {}",
         bag.folder.display(),
-        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
     ))
 }
 
@@ -111,7 +125,12 @@ fn list(bag: &DagBag, as_json: bool) -> anyhow::Result<ExitCode> {
     } else {
         let mut table = Table::new(&["dag_id", "schedule", "tasks", "file"]);
         for d in bag.dags.values() {
-            table.row(vec![d.dag_id.clone(), d.schedule.to_string(), d.tasks.len().to_string(), d.file.display().to_string()]);
+            table.row(vec![
+                d.dag_id.clone(),
+                d.schedule.to_string(),
+                d.tasks.len().to_string(),
+                d.file.display().to_string(),
+            ]);
         }
         if table.is_empty() {
             println!("no valid DAGs in {}", bag.folder.display());
@@ -124,7 +143,12 @@ fn list(bag: &DagBag, as_json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn show(dag: &Dag, as_json: bool) -> anyhow::Result<ExitCode> {
-    let upstream_ids = |t: &crate::dag::Task| t.upstream.iter().map(|&u| dag.tasks[u].id.clone()).collect::<Vec<_>>();
+    let upstream_ids = |t: &crate::dag::Task| {
+        t.upstream
+            .iter()
+            .map(|&u| dag.tasks[u].id.clone())
+            .collect::<Vec<_>>()
+    };
     if as_json {
         let tasks: Vec<_> = dag
             .tasks
@@ -166,20 +190,38 @@ fn show(dag: &Dag, as_json: bool) -> anyhow::Result<ExitCode> {
     if let Some(description) = &dag.description {
         println!("  {description}");
     }
-    println!("  schedule: {} ({}), catchup: {}", dag.schedule, dag.timezone, dag.catchup);
-    println!("  max_active_runs: {}, max_active_tasks: {}", dag.max_active_runs, dag.max_active_tasks);
+    println!(
+        "  schedule: {} ({}), catchup: {}",
+        dag.schedule, dag.timezone, dag.catchup
+    );
+    println!(
+        "  max_active_runs: {}, max_active_tasks: {}",
+        dag.max_active_runs, dag.max_active_tasks
+    );
     if !dag.params.is_empty() {
-        println!("  params: {}", serde_json::Value::Object(dag.params.clone()));
+        println!(
+            "  params: {}",
+            serde_json::Value::Object(dag.params.clone())
+        );
     }
     println!();
-    let mut table = Table::new(&["task", "operator", "trigger_rule", "retries", "timeout", "depends_on"]);
+    let mut table = Table::new(&[
+        "task",
+        "operator",
+        "trigger_rule",
+        "retries",
+        "timeout",
+        "depends_on",
+    ]);
     for t in &dag.tasks {
         table.row(vec![
             t.id.clone(),
             t.operator_name.clone(),
             t.trigger_rule.as_str().into(),
             t.retry.retries.to_string(),
-            t.execution_timeout.map(|d| humantime::format_duration(d).to_string()).unwrap_or_else(|| "-".into()),
+            t.execution_timeout
+                .map(|d| humantime::format_duration(d).to_string())
+                .unwrap_or_else(|| "-".into()),
             upstream_ids(t).join(", "),
         ]);
     }
@@ -193,21 +235,44 @@ fn validate(bag: &DagBag) -> ExitCode {
     }
     let broken = bag.broken_files().len();
     if bag.errors.is_empty() {
-        eprintln!("{} DAG file(s), {} DAG(s): all valid", bag.files, bag.dags.len());
+        eprintln!(
+            "{} DAG file(s), {} DAG(s): all valid",
+            bag.files,
+            bag.dags.len()
+        );
         ExitCode::SUCCESS
     } else {
-        eprintln!("{} error(s) in {broken} of {} DAG file(s)", bag.errors.len(), bag.files);
+        eprintln!(
+            "{} error(s) in {broken} of {} DAG file(s)",
+            bag.errors.len(),
+            bag.files
+        );
         ExitCode::FAILURE
     }
 }
 
 fn print_progress(p: &Progress, started: Instant) {
     let elapsed = started.elapsed().as_secs_f64();
-    let reason = p.reason.as_deref().map(|r| format!("  ({r})")).unwrap_or_default();
-    println!("[{elapsed:>7.3}s] {:<24} try {:<2} {:>15} -> {}{reason}", p.task_id, p.try_number, p.from.as_str(), p.to.as_str());
+    let reason = p
+        .reason
+        .as_deref()
+        .map(|r| format!("  ({r})"))
+        .unwrap_or_default();
+    println!(
+        "[{elapsed:>7.3}s] {:<24} try {:<2} {:>15} -> {}{reason}",
+        p.task_id,
+        p.try_number,
+        p.from.as_str(),
+        p.to.as_str()
+    );
 }
 
-async fn test(dag: Arc<Dag>, logical_date: Option<&str>, conf: Option<&str>, settings: &Settings) -> anyhow::Result<ExitCode> {
+async fn test(
+    dag: Arc<Dag>,
+    logical_date: Option<&str>,
+    conf: Option<&str>,
+    settings: &Settings,
+) -> anyhow::Result<ExitCode> {
     let conf: serde_json::Value = match conf {
         Some(text) => serde_json::from_str(text).context("--conf is not valid JSON")?,
         None => json!({}),
@@ -217,7 +282,9 @@ async fn test(dag: Arc<Dag>, logical_date: Option<&str>, conf: Option<&str>, set
     }
     let now = Utc::now();
     let interval = match logical_date {
-        Some(text) => dag.interval_for(parse_instant(text, dag.timezone).map_err(|e| anyhow!("--logical-date: {e}"))?),
+        Some(text) => dag.interval_for(
+            parse_instant(text, dag.timezone).map_err(|e| anyhow!("--logical-date: {e}"))?,
+        ),
         None => dag.default_interval(now),
     };
     let store = store::open(&settings.database_url).await?;
@@ -229,7 +296,11 @@ async fn test(dag: Arc<Dag>, logical_date: Option<&str>, conf: Option<&str>, set
         run_type: RunType::Manual,
         conf,
         dag_hash: dag.hash.clone(),
-        tasks: dag.tasks.iter().map(|t| (t.id.clone(), t.operator_name.clone(), t.retry.retries + 1)).collect(),
+        tasks: dag
+            .tasks
+            .iter()
+            .map(|t| (t.id.clone(), t.operator_name.clone(), t.retry.retries + 1))
+            .collect(),
         at: now,
     };
     match store.create_run(&new_run).await {
@@ -243,7 +314,8 @@ async fn test(dag: Arc<Dag>, logical_date: Option<&str>, conf: Option<&str>, set
     }
     println!("run {run_id} of {}: data interval {interval}", dag.dag_id);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let executor = Executor::new(store.clone(), settings, Arc::new(Connections::from_env())).with_observer(tx);
+    let executor =
+        Executor::new(store.clone(), settings, Arc::new(Connections::from_env())).with_observer(tx);
     let started = Instant::now();
     let printer = tokio::spawn(async move {
         while let Some(progress) = rx.recv().await {
@@ -254,7 +326,10 @@ async fn test(dag: Arc<Dag>, logical_date: Option<&str>, conf: Option<&str>, set
     let on_signal = cancel.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("interrupted: cancelling the run (running tries get {} to stop)", humantime::format_duration(crate::executor::STOP_GRACE));
+            eprintln!(
+                "interrupted: cancelling the run (running tries get {} to stop)",
+                humantime::format_duration(crate::executor::STOP_GRACE)
+            );
             on_signal.cancel();
         }
     });
@@ -266,19 +341,46 @@ async fn test(dag: Arc<Dag>, logical_date: Option<&str>, conf: Option<&str>, set
     println!();
     let mut table = Table::new(&["task", "state", "tries", "started", "ended", "log"]);
     for task in &dag.tasks {
-        let Some(ti) = tis.iter().find(|ti| ti.task_id == task.id) else { continue };
-        let key = TaskKey { dag_id: dag.dag_id.clone(), run_id: run_id.clone(), task_id: task.id.clone() };
+        let Some(ti) = tis.iter().find(|ti| ti.task_id == task.id) else {
+            continue;
+        };
+        let key = TaskKey {
+            dag_id: dag.dag_id.clone(),
+            run_id: run_id.clone(),
+            task_id: task.id.clone(),
+        };
         let log = if ti.try_number > 0 {
-            try_log_path(&settings.logs_dir(), &key, ti.try_number).display().to_string()
+            try_log_path(&settings.logs_dir(), &key, ti.try_number)
+                .display()
+                .to_string()
         } else {
             "-".into()
         };
-        table.row(vec![task.id.clone(), ti.state.to_string(), ti.try_number.to_string(), show_time(ti.started_at), show_time(ti.ended_at), log]);
+        table.row(vec![
+            task.id.clone(),
+            ti.state.to_string(),
+            ti.try_number.to_string(),
+            show_time(ti.started_at),
+            show_time(ti.ended_at),
+            log,
+        ]);
     }
     print!("{}", table.render());
-    println!("\nrun {run_id}: {} in {:.2}s", run.state, started.elapsed().as_secs_f64());
+    println!(
+        "\nrun {run_id}: {} in {:.2}s",
+        run.state,
+        started.elapsed().as_secs_f64()
+    );
     for ti in tis.iter().filter(|ti| ti.error.is_some()) {
-        println!("  {}: {}", ti.task_id, ti.error.as_deref().unwrap_or_default());
+        println!(
+            "  {}: {}",
+            ti.task_id,
+            ti.error.as_deref().unwrap_or_default()
+        );
     }
-    Ok(if run.state == RunState::Success { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if run.state == RunState::Success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

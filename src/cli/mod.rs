@@ -57,5 +57,6 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 
 /// `2026-11-23T16:00:00Z`-style text for an optional instant.
 fn show_time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
-    t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_else(|| "-".into())
+    t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| "-".into())
 }

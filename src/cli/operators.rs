@@ -34,8 +34,10 @@ pub fn run(cmd: OperatorsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         OperatorsCommand::List { json } => {
             if json {
-                let items: Vec<_> =
-                    registry.kinds().map(|k| serde_json::json!({"name": k.name, "summary": k.summary})).collect();
+                let items: Vec<_> = registry
+                    .kinds()
+                    .map(|k| serde_json::json!({"name": k.name, "summary": k.summary}))
+                    .collect();
                 print_json(&items)?;
             } else {
                 let mut table = Table::new(&["operator", "summary"]);
@@ -46,32 +48,47 @@ pub fn run(cmd: OperatorsCommand) -> anyhow::Result<ExitCode> {
             }
         }
         OperatorsCommand::Describe { name, json } => {
-            let kind = registry
-                .get(&name)
-                .ok_or_else(|| anyhow!("unknown operator `{name}`; known: {}", registry.names().join(", ")))?;
+            let kind = registry.get(&name).ok_or_else(|| {
+                anyhow!(
+                    "unknown operator `{name}`; known: {}",
+                    registry.names().join(", ")
+                )
+            })?;
             let schema = kind.schema();
             if json {
                 print_json(&schema)?;
                 return Ok(ExitCode::SUCCESS);
             }
             println!("{}: {}\n", kind.name, kind.summary);
-            let required: Vec<&str> =
-                schema["required"].as_array().map(|r| r.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+            let required: Vec<&str> = schema["required"]
+                .as_array()
+                .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
             let mut table = Table::new(&["field", "type", "required", "description"]);
             if let Some(properties) = schema["properties"].as_object() {
                 for (field, spec) in properties {
                     let ty = match &spec["type"] {
                         serde_json::Value::String(t) => t.clone(),
-                        serde_json::Value::Array(types) => {
-                            types.iter().filter_map(|t| t.as_str()).collect::<Vec<_>>().join(" | ")
-                        }
+                        serde_json::Value::Array(types) => types
+                            .iter()
+                            .filter_map(|t| t.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" | "),
                         _ => "-".into(),
                     };
                     table.row(vec![
                         field.clone(),
                         ty,
-                        if required.contains(&field.as_str()) { "yes" } else { "no" }.into(),
-                        spec["description"].as_str().unwrap_or("").replace('\n', " "),
+                        if required.contains(&field.as_str()) {
+                            "yes"
+                        } else {
+                            "no"
+                        }
+                        .into(),
+                        spec["description"]
+                            .as_str()
+                            .unwrap_or("")
+                            .replace('\n', " "),
                     ]);
                 }
             }

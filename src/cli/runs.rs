@@ -65,14 +65,34 @@ pub enum TasksCommand {
 pub async fn run(cmd: RunsCommand, settings: &Settings) -> anyhow::Result<ExitCode> {
     let store = store::open(&settings.database_url).await?;
     match cmd {
-        RunsCommand::List { dag, state, limit, json } => {
-            let runs = store.list_runs(&RunFilter { dag_id: dag, run_id: None, state, limit }).await?;
+        RunsCommand::List {
+            dag,
+            state,
+            limit,
+            json,
+        } => {
+            let runs = store
+                .list_runs(&RunFilter {
+                    dag_id: dag,
+                    run_id: None,
+                    state,
+                    limit,
+                })
+                .await?;
             if json {
                 print_json(&runs)?;
             } else if runs.is_empty() {
                 println!("no runs");
             } else {
-                let mut table = Table::new(&["dag_id", "run_id", "state", "type", "data_interval", "started", "ended"]);
+                let mut table = Table::new(&[
+                    "dag_id",
+                    "run_id",
+                    "state",
+                    "type",
+                    "data_interval",
+                    "started",
+                    "ended",
+                ]);
                 for r in &runs {
                     table.row(vec![
                         r.dag_id.clone(),
@@ -93,18 +113,36 @@ pub async fn run(cmd: RunsCommand, settings: &Settings) -> anyhow::Result<ExitCo
 }
 
 async fn find_run(store: &dyn Store, run_id: &str, dag: Option<String>) -> anyhow::Result<DagRun> {
-    let mut runs = store.list_runs(&RunFilter { dag_id: dag.clone(), run_id: Some(run_id.to_string()), state: None, limit: 10 }).await?;
+    let mut runs = store
+        .list_runs(&RunFilter {
+            dag_id: dag.clone(),
+            run_id: Some(run_id.to_string()),
+            state: None,
+            limit: 10,
+        })
+        .await?;
     match runs.len() {
-        0 => Err(anyhow!("no run `{run_id}`{}", dag.map(|d| format!(" for DAG `{d}`")).unwrap_or_default())),
+        0 => Err(anyhow!(
+            "no run `{run_id}`{}",
+            dag.map(|d| format!(" for DAG `{d}`")).unwrap_or_default()
+        )),
         1 => Ok(runs.remove(0)),
         _ => {
             let dags: Vec<String> = runs.iter().map(|r| r.dag_id.clone()).collect();
-            bail!("several DAGs have a run `{run_id}` ({}); pass --dag", dags.join(", "))
+            bail!(
+                "several DAGs have a run `{run_id}` ({}); pass --dag",
+                dags.join(", ")
+            )
         }
     }
 }
 
-async fn show(store: &dyn Store, run_id: &str, dag: Option<String>, as_json: bool) -> anyhow::Result<ExitCode> {
+async fn show(
+    store: &dyn Store,
+    run_id: &str,
+    dag: Option<String>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
     let run = find_run(store, run_id, dag).await?;
     let tis = store.task_instances(&run.dag_id, &run.run_id).await?;
     let history = store.history(&run.dag_id, &run.run_id).await?;
@@ -112,9 +150,20 @@ async fn show(store: &dyn Store, run_id: &str, dag: Option<String>, as_json: boo
         print_json(&json!({ "run": run, "task_instances": tis, "history": history }))?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{} / {}: {} ({})", run.dag_id, run.run_id, run.state, run.run_type.as_str());
+    println!(
+        "{} / {}: {} ({})",
+        run.dag_id,
+        run.run_id,
+        run.state,
+        run.run_type.as_str()
+    );
     println!("  data interval {}", run.interval());
-    println!("  started {}, ended {}, DAG version {}", show_time(run.started_at), show_time(run.ended_at), run.dag_hash);
+    println!(
+        "  started {}, ended {}, DAG version {}",
+        show_time(run.started_at),
+        show_time(run.ended_at),
+        run.dag_hash
+    );
     if run.conf.as_object().is_some_and(|c| !c.is_empty()) {
         println!("  conf {}", run.conf);
     }
@@ -133,10 +182,16 @@ async fn show(store: &dyn Store, run_id: &str, dag: Option<String>, as_json: boo
     print!("{}", table.render());
     println!("\nhistory:");
     for change in &history {
-        let reason = change.reason.as_deref().map(|r| format!("  ({r})")).unwrap_or_default();
+        let reason = change
+            .reason
+            .as_deref()
+            .map(|r| format!("  ({r})"))
+            .unwrap_or_default();
         println!(
             "  {}  {:<24} try {:<2} {:>15} -> {}{reason}",
-            change.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            change
+                .at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             change.task_id,
             change.try_number,
             change.from.as_str(),
@@ -148,7 +203,12 @@ async fn show(store: &dyn Store, run_id: &str, dag: Option<String>, as_json: boo
 
 /// Runs a `tasks` subcommand.
 pub async fn run_tasks(cmd: TasksCommand, settings: &Settings) -> anyhow::Result<ExitCode> {
-    let TasksCommand::Logs { dag_id, run_id, task_id, try_number } = cmd;
+    let TasksCommand::Logs {
+        dag_id,
+        run_id,
+        task_id,
+        try_number,
+    } = cmd;
     let store = store::open(&settings.database_url).await?;
     let tis = store.task_instances(&dag_id, &run_id).await?;
     if tis.is_empty() {
@@ -156,18 +216,29 @@ pub async fn run_tasks(cmd: TasksCommand, settings: &Settings) -> anyhow::Result
     }
     let Some(ti) = tis.iter().find(|ti| ti.task_id == task_id) else {
         let ids: Vec<&str> = tis.iter().map(|ti| ti.task_id.as_str()).collect();
-        bail!("run `{run_id}` has no task `{task_id}`; its tasks: {}", ids.join(", "));
+        bail!(
+            "run `{run_id}` has no task `{task_id}`; its tasks: {}",
+            ids.join(", ")
+        );
     };
     if ti.try_number == 0 {
         bail!("task `{task_id}` has not run yet (state {})", ti.state);
     }
     let number = try_number.unwrap_or(ti.try_number);
     if number == 0 || number > ti.try_number {
-        bail!("task `{task_id}` has tries 1 to {}; there is no try {number}", ti.try_number);
+        bail!(
+            "task `{task_id}` has tries 1 to {}; there is no try {number}",
+            ti.try_number
+        );
     }
-    let key = TaskKey { dag_id, run_id, task_id };
+    let key = TaskKey {
+        dag_id,
+        run_id,
+        task_id,
+    };
     let path = try_log_path(&settings.logs_dir(), &key, number);
-    let text = std::fs::read_to_string(&path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
     print!("{text}");
     Ok(ExitCode::SUCCESS)
 }

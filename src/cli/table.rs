@@ -10,7 +10,10 @@ pub struct Table {
 impl Table {
     /// A table with these column titles.
     pub fn new(header: &[&str]) -> Self {
-        Self { header: header.iter().map(|h| h.to_string()).collect(), rows: Vec::new() }
+        Self {
+            header: header.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
     }
 
     /// Appends a row.
@@ -62,6 +65,9 @@ mod tests {
         let mut t = Table::new(&["id", "state"]);
         t.row(vec!["extract_crm".into(), "success".into()]);
         t.row(vec!["x".into(), "failed".into()]);
-        assert_eq!(t.render(), "id           state\nextract_crm  success\nx            failed\n");
+        assert_eq!(
+            t.render(),
+            "id           state\nextract_crm  success\nx            failed\n"
+        );
     }
 }

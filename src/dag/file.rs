@@ -37,7 +37,9 @@ impl<'de> Deserialize<'de> for TaskIds {
         match OneOrMany::deserialize(deserializer) {
             Ok(OneOrMany::One(id)) => Ok(TaskIds(vec![id])),
             Ok(OneOrMany::Many(ids)) => Ok(TaskIds(ids)),
-            Err(_) => Err(de::Error::custom("expected a task id or a list of task ids")),
+            Err(_) => Err(de::Error::custom(
+                "expected a task id or a list of task ids",
+            )),
         }
     }
 }
@@ -167,7 +169,11 @@ fn path_error<E: fmt::Display>(e: serde_path_to_error::Error<E>) -> String {
     let path = e.path().to_string();
     let inner = e.into_inner().to_string();
     // serde_yaml appends " at line N column M" to messages even when reading a Value, where the position is meaningless.
-    if path == "." { inner } else { format!("{path}: {inner}") }
+    if path == "." {
+        inner
+    } else {
+        format!("{path}: {inner}")
+    }
 }
 
 /// Reads a DAG file's text, collecting every problem instead of stopping at the first.
@@ -176,19 +182,35 @@ pub fn parse(text: &str) -> ParsedFile {
     let root: serde_yaml::Value = match serde_yaml::from_str(text) {
         Ok(value) => value,
         Err(e) => {
-            let at = e.location().map(|l| format!(" at line {} column {}", l.line(), l.column())).unwrap_or_default();
+            let at = e
+                .location()
+                .map(|l| format!(" at line {} column {}", l.line(), l.column()))
+                .unwrap_or_default();
             let reason = e.to_string();
-            let reason = reason.split(" at line ").next().unwrap_or(&reason).to_string();
-            parsed.problems.push(FileProblem { task: None, message: format!("YAML syntax error{at}: {reason}") });
+            let reason = reason
+                .split(" at line ")
+                .next()
+                .unwrap_or(&reason)
+                .to_string();
+            parsed.problems.push(FileProblem {
+                task: None,
+                message: format!("YAML syntax error{at}: {reason}"),
+            });
             return parsed;
         }
     };
     if root.is_null() {
-        parsed.problems.push(FileProblem { task: None, message: "the file is empty".into() });
+        parsed.problems.push(FileProblem {
+            task: None,
+            message: "the file is empty".into(),
+        });
         return parsed;
     }
     if !root.is_mapping() {
-        parsed.problems.push(FileProblem { task: None, message: "a DAG file must be a mapping with `dag_id` and `tasks`".into() });
+        parsed.problems.push(FileProblem {
+            task: None,
+            message: "a DAG file must be a mapping with `dag_id` and `tasks`".into(),
+        });
         return parsed;
     }
     // Tasks are read even when the header is broken, so their problems are reported too.
@@ -198,7 +220,10 @@ pub fn parse(text: &str) -> ParsedFile {
     };
     match serde_path_to_error::deserialize::<_, DagHeader>(root) {
         Ok(header) => parsed.header = Some(header),
-        Err(e) => parsed.problems.push(FileProblem { task: None, message: path_error(e) }),
+        Err(e) => parsed.problems.push(FileProblem {
+            task: None,
+            message: path_error(e),
+        }),
     }
     for (index, raw) in raw_tasks.into_iter().enumerate() {
         // Name the task as its author would, even when its id is not a string.
@@ -210,7 +235,10 @@ pub fn parse(text: &str) -> ParsedFile {
         };
         match serde_path_to_error::deserialize::<_, TaskSpec>(raw) {
             Ok(task) => parsed.tasks.push((index, task)),
-            Err(e) => parsed.problems.push(FileProblem { task: Some(label), message: path_error(e) }),
+            Err(e) => parsed.problems.push(FileProblem {
+                task: Some(label),
+                message: path_error(e),
+            }),
         }
     }
     parsed
@@ -224,7 +252,11 @@ mod tests {
     fn syntax_errors_carry_the_line() {
         let parsed = parse("dag_id: x\ntasks:\n  - id: a\n   operator: noop\n");
         assert_eq!(parsed.problems.len(), 1);
-        assert!(parsed.problems[0].message.contains("line 4"), "{:?}", parsed.problems);
+        assert!(
+            parsed.problems[0].message.contains("line 4"),
+            "{:?}",
+            parsed.problems
+        );
     }
 
     #[test]
@@ -232,20 +264,47 @@ mod tests {
         let parsed = parse(
             "dag_id: x\nshedule: '@daily'\ntasks:\n  - id: a\n    operator: noop\n    retries: many\n  - operator: noop\n  - id: c\n    operator: noop\n",
         );
-        let messages: Vec<String> = parsed.problems.iter().map(|p| format!("{:?}: {}", p.task, p.message)).collect();
+        let messages: Vec<String> = parsed
+            .problems
+            .iter()
+            .map(|p| format!("{:?}: {}", p.task, p.message))
+            .collect();
         assert_eq!(messages.len(), 3, "{messages:#?}");
-        assert!(messages[0].contains("unknown field `shedule`"), "{messages:#?}");
-        assert!(messages[1].starts_with("Some(\"a\")") && messages[1].contains("retries"), "{messages:#?}");
-        assert!(messages[2].contains("tasks[1]") && messages[2].contains("missing field `id`"), "{messages:#?}");
+        assert!(
+            messages[0].contains("unknown field `shedule`"),
+            "{messages:#?}"
+        );
+        assert!(
+            messages[1].starts_with("Some(\"a\")") && messages[1].contains("retries"),
+            "{messages:#?}"
+        );
+        assert!(
+            messages[2].contains("tasks[1]") && messages[2].contains("missing field `id`"),
+            "{messages:#?}"
+        );
         assert_eq!(parsed.tasks.len(), 1);
     }
 
     #[test]
     fn durations_accept_text_and_seconds() {
-        let spec: RetrySpec = serde_json::from_value(serde_json::json!({"retry_delay": "1m 30s", "execution_timeout": 5})).unwrap();
-        assert_eq!(spec.retry_delay, Some(HumanDuration(std::time::Duration::from_secs(90))));
-        assert_eq!(spec.execution_timeout, Some(HumanDuration(std::time::Duration::from_secs(5))));
-        let err = serde_json::from_value::<RetrySpec>(serde_json::json!({"retry_delay": "5 parsecs"})).unwrap_err();
-        assert!(err.to_string().contains("`5 parsecs` is not a duration"), "{err}");
+        let spec: RetrySpec = serde_json::from_value(
+            serde_json::json!({"retry_delay": "1m 30s", "execution_timeout": 5}),
+        )
+        .unwrap();
+        assert_eq!(
+            spec.retry_delay,
+            Some(HumanDuration(std::time::Duration::from_secs(90)))
+        );
+        assert_eq!(
+            spec.execution_timeout,
+            Some(HumanDuration(std::time::Duration::from_secs(5)))
+        );
+        let err =
+            serde_json::from_value::<RetrySpec>(serde_json::json!({"retry_delay": "5 parsecs"}))
+                .unwrap_err();
+        assert!(
+            err.to_string().contains("`5 parsecs` is not a duration"),
+            "{err}"
+        );
     }
 }

@@ -33,7 +33,10 @@ fn dag_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         let path = entry.path();
         if entry.file_type()?.is_dir() {
             dag_files(&path, out)?;
-        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
             out.push(path);
         }
     }
@@ -43,10 +46,17 @@ fn dag_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 impl DagBag {
     /// Reads and validates every DAG file under `folder`.
     pub fn load(folder: &Path, registry: &Registry) -> Self {
-        let mut bag = DagBag { folder: folder.to_path_buf(), ..Default::default() };
+        let mut bag = DagBag {
+            folder: folder.to_path_buf(),
+            ..Default::default()
+        };
         let mut files = Vec::new();
         if let Err(e) = dag_files(folder, &mut files) {
-            bag.errors.push(DagError { file: folder.to_path_buf(), task: None, message: format!("cannot read the DAG folder: {e}") });
+            bag.errors.push(DagError {
+                file: folder.to_path_buf(),
+                task: None,
+                message: format!("cannot read the DAG folder: {e}"),
+            });
             return bag;
         }
         let mut defined_in: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -55,7 +65,11 @@ impl DagBag {
             let text = match std::fs::read_to_string(&file) {
                 Ok(text) => text,
                 Err(e) => {
-                    bag.errors.push(DagError { file, task: None, message: format!("cannot read the file: {e}") });
+                    bag.errors.push(DagError {
+                        file,
+                        task: None,
+                        message: format!("cannot read the file: {e}"),
+                    });
                     continue;
                 }
             };
@@ -65,7 +79,11 @@ impl DagBag {
                         bag.errors.push(DagError {
                             file: file.clone(),
                             task: None,
-                            message: format!("dag_id: `{}` is already defined in {}", dag.dag_id, first.display()),
+                            message: format!(
+                                "dag_id: `{}` is already defined in {}",
+                                dag.dag_id,
+                                first.display()
+                            ),
                         });
                         continue;
                     }

@@ -130,7 +130,10 @@ impl Dag {
     pub fn default_interval(&self, now: DateTime<Utc>) -> DataInterval {
         self.schedule
             .latest_complete_interval(self.timezone, now)
-            .unwrap_or(DataInterval { start: now, end: now })
+            .unwrap_or(DataInterval {
+                start: now,
+                end: now,
+            })
     }
 
     /// Params merged with a run's conf (conf wins), as templates see them.
@@ -159,7 +162,10 @@ mod tests {
         };
         let delays: Vec<u64> = (1..=5).map(|t| policy.delay_after(t).as_secs()).collect();
         assert_eq!(delays, [10, 20, 40, 60, 60]);
-        let flat = RetryPolicy { exponential_backoff: false, ..policy };
+        let flat = RetryPolicy {
+            exponential_backoff: false,
+            ..policy
+        };
         assert_eq!(flat.delay_after(4).as_secs(), 10);
     }
 }

@@ -32,7 +32,11 @@ pub enum TryOutcome {
 }
 
 /// Runs `operator` once with `ctx`, stopping it after `timeout`.
-pub async fn run_try(operator: Arc<dyn Operator>, ctx: TaskContext, timeout: Option<Duration>) -> TryOutcome {
+pub async fn run_try(
+    operator: Arc<dyn Operator>,
+    ctx: TaskContext,
+    timeout: Option<Duration>,
+) -> TryOutcome {
     let started = Instant::now();
     let cancel = ctx.cancel.clone();
     let log = ctx.log.clone();
@@ -54,14 +58,20 @@ pub async fn run_try(operator: Arc<dyn Operator>, ctx: TaskContext, timeout: Opt
             log.warn(&format!("stopped after cancellation: {}", error.message));
             TryOutcome::Cancelled
         }
-        Some(Ok(Err(error))) => TryOutcome::Failure { kind: error.kind, message: error.message },
+        Some(Ok(Err(error))) => TryOutcome::Failure {
+            kind: error.kind,
+            message: error.message,
+        },
         Some(Err(panic)) => {
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            TryOutcome::Failure { kind: FailureKind::Fatal, message: format!("operator panicked: {what}") }
+            TryOutcome::Failure {
+                kind: FailureKind::Fatal,
+                message: format!("operator panicked: {what}"),
+            }
         }
         None => {
             let limit = timeout.unwrap_or_default();
@@ -70,14 +80,20 @@ pub async fn run_try(operator: Arc<dyn Operator>, ctx: TaskContext, timeout: Opt
             let _ = tokio::time::timeout(STOP_GRACE, &mut execution).await;
             TryOutcome::Failure {
                 kind: FailureKind::Retryable,
-                message: format!("timed out after {} (execution_timeout)", humantime::format_duration(limit)),
+                message: format!(
+                    "timed out after {} (execution_timeout)",
+                    humantime::format_duration(limit)
+                ),
             }
         }
     };
-    let took = humantime::format_duration(Duration::from_millis(started.elapsed().as_millis() as u64));
+    let took =
+        humantime::format_duration(Duration::from_millis(started.elapsed().as_millis() as u64));
     match &outcome {
         TryOutcome::Success { .. } => log.info(&format!("try succeeded in {took}")),
-        TryOutcome::Failure { kind, message } => log.warn(&format!("try failed ({kind:?}) after {took}: {message}")),
+        TryOutcome::Failure { kind, message } => {
+            log.warn(&format!("try failed ({kind:?}) after {took}: {message}"))
+        }
         TryOutcome::Cancelled => log.warn(&format!("try cancelled after {took}")),
     }
     outcome

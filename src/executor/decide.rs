@@ -39,19 +39,35 @@ pub fn decide(dag: &Dag, tasks: &[TaskView], now: DateTime<Utc>) -> Vec<Decision
                 let (to, reason) = match readiness(task.trigger_rule, upstream) {
                     Readiness::Wait => continue,
                     Readiness::Run => (TaskState::Queued, None),
-                    Readiness::Skip => {
-                        (TaskState::Skipped, Some(format!("trigger rule {} cannot be met", task.trigger_rule.as_str())))
-                    }
-                    Readiness::UpstreamFailed => {
-                        (TaskState::UpstreamFailed, Some(format!("upstream failed (trigger rule {})", task.trigger_rule.as_str())))
-                    }
+                    Readiness::Skip => (
+                        TaskState::Skipped,
+                        Some(format!(
+                            "trigger rule {} cannot be met",
+                            task.trigger_rule.as_str()
+                        )),
+                    ),
+                    Readiness::UpstreamFailed => (
+                        TaskState::UpstreamFailed,
+                        Some(format!(
+                            "upstream failed (trigger rule {})",
+                            task.trigger_rule.as_str()
+                        )),
+                    ),
                 };
                 states[i] = to;
-                decisions.push(Decision { task: i, to, reason });
+                decisions.push(Decision {
+                    task: i,
+                    to,
+                    reason,
+                });
             }
             TaskState::UpForRetry if tasks[i].next_retry_at.is_none_or(|at| at <= now) => {
                 states[i] = TaskState::Queued;
-                decisions.push(Decision { task: i, to: TaskState::Queued, reason: Some("retry delay over".into()) });
+                decisions.push(Decision {
+                    task: i,
+                    to: TaskState::Queued,
+                    reason: Some("retry delay over".into()),
+                });
             }
             _ => {}
         }
@@ -61,7 +77,11 @@ pub fn decide(dag: &Dag, tasks: &[TaskView], now: DateTime<Utc>) -> Vec<Decision
 
 /// The earliest pending retry time, to wake up for.
 pub fn next_wakeup(tasks: &[TaskView]) -> Option<DateTime<Utc>> {
-    tasks.iter().filter(|t| t.state == TaskState::UpForRetry).filter_map(|t| t.next_retry_at).min()
+    tasks
+        .iter()
+        .filter(|t| t.state == TaskState::UpForRetry)
+        .filter_map(|t| t.next_retry_at)
+        .min()
 }
 
 #[cfg(test)]
@@ -78,14 +98,31 @@ mod tests {
     }
 
     fn views(states: &[TaskState]) -> Vec<TaskView> {
-        states.iter().map(|&state| TaskView { state, next_retry_at: None }).collect()
+        states
+            .iter()
+            .map(|&state| TaskView {
+                state,
+                next_retry_at: None,
+            })
+            .collect()
     }
 
     #[test]
     fn roots_are_queued_and_downstream_waits() {
         let d = dag();
-        let decided = decide(&d, &views(&[Pending, Pending, Pending, Pending]), Utc::now());
-        assert_eq!(decided, vec![Decision { task: 0, to: Queued, reason: None }]);
+        let decided = decide(
+            &d,
+            &views(&[Pending, Pending, Pending, Pending]),
+            Utc::now(),
+        );
+        assert_eq!(
+            decided,
+            vec![Decision {
+                task: 0,
+                to: Queued,
+                reason: None
+            }]
+        );
     }
 
     #[test]
@@ -93,7 +130,10 @@ mod tests {
         let d = dag();
         let decided = decide(&d, &views(&[Failed, Pending, Pending, Pending]), Utc::now());
         let got: Vec<(usize, TaskState)> = decided.iter().map(|d| (d.task, d.to)).collect();
-        assert_eq!(got, vec![(1, UpstreamFailed), (2, UpstreamFailed), (3, Queued)]);
+        assert_eq!(
+            got,
+            vec![(1, UpstreamFailed), (2, UpstreamFailed), (3, Queued)]
+        );
     }
 
     #[test]

@@ -16,7 +16,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sluice_operators::{ArtifactStore, Connections, FailureKind, LocalArtifactStore, TaskContext, TaskLog, TaskOutput, TemplateVars};
+use sluice_operators::{
+    ArtifactStore, Connections, FailureKind, LocalArtifactStore, TaskContext, TaskLog, TaskOutput,
+    TemplateVars,
+};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -84,7 +87,11 @@ pub struct Executor {
 
 /// The log file of one try: `<logs>/<dag>/<run>/<task>/<try>.log`.
 pub fn try_log_path(logs_dir: &std::path::Path, key: &TaskKey, try_number: u32) -> PathBuf {
-    logs_dir.join(&key.dag_id).join(&key.run_id).join(&key.task_id).join(format!("{try_number}.log"))
+    logs_dir
+        .join(&key.dag_id)
+        .join(&key.run_id)
+        .join(&key.task_id)
+        .join(format!("{try_number}.log"))
 }
 
 /// A try's end as sent back to the run loop, with the slot it held.
@@ -123,17 +130,43 @@ impl Executor {
 
     /// Drives a run until every task has finished (or `cancel` fires) and returns the final run.
     /// A run left mid-way by a dead process resumes: its `running` tries count as failed tries.
-    pub async fn run(&self, dag: Arc<Dag>, run_id: &str, cancel: CancellationToken) -> Result<DagRun, ExecutorError> {
-        let not_found = || ExecutorError::RunNotFound { dag_id: dag.dag_id.clone(), run_id: run_id.to_string() };
-        let mut run = self.store.run(&dag.dag_id, run_id).await?.ok_or_else(not_found)?;
+    pub async fn run(
+        &self,
+        dag: Arc<Dag>,
+        run_id: &str,
+        cancel: CancellationToken,
+    ) -> Result<DagRun, ExecutorError> {
+        let not_found = || ExecutorError::RunNotFound {
+            dag_id: dag.dag_id.clone(),
+            run_id: run_id.to_string(),
+        };
+        let mut run = self
+            .store
+            .run(&dag.dag_id, run_id)
+            .await?
+            .ok_or_else(not_found)?;
         if run.state.is_finished() {
             return Ok(run);
         }
         if run.state == RunState::Queued {
-            run = self.store.set_run_state(&dag.dag_id, run_id, RunState::Queued, RunState::Running, Utc::now()).await?;
+            run = self
+                .store
+                .set_run_state(
+                    &dag.dag_id,
+                    run_id,
+                    RunState::Queued,
+                    RunState::Running,
+                    Utc::now(),
+                )
+                .await?;
         }
-        let by_id: HashMap<String, TaskInstance> =
-            self.store.task_instances(&dag.dag_id, run_id).await?.into_iter().map(|ti| (ti.task_id.clone(), ti)).collect();
+        let by_id: HashMap<String, TaskInstance> = self
+            .store
+            .task_instances(&dag.dag_id, run_id)
+            .await?
+            .into_iter()
+            .map(|ti| (ti.task_id.clone(), ti))
+            .collect();
         let mut instances = Vec::with_capacity(dag.tasks.len());
         for task in &dag.tasks {
             match by_id.get(&task.id) {
@@ -147,14 +180,23 @@ impl Executor {
                 }
             }
         }
-        let driver = RunDriver { executor: self, dag, run, instances };
+        let driver = RunDriver {
+            executor: self,
+            dag,
+            run,
+            instances,
+        };
         driver.drive(cancel).await
     }
 }
 
 impl RunDriver<'_> {
     fn key(&self, task: usize) -> TaskKey {
-        TaskKey { dag_id: self.dag.dag_id.clone(), run_id: self.run.run_id.clone(), task_id: self.dag.tasks[task].id.clone() }
+        TaskKey {
+            dag_id: self.dag.dag_id.clone(),
+            run_id: self.run.run_id.clone(),
+            task_id: self.dag.tasks[task].id.clone(),
+        }
     }
 
     /// Persists a change (the state machine approves it first), then updates the local view.
@@ -172,7 +214,14 @@ impl RunDriver<'_> {
             expected: e.from.to_string(),
             found: format!("a state from which {} is illegal", e.to),
         })?;
-        let change = TaskChange { key: self.key(task), transition, at: Utc::now(), reason, output, next_retry_at };
+        let change = TaskChange {
+            key: self.key(task),
+            transition,
+            at: Utc::now(),
+            reason,
+            output,
+            next_retry_at,
+        };
         let ti = self.executor.store.transition(&change).await?;
         if let Some(observer) = &self.executor.observer {
             let _ = observer.send(Progress {
@@ -189,35 +238,86 @@ impl RunDriver<'_> {
     }
 
     fn views(&self) -> Vec<TaskView> {
-        self.instances.iter().map(|ti| TaskView { state: ti.state, next_retry_at: ti.next_retry_at }).collect()
+        self.instances
+            .iter()
+            .map(|ti| TaskView {
+                state: ti.state,
+                next_retry_at: ti.next_retry_at,
+            })
+            .collect()
     }
 
     /// Records how a try ended: success, a retry, a failure, or a cancellation.
-    async fn finish(&mut self, task: usize, outcome: TryOutcome, cancelling: bool) -> Result<(), ExecutorError> {
+    async fn finish(
+        &mut self,
+        task: usize,
+        outcome: TryOutcome,
+        cancelling: bool,
+    ) -> Result<(), ExecutorError> {
         let ti = &self.instances[task];
         match outcome {
-            TryOutcome::Success { output } => self.change(task, TaskState::Success, None, Some(output), None).await,
-            TryOutcome::Cancelled => self.change(task, TaskState::Cancelled, Some("run cancelled".into()), None, None).await,
+            TryOutcome::Success { output } => {
+                self.change(task, TaskState::Success, None, Some(output), None)
+                    .await
+            }
+            TryOutcome::Cancelled => {
+                self.change(
+                    task,
+                    TaskState::Cancelled,
+                    Some("run cancelled".into()),
+                    None,
+                    None,
+                )
+                .await
+            }
             TryOutcome::Failure { message, .. } if cancelling => {
-                self.change(task, TaskState::Cancelled, Some(format!("run cancelled: {message}")), None, None).await
+                self.change(
+                    task,
+                    TaskState::Cancelled,
+                    Some(format!("run cancelled: {message}")),
+                    None,
+                    None,
+                )
+                .await
             }
             TryOutcome::Failure { kind, message } => {
                 let tries_left = ti.try_number < ti.max_tries;
                 if kind == FailureKind::Retryable && tries_left {
                     let delay = self.dag.tasks[task].retry.delay_after(ti.try_number);
-                    let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-                    let reason = format!("try {} of {} failed: {message}; retry in {}", ti.try_number, ti.max_tries, humantime::format_duration(delay));
-                    self.change(task, TaskState::UpForRetry, Some(reason), None, Some(at)).await
+                    let at = Utc::now()
+                        + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                    let reason = format!(
+                        "try {} of {} failed: {message}; retry in {}",
+                        ti.try_number,
+                        ti.max_tries,
+                        humantime::format_duration(delay)
+                    );
+                    self.change(task, TaskState::UpForRetry, Some(reason), None, Some(at))
+                        .await
                 } else {
-                    let why = if kind == FailureKind::Fatal { "not retryable" } else { "no retries left" };
-                    let reason = format!("try {} of {} failed ({why}): {message}", ti.try_number, ti.max_tries);
-                    self.change(task, TaskState::Failed, Some(reason), None, None).await
+                    let why = if kind == FailureKind::Fatal {
+                        "not retryable"
+                    } else {
+                        "no retries left"
+                    };
+                    let reason = format!(
+                        "try {} of {} failed ({why}): {message}",
+                        ti.try_number, ti.max_tries
+                    );
+                    self.change(task, TaskState::Failed, Some(reason), None, None)
+                        .await
                 }
             }
         }
     }
 
-    fn context(&self, task: usize, try_number: u32, log: TaskLog, cancel: CancellationToken) -> TaskContext {
+    fn context(
+        &self,
+        task: usize,
+        try_number: u32,
+        log: TaskLog,
+        cancel: CancellationToken,
+    ) -> TaskContext {
         let dag = &self.dag;
         let run = &self.run;
         let vars = TemplateVars::new(
@@ -235,13 +335,21 @@ impl RunDriver<'_> {
             .iter()
             .filter(|&&u| self.instances[u].state == TaskState::Success)
             .map(|&u| {
-                let output = self.instances[u].output.clone().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
+                let output = self.instances[u]
+                    .output
+                    .clone()
+                    .and_then(|v| serde_json::from_value(v).ok())
+                    .unwrap_or_default();
                 (dag.tasks[u].id.clone(), output)
             })
             .collect();
         TaskContext {
             vars,
-            dag_dir: dag.file.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")),
+            dag_dir: dag
+                .file
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(".")),
             upstream,
             connections: self.executor.connections.clone(),
             artifacts: self.executor.artifacts.clone(),
@@ -258,7 +366,8 @@ impl RunDriver<'_> {
         done: &mpsc::UnboundedSender<Finished>,
         run_cancel: &CancellationToken,
     ) -> Result<CancellationToken, ExecutorError> {
-        self.change(task, TaskState::Running, None, None, None).await?;
+        self.change(task, TaskState::Running, None, None, None)
+            .await?;
         let ti = &self.instances[task];
         let key = self.key(task);
         let path = try_log_path(&self.executor.logs_dir, &key, ti.try_number);
@@ -321,20 +430,33 @@ impl RunDriver<'_> {
             if cancelling {
                 for task in 0..self.instances.len() {
                     let state = self.instances[task].state;
-                    if matches!(state, TaskState::Pending | TaskState::Queued | TaskState::UpForRetry) {
-                        self.change(task, TaskState::Cancelled, Some("run cancelled".into()), None, None).await?;
+                    if matches!(
+                        state,
+                        TaskState::Pending | TaskState::Queued | TaskState::UpForRetry
+                    ) {
+                        self.change(
+                            task,
+                            TaskState::Cancelled,
+                            Some("run cancelled".into()),
+                            None,
+                            None,
+                        )
+                        .await?;
                     }
                 }
             } else {
                 for decision in decide(&self.dag, &self.views(), Utc::now()) {
-                    self.change(decision.task, decision.to, decision.reason, None, None).await?;
+                    self.change(decision.task, decision.to, decision.reason, None, None)
+                        .await?;
                 }
                 // Start queued tasks in topological order while slots are free.
                 for task in 0..self.instances.len() {
                     if running.len() >= max_active {
                         break;
                     }
-                    if self.instances[task].state != TaskState::Queued || running.contains_key(&task) {
+                    if self.instances[task].state != TaskState::Queued
+                        || running.contains_key(&task)
+                    {
                         continue;
                     }
                     let permit = match spare.take() {
@@ -354,8 +476,16 @@ impl RunDriver<'_> {
             }
             let waiting_for_slot = !cancelling
                 && running.len() < max_active
-                && self.instances.iter().enumerate().any(|(i, ti)| ti.state == TaskState::Queued && !running.contains_key(&i));
-            let wakeup = if cancelling { None } else { next_wakeup(&self.views()) };
+                && self
+                    .instances
+                    .iter()
+                    .enumerate()
+                    .any(|(i, ti)| ti.state == TaskState::Queued && !running.contains_key(&i));
+            let wakeup = if cancelling {
+                None
+            } else {
+                next_wakeup(&self.views())
+            };
             let sleep_for = wakeup.map(|at| (at - Utc::now()).to_std().unwrap_or_default());
             tokio::select! {
                 Some((task, outcome, permit)) = done_rx.recv() => {
@@ -380,7 +510,17 @@ impl RunDriver<'_> {
         } else {
             run_outcome(self.instances.iter().map(|ti| ti.state))
         };
-        let run = self.executor.store.set_run_state(&self.dag.dag_id, &self.run.run_id, RunState::Running, outcome, Utc::now()).await?;
+        let run = self
+            .executor
+            .store
+            .set_run_state(
+                &self.dag.dag_id,
+                &self.run.run_id,
+                RunState::Running,
+                outcome,
+                Utc::now(),
+            )
+            .await?;
         Ok(run)
     }
 }

@@ -38,7 +38,10 @@ impl Route {
 
 impl Drop for Route {
     fn drop(&mut self) {
-        routes().lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        routes()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
     }
 }
 
@@ -46,7 +49,10 @@ impl Drop for Route {
 pub fn route(log: TaskLog) -> Route {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    routes().lock().unwrap_or_else(|p| p.into_inner()).insert(id, log);
+    routes()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, log);
     Route { id }
 }
 
@@ -94,22 +100,62 @@ where
         if route.0 == 0 {
             return;
         }
-        let log = routes().lock().unwrap_or_else(|p| p.into_inner()).get(&route.0).cloned();
+        let log = routes()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&route.0)
+            .cloned();
         if let (Some(log), Some(span)) = (log, ctx.span(id)) {
             span.extensions_mut().insert(log);
         }
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let Some(scope) = ctx.event_scope(event) else { return };
+        let Some(scope) = ctx.event_scope(event) else {
+            return;
+        };
         for span in scope {
             if let Some(log) = span.extensions().get::<TaskLog>() {
                 let mut line = Line(String::new());
                 event.record(&mut line);
-                let stream = if *event.metadata().level() <= Level::WARN { LogStream::Warn } else { LogStream::Info };
+                let stream = if *event.metadata().level() <= Level::WARN {
+                    LogStream::Warn
+                } else {
+                    LogStream::Info
+                };
                 log.line(stream, line.0.trim_end());
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[test]
+    fn events_inside_a_try_span_reach_its_log_and_others_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.log");
+        let route = route(TaskLog::to_file(&path).unwrap());
+        let subscriber = tracing_subscriber::registry().with(TryLogLayer);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("outside any try");
+            let span = tracing::info_span!("try", task_id = "extract", try_log = route.id());
+            span.in_scope(|| {
+                tracing::info!(rows = 42_u64, table = "crm", "extracted");
+                let inner = tracing::debug_span!("query");
+                inner.in_scope(|| tracing::warn!("slow query"));
+            });
+        });
+        drop(route);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].ends_with("INFO  extracted rows=42 table=\"crm\""), "{text}");
+        assert!(lines[1].ends_with("WARN  slow query"), "{text}");
+        assert!(routes().lock().unwrap().is_empty(), "dropping the route unregisters it");
     }
 }

@@ -45,7 +45,11 @@ impl RunType {
 
     /// The run id for a logical date, as Airflow spells it: `manual__2026-11-23T16:00:00+00:00`.
     pub fn run_id(self, logical_date: DateTime<Utc>) -> String {
-        format!("{}__{}", self.as_str(), logical_date.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false))
+        format!(
+            "{}__{}",
+            self.as_str(),
+            logical_date.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+        )
     }
 }
 
@@ -93,7 +97,10 @@ pub struct DagRun {
 impl DagRun {
     /// The run's data interval.
     pub fn interval(&self) -> DataInterval {
-        DataInterval { start: self.data_interval_start, end: self.data_interval_end }
+        DataInterval {
+            start: self.data_interval_start,
+            end: self.data_interval_end,
+        }
     }
 }
 
@@ -211,7 +218,14 @@ pub struct TaskChange {
 impl TaskChange {
     /// A change with no reason, output or retry time.
     pub fn new(key: TaskKey, transition: Transition, at: DateTime<Utc>) -> Self {
-        Self { key, transition, at, reason: None, output: None, next_retry_at: None }
+        Self {
+            key,
+            transition,
+            at,
+            reason: None,
+            output: None,
+            next_retry_at: None,
+        }
     }
 }
 
@@ -323,7 +337,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<DagRun, StoreError>;
 
     /// The task instances of a run, by task id.
-    async fn task_instances(&self, dag_id: &str, run_id: &str) -> Result<Vec<TaskInstance>, StoreError>;
+    async fn task_instances(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+    ) -> Result<Vec<TaskInstance>, StoreError>;
 
     /// Persists one approved state change with its history row, or fails with `Conflict`.
     async fn transition(&self, change: &TaskChange) -> Result<TaskInstance, StoreError>;

@@ -34,10 +34,16 @@ fn micros(t: DateTime<Utc>) -> i64 {
 }
 
 fn instant(what: &'static str, micros: i64) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::from_timestamp_micros(micros).ok_or(StoreError::Corrupt { what, message: format!("{micros} is not an instant") })
+    DateTime::from_timestamp_micros(micros).ok_or(StoreError::Corrupt {
+        what,
+        message: format!("{micros} is not an instant"),
+    })
 }
 
-fn opt_instant(what: &'static str, micros: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
+fn opt_instant(
+    what: &'static str,
+    micros: Option<i64>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
     micros.map(|m| instant(what, m)).transpose()
 }
 
@@ -49,19 +55,30 @@ fn get<'r, T>(row: &'r AnyRow, column: &'static str) -> Result<T, StoreError>
 where
     T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
 {
-    row.try_get(column).map_err(|e| StoreError::Corrupt { what: column, message: e.to_string() })
+    row.try_get(column).map_err(|e| StoreError::Corrupt {
+        what: column,
+        message: e.to_string(),
+    })
 }
 
 fn parse<T: std::str::FromStr>(what: &'static str, text: String) -> Result<T, StoreError>
 where
     T::Err: std::fmt::Display,
 {
-    text.parse().map_err(|e: T::Err| StoreError::Corrupt { what, message: e.to_string() })
+    text.parse().map_err(|e: T::Err| StoreError::Corrupt {
+        what,
+        message: e.to_string(),
+    })
 }
 
 fn json(what: &'static str, text: Option<String>) -> Result<Option<serde_json::Value>, StoreError> {
-    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt { what, message: e.to_string() }))
-        .transpose()
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| StoreError::Corrupt {
+            what,
+            message: e.to_string(),
+        })
+    })
+    .transpose()
 }
 
 fn run_from_row(row: &AnyRow) -> Result<DagRun, StoreError> {
@@ -107,17 +124,32 @@ impl SqlStore {
         let shown = redact_url(url);
         let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Backend::Postgres, url.to_string())
-        } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        } else if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
             let file = path.split('?').next().unwrap_or(path);
-            if let Some(dir) = std::path::Path::new(file).parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::Open { url: shown.clone(), source: sqlx::Error::Io(e) })?;
+            if let Some(dir) = std::path::Path::new(file)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                    url: shown.clone(),
+                    source: sqlx::Error::Io(e),
+                })?;
             }
-            let url = if path.contains('?') { format!("sqlite://{path}") } else { format!("sqlite://{path}?mode=rwc") };
+            let url = if path.contains('?') {
+                format!("sqlite://{path}")
+            } else {
+                format!("sqlite://{path}?mode=rwc")
+            };
             (Backend::Sqlite, url)
         } else {
             return Err(StoreError::Open {
                 url: shown,
-                source: sqlx::Error::Configuration("expected a sqlite:// or postgres:// URL".into()),
+                source: sqlx::Error::Configuration(
+                    "expected a sqlite:// or postgres:// URL".into(),
+                ),
             });
         };
         let pool = AnyPoolOptions::new()
@@ -145,13 +177,15 @@ impl SqlStore {
     }
 
     async fn current_state(&self, key: &TaskKey) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT state FROM task_instance WHERE dag_id = $1 AND run_id = $2 AND task_id = $3")
-            .bind(&key.dag_id)
-            .bind(&key.run_id)
-            .bind(&key.task_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(query_error("read task state"))?;
+        let row = sqlx::query(
+            "SELECT state FROM task_instance WHERE dag_id = $1 AND run_id = $2 AND task_id = $3",
+        )
+        .bind(&key.dag_id)
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("read task state"))?;
         row.map(|r| get::<String>(&r, "state")).transpose()
     }
 }
@@ -195,28 +229,44 @@ impl Store for SqlStore {
             );
             for i in 0..chunk.len() {
                 let p = i * 3 + 4;
-                sql.push_str(&format!("{}($1, $2, ${p}, ${}, ${}, 'pending', 0, $3)", if i > 0 { ", " } else { "" }, p + 1, p + 2));
+                sql.push_str(&format!(
+                    "{}($1, $2, ${p}, ${}, ${}, 'pending', 0, $3)",
+                    if i > 0 { ", " } else { "" },
+                    p + 1,
+                    p + 2
+                ));
             }
-            let mut query = sqlx::query(&sql).bind(&run.dag_id).bind(&run.run_id).bind(at);
+            let mut query = sqlx::query(&sql)
+                .bind(&run.dag_id)
+                .bind(&run.run_id)
+                .bind(at);
             for (task_id, operator, max_tries) in chunk {
-                query = query.bind(task_id).bind(operator).bind(i64::from(*max_tries));
+                query = query
+                    .bind(task_id)
+                    .bind(operator)
+                    .bind(i64::from(*max_tries));
             }
-            query.execute(&mut *tx).await.map_err(query_error("create task instances"))?;
+            query
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error("create task instances"))?;
         }
         tx.commit().await.map_err(query_error("commit run"))?;
         run_from_row(&row)
     }
 
     async fn run(&self, dag_id: &str, run_id: &str) -> Result<Option<DagRun>, StoreError> {
-        sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM dag_run WHERE dag_id = $1 AND run_id = $2"))
-            .bind(dag_id)
-            .bind(run_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(query_error("read run"))?
-            .as_ref()
-            .map(run_from_row)
-            .transpose()
+        sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM dag_run WHERE dag_id = $1 AND run_id = $2"
+        ))
+        .bind(dag_id)
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("read run"))?
+        .as_ref()
+        .map(run_from_row)
+        .transpose()
     }
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<DagRun>, StoreError> {
@@ -228,7 +278,11 @@ impl Store for SqlStore {
         .bind(filter.dag_id.clone().unwrap_or_default())
         .bind(filter.run_id.clone().unwrap_or_default())
         .bind(filter.state.map(|s| s.as_str()).unwrap_or_default())
-        .bind(i64::from(if filter.limit == 0 { 100 } else { filter.limit }))
+        .bind(i64::from(if filter.limit == 0 {
+            100
+        } else {
+            filter.limit
+        }))
         .fetch_all(&self.pool)
         .await
         .map_err(query_error("list runs"))?;
@@ -272,7 +326,11 @@ impl Store for SqlStore {
         }
     }
 
-    async fn task_instances(&self, dag_id: &str, run_id: &str) -> Result<Vec<TaskInstance>, StoreError> {
+    async fn task_instances(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+    ) -> Result<Vec<TaskInstance>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {TI_COLUMNS} FROM task_instance WHERE dag_id = $1 AND run_id = $2 ORDER BY task_id"
         ))
@@ -314,7 +372,9 @@ impl Store for SqlStore {
         .bind(change.next_retry_at.map(micros))
         .bind(change.output.clone())
         // a new try clears the last error; a failure records its own
-        .bind(i64::from(starts || matches!(to, TaskState::Failed | TaskState::UpForRetry)))
+        .bind(i64::from(
+            starts || matches!(to, TaskState::Failed | TaskState::UpForRetry),
+        ))
         .bind(if starts { None } else { change.reason.clone() })
         .bind(&change.key.dag_id)
         .bind(&change.key.run_id)
@@ -326,7 +386,11 @@ impl Store for SqlStore {
         let Some(row) = row else {
             drop(tx);
             return Err(match self.current_state(&change.key).await? {
-                Some(found) => StoreError::Conflict { what: change.key.to_string(), expected: t.from().to_string(), found },
+                Some(found) => StoreError::Conflict {
+                    what: change.key.to_string(),
+                    expected: t.from().to_string(),
+                    found,
+                },
                 None => StoreError::NotFound(format!("task instance {}", change.key)),
             });
         };
@@ -346,7 +410,9 @@ impl Store for SqlStore {
         .execute(&mut *tx)
         .await
         .map_err(query_error("record history"))?;
-        tx.commit().await.map_err(query_error("commit transition"))?;
+        tx.commit()
+            .await
+            .map_err(query_error("commit transition"))?;
         Ok(ti)
     }
 

@@ -17,8 +17,13 @@ pub fn pg_admin_url() -> String {
 pub async fn fresh_pg_database() -> String {
     let admin = pg_admin_url();
     let name = format!("sluice_t_{}_{}", std::process::id(), rand_suffix());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to the test PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to the test PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
     let mut url = url::Url::parse(&admin).unwrap();
     url.set_path(&format!("/{name}"));
     url.to_string()
@@ -27,16 +32,23 @@ pub async fn fresh_pg_database() -> String {
 fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     format!("{nanos}_{}", N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A fresh SQLite store in `dir`.
 pub async fn sqlite_store(dir: &std::path::Path) -> Arc<dyn Store> {
-    store::open(&format!("sqlite://{}", dir.join("sluice.db").display())).await.expect("open SQLite store")
+    store::open(&format!("sqlite://{}", dir.join("sluice.db").display()))
+        .await
+        .expect("open SQLite store")
 }
 
 /// A fresh PostgreSQL store in its own database.
 pub async fn postgres_store() -> Arc<dyn Store> {
-    store::open(&fresh_pg_database().await).await.expect("open PostgreSQL store")
+    store::open(&fresh_pg_database().await)
+        .await
+        .expect("open PostgreSQL store")
 }

@@ -154,8 +154,14 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
-        assert!(lines[0].ends_with("INFO  extracted rows=42 table=\"crm\""), "{text}");
+        assert!(
+            lines[0].ends_with("INFO  extracted rows=42 table=\"crm\""),
+            "{text}"
+        );
         assert!(lines[1].ends_with("WARN  slow query"), "{text}");
-        assert!(routes().lock().unwrap().is_empty(), "dropping the route unregisters it");
+        assert!(
+            routes().lock().unwrap().is_empty(),
+            "dropping the route unregisters it"
+        );
     }
 }

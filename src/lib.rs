@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod dag;
 pub mod executor;
+pub mod runs;
 pub mod schedule;
 pub mod settings;
 pub mod state;

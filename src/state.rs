@@ -65,6 +65,12 @@ pub const ALLOWED: &[(TaskState, TaskState)] = &[
     (Running, Cancelled),
     (UpForRetry, Queued),
     (UpForRetry, Cancelled),
+    // A clear: a finished task goes back to pending for a new attempt of its run.
+    (Success, Pending),
+    (Failed, Pending),
+    (Skipped, Pending),
+    (UpstreamFailed, Pending),
+    (Cancelled, Pending),
 ];
 
 impl TaskState {
@@ -144,6 +150,11 @@ impl Transition {
     pub fn starts_try(&self) -> bool {
         self.to == Running
     }
+
+    /// True when this transition clears a finished task for a new attempt.
+    pub fn clears(&self) -> bool {
+        self.to == Pending
+    }
 }
 
 /// A transition the state machine forbids.
@@ -188,6 +199,10 @@ pub const RUN_ALLOWED: &[(RunState, RunState)] = &[
     (RunState::Running, RunState::Success),
     (RunState::Running, RunState::Failed),
     (RunState::Running, RunState::Cancelled),
+    // A new attempt of a finished run (its tasks are cleared first).
+    (RunState::Success, RunState::Queued),
+    (RunState::Failed, RunState::Queued),
+    (RunState::Cancelled, RunState::Queued),
 ];
 
 impl RunState {

@@ -7,6 +7,8 @@ fn expected_allowed(from: TaskState, to: TaskState) -> bool {
     match (from, to) {
         // any unfinished state may be cancelled
         (f, Cancelled) => !f.is_finished(),
+        // a finished task may be cleared for a new attempt
+        (f, Pending) => f.is_finished(),
         // pending is decided by the trigger rule
         (Pending, Queued | Skipped | UpstreamFailed) => true,
         (Queued, Running) => true,
@@ -41,10 +43,13 @@ fn every_state_pair_is_allowed_exactly_when_the_rules_say() {
 }
 
 #[test]
-fn finished_states_are_final() {
+fn finished_states_only_leave_through_a_clear() {
     for from in TASK_STATES.into_iter().filter(|s| s.is_finished()) {
         for to in TASK_STATES {
-            assert!(from.to(to).is_err(), "{from} -> {to} must be illegal");
+            assert_eq!(from.to(to).is_ok(), to == Pending, "{from} -> {to}");
+            if let Ok(t) = from.to(to) {
+                assert!(t.clears());
+            }
         }
     }
 }
@@ -77,6 +82,7 @@ fn run_transitions_follow_the_table() {
                 (RunState::Queued, RunState::Running) => true,
                 (f, RunState::Cancelled) => !f.is_finished(),
                 (RunState::Running, RunState::Success | RunState::Failed) => true,
+                (f, RunState::Queued) => f.is_finished(),
                 _ => false,
             };
             assert_eq!(from.check(to).is_ok(), expected, "{from} -> {to}");

@@ -94,7 +94,7 @@ fn validate_prints_every_error_of_the_broken_file_and_exits_1() {
     let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
     let expected = [
         format!("{file}: -: schedule: `99 * * * *` is not a valid cron expression"),
-        format!("{file}: a: operator: unknown operator `sleeep`; known: noop, shell, sleep"),
+        format!("{file}: a: operator: unknown operator `sleeep`; known: clickhouse_load, http_webhook, noop, polars_sql, postgres_extract, shell, sleep"),
         format!("{file}: b: config.command: template uses unknown variable(s) oops"),
         format!("{file}: b: depends_on: unknown task `ghost`"),
         format!("{file}: c: config.comand: unknown field `comand`"),
@@ -194,7 +194,7 @@ fn dags_test_story(home: &Home) {
         stdout(&out)
     );
 
-    // The same logical date again is refused with a hint, not a duplicate run.
+    // The same logical date again is a new attempt of the same run, not a duplicate run.
     let out = home.sluice(&[
         "dags",
         "test",
@@ -202,11 +202,41 @@ fn dags_test_story(home: &Home) {
         "--logical-date",
         "2026-11-23T10:14:59Z",
     ]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("already has a run"),
+        stdout(&out).contains("starting a new attempt"),
         "{}",
-        stderr(&out)
+        stdout(&out)
+    );
+    let out = home.sluice(&["runs", "list", "--dag", "etl", "--json"]);
+    let runs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs.len(), 1, "still one run for the logical date");
+    let out = home.sluice(&["runs", "show", &run_id, "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let extract = shown["task_instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task_id"] == "extract")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            extract["state"].as_str(),
+            extract["try_number"].as_u64(),
+            extract["max_tries"].as_u64()
+        ),
+        (Some("success"), Some(2), Some(3))
+    );
+    assert_eq!(
+        shown["history"].as_array().unwrap().len(),
+        9 + 3 + 9,
+        "three clears between the two attempts"
+    );
+    let out = home.sluice(&["tasks", "logs", "etl", &run_id, "extract", "--try", "1"]);
+    assert!(
+        stdout(&out).contains("extracting us"),
+        "the first attempt's log is kept"
     );
 }
 
@@ -284,7 +314,7 @@ fn operators_are_listed_and_described() {
     );
     let out = home.sluice(&["operators", "describe", "shel"]);
     assert!(
-        stderr(&out).contains("unknown operator `shel`; known: noop, shell, sleep"),
+        stderr(&out).contains("unknown operator `shel`; known: clickhouse_load, http_webhook, noop, polars_sql, postgres_extract, shell, sleep"),
         "{}",
         stderr(&out)
     );
@@ -301,4 +331,32 @@ fn show_prints_tasks_in_dependency_order() {
         .filter(|w| ["extract", "transform", "load"].contains(w))
         .collect();
     assert_eq!(order, ["extract", "transform", "load"], "{text}");
+}
+
+#[test]
+fn validate_checks_the_sql_files_a_dag_points_at() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.dags().join("sql")).unwrap();
+    std::fs::write(
+        home.dags().join("sql/bad.sql"),
+        "SELECT * FROM t WHERE ts >= {{ data_interval_begin }}",
+    )
+    .unwrap();
+    home.write(
+        "files.yaml",
+        "dag_id: files\ntasks:\n  - {id: a, operator: postgres_extract, config: {conn: crm, sql: sql/missing.sql}}\n  - {id: b, operator: postgres_extract, config: {conn: crm, sql: sql/bad.sql}}\n",
+    );
+    let out = home.sluice(&["dags", "validate"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.lines()
+            .any(|l| l.contains(": a: config.sql: cannot read") && l.contains("sql/missing.sql")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains(": b: config.sql:") && l.contains("data_interval_begin")),
+        "{text}"
+    );
 }

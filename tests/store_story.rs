@@ -215,6 +215,60 @@ async fn story(store: Arc<dyn Store>) {
         (RunState::Success, Some(at(10)))
     );
 
+    // A new attempt: a finished task is cleared (output dropped, more tries allowed), the run re-queued.
+    let mut clear = TaskChange::new(
+        k.clone(),
+        TaskState::Success.to(TaskState::Pending).unwrap(),
+        at(11),
+    );
+    clear.max_tries = Some(5);
+    let cleared = store.transition(&clear).await.unwrap();
+    assert_eq!(
+        (cleared.state, cleared.try_number, cleared.max_tries),
+        (TaskState::Pending, 2, 5)
+    );
+    assert_eq!(
+        (
+            cleared.output.clone(),
+            cleared.error.clone(),
+            cleared.ended_at
+        ),
+        (None, None, None)
+    );
+    let requeued = store
+        .set_run_state("etl", &run_id, RunState::Success, RunState::Queued, at(11))
+        .await
+        .unwrap();
+    assert_eq!(
+        (requeued.state, requeued.ended_at, requeued.started_at),
+        (RunState::Queued, None, Some(at(1)))
+    );
+    assert_eq!(
+        store
+            .run_for_date("etl", at(0))
+            .await
+            .unwrap()
+            .unwrap()
+            .run_id,
+        run_id
+    );
+    assert!(store.run_for_date("etl", at(59)).await.unwrap().is_none());
+    let finished = store
+        .set_run_state("etl", &run_id, RunState::Queued, RunState::Running, at(12))
+        .await
+        .unwrap();
+    let finished = store
+        .set_run_state(
+            "etl",
+            &finished.run_id,
+            RunState::Running,
+            RunState::Success,
+            at(13),
+        )
+        .await
+        .unwrap();
+    assert_eq!(finished.ended_at, Some(at(13)));
+
     // Listing: newest logical date first, filtered by DAG and state, limited.
     for minute in [15, 30, 45] {
         store

@@ -17,6 +17,23 @@ pub mod noop;
 pub mod shell;
 pub mod sleep;
 
+#[cfg(feature = "etl")]
+pub mod clickhouse_http;
+#[cfg(feature = "etl")]
+pub mod clickhouse_load;
+#[cfg(feature = "etl")]
+pub mod frame;
+#[cfg(feature = "etl")]
+pub mod http_webhook;
+#[cfg(feature = "etl")]
+pub mod pg_binary;
+#[cfg(feature = "etl")]
+pub mod polars_sql;
+#[cfg(feature = "etl")]
+pub mod postgres_extract;
+#[cfg(feature = "etl")]
+pub mod rowbinary;
+
 use async_trait::async_trait;
 
 pub use artifact::{ArtifactKey, ArtifactRef, ArtifactStore, LocalArtifactStore};

@@ -101,6 +101,17 @@ impl Registry {
         registry.register(OperatorKind::of::<crate::noop::NoopConfig>());
         registry.register(OperatorKind::of::<crate::sleep::SleepConfig>());
         registry.register(OperatorKind::of::<crate::shell::ShellConfig>());
+        #[cfg(feature = "etl")]
+        {
+            registry.register(OperatorKind::of::<
+                crate::postgres_extract::PostgresExtractConfig,
+            >());
+            registry.register(OperatorKind::of::<crate::polars_sql::PolarsSqlConfig>());
+            registry.register(OperatorKind::of::<
+                crate::clickhouse_load::ClickhouseLoadConfig,
+            >());
+            registry.register(OperatorKind::of::<crate::http_webhook::HttpWebhookConfig>());
+        }
         registry
     }
 
@@ -133,7 +144,22 @@ mod tests {
     #[test]
     fn builtins_are_registered_with_documented_fields() {
         let registry = Registry::builtin();
-        assert_eq!(registry.names(), ["noop", "shell", "sleep"]);
+        for name in ["noop", "shell", "sleep"] {
+            assert!(registry.get(name).is_some(), "{name}");
+        }
+        #[cfg(feature = "etl")]
+        assert_eq!(
+            registry.names(),
+            [
+                "clickhouse_load",
+                "http_webhook",
+                "noop",
+                "polars_sql",
+                "postgres_extract",
+                "shell",
+                "sleep"
+            ]
+        );
         let schema = registry.get("shell").unwrap().schema();
         let command = &schema["properties"]["command"];
         assert!(

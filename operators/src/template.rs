@@ -22,6 +22,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "try_number",
     "params",
     "conf",
+    "item",
 ];
 
 /// A template that does not compile, uses an unknown variable, or fails to render.
@@ -142,6 +143,164 @@ pub fn render(source: &str, vars: &TemplateVars) -> Result<String, TemplateError
         })
 }
 
+fn context(vars: &TemplateVars, item: Option<&minijinja::Value>) -> minijinja::Value {
+    let base = minijinja::Value::from_serialize(vars);
+    match item {
+        Some(item) => minijinja::context! { item => item.clone(), ..base },
+        None => base,
+    }
+}
+
+/// Renders a string with the try's values plus `item` (the current value of an operator
+/// that iterates, like `http_webhook`'s `for_each`).
+pub fn render_with_item(
+    source: &str,
+    vars: &TemplateVars,
+    item: Option<&minijinja::Value>,
+) -> Result<String, TemplateError> {
+    if !is_template(source) {
+        return Ok(source.to_string());
+    }
+    environment()
+        .render_str(source, context(vars, item))
+        .map_err(|e| TemplateError {
+            message: format!("template failed to render: {}", describe(&e)),
+        })
+}
+
+/// Renders every string inside a JSON value. A string that is exactly one `{{ expression }}`
+/// keeps the expression's type (`"{{ item }}"` with a 64-bit id stays an exact number).
+pub fn render_json(
+    value: &serde_json::Value,
+    vars: &TemplateVars,
+    item: Option<&minijinja::Value>,
+) -> Result<serde_json::Value, TemplateError> {
+    use serde_json::Value as J;
+    Ok(match value {
+        J::String(source) => {
+            let trimmed = source.trim();
+            let single = trimmed
+                .strip_prefix("{{")
+                .and_then(|r| r.strip_suffix("}}"))
+                .filter(|inner| !inner.contains("{{") && !inner.contains("}}"));
+            match single {
+                Some(expression) => {
+                    let env = environment();
+                    let compiled =
+                        env.compile_expression(expression.trim())
+                            .map_err(|e| TemplateError {
+                                message: format!("template does not compile: {}", describe(&e)),
+                            })?;
+                    let result = compiled
+                        .eval(context(vars, item))
+                        .map_err(|e| TemplateError {
+                            message: format!("template failed to render: {}", describe(&e)),
+                        })?;
+                    if result.is_undefined() {
+                        return Err(TemplateError {
+                            message: format!("`{trimmed}` is undefined"),
+                        });
+                    }
+                    serde_json::to_value(&result).map_err(|e| TemplateError {
+                        message: e.to_string(),
+                    })?
+                }
+                None => J::String(render_with_item(source, vars, item)?),
+            }
+        }
+        J::Array(items) => J::Array(
+            items
+                .iter()
+                .map(|v| render_json(v, vars, item))
+                .collect::<Result<_, _>>()?,
+        ),
+        J::Object(map) => J::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), render_json(v, vars, item)?)))
+                .collect::<Result<_, TemplateError>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// A value a template placed in SQL, to be sent as a bind parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BindValue {
+    /// SQL NULL.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A floating-point number.
+    Float(f64),
+    /// Text.
+    Text(String),
+    /// An instant: strings in RFC 3339 form (the interval bounds, `logical_date`) bind as timestamps.
+    Timestamp(DateTime<Utc>),
+}
+
+impl BindValue {
+    fn from_value(value: &minijinja::Value) -> Result<Self, String> {
+        use minijinja::value::ValueKind;
+        match value.kind() {
+            ValueKind::None | ValueKind::Undefined => Ok(BindValue::Null),
+            ValueKind::Bool => Ok(BindValue::Bool(value.is_true())),
+            ValueKind::Number => match i64::try_from(value.clone()) {
+                Ok(i) => Ok(BindValue::Int(i)),
+                Err(_) => f64::try_from(value.clone())
+                    .map(BindValue::Float)
+                    .map_err(|e| e.to_string()),
+            },
+            ValueKind::String => {
+                let text = value.as_str().unwrap_or_default();
+                Ok(match DateTime::parse_from_rfc3339(text) {
+                    Ok(t) => BindValue::Timestamp(t.with_timezone(&Utc)),
+                    Err(_) => BindValue::Text(text.to_string()),
+                })
+            }
+            other => Err(format!("cannot bind a {other} value as an SQL parameter")),
+        }
+    }
+}
+
+/// SQL rendered from a template with every `{{ … }}` replaced by a placeholder, and the values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BoundSql {
+    /// The SQL text with placeholders.
+    pub sql: String,
+    /// The values, in placeholder order (placeholder `n` is `params[n - 1]`).
+    pub params: Vec<BindValue>,
+}
+
+/// Renders an SQL template so that values never enter the SQL text: each `{{ expression }}`
+/// becomes `placeholder(n, &value)` (n from 1) and its value is returned for binding.
+/// Control flow (`{% if %}`) renders normally.
+pub fn render_sql(
+    source: &str,
+    vars: &TemplateVars,
+    placeholder: impl Fn(usize, &BindValue) -> String + Send + Sync + 'static,
+) -> Result<BoundSql, TemplateError> {
+    use std::sync::{Arc, Mutex};
+    let params: Arc<Mutex<Vec<BindValue>>> = Arc::default();
+    let collected = params.clone();
+    let mut env = environment();
+    env.set_formatter(move |out, _state, value| {
+        let bind = BindValue::from_value(value)
+            .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e))?;
+        let mut params = collected.lock().unwrap_or_else(|p| p.into_inner());
+        params.push(bind);
+        let text = placeholder(params.len(), params.last().expect("just pushed"));
+        out.write_str(&text).map_err(minijinja::Error::from)
+    });
+    let sql = env.render_str(source, vars).map_err(|e| TemplateError {
+        message: format!("SQL template failed to render: {}", describe(&e)),
+    })?;
+    drop(env);
+    let params = std::mem::take(&mut *params.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(BoundSql { sql, params })
+}
+
 fn describe(e: &minijinja::Error) -> String {
     match (e.detail(), e.line()) {
         (Some(detail), Some(line)) => format!("{} (line {line}): {detail}", e.kind()),
@@ -189,6 +348,54 @@ mod tests {
         assert!(syntax.contains("does not compile"), "{syntax}");
         let unknown = check("{{ data_interval_begin }}").unwrap_err().message;
         assert!(unknown.contains("data_interval_begin"), "{unknown}");
+    }
+
+    #[test]
+    fn sql_templates_bind_values_instead_of_pasting_them() {
+        let mut v = vars();
+        v.params = serde_json::json!({"region": "eu'; DROP TABLE x; --", "limit": 5, "on": true, "ratio": 0.5, "none": null});
+        let bound = render_sql(
+            "SELECT * FROM t WHERE ts >= {{ data_interval_start }} AND ts < {{ data_interval_end }} AND region = {{ params.region }}{% if params.on %} LIMIT {{ params.limit }}{% endif %} -- {{ params.ratio }} {{ params.none }}",
+            &v,
+            |n, _| format!("${n}"),
+        )
+        .unwrap();
+        assert_eq!(
+            bound.sql,
+            "SELECT * FROM t WHERE ts >= $1 AND ts < $2 AND region = $3 LIMIT $4 -- $5 $6"
+        );
+        let s = Utc.with_ymd_and_hms(2026, 11, 23, 16, 0, 0).unwrap();
+        assert_eq!(
+            bound.params,
+            vec![
+                BindValue::Timestamp(s),
+                BindValue::Timestamp(s + chrono::Duration::minutes(15)),
+                BindValue::Text("eu'; DROP TABLE x; --".into()),
+                BindValue::Int(5),
+                BindValue::Float(0.5),
+                BindValue::Null,
+            ]
+        );
+        let err = render_sql("{{ params }}", &v, |n, _| format!("${n}")).unwrap_err();
+        assert!(err.message.contains("cannot bind"), "{}", err.message);
+    }
+
+    #[test]
+    fn json_bodies_keep_types_and_exact_big_integers() {
+        let body = serde_json::json!({
+            "user_id": "{{ item }}",
+            "dag_id": "{{ dag_id }}",
+            "window": ["{{ data_interval_start }}", "{{ data_interval_end }}"],
+            "note": "user {{ item }} in {{ params.region }}",
+            "fixed": 3
+        });
+        let item = minijinja::Value::from(18_446_744_073_709_551_557u64);
+        let out = render_json(&body, &vars(), Some(&item)).unwrap();
+        assert_eq!(
+            out.to_string(),
+            r#"{"dag_id":"d","fixed":3,"note":"user 18446744073709551557 in eu","user_id":18446744073709551557,"window":["2026-11-23T16:00:00Z","2026-11-23T16:15:00Z"]}"#
+        );
+        assert!(render_json(&serde_json::json!("{{ nope }}"), &vars(), None).is_err());
     }
 
     #[test]

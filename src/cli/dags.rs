@@ -15,10 +15,11 @@ use super::table::Table;
 use super::{print_json, show_time};
 use crate::dag::{Dag, DagBag};
 use crate::executor::{try_log_path, Executor, Progress};
+use crate::runs::{start_run, Start};
 use crate::schedule::parse_instant;
 use crate::settings::Settings;
 use crate::state::RunState;
-use crate::store::{self, NewRun, RunType, StoreError, TaskKey};
+use crate::store::{self, RunType, TaskKey};
 
 /// `sluice dags` subcommands.
 #[derive(Debug, Subcommand)]
@@ -288,29 +289,10 @@ async fn test(
         None => dag.default_interval(now),
     };
     let store = store::open(&settings.database_url).await?;
-    let run_id = RunType::Manual.run_id(interval.start);
-    let new_run = NewRun {
-        dag_id: dag.dag_id.clone(),
-        run_id: run_id.clone(),
-        interval,
-        run_type: RunType::Manual,
-        conf,
-        dag_hash: dag.hash.clone(),
-        tasks: dag
-            .tasks
-            .iter()
-            .map(|t| (t.id.clone(), t.operator_name.clone(), t.retry.retries + 1))
-            .collect(),
-        at: now,
-    };
-    match store.create_run(&new_run).await {
-        Ok(_) => {}
-        Err(StoreError::RunExists { .. }) => bail!(
-            "DAG `{}` already has a run for logical date {}; pick another with --logical-date",
-            dag.dag_id,
-            interval.start.to_rfc3339()
-        ),
-        Err(e) => return Err(e.into()),
+    let (run, start) = start_run(&store, &dag, interval, RunType::Manual, conf, now).await?;
+    let run_id = run.run_id.clone();
+    if start == Start::NewAttempt {
+        println!("run {run_id} already ran: starting a new attempt (tries continue, retries start afresh)");
     }
     println!("run {run_id} of {}: data interval {interval}", dag.dag_id);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

@@ -551,7 +551,7 @@ mod tests {
             "{all:#?}"
         );
         assert!(all.iter().any(|e| e.starts_with(
-            "d.yaml: a: operator: unknown operator `nope`; known: noop, shell, sleep"
+            "d.yaml: a: operator: unknown operator `nope`; known: clickhouse_load, http_webhook, noop, polars_sql, postgres_extract, shell, sleep"
         )));
         assert!(
             all.iter()

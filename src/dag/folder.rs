@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sluice_operators::Registry;
+use sluice_operators::{template, Registry};
 
 use super::{parse_dag, Dag, DagError};
 
@@ -43,6 +43,49 @@ fn dag_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Checks files a DAG's tasks point at (`sql: sql/x.sql`, `ddl: …`): they exist next to the
+/// DAG file and their templates compile, so `dags validate` catches what a run would.
+fn check_files(dag: Dag, file: &Path) -> Result<Dag, Vec<DagError>> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let mut errors = Vec::new();
+    for task in &dag.tasks {
+        let Some(config) = task.config.as_object() else {
+            continue;
+        };
+        for (field, value) in config {
+            let Some(name) = value.as_str().filter(|v| v.trim_end().ends_with(".sql")) else {
+                continue;
+            };
+            let path = dir.join(name.trim());
+            let error = |message: String| DagError {
+                file: file.to_path_buf(),
+                task: Some(task.id.clone()),
+                message,
+            };
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    if let Err(e) = template::check(&text) {
+                        errors.push(error(format!(
+                            "config.{field}: {}: {}",
+                            path.display(),
+                            e.message
+                        )));
+                    }
+                }
+                Err(e) => errors.push(error(format!(
+                    "config.{field}: cannot read {}: {e}",
+                    path.display()
+                ))),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(dag)
+    } else {
+        Err(errors)
+    }
+}
+
 impl DagBag {
     /// Reads and validates every DAG file under `folder`.
     pub fn load(folder: &Path, registry: &Registry) -> Self {
@@ -73,7 +116,7 @@ impl DagBag {
                     continue;
                 }
             };
-            match parse_dag(&file, &text, registry) {
+            match parse_dag(&file, &text, registry).and_then(|dag| check_files(dag, &file)) {
                 Ok(dag) => {
                     if let Some(first) = defined_in.get(&dag.dag_id) {
                         bag.errors.push(DagError {

@@ -221,6 +221,7 @@ impl RunDriver<'_> {
             reason,
             output,
             next_retry_at,
+            max_tries: None,
         };
         let ti = self.executor.store.transition(&change).await?;
         if let Some(observer) = &self.executor.observer {

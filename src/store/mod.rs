@@ -213,6 +213,8 @@ pub struct TaskChange {
     pub output: Option<String>,
     /// For `up_for_retry`: when the next try may be queued.
     pub next_retry_at: Option<DateTime<Utc>>,
+    /// For a clear: the new most tries allowed (tries so far + the task's retries + 1).
+    pub max_tries: Option<u32>,
 }
 
 impl TaskChange {
@@ -225,6 +227,7 @@ impl TaskChange {
             reason: None,
             output: None,
             next_retry_at: None,
+            max_tries: None,
         }
     }
 }
@@ -322,6 +325,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// One run.
     async fn run(&self, dag_id: &str, run_id: &str) -> Result<Option<DagRun>, StoreError>;
+
+    /// The run of a DAG for a logical date, whatever its id.
+    async fn run_for_date(
+        &self,
+        dag_id: &str,
+        logical_date: DateTime<Utc>,
+    ) -> Result<Option<DagRun>, StoreError>;
 
     /// Runs matching a filter, newest logical date first.
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<DagRun>, StoreError>;

@@ -269,6 +269,24 @@ impl Store for SqlStore {
         .transpose()
     }
 
+    async fn run_for_date(
+        &self,
+        dag_id: &str,
+        logical_date: DateTime<Utc>,
+    ) -> Result<Option<DagRun>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM dag_run WHERE dag_id = $1 AND logical_date = $2"
+        ))
+        .bind(dag_id)
+        .bind(micros(logical_date))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("read run by date"))?
+        .as_ref()
+        .map(run_from_row)
+        .transpose()
+    }
+
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<DagRun>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {RUN_COLUMNS} FROM dag_run
@@ -301,7 +319,8 @@ impl Store for SqlStore {
         let started = (to == RunState::Running).then_some(micros(at));
         let ended = to.is_finished().then_some(micros(at));
         let row = sqlx::query(&format!(
-            "UPDATE dag_run SET state = $1, started_at = COALESCE($2, started_at), ended_at = COALESCE($3, ended_at)
+            "UPDATE dag_run SET state = $1, started_at = COALESCE($2, started_at),
+                 ended_at = CASE WHEN $1 = 'queued' THEN NULL ELSE COALESCE($3, ended_at) END
              WHERE dag_id = $4 AND run_id = $5 AND state = $6 RETURNING {RUN_COLUMNS}"
         ))
         .bind(to.as_str())
@@ -358,8 +377,9 @@ impl Store for SqlStore {
                 started_at = COALESCE($5, started_at),
                 ended_at = $6,
                 next_retry_at = $7,
-                output = COALESCE($8, output),
-                error = CASE WHEN $9 = 1 THEN $10 ELSE error END
+                output = CASE WHEN $1 = 'pending' THEN NULL ELSE COALESCE($8, output) END,
+                error = CASE WHEN $9 = 1 THEN $10 ELSE error END,
+                max_tries = COALESCE($15, max_tries)
              WHERE dag_id = $11 AND run_id = $12 AND task_id = $13 AND state = $14
              RETURNING {TI_COLUMNS}"
         ))
@@ -371,15 +391,20 @@ impl Store for SqlStore {
         .bind(ends.then_some(at))
         .bind(change.next_retry_at.map(micros))
         .bind(change.output.clone())
-        // a new try clears the last error; a failure records its own
+        // a new try or a clear drops the last error; a failure records its own
         .bind(i64::from(
-            starts || matches!(to, TaskState::Failed | TaskState::UpForRetry),
+            starts || t.clears() || matches!(to, TaskState::Failed | TaskState::UpForRetry),
         ))
-        .bind(if starts { None } else { change.reason.clone() })
+        .bind(if starts || t.clears() {
+            None
+        } else {
+            change.reason.clone()
+        })
         .bind(&change.key.dag_id)
         .bind(&change.key.run_id)
         .bind(&change.key.task_id)
         .bind(t.from().as_str())
+        .bind(change.max_tries.map(i64::from))
         .fetch_optional(&mut *tx)
         .await
         .map_err(query_error("transition task"))?;

@@ -52,3 +52,37 @@ pub async fn postgres_store() -> Arc<dyn Store> {
         .await
         .expect("open PostgreSQL store")
 }
+
+/// The ClickHouse HTTP endpoint for tests (`http://host:port`) from `SLUICE_TEST_CLICKHOUSE_URL`.
+pub fn clickhouse_http() -> String {
+    let url = std::env::var("SLUICE_TEST_CLICKHOUSE_URL").expect(
+        "SLUICE_TEST_CLICKHOUSE_URL is not set: run the suite with scripts/test, or `eval \"$(scripts/services up)\"` first",
+    );
+    let parsed = url::Url::parse(&url).expect("SLUICE_TEST_CLICKHOUSE_URL is a URL");
+    format!(
+        "http://{}:{}",
+        parsed.host_str().unwrap(),
+        parsed.port().unwrap_or(8123)
+    )
+}
+
+/// Runs a ClickHouse statement over HTTP and returns the answer (panics on an error status).
+pub async fn clickhouse(sql: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(clickhouse_http())
+        .body(sql.to_string())
+        .send()
+        .await
+        .expect("ClickHouse answers");
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert!(status.is_success(), "ClickHouse: {sql}: {status}: {text}");
+    text
+}
+
+/// A new, empty ClickHouse database; returns its name.
+pub async fn fresh_clickhouse_database() -> String {
+    let name = format!("sluice_t_{}_{}", std::process::id(), rand_suffix());
+    clickhouse(&format!("CREATE DATABASE {name}")).await;
+    name
+}

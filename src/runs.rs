@@ -1,0 +1,117 @@
+//! Starting runs: a new run for a logical date, or a new attempt of the run that already
+//! covers it. Every change goes through the state machine and the store (compare-and-set).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::dag::Dag;
+use crate::schedule::DataInterval;
+use crate::state::{RunState, TaskState};
+use crate::store::{DagRun, NewRun, RunType, Store, StoreError, TaskChange, TaskKey};
+
+/// Why a run could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The run for this logical date has not finished: it cannot get a new attempt yet.
+    #[error("run `{run_id}` of DAG `{dag_id}` for this logical date is still {state}")]
+    Unfinished {
+        /// The DAG.
+        dag_id: String,
+        /// The existing run.
+        run_id: String,
+        /// Its state.
+        state: RunState,
+    },
+}
+
+/// Whether the run is new or a new attempt of an existing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A run was created.
+    Created,
+    /// A finished run was cleared for a new attempt.
+    NewAttempt,
+}
+
+/// Creates the run of `dag` for `interval`, or clears the finished run that covers it.
+pub async fn start_run(
+    store: &Arc<dyn Store>,
+    dag: &Dag,
+    interval: DataInterval,
+    run_type: RunType,
+    conf: serde_json::Value,
+    now: DateTime<Utc>,
+) -> Result<(DagRun, Start), StartError> {
+    let new_run = NewRun {
+        dag_id: dag.dag_id.clone(),
+        run_id: run_type.run_id(interval.start),
+        interval,
+        run_type,
+        conf,
+        dag_hash: dag.hash.clone(),
+        tasks: dag
+            .tasks
+            .iter()
+            .map(|t| (t.id.clone(), t.operator_name.clone(), t.retry.retries + 1))
+            .collect(),
+        at: now,
+    };
+    match store.create_run(&new_run).await {
+        Ok(run) => Ok((run, Start::Created)),
+        Err(StoreError::RunExists { .. }) => {
+            let existing = store
+                .run_for_date(&dag.dag_id, interval.start)
+                .await?
+                .ok_or_else(|| {
+                    // The id exists under another logical date: report the original conflict.
+                    StoreError::RunExists {
+                        dag_id: dag.dag_id.clone(),
+                        run_id: new_run.run_id.clone(),
+                        logical_date: interval.start,
+                    }
+                })?;
+            let run = clear_run(store, dag, &existing, now).await?;
+            Ok((run, Start::NewAttempt))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Clears every finished task of a finished run back to pending (each keeps its try count and
+/// gets its retries again) and queues the run for a new attempt.
+pub async fn clear_run(
+    store: &Arc<dyn Store>,
+    dag: &Dag,
+    run: &DagRun,
+    now: DateTime<Utc>,
+) -> Result<DagRun, StartError> {
+    if !run.state.is_finished() {
+        return Err(StartError::Unfinished {
+            dag_id: run.dag_id.clone(),
+            run_id: run.run_id.clone(),
+            state: run.state,
+        });
+    }
+    for ti in store.task_instances(&run.dag_id, &run.run_id).await? {
+        let Ok(transition) = ti.state.to(TaskState::Pending) else {
+            continue;
+        };
+        let retries = dag.task(&ti.task_id).map(|t| t.retry.retries).unwrap_or(0);
+        let key = TaskKey {
+            dag_id: ti.dag_id.clone(),
+            run_id: ti.run_id.clone(),
+            task_id: ti.task_id.clone(),
+        };
+        let mut change = TaskChange::new(key, transition, now);
+        change.reason = Some("cleared for a new attempt of the run".into());
+        change.max_tries = Some(ti.try_number + retries + 1);
+        store.transition(&change).await?;
+    }
+    Ok(store
+        .set_run_state(&run.dag_id, &run.run_id, run.state, RunState::Queued, now)
+        .await?)
+}

@@ -9,6 +9,7 @@ pub mod dag;
 pub mod executor;
 pub mod runs;
 pub mod schedule;
+pub mod scheduler;
 pub mod settings;
 pub mod state;
 pub mod store;

@@ -9,11 +9,11 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     // SLUICE_LOG takes the usual filter syntax (`info`, `sluice=debug`); quiet by default so
     // command output stays readable. Try logs get their events regardless of the filter level
     // of the terminal output.
-    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
@@ -27,7 +27,11 @@ fn init_tracing() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(if cli.is_service() {
+        "info,sqlx=warn"
+    } else {
+        "warn"
+    });
     match cli::run(cli).await {
         Ok(code) => code,
         Err(error) => {

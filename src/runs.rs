@@ -89,6 +89,21 @@ pub async fn clear_run(
     run: &DagRun,
     now: DateTime<Utc>,
 ) -> Result<DagRun, StartError> {
+    let all: Vec<String> = dag.tasks.iter().map(|t| t.id.clone()).collect();
+    clear_tasks(store, dag, run, &all, now)
+        .await
+        .map(|(run, _)| run)
+}
+
+/// Clears the named tasks of a finished run (those that have finished) and queues the run;
+/// returns the run and the tasks cleared with the state they had.
+pub async fn clear_tasks(
+    store: &Arc<dyn Store>,
+    dag: &Dag,
+    run: &DagRun,
+    task_ids: &[String],
+    now: DateTime<Utc>,
+) -> Result<(DagRun, Vec<(String, TaskState)>), StartError> {
     if !run.state.is_finished() {
         return Err(StartError::Unfinished {
             dag_id: run.dag_id.clone(),
@@ -96,7 +111,11 @@ pub async fn clear_run(
             state: run.state,
         });
     }
+    let mut cleared = Vec::new();
     for ti in store.task_instances(&run.dag_id, &run.run_id).await? {
+        if !task_ids.contains(&ti.task_id) {
+            continue;
+        }
         let Ok(transition) = ti.state.to(TaskState::Pending) else {
             continue;
         };
@@ -110,8 +129,10 @@ pub async fn clear_run(
         change.reason = Some("cleared for a new attempt of the run".into());
         change.max_tries = Some(ti.try_number + retries + 1);
         store.transition(&change).await?;
+        cleared.push((ti.task_id.clone(), ti.state));
     }
-    Ok(store
+    let run = store
         .set_run_state(&run.dag_id, &run.run_id, run.state, RunState::Queued, now)
-        .await?)
+        .await?;
+    Ok((run, cleared))
 }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::anyhow;
 use chrono::Utc;
 use clap::Subcommand;
 use serde_json::json;
@@ -16,7 +16,6 @@ use super::{print_json, show_time};
 use crate::dag::{Dag, DagBag};
 use crate::executor::{try_log_path, Executor, Progress};
 use crate::runs::{start_run, Start};
-use crate::schedule::parse_instant;
 use crate::settings::Settings;
 use crate::state::RunState;
 use crate::store::{self, RunType, TaskKey};
@@ -40,6 +39,50 @@ pub enum DagsCommand {
     },
     /// Check every DAG file of the folder; print each error as `<file>: <task or ->: <message>`.
     Validate,
+    /// Record a manual run for the scheduler to start (a new attempt if the logical date already ran).
+    Trigger {
+        /// The DAG id.
+        dag_id: String,
+        /// Logical date (default: the latest complete interval).
+        #[arg(long)]
+        logical_date: Option<String>,
+        /// Run configuration as a JSON object (overrides params).
+        #[arg(long)]
+        conf: Option<String>,
+        /// Follow the run until it finishes; exit 0 iff it succeeded.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stop creating scheduled runs of a DAG; runs already going finish.
+    Pause {
+        /// The DAG id.
+        dag_id: String,
+    },
+    /// Resume creating scheduled runs of a DAG.
+    Unpause {
+        /// The DAG id.
+        dag_id: String,
+    },
+    /// Queue a run for every schedule interval starting between two dates (inclusive).
+    Backfill {
+        /// The DAG id.
+        dag_id: String,
+        /// First logical date (RFC 3339 or YYYY-MM-DD in the DAG's timezone).
+        #[arg(long)]
+        start: String,
+        /// Last logical date.
+        #[arg(long)]
+        end: String,
+        /// Show the plan without queueing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Re-run intervals whose run failed or was cancelled (default: skip every existing run).
+        #[arg(long)]
+        rerun_failed: bool,
+        /// Follow the runs until they all finish; exit 0 iff all succeeded.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Run one DAG run in this process and exit 0 iff it succeeds.
     Test {
         /// The DAG id.
@@ -61,6 +104,46 @@ pub async fn run(cmd: DagsCommand, settings: &Settings) -> anyhow::Result<ExitCo
         DagsCommand::List { json } => list(&bag, json),
         DagsCommand::Show { dag_id, json } => show(find(&bag, &dag_id)?, json),
         DagsCommand::Validate => Ok(validate(&bag)),
+        DagsCommand::Trigger {
+            dag_id,
+            logical_date,
+            conf,
+            wait,
+        } => {
+            super::trigger::trigger(
+                find(&bag, &dag_id)?.clone(),
+                logical_date.as_deref(),
+                conf.as_deref(),
+                wait,
+                settings,
+            )
+            .await
+        }
+        DagsCommand::Pause { dag_id } => {
+            super::trigger::set_paused(find(&bag, &dag_id)?, true, settings).await
+        }
+        DagsCommand::Unpause { dag_id } => {
+            super::trigger::set_paused(find(&bag, &dag_id)?, false, settings).await
+        }
+        DagsCommand::Backfill {
+            dag_id,
+            start,
+            end,
+            dry_run,
+            rerun_failed,
+            wait,
+        } => {
+            super::trigger::backfill(
+                find(&bag, &dag_id)?.clone(),
+                &start,
+                &end,
+                dry_run,
+                rerun_failed,
+                wait,
+                settings,
+            )
+            .await
+        }
         DagsCommand::Test {
             dag_id,
             logical_date,
@@ -274,20 +357,9 @@ async fn test(
     conf: Option<&str>,
     settings: &Settings,
 ) -> anyhow::Result<ExitCode> {
-    let conf: serde_json::Value = match conf {
-        Some(text) => serde_json::from_str(text).context("--conf is not valid JSON")?,
-        None => json!({}),
-    };
-    if !conf.is_object() {
-        bail!("--conf must be a JSON object, like '{{\"key\": \"value\"}}'");
-    }
+    let conf = super::trigger::parse_conf(conf)?;
+    let interval = super::trigger::interval_for(&dag, logical_date)?;
     let now = Utc::now();
-    let interval = match logical_date {
-        Some(text) => dag.interval_for(
-            parse_instant(text, dag.timezone).map_err(|e| anyhow!("--logical-date: {e}"))?,
-        ),
-        None => dag.default_interval(now),
-    };
     let store = store::open(&settings.database_url).await?;
     let (run, start) = start_run(&store, &dag, interval, RunType::Manual, conf, now).await?;
     let run_id = run.run_id.clone();

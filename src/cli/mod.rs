@@ -4,7 +4,9 @@
 mod dags;
 mod operators;
 mod runs;
+mod serve;
 mod table;
+mod trigger;
 
 use std::process::ExitCode;
 
@@ -24,6 +26,11 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the scheduler with a local executor: creates runs on schedule, starts queued and
+    /// triggered runs, resumes interrupted ones. Stops gracefully on SIGTERM/SIGINT.
+    Scheduler(serve::ServeArgs),
+    /// Scheduler and local executor in one process (the web UI joins it when it lands).
+    Standalone(serve::ServeArgs),
     /// List, show, validate and test DAGs.
     #[command(subcommand)]
     Dags(dags::DagsCommand),
@@ -38,10 +45,18 @@ pub enum Command {
     Operators(operators::OperatorsCommand),
 }
 
+impl Cli {
+    /// True for the long-running commands, which log at `info` by default.
+    pub fn is_service(&self) -> bool {
+        matches!(self.command, Command::Scheduler(_) | Command::Standalone(_))
+    }
+}
+
 /// Runs a parsed command line with settings from the environment.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_env();
     match cli.command {
+        Command::Scheduler(args) | Command::Standalone(args) => serve::run(args, &settings).await,
         Command::Dags(cmd) => dags::run(cmd, &settings).await,
         Command::Runs(cmd) => runs::run(cmd, &settings).await,
         Command::Tasks(cmd) => runs::run_tasks(cmd, &settings).await,

@@ -47,6 +47,19 @@ pub enum RunsCommand {
 /// `sluice tasks` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum TasksCommand {
+    /// Clear a task of a finished run (and optionally its downstream tasks) so the scheduler
+    /// runs it again as a new try; the run is queued again.
+    Clear {
+        /// The DAG id.
+        dag_id: String,
+        /// The run id.
+        run_id: String,
+        /// The task id.
+        task_id: String,
+        /// Also clear every task downstream of it.
+        #[arg(long)]
+        downstream: bool,
+    },
     /// Print the log of one try of a task (the latest try by default).
     Logs {
         /// The DAG id.
@@ -203,12 +216,20 @@ async fn show(
 
 /// Runs a `tasks` subcommand.
 pub async fn run_tasks(cmd: TasksCommand, settings: &Settings) -> anyhow::Result<ExitCode> {
-    let TasksCommand::Logs {
-        dag_id,
-        run_id,
-        task_id,
-        try_number,
-    } = cmd;
+    let (dag_id, run_id, task_id, try_number) = match cmd {
+        TasksCommand::Clear {
+            dag_id,
+            run_id,
+            task_id,
+            downstream,
+        } => return clear(settings, &dag_id, &run_id, &task_id, downstream).await,
+        TasksCommand::Logs {
+            dag_id,
+            run_id,
+            task_id,
+            try_number,
+        } => (dag_id, run_id, task_id, try_number),
+    };
     let store = store::open(&settings.database_url).await?;
     let tis = store.task_instances(&dag_id, &run_id).await?;
     if tis.is_empty() {
@@ -240,5 +261,59 @@ pub async fn run_tasks(cmd: TasksCommand, settings: &Settings) -> anyhow::Result
     let text = std::fs::read_to_string(&path)
         .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
     print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn clear(
+    settings: &Settings,
+    dag_id: &str,
+    run_id: &str,
+    task_id: &str,
+    downstream: bool,
+) -> anyhow::Result<ExitCode> {
+    let bag = crate::dag::DagBag::load(
+        &settings.dags_folder,
+        &sluice_operators::Registry::builtin(),
+    );
+    let dag = bag
+        .get(dag_id)
+        .ok_or_else(|| {
+            anyhow!(
+                "DAG `{dag_id}` not found in {}",
+                settings.dags_folder.display()
+            )
+        })?
+        .clone();
+    let start = dag
+        .task_index(task_id)
+        .ok_or_else(|| anyhow!("DAG `{dag_id}` has no task `{task_id}`"))?;
+    let mut chosen = vec![start];
+    if downstream {
+        let mut i = 0;
+        while i < chosen.len() {
+            for &next in &dag.tasks[chosen[i]].downstream {
+                if !chosen.contains(&next) {
+                    chosen.push(next);
+                }
+            }
+            i += 1;
+        }
+    }
+    let store = store::open(&settings.database_url).await?;
+    let run = store
+        .run(dag_id, run_id)
+        .await?
+        .ok_or_else(|| anyhow!("no run `{run_id}` for DAG `{dag_id}`"))?;
+    let ids: Vec<String> = chosen.iter().map(|&i| dag.tasks[i].id.clone()).collect();
+    let (_, cleared) =
+        crate::runs::clear_tasks(&store, &dag, &run, &ids, chrono::Utc::now()).await?;
+    let cleared: Vec<String> = cleared
+        .iter()
+        .map(|(task, state)| format!("{task} (was {state})"))
+        .collect();
+    println!(
+        "cleared {}; run {run_id} is queued for the scheduler",
+        cleared.join(", ")
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -14,6 +14,7 @@ pub mod trylog;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sluice_operators::{
@@ -83,6 +84,19 @@ pub struct Executor {
     logs_dir: PathBuf,
     slots: Arc<Semaphore>,
     observer: Option<mpsc::UnboundedSender<Progress>>,
+    shutdown: CancellationToken,
+    shutdown_grace: Duration,
+}
+
+/// How a try's end is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// As it happened: success, retry or failure.
+    Normal,
+    /// The run is being cancelled: the try is cancelled.
+    Cancelling,
+    /// The process is shutting down and stopped the try: it runs again later, without using up a retry.
+    Interrupted,
 }
 
 /// The log file of one try: `<logs>/<dag>/<run>/<task>/<try>.log`.
@@ -114,7 +128,18 @@ impl Executor {
             logs_dir: settings.logs_dir(),
             slots: Arc::new(Semaphore::new(settings.parallelism)),
             observer: None,
+            shutdown: CancellationToken::new(),
+            shutdown_grace: Duration::from_secs(30),
         }
+    }
+
+    /// Stops every run this executor drives when `shutdown` fires: no new tries start,
+    /// running ones get `grace` to finish, then are stopped and marked for retry. The runs
+    /// stay `running` in the store and resume when a process drives them again.
+    pub fn with_shutdown(mut self, shutdown: CancellationToken, grace: Duration) -> Self {
+        self.shutdown = shutdown;
+        self.shutdown_grace = grace;
+        self
     }
 
     /// Sends every state change to `observer` as it happens.
@@ -208,6 +233,19 @@ impl RunDriver<'_> {
         output: Option<String>,
         next_retry_at: Option<DateTime<Utc>>,
     ) -> Result<(), ExecutorError> {
+        self.apply(task, to, reason, output, next_retry_at, None)
+            .await
+    }
+
+    async fn apply(
+        &mut self,
+        task: usize,
+        to: TaskState,
+        reason: Option<String>,
+        output: Option<String>,
+        next_retry_at: Option<DateTime<Utc>>,
+        max_tries: Option<u32>,
+    ) -> Result<(), ExecutorError> {
         let from = self.instances[task].state;
         let transition = from.to(to).map_err(|e| StoreError::Conflict {
             what: self.key(task).to_string(),
@@ -221,7 +259,7 @@ impl RunDriver<'_> {
             reason,
             output,
             next_retry_at,
-            max_tries: None,
+            max_tries,
         };
         let ti = self.executor.store.transition(&change).await?;
         if let Some(observer) = &self.executor.observer {
@@ -253,13 +291,30 @@ impl RunDriver<'_> {
         &mut self,
         task: usize,
         outcome: TryOutcome,
-        cancelling: bool,
+        ending: Ending,
     ) -> Result<(), ExecutorError> {
         let ti = &self.instances[task];
         match outcome {
             TryOutcome::Success { output } => {
                 self.change(task, TaskState::Success, None, Some(output), None)
                     .await
+            }
+            TryOutcome::Failure { .. } | TryOutcome::Cancelled if ending == Ending::Interrupted => {
+                // Stopped by a shutdown, not by its own doing: run it again without using up a retry.
+                let reason = Some(format!(
+                    "try {} interrupted by shutdown; it runs again when the run resumes",
+                    ti.try_number
+                ));
+                let max_tries = Some(ti.max_tries + 1);
+                self.apply(
+                    task,
+                    TaskState::UpForRetry,
+                    reason,
+                    None,
+                    Some(Utc::now()),
+                    max_tries,
+                )
+                .await
             }
             TryOutcome::Cancelled => {
                 self.change(
@@ -271,7 +326,7 @@ impl RunDriver<'_> {
                 )
                 .await
             }
-            TryOutcome::Failure { message, .. } if cancelling => {
+            TryOutcome::Failure { message, .. } if ending == Ending::Cancelling => {
                 self.change(
                     task,
                     TaskState::Cancelled,
@@ -411,13 +466,17 @@ impl RunDriver<'_> {
                     kind: FailureKind::Retryable,
                     message: "the process running this try died".into(),
                 };
-                self.finish(task, outcome, false).await?;
+                self.finish(task, outcome, Ending::Normal).await?;
             }
         }
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
         let mut running: HashMap<usize, CancellationToken> = HashMap::new();
         let mut spare: Option<OwnedSemaphorePermit> = None;
         let mut cancelling = false;
+        // Shutdown: no new tries; running ones get the grace period, then are interrupted.
+        let shutdown = self.executor.shutdown.clone();
+        let mut grace_over: Option<tokio::time::Instant> = None;
+        let mut interrupted: std::collections::HashSet<usize> = std::collections::HashSet::new();
         let slots = self.executor.slots.clone();
         let max_active = self.dag.max_active_tasks as usize;
         loop {
@@ -428,7 +487,21 @@ impl RunDriver<'_> {
                     token.cancel();
                 }
             }
-            if cancelling {
+            let stopping = shutdown.is_cancelled() && !cancelling;
+            if stopping && grace_over.is_none() {
+                grace_over = Some(tokio::time::Instant::now() + self.executor.shutdown_grace);
+            }
+            if stopping {
+                if running.is_empty() {
+                    // Leave the run `running`: whoever drives it next resumes it.
+                    let run = self
+                        .executor
+                        .store
+                        .run(&self.dag.dag_id, &self.run.run_id)
+                        .await?;
+                    return Ok(run.unwrap_or(self.run));
+                }
+            } else if cancelling {
                 for task in 0..self.instances.len() {
                     let state = self.instances[task].state;
                     if matches!(
@@ -476,13 +549,14 @@ impl RunDriver<'_> {
                 break;
             }
             let waiting_for_slot = !cancelling
+                && !stopping
                 && running.len() < max_active
                 && self
                     .instances
                     .iter()
                     .enumerate()
                     .any(|(i, ti)| ti.state == TaskState::Queued && !running.contains_key(&i));
-            let wakeup = if cancelling {
+            let wakeup = if cancelling || stopping {
                 None
             } else {
                 next_wakeup(&self.views())
@@ -491,8 +565,22 @@ impl RunDriver<'_> {
             tokio::select! {
                 Some((task, outcome, permit)) = done_rx.recv() => {
                     running.remove(&task);
-                    self.finish(task, outcome, cancelling || cancel.is_cancelled()).await?;
+                    let ending = if interrupted.contains(&task) {
+                        Ending::Interrupted
+                    } else if cancelling || cancel.is_cancelled() {
+                        Ending::Cancelling
+                    } else {
+                        Ending::Normal
+                    };
+                    self.finish(task, outcome, ending).await?;
                     drop(permit);
+                }
+                _ = shutdown.cancelled(), if !stopping && !cancelling => {}
+                _ = tokio::time::sleep_until(grace_over.unwrap_or_else(tokio::time::Instant::now)), if stopping && interrupted.len() < running.len() => {
+                    for (task, token) in &running {
+                        interrupted.insert(*task);
+                        token.cancel();
+                    }
                 }
                 permit = slots.clone().acquire_owned(), if waiting_for_slot && spare.is_none() => {
                     spare = permit.ok();

@@ -358,6 +358,44 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Every state change of a run, in order.
     async fn history(&self, dag_id: &str, run_id: &str) -> Result<Vec<StateChange>, StoreError>;
+
+    /// The run of a DAG with the latest logical date, any type.
+    async fn latest_run(&self, dag_id: &str) -> Result<Option<DagRun>, StoreError>;
+
+    /// Every queued or running run, oldest logical date first.
+    async fn active_runs(&self) -> Result<Vec<DagRun>, StoreError>;
+
+    /// Pauses or unpauses a DAG (a paused DAG gets no new scheduled runs).
+    async fn set_paused(
+        &self,
+        dag_id: &str,
+        paused: bool,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Ids of paused DAGs.
+    async fn paused_dags(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Records that a scheduler is alive.
+    async fn scheduler_heartbeat(&self, beat: &SchedulerBeat) -> Result<(), StoreError>;
+
+    /// The latest heartbeat of any scheduler, if one ever ran.
+    async fn last_scheduler_heartbeat(&self) -> Result<Option<SchedulerBeat>, StoreError>;
+}
+
+/// A scheduler process's sign of life.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SchedulerBeat {
+    /// Unique per process start.
+    pub scheduler_id: String,
+    /// Host it runs on.
+    pub hostname: String,
+    /// Its process id.
+    pub pid: u32,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Its last heartbeat.
+    pub heartbeat_at: DateTime<Utc>,
 }
 
 /// Opens (and migrates) the store at `url`: `sqlite://path` or `postgres://…`.

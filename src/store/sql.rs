@@ -467,4 +467,87 @@ impl Store for SqlStore {
             })
             .collect()
     }
+
+    async fn latest_run(&self, dag_id: &str) -> Result<Option<DagRun>, StoreError> {
+        sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM dag_run WHERE dag_id = $1 ORDER BY logical_date DESC LIMIT 1"))
+            .bind(dag_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("read latest run"))?
+            .as_ref()
+            .map(run_from_row)
+            .transpose()
+    }
+
+    async fn active_runs(&self) -> Result<Vec<DagRun>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM dag_run WHERE state IN ('queued', 'running') ORDER BY logical_date, dag_id, run_id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("read active runs"))?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn set_paused(
+        &self,
+        dag_id: &str,
+        paused: bool,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO dag (dag_id, is_paused, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (dag_id) DO UPDATE SET is_paused = excluded.is_paused, updated_at = excluded.updated_at",
+        )
+        .bind(dag_id)
+        .bind(i64::from(paused))
+        .bind(micros(at))
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("pause DAG"))?;
+        Ok(())
+    }
+
+    async fn paused_dags(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT dag_id FROM dag WHERE is_paused = 1 ORDER BY dag_id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("read paused DAGs"))?;
+        rows.iter().map(|r| get::<String>(r, "dag_id")).collect()
+    }
+
+    async fn scheduler_heartbeat(&self, beat: &SchedulerBeat) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO scheduler_heartbeat (scheduler_id, hostname, pid, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (scheduler_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(&beat.scheduler_id)
+        .bind(&beat.hostname)
+        .bind(i64::from(beat.pid))
+        .bind(micros(beat.started_at))
+        .bind(micros(beat.heartbeat_at))
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("scheduler heartbeat"))?;
+        Ok(())
+    }
+
+    async fn last_scheduler_heartbeat(&self) -> Result<Option<SchedulerBeat>, StoreError> {
+        let row = sqlx::query(
+            "SELECT scheduler_id, hostname, pid, started_at, heartbeat_at FROM scheduler_heartbeat ORDER BY heartbeat_at DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("read scheduler heartbeat"))?;
+        row.map(|r| {
+            Ok(SchedulerBeat {
+                scheduler_id: get(&r, "scheduler_id")?,
+                hostname: get(&r, "hostname")?,
+                pid: get::<i64>(&r, "pid")? as u32,
+                started_at: instant("started_at", get(&r, "started_at")?)?,
+                heartbeat_at: instant("heartbeat_at", get(&r, "heartbeat_at")?)?,
+            })
+        })
+        .transpose()
+    }
 }

@@ -117,11 +117,31 @@ fn ti_from_row(row: &AnyRow) -> Result<TaskInstance, StoreError> {
     })
 }
 
+/// An exclusive advisory lock on a file, held until dropped (the file closes).
+async fn lock_file(path: std::path::PathBuf) -> std::io::Result<std::fs::File> {
+    tokio::task::spawn_blocking(move || {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        // SAFETY: flock(2) on a descriptor we own; the lock is released when the file is closed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(file)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 impl SqlStore {
     /// Connects to `url` (`sqlite://path` or `postgres://…`) and applies pending migrations.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let shown = redact_url(url);
+        let mut migration_lock = None;
         let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Backend::Postgres, url.to_string())
         } else if let Some(path) = url
@@ -129,6 +149,7 @@ impl SqlStore {
             .or_else(|| url.strip_prefix("sqlite:"))
         {
             let file = path.split('?').next().unwrap_or(path);
+            migration_lock = Some(std::path::PathBuf::from(format!("{file}.migrate-lock")));
             if let Some(dir) = std::path::Path::new(file)
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
@@ -161,7 +182,7 @@ impl SqlStore {
                     if backend == Backend::Sqlite {
                         // WAL lets readers (UI, CLI) proceed while the scheduler writes; NORMAL sync is
                         // durable across process crashes in WAL mode.
-                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;").await?;
                     }
                     Ok(())
                 })
@@ -170,7 +191,16 @@ impl SqlStore {
             .await
             .map_err(|source| StoreError::Open { url: shown.clone(), source })?;
         match backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
+            Backend::Sqlite => {
+                // sqlx takes no lock for SQLite migrations: two processes opening a new store at
+                // once (a scheduler and a `dags trigger`) would both create the tables.
+                let lock = migration_lock.expect("set for SQLite");
+                let _guard = lock_file(lock).await.map_err(|e| StoreError::Open {
+                    url: shown.clone(),
+                    source: sqlx::Error::Io(e),
+                })?;
+                SQLITE_MIGRATIONS.run(&pool).await?
+            }
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
         Ok(Self { pool, backend })

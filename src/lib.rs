@@ -13,5 +13,6 @@ pub mod scheduler;
 pub mod settings;
 pub mod state;
 pub mod store;
+pub mod web;
 
 pub use sluice_operators as operators;

@@ -306,17 +306,40 @@ async fn dag_files_added_changed_and_deleted_are_picked_up_without_a_restart() {
     // A new file: its DAG gets runs.
     let other = dag.replace("dag_id: quarter", "dag_id: other");
     std::fs::write(s.dir.path().join("dags/other.yaml"), &other).unwrap();
-    let runs = s.until("a run of the new DAG", |runs| runs.iter().any(|r| r.dag_id == "other" && r.state.is_finished())).await;
+    let runs = s
+        .until("a run of the new DAG", |runs| {
+            runs.iter()
+                .any(|r| r.dag_id == "other" && r.state.is_finished())
+        })
+        .await;
     assert_eq!(runs.len(), 2);
 
     // A changed file: the next run records the new version.
-    std::fs::write(s.dir.path().join("dags/dag.yaml"), dag.replace("duration: 50ms", "duration: 60ms")).unwrap();
+    std::fs::write(
+        s.dir.path().join("dags/dag.yaml"),
+        dag.replace("duration: 50ms", "duration: 60ms"),
+    )
+    .unwrap();
     std::fs::remove_file(s.dir.path().join("dags/other.yaml")).unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     s.clock.set(utc("2026-11-23T12:15:00Z"));
-    let runs = s.until("the next quarter run", |runs| runs.iter().filter(|r| r.dag_id == "quarter" && r.state.is_finished()).count() == 2).await;
-    let newest = runs.iter().filter(|r| r.dag_id == "quarter").max_by_key(|r| r.logical_date).unwrap();
-    assert_ne!(newest.dag_hash, first[0].dag_hash, "the new run records the changed DAG version");
+    let runs = s
+        .until("the next quarter run", |runs| {
+            runs.iter()
+                .filter(|r| r.dag_id == "quarter" && r.state.is_finished())
+                .count()
+                == 2
+        })
+        .await;
+    let newest = runs
+        .iter()
+        .filter(|r| r.dag_id == "quarter")
+        .max_by_key(|r| r.logical_date)
+        .unwrap();
+    assert_ne!(
+        newest.dag_hash, first[0].dag_hash,
+        "the new run records the changed DAG version"
+    );
     // The deleted DAG got no run for the new interval.
     assert_eq!(runs.iter().filter(|r| r.dag_id == "other").count(), 1);
     s.stop().await;

@@ -29,8 +29,17 @@ pub enum Command {
     /// Run the scheduler with a local executor: creates runs on schedule, starts queued and
     /// triggered runs, resumes interrupted ones. Stops gracefully on SIGTERM/SIGINT.
     Scheduler(serve::ServeArgs),
-    /// Scheduler and local executor in one process (the web UI joins it when it lands).
-    Standalone(serve::ServeArgs),
+    /// Scheduler, local executor and web server (UI + REST API) in one process.
+    Standalone {
+        /// Scheduler options.
+        #[command(flatten)]
+        serve: serve::ServeArgs,
+        /// Web server options.
+        #[command(flatten)]
+        web: serve::WebArgs,
+    },
+    /// The web server alone: UI, REST API, /health and /metrics over the metadata store.
+    Webserver(serve::WebArgs),
     /// List, show, validate and test DAGs.
     #[command(subcommand)]
     Dags(dags::DagsCommand),
@@ -48,7 +57,10 @@ pub enum Command {
 impl Cli {
     /// True for the long-running commands, which log at `info` by default.
     pub fn is_service(&self) -> bool {
-        matches!(self.command, Command::Scheduler(_) | Command::Standalone(_))
+        matches!(
+            self.command,
+            Command::Scheduler(_) | Command::Standalone { .. } | Command::Webserver(_)
+        )
     }
 }
 
@@ -56,7 +68,9 @@ impl Cli {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_env();
     match cli.command {
-        Command::Scheduler(args) | Command::Standalone(args) => serve::run(args, &settings).await,
+        Command::Scheduler(args) => serve::run(args, None, &settings).await,
+        Command::Standalone { serve, web } => serve::run(serve, Some(web), &settings).await,
+        Command::Webserver(web) => serve::webserver(web, &settings).await,
         Command::Dags(cmd) => dags::run(cmd, &settings).await,
         Command::Runs(cmd) => runs::run(cmd, &settings).await,
         Command::Tasks(cmd) => runs::run_tasks(cmd, &settings).await,

@@ -90,6 +90,7 @@ pub async fn run(cmd: RunsCommand, settings: &Settings) -> anyhow::Result<ExitCo
                     run_id: None,
                     state,
                     limit,
+                    offset: 0,
                 })
                 .await?;
             if json {
@@ -132,6 +133,7 @@ async fn find_run(store: &dyn Store, run_id: &str, dag: Option<String>) -> anyho
             run_id: Some(run_id.to_string()),
             state: None,
             limit: 10,
+            offset: 0,
         })
         .await?;
     match runs.len() {

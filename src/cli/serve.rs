@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::executor::Executor;
 use crate::scheduler::{Scheduler, SchedulerOptions, SystemClock};
 use crate::settings::Settings;
-use crate::store;
+use crate::store::{self, Store};
 
 /// Options of the long-running commands.
 #[derive(Debug, Args)]
@@ -19,6 +19,17 @@ pub struct ServeArgs {
     /// On SIGTERM/SIGINT, how long running tries may take to finish before they are stopped and marked for retry.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+}
+
+/// Where the web server listens.
+#[derive(Debug, Args)]
+pub struct WebArgs {
+    /// Address to listen on. Without SLUICE_API_TOKEN only loopback addresses are allowed.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -55,10 +66,71 @@ async fn signals(shutdown: CancellationToken, grace: Duration) {
     }
 }
 
-/// Runs the scheduler with a local executor until a signal stops it.
-pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+/// Binds the web server, refusing a non-loopback address without a token.
+async fn bind_web(
+    web: &WebArgs,
+    settings: &Settings,
+    store: Arc<dyn Store>,
+) -> anyhow::Result<(tokio::net::TcpListener, crate::web::AppState)> {
+    let token = std::env::var("SLUICE_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let loopback = web.host == "localhost"
+        || web
+            .host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if token.is_none() && !loopback {
+        anyhow::bail!("refusing to listen on {} without SLUICE_API_TOKEN: set a token or use --host 127.0.0.1", web.host);
+    }
+    let listener = tokio::net::TcpListener::bind((web.host.as_str(), web.port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", web.host, web.port))?;
+    eprintln!("web server on http://{}", listener.local_addr()?);
+    if token.is_none() {
+        eprintln!("no SLUICE_API_TOKEN: API mutations are open to anyone on this machine, so the server listens on loopback only");
+    }
+    let state = crate::web::AppState {
+        store,
+        dags: Arc::new(crate::web::DagCatalog::new(
+            settings.dags_folder.clone(),
+            Registry::builtin(),
+        )),
+        token: token.map(Arc::from),
+        logs: settings.logs_dir(),
+    };
+    Ok((listener, state))
+}
+
+/// `sluice webserver`: the REST API and UI over the metadata store.
+pub async fn webserver(web: WebArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let store = store::open(&settings.database_url).await?;
+    let (listener, state) = bind_web(&web, settings, store).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone(), Duration::ZERO));
+    crate::web::serve(listener, crate::web::router(state), shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the scheduler with a local executor (and, for `standalone`, the web server) until a
+/// signal stops it.
+pub async fn run(
+    args: ServeArgs,
+    web: Option<WebArgs>,
+    settings: &Settings,
+) -> anyhow::Result<ExitCode> {
     let store = store::open(&settings.database_url).await?;
     let shutdown = CancellationToken::new();
+    let web_server = match web {
+        Some(web) => {
+            let (listener, state) = bind_web(&web, settings, store.clone()).await?;
+            let stop = shutdown.clone();
+            Some(tokio::spawn(async move {
+                crate::web::serve(listener, crate::web::router(state), stop).await
+            }))
+        }
+        None => None,
+    };
     let executor = Executor::new(store.clone(), settings, Arc::new(Connections::from_env()))
         .with_shutdown(shutdown.clone(), args.shutdown_grace);
     let scheduler = Scheduler::new(
@@ -77,6 +149,9 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<ExitCod
     );
     tokio::spawn(signals(shutdown.clone(), args.shutdown_grace));
     scheduler.run(shutdown).await?;
+    if let Some(web) = web_server {
+        let _ = web.await;
+    }
     eprintln!("scheduler stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -86,7 +86,32 @@ fn check_files(dag: Dag, file: &Path) -> Result<Dag, Vec<DagError>> {
     }
 }
 
+/// Names, sizes and modification times of a folder's files: a cheap change detector.
+pub type Fingerprint = Vec<(PathBuf, Option<std::time::SystemTime>, u64)>;
+
 impl DagBag {
+    /// The folder's current [`Fingerprint`]; a DAG bag loaded under another one is stale.
+    pub fn fingerprint(folder: &Path) -> Fingerprint {
+        fn walk(dir: &Path, out: &mut Fingerprint) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push((path, meta.modified().ok(), meta.len()));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(folder, &mut out);
+        out.sort();
+        out
+    }
+
     /// Reads and validates every DAG file under `folder`.
     pub fn load(folder: &Path, registry: &Registry) -> Self {
         let mut bag = DagBag {

@@ -13,7 +13,7 @@ pub mod plan;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sluice_operators::Registry;
@@ -67,32 +67,10 @@ pub struct Scheduler {
     dags_folder: PathBuf,
     options: SchedulerOptions,
     bag: DagBag,
-    fingerprint: Vec<(PathBuf, Option<SystemTime>, u64)>,
+    fingerprint: crate::dag::folder::Fingerprint,
     next_check: HashMap<String, DateTime<Utc>>,
     driving: HashMap<RunKey, JoinHandle<()>>,
     missing_warned: HashSet<String>,
-}
-
-/// Names, sizes and modification times of the DAG folder's files: a cheap change detector.
-fn fingerprint(folder: &std::path::Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
-    fn walk(dir: &std::path::Path, out: &mut Vec<(PathBuf, Option<SystemTime>, u64)>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                walk(&path, out);
-            } else {
-                out.push((path, meta.modified().ok(), meta.len()));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(folder, &mut out);
-    out.sort();
-    out
 }
 
 impl Scheduler {
@@ -121,7 +99,7 @@ impl Scheduler {
     }
 
     fn refresh_dags(&mut self) {
-        let current = fingerprint(&self.dags_folder);
+        let current = DagBag::fingerprint(&self.dags_folder);
         if current == self.fingerprint && !self.fingerprint.is_empty() {
             return;
         }

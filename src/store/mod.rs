@@ -241,8 +241,10 @@ pub struct RunFilter {
     pub run_id: Option<String>,
     /// Only runs in this state.
     pub state: Option<RunState>,
-    /// Most rows (newest logical dates first).
+    /// Most rows (newest logical dates first); 0 means 100.
     pub limit: u32,
+    /// Rows to skip (paging).
+    pub offset: u32,
 }
 
 /// Store failures, each meaning something to the caller.
@@ -333,6 +335,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         logical_date: DateTime<Utc>,
     ) -> Result<Option<DagRun>, StoreError>;
 
+    /// How many runs match a filter (ignoring its limit and offset).
+    async fn count_runs(&self, filter: &RunFilter) -> Result<u64, StoreError>;
+
+    /// Runs and task instances by state, for metrics.
+    async fn state_counts(&self) -> Result<StateCounts, StoreError>;
+
     /// Runs matching a filter, newest logical date first.
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<DagRun>, StoreError>;
 
@@ -381,6 +389,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The latest heartbeat of any scheduler, if one ever ran.
     async fn last_scheduler_heartbeat(&self) -> Result<Option<SchedulerBeat>, StoreError>;
+}
+
+/// Runs and task instances by state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StateCounts {
+    /// Runs per state name.
+    pub runs: Vec<(String, u64)>,
+    /// Task instances per state name.
+    pub task_instances: Vec<(String, u64)>,
 }
 
 /// A scheduler process's sign of life.

@@ -321,7 +321,7 @@ impl Store for SqlStore {
         let rows = sqlx::query(&format!(
             "SELECT {RUN_COLUMNS} FROM dag_run
              WHERE ($1 = '' OR dag_id = $1) AND ($2 = '' OR run_id = $2) AND ($3 = '' OR state = $3)
-             ORDER BY logical_date DESC, dag_id, run_id LIMIT $4"
+             ORDER BY logical_date DESC, dag_id, run_id LIMIT $4 OFFSET $5"
         ))
         .bind(filter.dag_id.clone().unwrap_or_default())
         .bind(filter.run_id.clone().unwrap_or_default())
@@ -331,10 +331,44 @@ impl Store for SqlStore {
         } else {
             filter.limit
         }))
+        .bind(i64::from(filter.offset))
         .fetch_all(&self.pool)
         .await
         .map_err(query_error("list runs"))?;
         rows.iter().map(run_from_row).collect()
+    }
+
+    async fn count_runs(&self, filter: &RunFilter) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM dag_run
+             WHERE ($1 = '' OR dag_id = $1) AND ($2 = '' OR run_id = $2) AND ($3 = '' OR state = $3)",
+        )
+        .bind(filter.dag_id.clone().unwrap_or_default())
+        .bind(filter.run_id.clone().unwrap_or_default())
+        .bind(filter.state.map(|s| s.as_str()).unwrap_or_default())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("count runs"))?;
+        Ok(get::<i64>(&row, "n")? as u64)
+    }
+
+    async fn state_counts(&self) -> Result<StateCounts, StoreError> {
+        let mut counts = StateCounts::default();
+        for (table, out) in [
+            ("dag_run", &mut counts.runs),
+            ("task_instance", &mut counts.task_instances),
+        ] {
+            let rows = sqlx::query(&format!(
+                "SELECT state, COUNT(*) AS n FROM {table} GROUP BY state ORDER BY state"
+            ))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("count states"))?;
+            for row in &rows {
+                out.push((get::<String>(row, "state")?, get::<i64>(row, "n")? as u64));
+            }
+        }
+        Ok(counts)
     }
 
     async fn set_run_state(

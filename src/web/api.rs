@@ -1,0 +1,432 @@
+//! `/api/v1`: DAGs, runs, task instances and logs. Paths and field names follow Airflow's
+//! stable REST API where Airflow has the operation, so its clients work unchanged.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState};
+use crate::dag::Dag;
+use crate::executor::try_log_path;
+use crate::runs::{start_run, StartError};
+use crate::schedule::{parse_instant, Schedule};
+use crate::state::RunState;
+use crate::store::{DagRun, RunFilter, RunType, TaskInstance, TaskKey};
+
+/// The API routes (mounted under `/api/v1`).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/dags", get(list_dags))
+        .route("/dags/{dag_id}", get(get_dag).patch(patch_dag))
+        .route("/dags/{dag_id}/tasks", get(list_tasks))
+        .route("/dags/{dag_id}/dagRuns", get(list_runs).post(trigger_run))
+        .route("/dags/{dag_id}/dagRuns/{dag_run_id}", get(get_run))
+        .route(
+            "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances",
+            get(list_task_instances),
+        )
+        .route(
+            "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/logs/{try_number}",
+            get(task_log),
+        )
+        .route("/importErrors", get(import_errors))
+        .route("/operators", get(operators))
+}
+
+/// `?limit=&offset=` with bounds.
+#[derive(Debug, Deserialize)]
+struct Paging {
+    limit: Option<i64>,
+    offset: Option<i64>,
+    state: Option<String>,
+}
+
+impl Paging {
+    fn bounds(&self) -> Result<(u32, u32), ApiError> {
+        let limit = self.limit.unwrap_or(100);
+        let offset = self.offset.unwrap_or(0);
+        if !(1..=10_000).contains(&limit) {
+            return Err(ApiError::bad_request(format!(
+                "limit must be between 1 and 10000, not {limit}"
+            )));
+        }
+        if offset < 0 {
+            return Err(ApiError::bad_request(format!(
+                "offset must not be negative, not {offset}"
+            )));
+        }
+        Ok((limit as u32, offset.min(u32::MAX as i64) as u32))
+    }
+}
+
+fn time(t: Option<DateTime<Utc>>) -> Value {
+    t.map(|t| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)))
+        .unwrap_or(Value::Null)
+}
+
+fn find_dag(state: &AppState, dag_id: &str) -> Result<std::sync::Arc<Dag>, ApiError> {
+    state
+        .dags
+        .get()
+        .get(dag_id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("DAG `{dag_id}` not found")))
+}
+
+fn run_json(run: &DagRun) -> Value {
+    json!({
+        "dag_run_id": run.run_id,
+        "dag_id": run.dag_id,
+        "logical_date": time(Some(run.logical_date)),
+        "execution_date": time(Some(run.logical_date)),
+        "data_interval_start": time(Some(run.data_interval_start)),
+        "data_interval_end": time(Some(run.data_interval_end)),
+        "start_date": time(run.started_at),
+        "end_date": time(run.ended_at),
+        "state": run.state.as_str(),
+        "run_type": run.run_type.as_str(),
+        "external_trigger": run.run_type != RunType::Scheduled,
+        "conf": run.conf,
+        "dag_hash": run.dag_hash,
+    })
+}
+
+fn task_instance_json(ti: &TaskInstance) -> Value {
+    let duration = match (ti.started_at, ti.ended_at) {
+        (Some(s), Some(e)) if e >= s => json!((e - s).num_microseconds().unwrap_or(0) as f64 / 1e6),
+        _ => Value::Null,
+    };
+    json!({
+        "task_id": ti.task_id,
+        "dag_id": ti.dag_id,
+        "dag_run_id": ti.run_id,
+        "state": ti.state.as_str(),
+        "try_number": ti.try_number,
+        "max_tries": ti.max_tries,
+        "operator": ti.operator,
+        "queued_when": time(ti.queued_at),
+        "start_date": time(ti.started_at),
+        "end_date": time(ti.ended_at),
+        "duration": duration,
+        "next_retry_at": time(ti.next_retry_at),
+        "error": ti.error,
+        "output": ti.output,
+    })
+}
+
+async fn dag_json(state: &AppState, dag: &Dag, paused: bool) -> Result<Value, ApiError> {
+    let recent = state
+        .store
+        .list_runs(&RunFilter {
+            dag_id: Some(dag.dag_id.clone()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await?;
+    let schedule = match &dag.schedule {
+        Schedule::Manual => Value::Null,
+        other => json!({"__type": "CronExpression", "value": other.to_string()}),
+    };
+    let next = match &dag.schedule {
+        Schedule::Cron { .. } => dag
+            .schedule
+            .fire_after(dag.timezone, Utc::now())
+            .map(|end| {
+                let start = dag
+                    .schedule
+                    .fire_at_or_before(dag.timezone, end - chrono::Duration::seconds(1))
+                    .unwrap_or(end);
+                (start, end)
+            }),
+        _ => None,
+    };
+    Ok(json!({
+        "dag_id": dag.dag_id,
+        "description": dag.description,
+        "fileloc": dag.file.display().to_string(),
+        "file_hash": dag.hash,
+        "is_paused": paused,
+        "is_active": true,
+        "tags": dag.tags.iter().map(|t| json!({"name": t})).collect::<Vec<_>>(),
+        "schedule_interval": schedule,
+        "timezone": dag.timezone.name(),
+        "catchup": dag.catchup,
+        "max_active_runs": dag.max_active_runs,
+        "max_active_tasks": dag.max_active_tasks,
+        "next_dagrun": time(next.map(|n| n.0)),
+        "next_dagrun_data_interval_start": time(next.map(|n| n.0)),
+        "next_dagrun_data_interval_end": time(next.map(|n| n.1)),
+        "last_run": recent.first().map(run_json),
+        "recent_runs": recent.iter().map(|r| json!({"dag_run_id": r.run_id, "state": r.state.as_str(), "logical_date": time(Some(r.logical_date))})).collect::<Vec<_>>(),
+    }))
+}
+
+async fn paused_set(state: &AppState) -> Result<std::collections::HashSet<String>, ApiError> {
+    Ok(state.store.paused_dags().await?.into_iter().collect())
+}
+
+async fn list_dags(
+    State(state): State<AppState>,
+    Query(paging): Query<Paging>,
+) -> Result<Json<Value>, ApiError> {
+    let (limit, offset) = paging.bounds()?;
+    let bag = state.dags.get();
+    let paused = paused_set(&state).await?;
+    let mut dags = Vec::new();
+    for dag in bag.dags.values().skip(offset as usize).take(limit as usize) {
+        dags.push(dag_json(&state, dag, paused.contains(&dag.dag_id)).await?);
+    }
+    Ok(Json(json!({"dags": dags, "total_entries": bag.dags.len()})))
+}
+
+async fn get_dag(
+    State(state): State<AppState>,
+    Path(dag_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let dag = find_dag(&state, &dag_id)?;
+    let paused = paused_set(&state).await?.contains(&dag_id);
+    let mut value = dag_json(&state, &dag, paused).await?;
+    value["tasks"] = tasks_json(&dag);
+    Ok(Json(value))
+}
+
+fn tasks_json(dag: &Dag) -> Value {
+    Value::Array(
+        dag.tasks
+            .iter()
+            .map(|t| {
+                json!({
+                    "task_id": t.id,
+                    "operator_name": t.operator_name,
+                    "downstream_task_ids": t.downstream.iter().map(|&d| dag.tasks[d].id.clone()).collect::<Vec<_>>(),
+                    "upstream_task_ids": t.upstream.iter().map(|&u| dag.tasks[u].id.clone()).collect::<Vec<_>>(),
+                    "trigger_rule": t.trigger_rule.as_str(),
+                    "retries": t.retry.retries,
+                    "execution_timeout": t.execution_timeout.map(|d| d.as_secs_f64()),
+                    "doc_md": t.doc,
+                })
+            })
+            .collect(),
+    )
+}
+
+async fn list_tasks(
+    State(state): State<AppState>,
+    Path(dag_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let dag = find_dag(&state, &dag_id)?;
+    Ok(Json(
+        json!({"tasks": tasks_json(&dag), "total_entries": dag.tasks.len()}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DagPatch {
+    is_paused: bool,
+}
+
+async fn patch_dag(
+    State(state): State<AppState>,
+    Path(dag_id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let dag = find_dag(&state, &dag_id)?;
+    let Some(Json(body)) = body else {
+        return Err(ApiError::bad_request(
+            "send a JSON body such as {\"is_paused\": true}",
+        ));
+    };
+    let patch: DagPatch =
+        serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    state
+        .store
+        .set_paused(&dag_id, patch.is_paused, Utc::now())
+        .await?;
+    Ok(Json(dag_json(&state, &dag, patch.is_paused).await?))
+}
+
+async fn list_runs(
+    State(state): State<AppState>,
+    Path(dag_id): Path<String>,
+    Query(paging): Query<Paging>,
+) -> Result<Json<Value>, ApiError> {
+    let (limit, offset) = paging.bounds()?;
+    let run_state = paging
+        .state
+        .as_deref()
+        .map(|s| {
+            s.parse::<RunState>()
+                .map_err(|e| ApiError::bad_request(format!("state: {e}")))
+        })
+        .transpose()?;
+    let filter = RunFilter {
+        dag_id: Some(dag_id),
+        state: run_state,
+        limit,
+        offset,
+        ..Default::default()
+    };
+    let runs = state.store.list_runs(&filter).await?;
+    let total = state.store.count_runs(&filter).await?;
+    Ok(Json(
+        json!({"dag_runs": runs.iter().map(run_json).collect::<Vec<_>>(), "total_entries": total}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TriggerBody {
+    logical_date: Option<String>,
+    execution_date: Option<String>,
+    #[serde(default)]
+    conf: Option<Value>,
+    dag_run_id: Option<String>,
+    note: Option<String>,
+}
+
+async fn trigger_run(
+    State(state): State<AppState>,
+    Path(dag_id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let dag = find_dag(&state, &dag_id)?;
+    let body: TriggerBody = match body {
+        Some(Json(value)) => serde_json::from_value(value)
+            .map_err(|e| ApiError::bad_request(format!("body: {e}")))?,
+        None => TriggerBody {
+            logical_date: None,
+            execution_date: None,
+            conf: None,
+            dag_run_id: None,
+            note: None,
+        },
+    };
+    if body.dag_run_id.is_some() {
+        return Err(ApiError::bad_request(
+            "dag_run_id: sluice names runs by type and logical date; leave it out",
+        ));
+    }
+    let _ = body.note;
+    let conf = body.conf.unwrap_or_else(|| json!({}));
+    if !conf.is_object() {
+        return Err(ApiError::bad_request("conf must be a JSON object"));
+    }
+    let interval = match body.logical_date.or(body.execution_date) {
+        Some(text) => dag.interval_for(
+            parse_instant(&text, dag.timezone)
+                .map_err(|e| ApiError::bad_request(format!("logical_date: {e}")))?,
+        ),
+        None => dag.default_interval(Utc::now()),
+    };
+    match start_run(
+        &state.store,
+        &dag,
+        interval,
+        RunType::Manual,
+        conf,
+        Utc::now(),
+    )
+    .await
+    {
+        Ok((run, _)) => Ok(Json(run_json(&run))),
+        Err(StartError::Unfinished {
+            run_id,
+            state: run_state,
+            ..
+        }) => Err(ApiError::conflict(format!(
+            "run `{run_id}` for this logical date is still {run_state}"
+        ))),
+        Err(StartError::Store(e)) => Err(e.into()),
+    }
+}
+
+async fn get_run(
+    State(state): State<AppState>,
+    Path((dag_id, run_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let run = state.store.run(&dag_id, &run_id).await?.ok_or_else(|| {
+        ApiError::not_found(format!("run `{run_id}` of DAG `{dag_id}` not found"))
+    })?;
+    Ok(Json(run_json(&run)))
+}
+
+async fn list_task_instances(
+    State(state): State<AppState>,
+    Path((dag_id, run_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let tis = state.store.task_instances(&dag_id, &run_id).await?;
+    if tis.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "run `{run_id}` of DAG `{dag_id}` not found"
+        )));
+    }
+    Ok(Json(
+        json!({"task_instances": tis.iter().map(task_instance_json).collect::<Vec<_>>(), "total_entries": tis.len()}),
+    ))
+}
+
+async fn task_log(
+    State(state): State<AppState>,
+    Path((dag_id, run_id, task_id, try_number)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let try_number: u32 = try_number
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("try_number `{try_number}` is not a number")))?;
+    let tis = state.store.task_instances(&dag_id, &run_id).await?;
+    let ti = tis.iter().find(|t| t.task_id == task_id).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "task `{task_id}` of run `{run_id}` of DAG `{dag_id}` not found"
+        ))
+    })?;
+    if try_number == 0 || try_number > ti.try_number {
+        return Err(ApiError::not_found(format!(
+            "task `{task_id}` has tries 1 to {}; there is no try {try_number}",
+            ti.try_number
+        )));
+    }
+    let key = TaskKey {
+        dag_id,
+        run_id,
+        task_id,
+    };
+    let path = try_log_path(&state.logs_dir(), &key, try_number);
+    let content = tokio::fs::read_to_string(&path).await.unwrap_or_default();
+    let wants_text = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/plain"));
+    if wants_text {
+        return Ok((
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            content,
+        )
+            .into_response());
+    }
+    Ok(Json(json!({"content": content, "continuation_token": null, "running": ti.state == crate::state::TaskState::Running && ti.try_number == try_number})).into_response())
+}
+
+async fn import_errors(State(state): State<AppState>) -> Json<Value> {
+    let bag = state.dags.get();
+    let errors: Vec<Value> = bag
+        .errors
+        .iter()
+        .map(|e| json!({"filename": e.file.display().to_string(), "task_id": e.task, "stack_trace": e.message}))
+        .collect();
+    Json(json!({"import_errors": errors, "total_entries": bag.errors.len()}))
+}
+
+async fn operators() -> Json<Value> {
+    let registry = sluice_operators::Registry::builtin();
+    let items: Vec<Value> = registry
+        .kinds()
+        .map(|k| json!({"name": k.name, "summary": k.summary, "config_schema": k.schema()}))
+        .collect();
+    Json(json!({"operators": items, "total_entries": items.len()}))
+}

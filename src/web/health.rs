@@ -1,0 +1,103 @@
+//! `/health` (Airflow's shape: metadatabase and scheduler status) and `/metrics` (Prometheus).
+
+use std::fmt::Write as _;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::Utc;
+use serde_json::json;
+
+use super::AppState;
+
+/// A scheduler without a heartbeat for this long is reported unhealthy.
+const SCHEDULER_STALE: chrono::Duration = chrono::Duration::seconds(30);
+
+/// `/health` and `/metrics`.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+}
+
+async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let beat = state.store.last_scheduler_heartbeat().await;
+    let database_ok = beat.is_ok();
+    let beat = beat.ok().flatten();
+    let scheduler_ok = beat
+        .as_ref()
+        .is_some_and(|b| b.heartbeat_at > Utc::now() - SCHEDULER_STALE);
+    let body = json!({
+        "status": if database_ok { "ok" } else { "error" },
+        "metadatabase": {"status": if database_ok { "healthy" } else { "unhealthy" }},
+        "scheduler": {
+            "status": if scheduler_ok { "healthy" } else { "unhealthy" },
+            "latest_scheduler_heartbeat": beat.map(|b| b.heartbeat_at.to_rfc3339()),
+        },
+    });
+    // The web server answers for itself: only an unreachable store makes it unhealthy.
+    let status = if database_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}
+
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let mut out = String::new();
+    let bag = state.dags.get();
+    let _ = writeln!(out, "# HELP sluice_dags Valid DAGs loaded from the DAG folder.\n# TYPE sluice_dags gauge\nsluice_dags {}", bag.dags.len());
+    let _ = writeln!(out, "# HELP sluice_dag_import_errors Errors in DAG files.\n# TYPE sluice_dag_import_errors gauge\nsluice_dag_import_errors {}", bag.errors.len());
+    match state.store.state_counts().await {
+        Ok(counts) => {
+            let _ = writeln!(
+                out,
+                "# HELP sluice_dag_runs DAG runs by state.\n# TYPE sluice_dag_runs gauge"
+            );
+            for (s, n) in &counts.runs {
+                let _ = writeln!(out, "sluice_dag_runs{{state=\"{}\"}} {n}", escape_label(s));
+            }
+            let _ = writeln!(out, "# HELP sluice_task_instances Task instances by state.\n# TYPE sluice_task_instances gauge");
+            for (s, n) in &counts.task_instances {
+                let _ = writeln!(
+                    out,
+                    "sluice_task_instances{{state=\"{}\"}} {n}",
+                    escape_label(s)
+                );
+            }
+            let queued: u64 = counts
+                .task_instances
+                .iter()
+                .filter(|(s, _)| s == "queued")
+                .map(|(_, n)| n)
+                .sum();
+            let _ = writeln!(out, "# HELP sluice_queue_depth Task instances waiting for a slot.\n# TYPE sluice_queue_depth gauge\nsluice_queue_depth {queued}");
+            let _ = writeln!(out, "# HELP sluice_metadatabase_up 1 if the metadata store answers.\n# TYPE sluice_metadatabase_up gauge\nsluice_metadatabase_up 1");
+        }
+        Err(error) => {
+            tracing::error!(%error, "metrics: the metadata store did not answer");
+            let _ = writeln!(out, "# HELP sluice_metadatabase_up 1 if the metadata store answers.\n# TYPE sluice_metadatabase_up gauge\nsluice_metadatabase_up 0");
+        }
+    }
+    if let Ok(Some(beat)) = state.store.last_scheduler_heartbeat().await {
+        let age = (Utc::now() - beat.heartbeat_at).num_milliseconds() as f64 / 1000.0;
+        let _ = writeln!(out, "# HELP sluice_scheduler_heartbeat_age_seconds Seconds since the last scheduler heartbeat.\n# TYPE sluice_scheduler_heartbeat_age_seconds gauge\nsluice_scheduler_heartbeat_age_seconds {age}");
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+}

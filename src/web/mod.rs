@@ -1,0 +1,181 @@
+//! The web server: the REST API under `/api/v1` (Airflow's stable API paths and shapes where
+//! Airflow has the operation), `/health`, `/metrics` and the status UI.
+//!
+//! `router(state)` builds everything and `serve(listener, router, shutdown)` runs it, so tests
+//! use an ephemeral port. Errors are JSON with a message for the client and logged once in
+//! middleware; internals never reach the client. Mutations need `Authorization: Bearer
+//! <SLUICE_API_TOKEN>` when a token is configured; without one the server only listens on
+//! loopback.
+
+mod api;
+mod catalog;
+mod health;
+mod ui;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Store, StoreError};
+pub use catalog::DagCatalog;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The metadata store.
+    pub store: Arc<dyn Store>,
+    /// The DAGs of the folder, re-read when files change.
+    pub dags: Arc<DagCatalog>,
+    /// The token mutations must carry, if one is configured.
+    pub token: Option<Arc<str>>,
+    /// Where try logs are (`$SLUICE_HOME/logs`).
+    pub logs: std::path::PathBuf,
+}
+
+impl AppState {
+    fn logs_dir(&self) -> std::path::PathBuf {
+        self.logs.clone()
+    }
+}
+
+/// An error answer: a status, a short title and a detail safe to show.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    detail: String,
+}
+
+impl ApiError {
+    /// 400: the request is malformed.
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            detail: detail.into(),
+        }
+    }
+
+    /// 404: no such thing.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            detail: detail.into(),
+        }
+    }
+
+    /// 409: the request conflicts with the current state.
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::CONFLICT,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The server-side cause of a 500, kept out of the response and logged by the middleware.
+#[derive(Debug, Clone)]
+struct InternalCause(Arc<String>);
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
+            StoreError::Conflict { .. }
+            | StoreError::RunExists { .. }
+            | StoreError::IllegalRunTransition(_) => ApiError::conflict(e.to_string()),
+            other => ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        if self.status.is_server_error() {
+            let cause = InternalCause(Arc::new(self.detail));
+            let body = json!({"type": "about:blank", "title": title, "status": self.status.as_u16(), "detail": "internal error; the server log has the cause"});
+            let mut response = (self.status, Json(body)).into_response();
+            response.extensions_mut().insert(cause);
+            return response;
+        }
+        (self.status, Json(json!({"type": "about:blank", "title": title, "status": self.status.as_u16(), "detail": self.detail})))
+            .into_response()
+    }
+}
+
+/// Logs server errors once, with their cause, and client errors briefly.
+async fn log_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    let status = response.status();
+    if let Some(cause) = response.extensions().get::<InternalCause>() {
+        tracing::error!(%method, %path, status = status.as_u16(), cause = %cause.0, "request failed");
+    } else if status.is_client_error() {
+        tracing::debug!(%method, %path, status = status.as_u16(), "request refused");
+    }
+    response
+}
+
+/// Mutations need the configured token.
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let mutating = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if let (true, Some(token)) = (mutating, &state.token) {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Compare without an early exit, so timing does not reveal a matching prefix.
+        let matches = given.len() == token.len()
+            && given
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !matches {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(json!({"type": "about:blank", "title": "Unauthorized", "status": 401, "detail": "this request changes state: send Authorization: Bearer <SLUICE_API_TOKEN>"})),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    let api = api::routes().layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .nest("/api/v1", api)
+        .merge(health::routes())
+        .merge(ui::routes())
+        .fallback(|| async { ApiError::not_found("no such page or endpoint") })
+        .layer(middleware::from_fn(log_errors))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

@@ -1,0 +1,395 @@
+//! The REST API through `router()` on an ephemeral port: every endpoint, the auth rule, and
+//! bad input answered with clear 4xx JSON.
+
+mod common;
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use sluice::operators::Registry;
+use sluice::web::{router, serve, AppState, DagCatalog};
+use tokio_util::sync::CancellationToken;
+
+const ETL: &str = "dag_id: etl\nschedule: '*/15 * * * *'\ntags: [core]\ntasks:\n  - {id: extract, operator: shell, config: {command: \"echo 'hello <b>world</b>'\"}}\n  - {id: load, operator: noop, depends_on: extract}\n";
+
+struct Server {
+    dir: tempfile::TempDir,
+    base: String,
+    client: reqwest::Client,
+    stop: CancellationToken,
+}
+
+async fn server(token: Option<&str>) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("dags")).unwrap();
+    std::fs::write(dir.path().join("dags/etl.yaml"), ETL).unwrap();
+    std::fs::write(
+        dir.path().join("dags/broken.yaml"),
+        "dag_id: broken\ntasks: []\n",
+    )
+    .unwrap();
+    let store = common::sqlite_store(dir.path()).await;
+    let state = AppState {
+        store,
+        dags: Arc::new(DagCatalog::new(
+            dir.path().join("dags"),
+            Registry::builtin(),
+        )),
+        token: token.map(Arc::from),
+        logs: dir.path().join("logs"),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    tokio::spawn(serve(listener, router(state), stop.clone()));
+    Server {
+        dir,
+        base,
+        client: reqwest::Client::new(),
+        stop,
+    }
+}
+
+impl Server {
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let r = request.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test]
+async fn dags_runs_and_the_auth_rule() {
+    let s = server(Some("s3cret-token")).await;
+    let (status, health) = s.get("/health").await;
+    assert_eq!(status, 200);
+    assert_eq!(health["metadatabase"]["status"], "healthy");
+    assert_eq!(
+        health["scheduler"]["status"], "unhealthy",
+        "no scheduler has run"
+    );
+
+    let (status, dags) = s.get("/api/v1/dags").await;
+    assert_eq!(status, 200);
+    assert_eq!(dags["total_entries"], 1);
+    let etl = &dags["dags"][0];
+    assert_eq!(
+        (etl["dag_id"].as_str(), etl["is_paused"].as_bool()),
+        (Some("etl"), Some(false))
+    );
+    assert_eq!(etl["schedule_interval"]["value"], "*/15 * * * *");
+    assert_eq!(etl["tags"][0]["name"], "core");
+    let (_, errors) = s.get("/api/v1/importErrors").await;
+    assert_eq!(errors["total_entries"], 1);
+    assert!(errors["import_errors"][0]["stack_trace"]
+        .as_str()
+        .unwrap()
+        .contains("at least one task"));
+
+    let (status, detail) = s.get("/api/v1/dags/etl").await;
+    assert_eq!(status, 200);
+    assert_eq!(detail["tasks"][0]["downstream_task_ids"], json!(["load"]));
+    let (_, tasks) = s.get("/api/v1/dags/etl/tasks").await;
+    assert_eq!(tasks["total_entries"], 2);
+
+    // Mutations need the token.
+    let (status, refused) = s
+        .send(
+            reqwest::Method::PATCH,
+            "/api/v1/dags/etl",
+            json!({"is_paused": true}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert!(refused["detail"].as_str().unwrap().contains("Bearer"));
+    let (status, _) = s
+        .send(
+            reqwest::Method::PATCH,
+            "/api/v1/dags/etl",
+            json!({"is_paused": true}),
+            Some("wrong"),
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, patched) = s
+        .send(
+            reqwest::Method::PATCH,
+            "/api/v1/dags/etl",
+            json!({"is_paused": true}),
+            Some("s3cret-token"),
+        )
+        .await;
+    assert_eq!((status, patched["is_paused"].as_bool()), (200, Some(true)));
+    let (status, _) = s
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/dags/etl/dagRuns",
+            json!({}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 401);
+
+    // Trigger with a logical date and conf.
+    let body = json!({"logical_date": "2026-11-23T10:07:00Z", "conf": {"region": "eu"}});
+    let (status, run) = s
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/dags/etl/dagRuns",
+            body.clone(),
+            Some("s3cret-token"),
+        )
+        .await;
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(run["dag_run_id"], "manual__2026-11-23T10:00:00+00:00");
+    assert_eq!(run["state"], "queued");
+    assert_eq!(run["conf"]["region"], "eu");
+    assert_eq!(run["data_interval_end"], "2026-11-23T10:15:00.000000Z");
+    let (status, again) = s
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/dags/etl/dagRuns",
+            body,
+            Some("s3cret-token"),
+        )
+        .await;
+    assert_eq!(
+        status, 409,
+        "the run for that date has not finished: {again}"
+    );
+
+    let (_, runs) = s.get("/api/v1/dags/etl/dagRuns").await;
+    assert_eq!(runs["total_entries"], 1);
+    let (status, one) = s
+        .get("/api/v1/dags/etl/dagRuns/manual__2026-11-23T10:00:00+00:00")
+        .await;
+    assert_eq!((status, one["state"].as_str()), (200, Some("queued")));
+    let (_, tis) = s
+        .get("/api/v1/dags/etl/dagRuns/manual__2026-11-23T10:00:00+00:00/taskInstances")
+        .await;
+    assert_eq!(tis["total_entries"], 2);
+    assert_eq!(tis["task_instances"][0]["state"], "pending");
+    let (status, _) = s.get("/api/v1/dags/etl/dagRuns/manual__2026-11-23T10:00:00+00:00/taskInstances/extract/logs/1").await;
+    assert_eq!(status, 404, "no try has run");
+
+    let metrics = s
+        .client
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sluice_dag_runs{state=\"queued\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_task_instances{state=\"pending\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_dags 1") && metrics.contains("sluice_dag_import_errors 1"),
+        "{metrics}"
+    );
+    s.stop.cancel();
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_4xx_answers() {
+    let s = server(None).await;
+    let cases: Vec<(&str, u16, &str)> = vec![
+        ("/api/v1/dags/nope", 404, "DAG `nope` not found"),
+        (
+            "/api/v1/dags?limit=0",
+            400,
+            "limit must be between 1 and 10000",
+        ),
+        ("/api/v1/dags?limit=abc", 400, ""),
+        (
+            "/api/v1/dags/etl/dagRuns?offset=-1",
+            400,
+            "offset must not be negative",
+        ),
+        (
+            "/api/v1/dags/etl/dagRuns?state=zombie",
+            400,
+            "unknown state `zombie`",
+        ),
+        ("/api/v1/dags/etl/dagRuns/none", 404, "not found"),
+        ("/api/v1/nothing", 404, ""),
+    ];
+    for (path, want, detail) in cases {
+        let (status, body) = s.get(path).await;
+        assert_eq!(status, want, "{path}: {body}");
+        assert!(
+            body.is_null() || body["detail"].as_str().unwrap_or("").contains(detail),
+            "{path}: {body}"
+        );
+    }
+    // Without a configured token, mutations are allowed (the server only listens on loopback).
+    let post = |body: Value| {
+        s.send(
+            reqwest::Method::POST,
+            "/api/v1/dags/etl/dagRuns",
+            body,
+            None,
+        )
+    };
+    let (status, body) = post(json!({"conf": [1, 2]})).await;
+    assert_eq!(
+        (status, body["detail"].as_str()),
+        (400, Some("conf must be a JSON object"))
+    );
+    let (status, body) = post(json!({"logical_date": "someday"})).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("logical_date:"),
+        "{body}"
+    );
+    let (status, body) = post(json!({"confx": {}})).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `confx`"),
+        "{body}"
+    );
+    let (status, _) = s
+        .send(
+            reqwest::Method::PATCH,
+            "/api/v1/dags/etl",
+            json!({"paused": true}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = post(json!({})).await;
+    assert_eq!(status, 200, "a trigger with defaults");
+    s.stop.cancel();
+}
+
+#[tokio::test]
+async fn logs_of_a_try_and_the_ui_pages() {
+    let s = server(None).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "dags",
+            "test",
+            "etl",
+            "--logical-date",
+            "2026-11-23T10:00:00Z",
+        ])
+        .env("SLUICE_HOME", s.dir.path())
+        .env("SLUICE_DAGS_FOLDER", s.dir.path().join("dags"))
+        .env_remove("SLUICE_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let run = "manual__2026-11-23T10:00:00+00:00";
+    let (status, log) = s
+        .get(&format!(
+            "/api/v1/dags/etl/dagRuns/{run}/taskInstances/extract/logs/1"
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        log["content"]
+            .as_str()
+            .unwrap()
+            .contains("OUT   hello <b>world</b>"),
+        "{log}"
+    );
+    let text = s
+        .client
+        .get(format!(
+            "{}/api/v1/dags/etl/dagRuns/{run}/taskInstances/extract/logs/1",
+            s.base
+        ))
+        .header("Accept", "text/plain")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("hello <b>world</b>"));
+    for page in ["/", "/dags/etl"] {
+        let html = s
+            .client
+            .get(format!("{}{page}", s.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            html.contains("<script src=\"/static/app.js\"></script>"),
+            "{page}"
+        );
+    }
+    let js = s
+        .client
+        .get(format!("{}/static/app.js", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        js.contains("textContent") && !js.contains("innerHTML"),
+        "user strings are never parsed as HTML"
+    );
+    s.stop.cancel();
+}
+
+#[test]
+fn the_server_refuses_a_public_address_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["webserver", "--host", "0.0.0.0", "--port", "0"])
+        .env("SLUICE_HOME", dir.path())
+        .env("SLUICE_DAGS_FOLDER", dir.path())
+        .env_remove("SLUICE_DATABASE_URL")
+        .env_remove("SLUICE_API_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without SLUICE_API_TOKEN"));
+}

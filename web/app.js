@@ -1,0 +1,167 @@
+// sluice status UI: plain DOM, no build step. Every user-supplied string goes through
+// textContent, never through HTML parsing, so DAG ids, task ids, conf and log lines are escaped.
+"use strict";
+const sluice = (() => {
+  const $ = (id) => document.getElementById(id);
+  const el = (tag, props = {}, ...children) => {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(props)) {
+      if (k === "class") node.className = v; else if (k === "text") node.textContent = v; else if (k.startsWith("on")) node.addEventListener(k.slice(2), v); else node.setAttribute(k, v);
+    }
+    for (const child of children) node.append(child);
+    return node;
+  };
+  const tokenInput = () => $("token");
+  function setupToken() {
+    const input = tokenInput();
+    input.value = localStorage.getItem("sluice-token") || "";
+    input.addEventListener("change", () => localStorage.setItem("sluice-token", input.value));
+  }
+  async function api(path, options = {}) {
+    const headers = Object.assign({ "Accept": "application/json" }, options.headers || {});
+    if (options.body) headers["Content-Type"] = "application/json";
+    const token = tokenInput().value;
+    if (token && options.method && options.method !== "GET") headers["Authorization"] = "Bearer " + token;
+    const response = await fetch("/api/v1" + path, Object.assign({}, options, { headers }));
+    if (!response.ok) {
+      let detail = response.statusText;
+      try { detail = (await response.json()).detail || detail; } catch (_) {}
+      throw new Error(response.status + ": " + detail);
+    }
+    return options.raw ? response.text() : response.json();
+  }
+  const show = (message) => { $("message").textContent = message || ""; };
+  const cell = (state, title, onclick) => el("span", { class: "cell " + (state || ""), title: title, onclick: onclick || (() => {}) });
+  const when = (t) => t ? t.replace("T", " ").replace(/\.\d+Z$/, "Z") : "-";
+
+  async function dagList() {
+    setupToken();
+    async function refresh() {
+      try {
+        const data = await api("/dags?limit=1000");
+        const body = $("dags").querySelector("tbody");
+        body.replaceChildren();
+        for (const dag of data.dags) {
+          const paused = el("input", { type: "checkbox", title: "pause / unpause" });
+          paused.checked = dag.is_paused;
+          paused.addEventListener("change", async () => {
+            try { await api("/dags/" + encodeURIComponent(dag.dag_id), { method: "PATCH", body: JSON.stringify({ is_paused: paused.checked }) }); show(""); }
+            catch (e) { paused.checked = !paused.checked; show("Could not change " + dag.dag_id + ": " + e.message); }
+          });
+          const recent = el("span");
+          for (const run of dag.recent_runs.slice().reverse()) recent.append(cell(run.state, run.dag_run_id + ": " + run.state));
+          body.append(el("tr", {},
+            el("td", {}, el("a", { href: "/dags/" + encodeURIComponent(dag.dag_id), text: dag.dag_id })),
+            el("td", { text: dag.schedule_interval ? dag.schedule_interval.value : "none" }),
+            el("td", {}, paused),
+            el("td", { text: dag.last_run ? dag.last_run.state + " · " + when(dag.last_run.logical_date) : "-" }),
+            el("td", { text: when(dag.next_dagrun_data_interval_start) }),
+            el("td", {}, recent)));
+        }
+        const errors = await api("/importErrors");
+        $("errors").textContent = errors.total_entries ? errors.total_entries + " error(s) in DAG files: " + errors.import_errors.map((e) => e.filename + ": " + e.stack_trace).join("; ") : "";
+      } catch (e) { show(e.message); }
+    }
+    await refresh();
+    setInterval(refresh, 3000);
+  }
+
+  function drawGraph(dag, states) {
+    // Layered left to right: a task's column is its longest path from a root.
+    const layer = {};
+    for (const t of dag.tasks) layer[t.task_id] = Math.max(0, ...t.upstream_task_ids.map((u) => layer[u] + 1));
+    const columns = {};
+    for (const t of dag.tasks) (columns[layer[t.task_id]] = columns[layer[t.task_id]] || []).push(t.task_id);
+    const pos = {};
+    const w = 170, h = 44;
+    let height = 0;
+    for (const [col, ids] of Object.entries(columns)) ids.forEach((id, row) => { pos[id] = [20 + col * w, 20 + row * h]; height = Math.max(height, 60 + row * h); });
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("width", 40 + Object.keys(columns).length * w);
+    svg.setAttribute("height", height);
+    const colour = { success: "#2e9e4f", failed: "#d64541", running: "#2f7ed8", up_for_retry: "#e8a33d", upstream_failed: "#f08080", skipped: "#c8a2e8", cancelled: "#555" };
+    for (const t of dag.tasks) for (const d of t.downstream_task_ids) {
+      const line = document.createElementNS(ns, "line");
+      const [x1, y1] = pos[t.task_id], [x2, y2] = pos[d];
+      Object.entries({ x1: x1 + 130, y1: y1 + 13, x2: x2, y2: y2 + 13, stroke: "#9aa5b1" }).forEach(([k, v]) => line.setAttribute(k, v));
+      svg.append(line);
+    }
+    for (const t of dag.tasks) {
+      const [x, y] = pos[t.task_id];
+      const rect = document.createElementNS(ns, "rect");
+      Object.entries({ x, y, width: 130, height: 26, rx: 5, fill: "#fff", stroke: colour[states[t.task_id]] || "#9aa5b1", "stroke-width": 3 }).forEach(([k, v]) => rect.setAttribute(k, v));
+      const label = document.createElementNS(ns, "text");
+      label.setAttribute("x", x + 8); label.setAttribute("y", y + 17);
+      label.textContent = t.task_id;
+      svg.append(rect, label);
+    }
+    $("graph").replaceChildren(svg);
+  }
+
+  async function dagPage() {
+    setupToken();
+    const dagId = decodeURIComponent(location.pathname.split("/").pop());
+    $("title").textContent = dagId;
+    $("crumb").textContent = "DAGs / " + dagId;
+    let followed = null;
+    async function showLog(runId, taskId, tryNumber) {
+      followed = [runId, taskId, tryNumber];
+      $("details").hidden = false;
+      $("details-title").textContent = taskId + " · " + runId + " · try " + tryNumber;
+      try {
+        const text = await api("/dags/" + encodeURIComponent(dagId) + "/dagRuns/" + encodeURIComponent(runId) + "/taskInstances/" + encodeURIComponent(taskId) + "/logs/" + tryNumber, { raw: true, headers: { Accept: "text/plain" } });
+        $("log").textContent = text || "(empty)";
+      } catch (e) { $("log").textContent = e.message; }
+    }
+    async function refresh() {
+      try {
+        const dag = await api("/dags/" + encodeURIComponent(dagId));
+        $("summary").textContent = (dag.description || "") + " · schedule " + (dag.schedule_interval ? dag.schedule_interval.value : "none") + " · " + dag.timezone + (dag.is_paused ? " · paused" : "");
+        $("pause").textContent = dag.is_paused ? "Unpause" : "Pause";
+        $("pause").onclick = async () => {
+          try { await api("/dags/" + encodeURIComponent(dagId), { method: "PATCH", body: JSON.stringify({ is_paused: !dag.is_paused }) }); show(""); refresh(); }
+          catch (e) { show(e.message); }
+        };
+        const runs = (await api("/dags/" + encodeURIComponent(dagId) + "/dagRuns?limit=25")).dag_runs;
+        const head = el("tr", {}, el("th", { text: "task" }));
+        const tis = {};
+        for (const run of runs) {
+          head.append(el("th", { title: run.dag_run_id }, cell(run.state, run.dag_run_id + ": " + run.state)));
+          try { tis[run.dag_run_id] = (await api("/dags/" + encodeURIComponent(dagId) + "/dagRuns/" + encodeURIComponent(run.dag_run_id) + "/taskInstances")).task_instances; } catch (_) { tis[run.dag_run_id] = []; }
+        }
+        $("grid").querySelector("thead").replaceChildren(head);
+        const body = $("grid").querySelector("tbody");
+        body.replaceChildren();
+        for (const task of dag.tasks) {
+          const row = el("tr", {}, el("td", { text: task.task_id }));
+          for (const run of runs) {
+            const ti = (tis[run.dag_run_id] || []).find((t) => t.task_id === task.task_id);
+            const state = ti ? ti.state : "";
+            row.append(el("td", { class: "cellcol" }, cell(state, task.task_id + " · " + run.dag_run_id + ": " + state + (ti && ti.error ? " · " + ti.error : ""),
+              () => ti && ti.try_number > 0 ? showLog(run.dag_run_id, task.task_id, ti.try_number) : show(task.task_id + " has not run in " + run.dag_run_id))));
+          }
+          body.append(row);
+        }
+        const latest = runs[0] ? Object.fromEntries((tis[runs[0].dag_run_id] || []).map((t) => [t.task_id, t.state])) : {};
+        drawGraph(dag, latest);
+        if (followed) showLog(...followed);
+      } catch (e) { show(e.message); }
+    }
+    $("trigger").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      let conf;
+      try { conf = JSON.parse($("conf").value || "{}"); } catch (e) { show("Conf is not valid JSON: " + e.message); return; }
+      if (conf === null || typeof conf !== "object" || Array.isArray(conf)) { show("Conf must be a JSON object"); return; }
+      const body = { conf };
+      if ($("logical_date").value.trim()) body.logical_date = $("logical_date").value.trim();
+      try {
+        const run = await api("/dags/" + encodeURIComponent(dagId) + "/dagRuns", { method: "POST", body: JSON.stringify(body) });
+        show(""); $("summary").textContent = "queued " + run.dag_run_id; refresh();
+      } catch (e) { show("Trigger refused: " + e.message); }
+    });
+    await refresh();
+    setInterval(refresh, 2000);
+  }
+  return { dagList, dagPage };
+})();

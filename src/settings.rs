@@ -14,6 +14,8 @@ pub struct Settings {
     pub database_url: String,
     /// `SLUICE_PARALLELISM` (default 32): most tries running at once in this process.
     pub parallelism: usize,
+    /// `SLUICE_POOLS` (`name=size,…`): named slot limits tasks opt into with `pool:`.
+    pub pools: String,
 }
 
 impl Settings {
@@ -33,11 +35,13 @@ impl Settings {
             .and_then(|v| v.parse().ok())
             .filter(|&n| n > 0)
             .unwrap_or(32);
+        let pools = lookup("SLUICE_POOLS").unwrap_or_default();
         Self {
             home,
             dags_folder,
             database_url,
             parallelism,
+            pools,
         }
     }
 
@@ -48,6 +52,7 @@ impl Settings {
             dags_folder: dags_folder.to_path_buf(),
             database_url: format!("sqlite://{}", home.join("sluice.db").display()),
             parallelism: 32,
+            pools: String::new(),
         }
     }
 

@@ -469,3 +469,99 @@ async fn templates_render_per_try_and_outputs_reach_the_store() {
     assert_eq!(output["values"]["last_line"], expected.as_str());
     assert_eq!(output["values"]["exit_code"], 0);
 }
+
+/// Every try of every task in these runs, as (start, end).
+async fn all_tries(h: &Harness, runs: &[(&str, &str)]) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    let mut tries = Vec::new();
+    for (dag, run) in runs {
+        let history = h.store.history(dag, run).await.unwrap();
+        let finished = Finished {
+            run: h.store.run(dag, run).await.unwrap().unwrap(),
+            tis: vec![],
+            history: history.clone(),
+        };
+        let tasks: std::collections::BTreeSet<&str> =
+            history.iter().map(|c| c.task_id.as_str()).collect();
+        for task in tasks {
+            tries.extend(finished.tries(task));
+        }
+    }
+    tries.sort();
+    tries
+}
+
+#[tokio::test]
+async fn max_active_tasks_and_pools_hold_across_runs_and_dags() {
+    let mut h = Harness::new().await;
+    h.settings.pools = "db=1".into();
+    let a = h.dag("dag_id: a\nmax_active_tasks: 1\ntasks:\n  - {id: x, operator: sleep, config: {duration: 80ms}}\n  - {id: y, operator: sleep, config: {duration: 80ms}}\n");
+    let first = h.create(&a).await;
+    // a second run of the same DAG, for another interval
+    let interval = sluice::schedule::DataInterval {
+        start: Utc::now() - chrono::Duration::days(1),
+        end: Utc::now() - chrono::Duration::days(1),
+    };
+    let (second, _) = sluice::runs::start_run(
+        &h.store,
+        &a,
+        interval,
+        RunType::Manual,
+        serde_json::json!({}),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let executor = h.executor();
+    let (r1, r2) = tokio::join!(
+        executor.run(a.clone(), &first, CancellationToken::new()),
+        executor.run(a.clone(), &second.run_id, CancellationToken::new())
+    );
+    assert_eq!(
+        (r1.unwrap().state, r2.unwrap().state),
+        (RunState::Success, RunState::Success)
+    );
+    let tries = all_tries(&h, &[("a", &first), ("a", &second.run_id)]).await;
+    assert_eq!(tries.len(), 4);
+    assert!(
+        tries.windows(2).all(|w| w[0].1 <= w[1].0),
+        "max_active_tasks 1 across both runs: {tries:?}"
+    );
+
+    // Two DAGs sharing a pool of one slot never overlap; an undefined pool fails its task clearly.
+    let b = h.dag("dag_id: b\ntasks:\n  - {id: p, operator: sleep, pool: db, config: {duration: 80ms}}\n  - {id: q, operator: sleep, pool: db, config: {duration: 80ms}}\n");
+    let b_run = h.create(&b).await;
+    let c = h.dag("dag_id: c\ntasks:\n  - {id: r, operator: sleep, pool: db, config: {duration: 80ms}}\n  - {id: lost, operator: noop, pool: nowhere}\n");
+    let c_run = h.create(&c).await;
+    let executor = h.executor();
+    let (rb, rc) = tokio::join!(
+        executor.run(b.clone(), &b_run, CancellationToken::new()),
+        executor.run(c.clone(), &c_run, CancellationToken::new())
+    );
+    assert_eq!(rb.unwrap().state, RunState::Success);
+    assert_eq!(rc.unwrap().state, RunState::Failed);
+    let lost = h
+        .store
+        .task_instances("c", &c_run)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.task_id == "lost")
+        .unwrap();
+    assert!(lost
+        .error
+        .unwrap()
+        .contains("pool `nowhere` is not defined"));
+    let mut pooled = all_tries(&h, &[("b", &b_run)]).await;
+    let c_finished = Finished {
+        run: h.store.run("c", &c_run).await.unwrap().unwrap(),
+        tis: vec![],
+        history: h.store.history("c", &c_run).await.unwrap(),
+    };
+    pooled.extend(c_finished.tries("r"));
+    pooled.sort();
+    assert_eq!(pooled.len(), 3);
+    assert!(
+        pooled.windows(2).all(|w| w[0].1 <= w[1].0),
+        "the db pool has one slot: {pooled:?}"
+    );
+}

@@ -67,6 +67,7 @@ impl Cli {
 /// Runs a parsed command line with settings from the environment.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_env();
+    crate::executor::slots::parse_pools(&settings.pools)?;
     match cli.command {
         Command::Scheduler(args) => serve::run(args, None, &settings).await,
         Command::Standalone { serve, web } => serve::run(serve, Some(web), &settings).await,

@@ -338,6 +338,11 @@ pub fn parse_dag(path: &Path, text: &str, registry: &Registry) -> Result<Dag, Ve
                 errors.push(Some(id), format!("config.{field}: {}", e.message));
             }
         }
+        if let Some(pool) = &spec.pool {
+            if let Err(e) = check_id(pool) {
+                errors.push(Some(id), format!("pool: {e}"));
+            }
+        }
         let own = spec.retry_spec();
         if own.execution_timeout.is_some_and(|d| d.0.is_zero()) {
             errors.push(Some(id), "execution_timeout: must be longer than 0s");
@@ -389,6 +394,7 @@ pub fn parse_dag(path: &Path, text: &str, registry: &Registry) -> Result<Dag, Ve
                 .or(defaults.execution_timeout)
                 .map(|d| d.0),
             doc: spec.doc.clone(),
+            pool: spec.pool.clone(),
         });
         specs.push(spec);
     }

@@ -120,6 +120,9 @@ pub struct TaskSpec {
     /// What the task is for.
     #[serde(default)]
     pub doc: Option<String>,
+    /// Named slot pool (from `SLUICE_POOLS`) the task's tries take a slot of.
+    #[serde(default)]
+    pub pool: Option<String>,
     /// Overrides `default_args.retries`.
     #[serde(default)]
     pub retries: Option<u32>,

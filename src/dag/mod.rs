@@ -69,6 +69,8 @@ pub struct Task {
     pub execution_timeout: Option<Duration>,
     /// What the task is for.
     pub doc: Option<String>,
+    /// Pool whose slots its tries take.
+    pub pool: Option<String>,
 }
 
 /// A validated DAG.

@@ -9,6 +9,7 @@
 
 mod attempt;
 pub mod decide;
+pub mod slots;
 pub mod trylog;
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,7 +22,7 @@ use sluice_operators::{
     ArtifactStore, Connections, FailureKind, LocalArtifactStore, TaskContext, TaskLog, TaskOutput,
     TemplateVars,
 };
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -82,7 +83,7 @@ pub struct Executor {
     connections: Arc<Connections>,
     artifacts: Arc<dyn ArtifactStore>,
     logs_dir: PathBuf,
-    slots: Arc<Semaphore>,
+    slots: Arc<slots::Slots>,
     observer: Option<mpsc::UnboundedSender<Progress>>,
     shutdown: CancellationToken,
     shutdown_grace: Duration,
@@ -109,7 +110,7 @@ pub fn try_log_path(logs_dir: &std::path::Path, key: &TaskKey, try_number: u32) 
 }
 
 /// A try's end as sent back to the run loop, with the slot it held.
-type Finished = (usize, TryOutcome, OwnedSemaphorePermit);
+type Finished = (usize, TryOutcome, slots::SlotGuard);
 
 struct RunDriver<'a> {
     executor: &'a Executor,
@@ -126,7 +127,10 @@ impl Executor {
             connections,
             artifacts: Arc::new(LocalArtifactStore::new(settings.artifacts_dir())),
             logs_dir: settings.logs_dir(),
-            slots: Arc::new(Semaphore::new(settings.parallelism)),
+            slots: Arc::new(slots::Slots::new(
+                settings.parallelism,
+                &slots::parse_pools(&settings.pools).unwrap_or_default(),
+            )),
             observer: None,
             shutdown: CancellationToken::new(),
             shutdown_grace: Duration::from_secs(30),
@@ -414,11 +418,20 @@ impl RunDriver<'_> {
         }
     }
 
+    /// A queued task that cannot start at all (its pool does not exist): recorded as a try
+    /// that failed for good, so the run ends instead of waiting forever.
+    async fn fail_unstartable(&mut self, task: usize, reason: String) -> Result<(), ExecutorError> {
+        self.change(task, TaskState::Running, None, None, None)
+            .await?;
+        self.change(task, TaskState::Failed, Some(reason), None, None)
+            .await
+    }
+
     /// Marks `task` running (persisted first), then starts its try as a tokio task.
     async fn start(
         &mut self,
         task: usize,
-        permit: OwnedSemaphorePermit,
+        permit: slots::SlotGuard,
         done: &mpsc::UnboundedSender<Finished>,
         run_cancel: &CancellationToken,
     ) -> Result<CancellationToken, ExecutorError> {
@@ -471,14 +484,14 @@ impl RunDriver<'_> {
         }
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
         let mut running: HashMap<usize, CancellationToken> = HashMap::new();
-        let mut spare: Option<OwnedSemaphorePermit> = None;
         let mut cancelling = false;
+        let mut waiting_for_slot = false;
         // Shutdown: no new tries; running ones get the grace period, then are interrupted.
         let shutdown = self.executor.shutdown.clone();
         let mut grace_over: Option<tokio::time::Instant> = None;
         let mut interrupted: std::collections::HashSet<usize> = std::collections::HashSet::new();
         let slots = self.executor.slots.clone();
-        let max_active = self.dag.max_active_tasks as usize;
+        let mut released = slots.subscribe();
         loop {
             // A cancelled run may be noticed first through a try that stopped because of it.
             if !cancelling && cancel.is_cancelled() {
@@ -523,24 +536,30 @@ impl RunDriver<'_> {
                     self.change(decision.task, decision.to, decision.reason, None, None)
                         .await?;
                 }
-                // Start queued tasks in topological order while slots are free.
+                // Start queued tasks in topological order while they get slots (global,
+                // this DAG's max_active_tasks across its runs, their pool).
+                waiting_for_slot = false;
+                released.mark_unchanged();
                 for task in 0..self.instances.len() {
-                    if running.len() >= max_active {
-                        break;
-                    }
                     if self.instances[task].state != TaskState::Queued
                         || running.contains_key(&task)
                     {
                         continue;
                     }
-                    let permit = match spare.take() {
-                        Some(permit) => permit,
-                        None => match slots.clone().try_acquire_owned() {
-                            Ok(permit) => permit,
-                            Err(_) => break,
-                        },
+                    let pool = self.dag.tasks[task].pool.clone();
+                    if let Some(name) = pool.as_deref().filter(|p| !slots.has_pool(p)) {
+                        self.fail_unstartable(
+                            task,
+                            format!("pool `{name}` is not defined (SLUICE_POOLS=name=size,…)"),
+                        )
+                        .await?;
+                        continue;
+                    }
+                    let Some(guard) = slots.try_acquire(&self.dag, pool.as_deref()) else {
+                        waiting_for_slot = true;
+                        continue;
                     };
-                    let token = self.start(task, permit, &done_tx, &cancel).await?;
+                    let token = self.start(task, guard, &done_tx, &cancel).await?;
                     running.insert(task, token);
                 }
             }
@@ -548,14 +567,7 @@ impl RunDriver<'_> {
             if all_finished && running.is_empty() {
                 break;
             }
-            let waiting_for_slot = !cancelling
-                && !stopping
-                && running.len() < max_active
-                && self
-                    .instances
-                    .iter()
-                    .enumerate()
-                    .any(|(i, ti)| ti.state == TaskState::Queued && !running.contains_key(&i));
+            let waiting_for_slot = waiting_for_slot && !cancelling && !stopping;
             let wakeup = if cancelling || stopping {
                 None
             } else {
@@ -582,9 +594,7 @@ impl RunDriver<'_> {
                         token.cancel();
                     }
                 }
-                permit = slots.clone().acquire_owned(), if waiting_for_slot && spare.is_none() => {
-                    spare = permit.ok();
-                }
+                _ = released.changed(), if waiting_for_slot => {}
                 _ = tokio::time::sleep(sleep_for.unwrap_or_default()), if sleep_for.is_some() => {}
                 _ = cancel.cancelled(), if !cancelling => {
                     cancelling = true;

@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 use crate::dag::Dag;
 use crate::schedule::{DataInterval, Schedule};
 use crate::state::RunState;
-use crate::store::DagRun;
+use crate::store::{DagRun, RunType};
 
 /// Most runs created for one DAG in one pass, so a long-missed catchup arrives in steps.
 pub const MAX_RUNS_PER_PASS: usize = 1000;
@@ -91,8 +91,9 @@ pub fn next_check(dag: &Dag, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     }
 }
 
-/// Which of a DAG's queued runs may start now under `max_active_runs`, oldest logical date
-/// first. `runs` are the DAG's active (queued or running) runs.
+/// Which of a DAG's queued runs may start now under `max_active_runs`: scheduled and manual
+/// runs before backfill runs (a long backfill never starves the live schedule), each oldest
+/// logical date first. `runs` are the DAG's active (queued or running) runs.
 pub fn runs_to_start(runs: &[DagRun], max_active_runs: u32) -> Vec<&DagRun> {
     let running = runs.iter().filter(|r| r.state == RunState::Running).count();
     let free = (max_active_runs as usize).saturating_sub(running);
@@ -100,7 +101,13 @@ pub fn runs_to_start(runs: &[DagRun], max_active_runs: u32) -> Vec<&DagRun> {
         .iter()
         .filter(|r| r.state == RunState::Queued)
         .collect();
-    queued.sort_by_key(|r| (r.logical_date, r.run_id.clone()));
+    queued.sort_by_key(|r| {
+        (
+            r.run_type == RunType::Backfill,
+            r.logical_date,
+            r.run_id.clone(),
+        )
+    });
     queued.truncate(free);
     queued
 }

@@ -167,4 +167,14 @@ fn max_active_runs_limits_starts_oldest_first() {
     assert_eq!(start, ["r2026-11-23T10:15:00Z"]);
     assert!(runs_to_start(&runs, 1).is_empty());
     assert_eq!(runs_to_start(&runs, 16).len(), 3);
+    // a backfill of old dates does not go before the live schedule
+    let mut old = run("2026-01-01T00:00:00Z", RunState::Queued);
+    old.run_type = crate::store::RunType::Backfill;
+    let mut with_backfill = runs.clone();
+    with_backfill.push(old);
+    let start: Vec<&str> = runs_to_start(&with_backfill, 3)
+        .iter()
+        .map(|r| r.run_id.as_str())
+        .collect();
+    assert_eq!(start, ["r2026-11-23T10:15:00Z", "r2026-11-23T10:30:00Z"]);
 }

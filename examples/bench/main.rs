@@ -43,44 +43,66 @@ struct Args {
 }
 
 fn dag(text: &str) -> Arc<Dag> {
-    Arc::new(parse_dag(Path::new("bench.yaml"), text, &Registry::builtin()).expect("bench DAGs are valid"))
+    Arc::new(
+        parse_dag(Path::new("bench.yaml"), text, &Registry::builtin())
+            .expect("bench DAGs are valid"),
+    )
 }
 
 fn chain(n: usize) -> Arc<Dag> {
-    let mut text = String::from("dag_id: chain\nmax_active_tasks: 64\ntasks:\n  - {id: t0, operator: noop}\n");
+    let mut text =
+        String::from("dag_id: chain\nmax_active_tasks: 64\ntasks:\n  - {id: t0, operator: noop}\n");
     for i in 1..n {
-        text.push_str(&format!("  - {{id: t{i}, operator: noop, depends_on: t{}}}\n", i - 1));
+        text.push_str(&format!(
+            "  - {{id: t{i}, operator: noop, depends_on: t{}}}\n",
+            i - 1
+        ));
     }
     dag(&text)
 }
 
 fn fanout(n: usize) -> Arc<Dag> {
-    let mut text = String::from("dag_id: fanout\nmax_active_tasks: 1000\ntasks:\n  - {id: start, operator: noop}\n");
+    let mut text = String::from(
+        "dag_id: fanout\nmax_active_tasks: 1000\ntasks:\n  - {id: start, operator: noop}\n",
+    );
     let mut mids = Vec::new();
     for i in 0..n {
-        text.push_str(&format!("  - {{id: m{i}, operator: noop, depends_on: start}}\n"));
+        text.push_str(&format!(
+            "  - {{id: m{i}, operator: noop, depends_on: start}}\n"
+        ));
         mids.push(format!("m{i}"));
     }
-    text.push_str(&format!("  - {{id: end, operator: noop, depends_on: [{}]}}\n", mids.join(", ")));
+    text.push_str(&format!(
+        "  - {{id: end, operator: noop, depends_on: [{}]}}\n",
+        mids.join(", ")
+    ));
     dag(&text)
 }
 
 fn diamond() -> Arc<Dag> {
-    let mut text = String::from("dag_id: diamond\nmax_active_tasks: 1000\ntasks:\n  - {id: a, operator: noop}\n");
+    let mut text = String::from(
+        "dag_id: diamond\nmax_active_tasks: 1000\ntasks:\n  - {id: a, operator: noop}\n",
+    );
     for i in 0..8 {
-        text.push_str(&format!("  - {{id: m{i}, operator: noop, depends_on: a}}\n"));
+        text.push_str(&format!(
+            "  - {{id: m{i}, operator: noop, depends_on: a}}\n"
+        ));
     }
     text.push_str("  - {id: z, operator: noop, depends_on: [m0, m1, m2, m3, m4, m5, m6, m7]}\n");
     dag(&text)
 }
 
 fn layered(tasks: usize, width: usize) -> String {
-    let mut text = String::from("dag_id: wide\nmax_active_runs: 1000\nmax_active_tasks: 10000\ntasks:\n");
+    let mut text =
+        String::from("dag_id: wide\nmax_active_runs: 1000\nmax_active_tasks: 10000\ntasks:\n");
     for i in 0..tasks {
         if i < width {
             text.push_str(&format!("  - {{id: t{i}, operator: noop}}\n"));
         } else {
-            text.push_str(&format!("  - {{id: t{i}, operator: noop, depends_on: t{}}}\n", i - width));
+            text.push_str(&format!(
+                "  - {{id: t{i}, operator: noop, depends_on: t{}}}\n",
+                i - width
+            ));
         }
     }
     text
@@ -89,24 +111,53 @@ fn layered(tasks: usize, width: usize) -> String {
 async fn open_store(kind: &str, dir: &Path) -> Arc<dyn Store> {
     match kind {
         "postgres" => {
-            let admin = std::env::var("SLUICE_TEST_PG_URL").expect("SLUICE_TEST_PG_URL for --store postgres");
-            let name = format!("sluice_bench_{}_{}", std::process::id(), Utc::now().timestamp_micros());
-            let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL");
-            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
+            let admin = std::env::var("SLUICE_TEST_PG_URL")
+                .expect("SLUICE_TEST_PG_URL for --store postgres");
+            let name = format!(
+                "sluice_bench_{}_{}",
+                std::process::id(),
+                Utc::now().timestamp_micros()
+            );
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .expect("PostgreSQL");
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .expect("create database");
             let mut url = url::Url::parse(&admin).unwrap();
             url.set_path(&format!("/{name}"));
             store::open(url.as_str()).await.expect("open store")
         }
-        _ => store::open(&format!("sqlite://{}", dir.join("sluice.db").display())).await.expect("open store"),
+        _ => store::open(&format!("sqlite://{}", dir.join("sluice.db").display()))
+            .await
+            .expect("open store"),
     }
 }
 
 /// Runs one run of `dag` to its end; returns wall milliseconds and the run id.
-async fn one_run(store: &Arc<dyn Store>, executor: &Executor, dag: &Arc<Dag>, day: i64) -> (f64, String) {
+async fn one_run(
+    store: &Arc<dyn Store>,
+    executor: &Executor,
+    dag: &Arc<Dag>,
+    day: i64,
+) -> (f64, String) {
     let t = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::days(day);
-    let (run, _) = start_run(store, dag, dag.interval_for(t), RunType::Manual, json!({}), Utc::now()).await.unwrap();
+    let (run, _) = start_run(
+        store,
+        dag,
+        dag.interval_for(t),
+        RunType::Manual,
+        json!({}),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
     let started = Instant::now();
-    let done = executor.run(dag.clone(), &run.run_id, CancellationToken::new()).await.unwrap();
+    let done = executor
+        .run(dag.clone(), &run.run_id, CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(done.state, RunState::Success);
     (started.elapsed().as_secs_f64() * 1000.0, run.run_id)
 }
@@ -114,11 +165,19 @@ async fn one_run(store: &Arc<dyn Store>, executor: &Executor, dag: &Arc<Dag>, da
 /// Upstream success → downstream running, in milliseconds, for every edge of a run.
 async fn edge_latencies(store: &Arc<dyn Store>, dag: &Dag, run_id: &str) -> Vec<f64> {
     let history = store.history(&dag.dag_id, run_id).await.unwrap();
-    let at = |task: &str, to: TaskState| history.iter().find(|h| h.task_id == task && h.to == to).map(|h| h.at);
+    let at = |task: &str, to: TaskState| {
+        history
+            .iter()
+            .find(|h| h.task_id == task && h.to == to)
+            .map(|h| h.at)
+    };
     let mut out = Vec::new();
     for task in &dag.tasks {
         for &u in &task.upstream {
-            if let (Some(done), Some(start)) = (at(&dag.tasks[u].id, TaskState::Success), at(&task.id, TaskState::Running)) {
+            if let (Some(done), Some(start)) = (
+                at(&dag.tasks[u].id, TaskState::Success),
+                at(&task.id, TaskState::Running),
+            ) {
                 out.push((start - done).num_microseconds().unwrap_or(0) as f64 / 1000.0);
             }
         }
@@ -129,12 +188,19 @@ async fn edge_latencies(store: &Arc<dyn Store>, dag: &Dag, run_id: &str) -> Vec<
 fn peak_rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
 fn emit(scenario: &str, store: &str, metric: &str, samples: &[f64]) {
-    println!("{}", json!({"scenario": scenario, "store": store, "metric": metric, "samples": samples}));
+    println!(
+        "{}",
+        json!({"scenario": scenario, "store": store, "metric": metric, "samples": samples})
+    );
 }
 
 #[tokio::main]
@@ -142,7 +208,10 @@ async fn main() {
     let args = Args::parse();
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(&args.store, dir.path()).await;
-    let settings = Settings { parallelism: 64, ..Settings::local(dir.path(), dir.path()) };
+    let settings = Settings {
+        parallelism: 64,
+        ..Settings::local(dir.path(), dir.path())
+    };
     let executor = Executor::new(store.clone(), &settings, Arc::new(Connections::default()));
     let s = args.store.as_str();
 
@@ -191,7 +260,16 @@ async fn main() {
     let base = Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap();
     for i in 0..args.throughput_runs {
         let t = base + chrono::Duration::minutes(i as i64);
-        start_run(&store, &wide, wide.interval_for(t), RunType::Manual, json!({}), Utc::now()).await.unwrap();
+        start_run(
+            &store,
+            &wide,
+            wide.interval_for(t),
+            RunType::Manual,
+            json!({}),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
     }
     let shutdown = CancellationToken::new();
     let scheduler = Scheduler::new(
@@ -206,8 +284,22 @@ async fn main() {
     let stop = shutdown.clone();
     let handle = tokio::spawn(async move { scheduler.run(stop).await });
     loop {
-        let left = store.count_runs(&RunFilter { dag_id: Some("wide".into()), state: Some(RunState::Queued), ..Default::default() }).await.unwrap()
-            + store.count_runs(&RunFilter { dag_id: Some("wide".into()), state: Some(RunState::Running), ..Default::default() }).await.unwrap();
+        let left = store
+            .count_runs(&RunFilter {
+                dag_id: Some("wide".into()),
+                state: Some(RunState::Queued),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            + store
+                .count_runs(&RunFilter {
+                    dag_id: Some("wide".into()),
+                    state: Some(RunState::Running),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
         if left == 0 {
             break;
         }
@@ -218,5 +310,10 @@ async fn main() {
     let _ = handle.await;
     let instances = (args.throughput_runs * 100) as f64;
     emit("throughput", s, "task_instances_per_s", &[instances / secs]);
-    emit("throughput", s, "peak_rss_mb", &[peak_rss_kb() as f64 / 1024.0]);
+    emit(
+        "throughput",
+        s,
+        "peak_rss_mb",
+        &[peak_rss_kb() as f64 / 1024.0],
+    );
 }

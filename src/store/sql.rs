@@ -6,6 +6,8 @@
 //! later `FOR UPDATE SKIP LOCKED` claims) branches on [`Backend`]. Migrations live in
 //! `migrations/sqlite` and `migrations/postgres` with the same version numbers.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -27,6 +29,9 @@ const INSERT_CHUNK: usize = 500;
 pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite allows one writer at a time; queueing writers here instead of in SQLite's busy
+    /// handler (which sleeps and backs off) keeps writes from stalling under concurrency.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn micros(t: DateTime<Utc>) -> i64 {
@@ -137,6 +142,14 @@ async fn lock_file(path: std::path::PathBuf) -> std::io::Result<std::fs::File> {
 }
 
 impl SqlStore {
+    /// Serializes writers on SQLite; PostgreSQL handles concurrent writers itself.
+    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.writer.lock().await),
+            Backend::Postgres => None,
+        }
+    }
+
     /// Connects to `url` (`sqlite://path` or `postgres://…`) and applies pending migrations.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
@@ -203,7 +216,11 @@ impl SqlStore {
             }
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            writer: Arc::default(),
+        })
     }
 
     async fn current_state(&self, key: &TaskKey) -> Result<Option<String>, StoreError> {
@@ -227,6 +244,7 @@ impl Store for SqlStore {
     }
 
     async fn create_run(&self, run: &NewRun) -> Result<DagRun, StoreError> {
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await.map_err(query_error("begin"))?;
         let at = micros(run.at);
         let inserted = sqlx::query(&format!(
@@ -379,6 +397,7 @@ impl Store for SqlStore {
         to: RunState,
         at: DateTime<Utc>,
     ) -> Result<DagRun, StoreError> {
+        let _turn = self.write_turn().await;
         from.check(to)?;
         let started = (to == RunState::Running).then_some(micros(at));
         let ended = to.is_finished().then_some(micros(at));
@@ -426,6 +445,7 @@ impl Store for SqlStore {
     }
 
     async fn transition(&self, change: &TaskChange) -> Result<TaskInstance, StoreError> {
+        let _turn = self.write_turn().await;
         let t = change.transition;
         let to = t.to();
         let at = micros(change.at);
@@ -559,6 +579,7 @@ impl Store for SqlStore {
         paused: bool,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "INSERT INTO dag (dag_id, is_paused, updated_at) VALUES ($1, $2, $3)
              ON CONFLICT (dag_id) DO UPDATE SET is_paused = excluded.is_paused, updated_at = excluded.updated_at",
@@ -581,6 +602,7 @@ impl Store for SqlStore {
     }
 
     async fn scheduler_heartbeat(&self, beat: &SchedulerBeat) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "INSERT INTO scheduler_heartbeat (scheduler_id, hostname, pid, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (scheduler_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",

@@ -451,7 +451,8 @@ impl Store for SqlStore {
         let at = micros(change.at);
         let starts = t.starts_try();
         let ends = to.is_finished() || to == TaskState::UpForRetry;
-        let mut tx = self.pool.begin().await.map_err(query_error("begin"))?;
+        // One statement: the compare-and-set on the expected state, and (by the trigger of
+        // migration 0003) the history row, atomically.
         let row = sqlx::query(&format!(
             "UPDATE task_instance SET
                 state = $1,
@@ -463,7 +464,8 @@ impl Store for SqlStore {
                 next_retry_at = $7,
                 output = CASE WHEN $1 = 'pending' THEN NULL ELSE COALESCE($8, output) END,
                 error = CASE WHEN $9 = 1 THEN $10 ELSE error END,
-                max_tries = COALESCE($15, max_tries)
+                max_tries = COALESCE($15, max_tries),
+                last_reason = $16
              WHERE dag_id = $11 AND run_id = $12 AND task_id = $13 AND state = $14
              RETURNING {TI_COLUMNS}"
         ))
@@ -489,11 +491,11 @@ impl Store for SqlStore {
         .bind(&change.key.task_id)
         .bind(t.from().as_str())
         .bind(change.max_tries.map(i64::from))
-        .fetch_optional(&mut *tx)
+        .bind(change.reason.clone())
+        .fetch_optional(&self.pool)
         .await
         .map_err(query_error("transition task"))?;
         let Some(row) = row else {
-            drop(tx);
             return Err(match self.current_state(&change.key).await? {
                 Some(found) => StoreError::Conflict {
                     what: change.key.to_string(),
@@ -503,26 +505,7 @@ impl Store for SqlStore {
                 None => StoreError::NotFound(format!("task instance {}", change.key)),
             });
         };
-        let ti = ti_from_row(&row)?;
-        sqlx::query(
-            "INSERT INTO task_state_history (dag_id, run_id, task_id, try_number, from_state, to_state, at, reason)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&change.key.dag_id)
-        .bind(&change.key.run_id)
-        .bind(&change.key.task_id)
-        .bind(i64::from(ti.try_number))
-        .bind(t.from().as_str())
-        .bind(to.as_str())
-        .bind(at)
-        .bind(change.reason.clone())
-        .execute(&mut *tx)
-        .await
-        .map_err(query_error("record history"))?;
-        tx.commit()
-            .await
-            .map_err(query_error("commit transition"))?;
-        Ok(ti)
+        ti_from_row(&row)
     }
 
     async fn history(&self, dag_id: &str, run_id: &str) -> Result<Vec<StateChange>, StoreError> {

@@ -37,16 +37,15 @@ pub enum Start {
     NewAttempt,
 }
 
-/// Creates the run of `dag` for `interval`, or clears the finished run that covers it.
-pub async fn start_run(
-    store: &Arc<dyn Store>,
+/// The run of `dag` for `interval`, with one pending instance per task.
+pub fn new_run(
     dag: &Dag,
     interval: DataInterval,
     run_type: RunType,
     conf: serde_json::Value,
     now: DateTime<Utc>,
-) -> Result<(DagRun, Start), StartError> {
-    let new_run = NewRun {
+) -> NewRun {
+    NewRun {
         dag_id: dag.dag_id.clone(),
         run_id: run_type.run_id(interval.start),
         interval,
@@ -59,7 +58,20 @@ pub async fn start_run(
             .map(|t| (t.id.clone(), t.operator_name.clone(), t.retry.retries + 1))
             .collect(),
         at: now,
-    };
+        backfill_max_active_runs: None,
+    }
+}
+
+/// Creates the run of `dag` for `interval`, or clears the finished run that covers it.
+pub async fn start_run(
+    store: &Arc<dyn Store>,
+    dag: &Dag,
+    interval: DataInterval,
+    run_type: RunType,
+    conf: serde_json::Value,
+    now: DateTime<Utc>,
+) -> Result<(DagRun, Start), StartError> {
+    let new_run = new_run(dag, interval, run_type, conf, now);
     match store.create_run(&new_run).await {
         Ok(run) => Ok((run, Start::Created)),
         Err(StoreError::RunExists { .. }) => {

@@ -194,13 +194,17 @@ fn backfill_dry_run_shows_the_plan_and_skips_existing_runs() {
             "2026-01-01T00:00:00Z",
             "--end",
             "2026-01-01T03:00:00Z",
+            "--max-active-runs",
+            "2",
         ],
     );
     assert!(text(&out).contains("queued 3 run(s)"), "{}", text(&out));
     let out = sluice(dir.path(), &["runs", "list", "--json"]);
     let runs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
-        runs.iter().filter(|r| r["run_type"] == "backfill").count(),
+        runs.iter()
+            .filter(|r| r["run_type"] == "backfill" && r["backfill_max_active_runs"] == 2)
+            .count(),
         3
     );
 }

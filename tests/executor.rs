@@ -13,9 +13,7 @@ use sluice::executor::Executor;
 use sluice::operators::{Connections, Registry};
 use sluice::settings::Settings;
 use sluice::state::{RunState, TaskState};
-use sluice::store::{
-    DagRun, NewRun, RunType, StateChange, Store, TaskChange, TaskInstance, TaskKey,
-};
+use sluice::store::{DagRun, RunType, StateChange, Store, TaskChange, TaskInstance, TaskKey};
 use tokio_util::sync::CancellationToken;
 
 struct Harness {
@@ -87,20 +85,7 @@ impl Harness {
     async fn create(&self, dag: &Dag) -> String {
         let now = Utc::now();
         let interval = dag.default_interval(now);
-        let run = NewRun {
-            dag_id: dag.dag_id.clone(),
-            run_id: RunType::Manual.run_id(interval.start),
-            interval,
-            run_type: RunType::Manual,
-            conf: serde_json::json!({}),
-            dag_hash: dag.hash.clone(),
-            tasks: dag
-                .tasks
-                .iter()
-                .map(|t| (t.id.clone(), t.operator_name.clone(), t.retry.retries + 1))
-                .collect(),
-            at: now,
-        };
+        let run = sluice::runs::new_run(dag, interval, RunType::Manual, serde_json::json!({}), now);
         self.store.create_run(&run).await.unwrap().run_id
     }
 

@@ -30,6 +30,7 @@ fn new_run(dag: &str, start: DateTime<Utc>, tasks: &[&str]) -> NewRun {
             .map(|t| (t.to_string(), "noop".to_string(), 3))
             .collect(),
         at: start,
+        backfill_max_active_runs: Some(4),
     }
 }
 
@@ -63,6 +64,7 @@ async fn story(store: Arc<dyn Store>) {
         .unwrap();
     let run_id = created.run_id.clone();
     assert_eq!(created.state, RunState::Queued);
+    assert_eq!(created.backfill_max_active_runs, Some(4));
     assert_eq!(created.logical_date, at(0));
     assert_eq!(created.data_interval_end, at(15));
     assert_eq!(created.conf["quote"], "it's \"ok\"");

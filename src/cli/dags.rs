@@ -64,25 +64,7 @@ pub enum DagsCommand {
         dag_id: String,
     },
     /// Queue a run for every schedule interval starting between two dates (inclusive).
-    Backfill {
-        /// The DAG id.
-        dag_id: String,
-        /// First logical date (RFC 3339 or YYYY-MM-DD in the DAG's timezone).
-        #[arg(long)]
-        start: String,
-        /// Last logical date.
-        #[arg(long)]
-        end: String,
-        /// Show the plan without queueing anything.
-        #[arg(long)]
-        dry_run: bool,
-        /// Re-run intervals whose run failed or was cancelled (default: skip every existing run).
-        #[arg(long)]
-        rerun_failed: bool,
-        /// Follow the runs until they all finish; exit 0 iff all succeeded.
-        #[arg(long)]
-        wait: bool,
-    },
+    Backfill(super::trigger::BackfillArgs),
     /// Run one DAG run in this process and exit 0 iff it succeeds.
     Test {
         /// The DAG id.
@@ -125,24 +107,8 @@ pub async fn run(cmd: DagsCommand, settings: &Settings) -> anyhow::Result<ExitCo
         DagsCommand::Unpause { dag_id } => {
             super::trigger::set_paused(find(&bag, &dag_id)?, false, settings).await
         }
-        DagsCommand::Backfill {
-            dag_id,
-            start,
-            end,
-            dry_run,
-            rerun_failed,
-            wait,
-        } => {
-            super::trigger::backfill(
-                find(&bag, &dag_id)?.clone(),
-                &start,
-                &end,
-                dry_run,
-                rerun_failed,
-                wait,
-                settings,
-            )
-            .await
+        DagsCommand::Backfill(args) => {
+            super::trigger::backfill(find(&bag, &args.dag_id)?.clone(), &args, settings).await
         }
         DagsCommand::Test {
             dag_id,

@@ -17,7 +17,7 @@ use crate::runs::{clear_run, start_run, Start};
 use crate::schedule::{parse_instant, DataInterval};
 use crate::settings::Settings;
 use crate::state::{RunState, TaskState};
-use crate::store::{self, DagRun, NewRun, RunType, Store};
+use crate::store::{self, DagRun, RunType, Store};
 
 /// A scheduler that has not written a heartbeat for this long is presumed gone.
 const HEARTBEAT_STALE: chrono::Duration = chrono::Duration::seconds(15);
@@ -167,19 +167,48 @@ pub async fn set_paused(dag: &Dag, paused: bool, settings: &Settings) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
+/// `dags backfill` arguments.
+#[derive(Debug, clap::Args)]
+pub struct BackfillArgs {
+    /// The DAG id.
+    pub dag_id: String,
+    /// First logical date (RFC 3339 or YYYY-MM-DD in the DAG's timezone).
+    #[arg(long)]
+    pub start: String,
+    /// Last logical date.
+    #[arg(long)]
+    pub end: String,
+    /// Show the plan without queueing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Re-run intervals whose run failed or was cancelled (default: skip every existing run).
+    #[arg(long)]
+    pub rerun_failed: bool,
+    /// Most runs of this backfill active at once (the DAG's max_active_runs still applies).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_active_runs: Option<u32>,
+    /// Follow the runs until they all finish; exit 0 iff all succeeded.
+    #[arg(long)]
+    pub wait: bool,
+}
+
 /// Most intervals one backfill may plan.
 const MAX_BACKFILL_RUNS: usize = 10_000;
 
 /// `dags backfill`.
 pub async fn backfill(
     dag: Arc<Dag>,
-    start: &str,
-    end: &str,
-    dry_run: bool,
-    rerun_failed: bool,
-    wait: bool,
+    args: &BackfillArgs,
     settings: &Settings,
 ) -> anyhow::Result<ExitCode> {
+    let (start, end, dry_run, rerun_failed, max_active_runs, wait) = (
+        &args.start,
+        &args.end,
+        args.dry_run,
+        args.rerun_failed,
+        args.max_active_runs,
+        args.wait,
+    );
     let from = parse_instant(start, dag.timezone).map_err(|e| anyhow!("--start: {e}"))?;
     let to = parse_instant(end, dag.timezone).map_err(|e| anyhow!("--end: {e}"))?;
     if to < from {
@@ -255,20 +284,14 @@ pub async fn backfill(
     for (interval, existing) in plan {
         match existing {
             None => {
-                let run = NewRun {
-                    dag_id: dag.dag_id.clone(),
-                    run_id: RunType::Backfill.run_id(interval.start),
+                let mut run = crate::runs::new_run(
+                    &dag,
                     interval,
-                    run_type: RunType::Backfill,
-                    conf: serde_json::json!({}),
-                    dag_hash: dag.hash.clone(),
-                    tasks: dag
-                        .tasks
-                        .iter()
-                        .map(|t| (t.id.clone(), t.operator_name.clone(), t.retry.retries + 1))
-                        .collect(),
-                    at: now,
-                };
+                    RunType::Backfill,
+                    serde_json::json!({}),
+                    now,
+                );
+                run.backfill_max_active_runs = max_active_runs;
                 match store.create_run(&run).await {
                     Ok(run) => queued.push((run.dag_id, run.run_id)),
                     // The scheduler created it meanwhile: it runs anyway.

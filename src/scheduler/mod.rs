@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dag::{Dag, DagBag};
 use crate::executor::Executor;
 use crate::state::RunState;
-use crate::store::{DagRun, NewRun, RunType, SchedulerBeat, Store, StoreError};
+use crate::store::{DagRun, RunType, SchedulerBeat, Store, StoreError};
 pub use clock::{Clock, ManualClock, SystemClock};
 
 /// How often the scheduler does things that have no event to wake it.
@@ -144,20 +144,13 @@ impl Scheduler {
             .await?
             .map(|r| r.logical_date);
         for interval in plan::due_intervals(dag, latest, now) {
-            let run = NewRun {
-                dag_id: dag.dag_id.clone(),
-                run_id: RunType::Scheduled.run_id(interval.start),
+            let run = crate::runs::new_run(
+                dag,
                 interval,
-                run_type: RunType::Scheduled,
-                conf: serde_json::json!({}),
-                dag_hash: dag.hash.clone(),
-                tasks: dag
-                    .tasks
-                    .iter()
-                    .map(|t| (t.id.clone(), t.operator_name.clone(), t.retry.retries + 1))
-                    .collect(),
-                at: now,
-            };
+                RunType::Scheduled,
+                serde_json::json!({}),
+                now,
+            );
             match self.store.create_run(&run).await {
                 Ok(created) => {
                     tracing::info!(dag_id = %dag.dag_id, run_id = %created.run_id, interval = %interval, "run created")

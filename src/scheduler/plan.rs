@@ -95,21 +95,36 @@ pub fn next_check(dag: &Dag, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
 /// runs before backfill runs (a long backfill never starves the live schedule), each oldest
 /// logical date first. `runs` are the DAG's active (queued or running) runs.
 pub fn runs_to_start(runs: &[DagRun], max_active_runs: u32) -> Vec<&DagRun> {
-    let running = runs.iter().filter(|r| r.state == RunState::Running).count();
-    let free = (max_active_runs as usize).saturating_sub(running);
+    let is_backfill = |r: &DagRun| r.run_type == RunType::Backfill;
+    let mut running = runs.iter().filter(|r| r.state == RunState::Running).count();
+    let mut backfills_running = runs
+        .iter()
+        .filter(|r| r.state == RunState::Running && is_backfill(r))
+        .count();
     let mut queued: Vec<&DagRun> = runs
         .iter()
         .filter(|r| r.state == RunState::Queued)
         .collect();
-    queued.sort_by_key(|r| {
-        (
-            r.run_type == RunType::Backfill,
-            r.logical_date,
-            r.run_id.clone(),
-        )
-    });
-    queued.truncate(free);
-    queued
+    queued.sort_by_key(|r| (is_backfill(r), r.logical_date, r.run_id.clone()));
+    let mut start = Vec::new();
+    for run in queued {
+        if running >= max_active_runs as usize {
+            break;
+        }
+        if is_backfill(run) {
+            // a backfill's own cap (`--max-active-runs`) counts the DAG's running backfill runs
+            if run
+                .backfill_max_active_runs
+                .is_some_and(|cap| backfills_running >= cap as usize)
+            {
+                continue;
+            }
+            backfills_running += 1;
+        }
+        running += 1;
+        start.push(run);
+    }
+    start
 }
 
 #[cfg(test)]

@@ -149,6 +149,7 @@ fn run(logical: &str, state: RunState) -> DagRun {
         created_at: t,
         started_at: None,
         ended_at: None,
+        backfill_max_active_runs: None,
     }
 }
 
@@ -177,4 +178,21 @@ fn max_active_runs_limits_starts_oldest_first() {
         .map(|r| r.run_id.as_str())
         .collect();
     assert_eq!(start, ["r2026-11-23T10:15:00Z", "r2026-11-23T10:30:00Z"]);
+    // a backfill capped at 1 active run starts one at a time, whatever the DAG allows
+    let backfill: Vec<DagRun> = [
+        "2026-01-01T00:00:00Z",
+        "2026-01-02T00:00:00Z",
+        "2026-01-03T00:00:00Z",
+    ]
+    .iter()
+    .map(|d| DagRun {
+        run_type: crate::store::RunType::Backfill,
+        backfill_max_active_runs: Some(1),
+        ..run(d, RunState::Queued)
+    })
+    .collect();
+    assert_eq!(runs_to_start(&backfill, 16).len(), 1);
+    let mut one_running = backfill.clone();
+    one_running[0].state = RunState::Running;
+    assert!(runs_to_start(&one_running, 16).is_empty());
 }

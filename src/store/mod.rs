@@ -92,6 +92,8 @@ pub struct DagRun {
     pub started_at: Option<DateTime<Utc>>,
     /// When it finished.
     pub ended_at: Option<DateTime<Utc>>,
+    /// For backfill runs: most runs of the backfill active at once, when capped.
+    pub backfill_max_active_runs: Option<u32>,
 }
 
 impl DagRun {
@@ -194,6 +196,8 @@ pub struct NewRun {
     pub dag_hash: String,
     /// `(task_id, operator, max_tries)` of every task.
     pub tasks: Vec<(String, String, u32)>,
+    /// For backfill runs: most backfill runs of the DAG active at once.
+    pub backfill_max_active_runs: Option<u32>,
     /// Creation time.
     pub at: DateTime<Utc>,
 }

@@ -19,7 +19,7 @@ use super::*;
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
-const RUN_COLUMNS: &str = "dag_id, run_id, logical_date, data_interval_start, data_interval_end, run_type, state, conf, dag_hash, created_at, started_at, ended_at";
+const RUN_COLUMNS: &str = "dag_id, run_id, logical_date, data_interval_start, data_interval_end, run_type, state, conf, dag_hash, created_at, started_at, ended_at, backfill_max_active_runs";
 const TI_COLUMNS: &str = "dag_id, run_id, task_id, operator, state, try_number, max_tries, queued_at, started_at, ended_at, next_retry_at, output, error, updated_at";
 /// Rows per multi-row INSERT: well under both backends' bind-parameter limits.
 const INSERT_CHUNK: usize = 500;
@@ -100,6 +100,8 @@ fn run_from_row(row: &AnyRow) -> Result<DagRun, StoreError> {
         created_at: instant("created_at", get(row, "created_at")?)?,
         started_at: opt_instant("started_at", get(row, "started_at")?)?,
         ended_at: opt_instant("ended_at", get(row, "ended_at")?)?,
+        backfill_max_active_runs: get::<Option<i64>>(row, "backfill_max_active_runs")?
+            .map(|n| n as u32),
     })
 }
 
@@ -248,7 +250,7 @@ impl Store for SqlStore {
         let mut tx = self.pool.begin().await.map_err(query_error("begin"))?;
         let at = micros(run.at);
         let inserted = sqlx::query(&format!(
-            "INSERT INTO dag_run ({RUN_COLUMNS}) VALUES ($1, $2, $3, $3, $4, $5, 'queued', $6, $7, $8, NULL, NULL) RETURNING {RUN_COLUMNS}"
+            "INSERT INTO dag_run ({RUN_COLUMNS}) VALUES ($1, $2, $3, $3, $4, $5, 'queued', $6, $7, $8, NULL, NULL, $9) RETURNING {RUN_COLUMNS}"
         ))
         .bind(&run.dag_id)
         .bind(&run.run_id)
@@ -258,6 +260,7 @@ impl Store for SqlStore {
         .bind(run.conf.to_string())
         .bind(&run.dag_hash)
         .bind(at)
+        .bind(run.backfill_max_active_runs.map(i64::from))
         .fetch_one(&mut *tx)
         .await;
         let row = match inserted {

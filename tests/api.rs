@@ -30,6 +30,7 @@ async fn server(token: Option<&str>) -> Server {
     .unwrap();
     let store = common::sqlite_store(dir.path()).await;
     let state = AppState {
+        changes: sluice::web::watch_changes(store.clone(), std::time::Duration::from_millis(50)),
         store,
         dags: Arc::new(DagCatalog::new(
             dir.path().join("dags"),
@@ -392,4 +393,39 @@ fn the_server_refuses_a_public_address_without_a_token() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("without SLUICE_API_TOKEN"));
+}
+
+#[tokio::test]
+async fn the_event_stream_announces_changes() {
+    let s = server(None).await;
+    let mut stream = s
+        .client
+        .get(format!("{}/api/v1/events", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let (status, _) = s
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/dags/etl/dagRuns",
+            json!({}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !seen.contains("event: change") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no change event: {seen:?}"
+        );
+        if let Ok(Ok(Some(chunk))) =
+            tokio::time::timeout(std::time::Duration::from_millis(500), stream.chunk()).await
+        {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    s.stop.cancel();
 }

@@ -63,7 +63,7 @@ const sluice = (() => {
       } catch (e) { show(e.message); }
     }
     await refresh();
-    setInterval(refresh, 3000);
+    live(refresh);
   }
 
   function drawGraph(dag, states) {
@@ -161,7 +161,15 @@ const sluice = (() => {
       } catch (e) { show("Trigger refused: " + e.message); }
     });
     await refresh();
-    setInterval(refresh, 2000);
+    live(refresh);
+  }
+  // Server-sent events say when something changed; a slow timer only covers a lost stream.
+  function live(refresh) {
+    let pending = false;
+    const later = () => { if (!pending) { pending = true; setTimeout(() => { pending = false; refresh(); }, 150); } };
+    const source = new EventSource("/api/v1/events");
+    source.addEventListener("change", later);
+    setInterval(refresh, 30000);
   }
   return { dagList, dagPage };
 })();

@@ -91,13 +91,14 @@ async fn bind_web(
         eprintln!("no SLUICE_API_TOKEN: API mutations are open to anyone on this machine, so the server listens on loopback only");
     }
     let state = crate::web::AppState {
-        store,
+        store: store.clone(),
         dags: Arc::new(crate::web::DagCatalog::new(
             settings.dags_folder.clone(),
             Registry::builtin(),
         )),
         token: token.map(Arc::from),
         logs: settings.logs_dir(),
+        changes: crate::web::watch_changes(store.clone(), Duration::from_millis(500)),
     };
     Ok((listener, state))
 }

@@ -342,6 +342,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// How many runs match a filter (ignoring its limit and offset).
     async fn count_runs(&self, filter: &RunFilter) -> Result<u64, StoreError>;
 
+    /// A value that changes whenever a run or task instance changes (live UI updates).
+    async fn change_marker(&self) -> Result<i64, StoreError>;
+
     /// Runs and task instances by state, for metrics.
     async fn state_counts(&self) -> Result<StateCounts, StoreError>;
 

@@ -373,6 +373,20 @@ impl Store for SqlStore {
         Ok(get::<i64>(&row, "n")? as u64)
     }
 
+    async fn change_marker(&self) -> Result<i64, StoreError> {
+        // Every task change bumps updated_at; run changes set created/started/ended; the
+        // history id grows with every transition. Their sum moves whenever anything does.
+        let row = sqlx::query(
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM task_state_history)
+                  + (SELECT COALESCE(MAX(created_at), 0) + COALESCE(MAX(ended_at), 0) + COALESCE(MAX(started_at), 0) FROM dag_run)
+                  + (SELECT COALESCE(MAX(updated_at), 0) FROM dag) AS marker",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("read change marker"))?;
+        get::<i64>(&row, "marker")
+    }
+
     async fn state_counts(&self) -> Result<StateCounts, StoreError> {
         let mut counts = StateCounts::default();
         for (table, out) in [

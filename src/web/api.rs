@@ -21,6 +21,7 @@ use crate::store::{DagRun, RunFilter, RunType, TaskInstance, TaskKey};
 /// The API routes (mounted under `/api/v1`).
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .merge(super::events::routes())
         .route("/dags", get(list_dags))
         .route("/dags/{dag_id}", get(get_dag).patch(patch_dag))
         .route("/dags/{dag_id}/tasks", get(list_tasks))

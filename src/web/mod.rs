@@ -9,6 +9,7 @@
 
 mod api;
 mod catalog;
+mod events;
 mod health;
 mod ui;
 
@@ -36,7 +37,11 @@ pub struct AppState {
     pub token: Option<Arc<str>>,
     /// Where try logs are (`$SLUICE_HOME/logs`).
     pub logs: std::path::PathBuf,
+    /// Moves whenever runs or task instances change (see [`watch_changes`]).
+    pub changes: tokio::sync::watch::Receiver<i64>,
 }
+
+pub use events::watch_changes;
 
 impl AppState {
     fn logs_dir(&self) -> std::path::PathBuf {

@@ -16,6 +16,9 @@ pub struct Settings {
     pub parallelism: usize,
     /// `SLUICE_POOLS` (`name=size,…`): named slot limits tasks opt into with `pool:`.
     pub pools: String,
+    /// `SLUICE_RUN_LEASE` (default 15s): how long a run stays claimed by a driver that stopped
+    /// renewing (a process that died); another process resumes it after that.
+    pub run_lease: std::time::Duration,
 }
 
 impl Settings {
@@ -36,12 +39,17 @@ impl Settings {
             .filter(|&n| n > 0)
             .unwrap_or(32);
         let pools = lookup("SLUICE_POOLS").unwrap_or_default();
+        let run_lease = lookup("SLUICE_RUN_LEASE")
+            .and_then(|v| humantime::parse_duration(&v).ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(std::time::Duration::from_secs(15));
         Self {
             home,
             dags_folder,
             database_url,
             parallelism,
             pools,
+            run_lease,
         }
     }
 
@@ -53,6 +61,7 @@ impl Settings {
             database_url: format!("sqlite://{}", home.join("sluice.db").display()),
             parallelism: 32,
             pools: String::new(),
+            run_lease: std::time::Duration::from_secs(15),
         }
     }
 

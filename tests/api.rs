@@ -429,3 +429,42 @@ async fn the_event_stream_announces_changes() {
     }
     s.stop.cancel();
 }
+
+#[tokio::test]
+async fn a_mutation_must_be_json_so_other_sites_cannot_trigger_runs() {
+    let s = server(None).await;
+    let r = s
+        .client
+        .post(format!("{}/api/v1/dags/etl/dagRuns", s.base))
+        .body("")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 415);
+    let r = s
+        .client
+        .post(format!("{}/api/v1/dags/etl/dagRuns", s.base))
+        .header("Content-Type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 415);
+    let (_, runs) = s.get("/api/v1/dags/etl/dagRuns").await;
+    assert_eq!(runs["total_entries"], 0);
+    s.stop.cancel();
+}
+
+#[tokio::test]
+async fn without_the_token_a_mutation_gets_401_whatever_its_body() {
+    let s = server(Some("t0ken")).await;
+    let r = s
+        .client
+        .patch(format!("{}/api/v1/dags/etl", s.base))
+        .body("is_paused=true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    s.stop.cancel();
+}

@@ -25,7 +25,9 @@ fn sluice(home: &Path) -> Command {
     cmd.env("SLUICE_HOME", home.join("home"))
         .env("SLUICE_DAGS_FOLDER", home.join("dags"))
         .env_remove("SLUICE_DATABASE_URL")
-        .env_remove("SLUICE_LOG");
+        .env_remove("SLUICE_LOG")
+        // A killed scheduler's runs are taken over once their lease lapses.
+        .env("SLUICE_RUN_LEASE", "1s");
     cmd
 }
 

@@ -550,3 +550,22 @@ async fn max_active_tasks_and_pools_hold_across_runs_and_dags() {
         "the db pool has one slot: {pooled:?}"
     );
 }
+
+#[tokio::test]
+async fn a_run_driven_by_one_executor_is_refused_to_another() {
+    let h = Harness::new().await;
+    let dag = h.dag("dag_id: busy\ntasks:\n  - {id: nap, operator: sleep, config: {duration: 600ms}}\n");
+    let run_id = h.create(&dag).await;
+    let first = h.executor();
+    let second = h.executor();
+    let driving = {
+        let (dag, run_id) = (dag.clone(), run_id.clone());
+        tokio::spawn(async move { first.run(dag, &run_id, CancellationToken::new()).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let refused = second.run(dag.clone(), &run_id, CancellationToken::new()).await;
+    assert!(matches!(refused, Err(sluice::executor::ExecutorError::DrivenElsewhere { .. })), "{refused:?}");
+    assert_eq!(driving.await.unwrap().unwrap().state, RunState::Success);
+    let history = h.store.history("busy", &run_id).await.unwrap();
+    assert_eq!(history.iter().filter(|c| c.to == TaskState::Running).count(), 1, "the try ran once");
+}

@@ -96,8 +96,14 @@ impl ClickHouse {
         } else {
             database.to_string()
         };
-        let user = (!uri.username().is_empty()).then(|| uri.username().to_string());
-        let password = uri.password().map(str::to_string);
+        // The URI holds them percent-encoded (`p%40ss` for `p@ss`); the server wants them as written.
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let user = (!uri.username().is_empty()).then(|| decode(uri.username()));
+        let password = uri.password().map(decode);
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(10))

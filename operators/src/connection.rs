@@ -74,12 +74,49 @@ impl Connection {
 
     /// The URI with its password masked, safe for logs, errors and the UI.
     pub fn redacted(&self) -> String {
-        let mut shown = self.uri.clone();
-        if shown.password().is_some() {
-            let _ = shown.set_password(Some("***"));
-        }
-        shown.to_string()
+        redact_url(self.uri.as_str())
     }
+}
+
+/// Query parameters that carry secrets in connection URIs (`?password=…`).
+const SECRET_PARAMS: &[&str] = &[
+    "password",
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "sslpassword",
+];
+
+/// A URI with every secret masked: the password and secret-looking query parameters. A URI
+/// that does not parse is not shown at all, since where its secret is cannot be known.
+pub fn redact_url(uri: &str) -> String {
+    let Ok(mut shown) = Url::parse(uri) else {
+        return "<an unparseable URI, not shown>".into();
+    };
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("***"));
+    }
+    if shown.query().is_some() {
+        let pairs: Vec<(String, String)> = shown
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = SECRET_PARAMS.contains(&k.to_ascii_lowercase().as_str());
+                (
+                    k.into_owned(),
+                    if secret {
+                        "***".to_string()
+                    } else {
+                        v.into_owned()
+                    },
+                )
+            })
+            .collect();
+        shown.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    shown.to_string()
 }
 
 impl fmt::Debug for Connection {
@@ -149,6 +186,25 @@ mod tests {
             assert!(shown.contains("***"), "{shown}");
         }
         assert_eq!(conn.uri().password(), Some("s3cret"));
+    }
+
+    #[test]
+    fn secrets_in_query_parameters_and_unparseable_uris_are_not_shown() {
+        let conn = Connection::parse(
+            "crm",
+            "postgres://db.local/crm?user=etl&password=s3cret&sslmode=require",
+        )
+        .unwrap();
+        let shown = conn.redacted();
+        assert!(
+            !shown.contains("s3cret") && shown.contains("sslmode=require"),
+            "{shown}"
+        );
+        assert!(
+            !redact_url("postgres://u:p#ss@db/x").contains("ss@"),
+            "{}",
+            redact_url("postgres://u:p#ss@db/x")
+        );
     }
 
     #[test]

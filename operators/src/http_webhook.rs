@@ -283,7 +283,9 @@ impl HttpWebhook {
                 .0
                 .saturating_mul(1 << (attempt - 1).min(16))
                 .min(Duration::from_secs(30));
+            // A server's Retry-After is honoured up to the same 30 s cap as our own backoff.
             let wait = retry_after
+                .map(|after| after.min(Duration::from_secs(30)))
                 .unwrap_or_else(|| backoff.mul_f64(jitter(seed.wrapping_add(attempt as u64))));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}

@@ -163,7 +163,7 @@ impl Operator for PostgresExtract {
         let mut decoder = CopyDecoder::new(columns);
         {
             let mut stream = tx
-                .copy_out_raw(&format!("COPY ({query}) TO STDOUT (FORMAT binary)"))
+                .copy_out_raw(&format!("COPY (\n{query}\n) TO STDOUT (FORMAT binary)"))
                 .await
                 .map_err(|e| classify("running the query", e))?;
             while let Some(chunk) = stream.next().await {

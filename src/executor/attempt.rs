@@ -51,6 +51,17 @@ pub async fn run_try(
     let result = tokio::select! {
         result = &mut execution => Some(result),
         _ = deadline => None,
+        _ = cancel.cancelled() => {
+            // Operators that check the token stop by themselves; the others are dropped after
+            // the grace period (which also kills the processes they started).
+            match tokio::time::timeout(STOP_GRACE, &mut execution).await {
+                Ok(Ok(Ok(output))) => Some(Ok(Ok(output))),
+                _ => {
+                    log.warn("stopped: cancelled");
+                    return TryOutcome::Cancelled;
+                }
+            }
+        }
     };
     let outcome = match result {
         Some(Ok(Ok(output))) => success(output),

@@ -64,6 +64,14 @@ pub enum ExecutorError {
         /// The run.
         run_id: String,
     },
+    /// Another live process drives this run (its lease has not ended).
+    #[error("run `{run_id}` of DAG `{dag_id}` is being run by another process; it takes over only if that one stops renewing its claim")]
+    DrivenElsewhere {
+        /// The DAG.
+        dag_id: String,
+        /// The run.
+        run_id: String,
+    },
     /// The run's task instances do not match the DAG's tasks.
     #[error("run `{run_id}` has no task instance for task `{task_id}` of DAG `{dag_id}` (the DAG changed since the run was created)")]
     DagMismatch {
@@ -87,6 +95,10 @@ pub struct Executor {
     observer: Option<mpsc::UnboundedSender<Progress>>,
     shutdown: CancellationToken,
     shutdown_grace: Duration,
+    /// Who this executor is when it claims runs (host, process, instance).
+    driver: String,
+    /// How long a claim lasts without renewal.
+    lease: Duration,
 }
 
 /// How a try's end is recorded.
@@ -98,6 +110,20 @@ enum Ending {
     Cancelling,
     /// The process is shutting down and stopped the try: it runs again later, without using up a retry.
     Interrupted,
+}
+
+/// A name unique to this executor: host, process and a per-process counter.
+fn driver_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "{host}:{}:{}:{n}",
+        std::process::id(),
+        Utc::now().timestamp_millis()
+    )
 }
 
 /// The log file of one try: `<logs>/<dag>/<run>/<task>/<try>.log`.
@@ -134,6 +160,8 @@ impl Executor {
             observer: None,
             shutdown: CancellationToken::new(),
             shutdown_grace: Duration::from_secs(30),
+            driver: driver_id(),
+            lease: settings.run_lease,
         }
     }
 
@@ -177,16 +205,36 @@ impl Executor {
         if run.state.is_finished() {
             return Ok(run);
         }
-        if run.state == RunState::Queued {
-            run = self
-                .store
-                .set_run_state(
-                    &dag.dag_id,
-                    run_id,
-                    RunState::Queued,
-                    RunState::Running,
-                    Utc::now(),
-                )
+        let now = Utc::now();
+        let until = now + chrono::Duration::from_std(self.lease).unwrap_or_default();
+        if !self
+            .store
+            .claim_run(&dag.dag_id, run_id, &self.driver, until, now)
+            .await?
+        {
+            return Err(ExecutorError::DrivenElsewhere {
+                dag_id: dag.dag_id.clone(),
+                run_id: run_id.to_string(),
+            });
+        }
+        // The DAG may have gained tasks since the run was created: give them pending instances.
+        let existing: Vec<String> = self
+            .store
+            .task_instances(&dag.dag_id, run_id)
+            .await?
+            .into_iter()
+            .map(|ti| ti.task_id)
+            .collect();
+        let missing: Vec<(String, String, u32)> = dag
+            .tasks
+            .iter()
+            .filter(|t| !existing.contains(&t.id))
+            .map(|t| (t.id.clone(), t.operator_name.clone(), t.retry.retries + 1))
+            .collect();
+        if !missing.is_empty() {
+            tracing::info!(dag_id = %dag.dag_id, %run_id, tasks = missing.len(), "the DAG gained tasks since the run was created; adding them");
+            self.store
+                .add_task_instances(&dag.dag_id, run_id, &missing, Utc::now())
                 .await?;
         }
         let by_id: HashMap<String, TaskInstance> = self
@@ -208,6 +256,18 @@ impl Executor {
                     })
                 }
             }
+        }
+        if run.state == RunState::Queued {
+            run = self
+                .store
+                .set_run_state(
+                    &dag.dag_id,
+                    run_id,
+                    RunState::Queued,
+                    RunState::Running,
+                    Utc::now(),
+                )
+                .await?;
         }
         let driver = RunDriver {
             executor: self,
@@ -471,7 +531,47 @@ impl RunDriver<'_> {
         Ok(cancel)
     }
 
+    /// Drives the run; on an error, stops the tries it started before returning, so nobody
+    /// later finds them `running` while they still run. Gives up the run's lease at the end.
     async fn drive(mut self, cancel: CancellationToken) -> Result<DagRun, ExecutorError> {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
+        let mut running: HashMap<usize, CancellationToken> = HashMap::new();
+        let result = self
+            .drive_loop(&cancel, &done_tx, &mut done_rx, &mut running)
+            .await;
+        if result.is_err() && !running.is_empty() {
+            for token in running.values() {
+                token.cancel();
+            }
+            let deadline = tokio::time::Instant::now() + STOP_GRACE + Duration::from_secs(1);
+            while !running.is_empty() {
+                match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+                    Ok(Some((task, _, _))) => {
+                        running.remove(&task);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let (dag_id, run_id) = (&self.dag.dag_id, &self.run.run_id);
+        if let Err(error) = self
+            .executor
+            .store
+            .release_run(dag_id, run_id, &self.executor.driver)
+            .await
+        {
+            tracing::warn!(%dag_id, %run_id, %error, "could not release the run; its lease expires by itself");
+        }
+        result
+    }
+
+    async fn drive_loop(
+        &mut self,
+        cancel: &CancellationToken,
+        done_tx: &mpsc::UnboundedSender<Finished>,
+        done_rx: &mut mpsc::UnboundedReceiver<Finished>,
+        running: &mut HashMap<usize, CancellationToken>,
+    ) -> Result<DagRun, ExecutorError> {
         // Tries still `running` in the store belong to a process that died: count them as failed tries.
         for task in 0..self.instances.len() {
             if self.instances[task].state == TaskState::Running {
@@ -482,9 +582,10 @@ impl RunDriver<'_> {
                 self.finish(task, outcome, Ending::Normal).await?;
             }
         }
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
-        let mut running: HashMap<usize, CancellationToken> = HashMap::new();
         let mut cancelling = false;
+        // The lease is renewed at a third of its length, so a slow store round trip never lets it lapse.
+        let mut renew = tokio::time::interval(self.executor.lease / 3);
+        renew.tick().await;
         let mut waiting_for_slot = false;
         // Shutdown: no new tries; running ones get the grace period, then are interrupted.
         let shutdown = self.executor.shutdown.clone();
@@ -512,7 +613,7 @@ impl RunDriver<'_> {
                         .store
                         .run(&self.dag.dag_id, &self.run.run_id)
                         .await?;
-                    return Ok(run.unwrap_or(self.run));
+                    return Ok(run.unwrap_or_else(|| self.run.clone()));
                 }
             } else if cancelling {
                 for task in 0..self.instances.len() {
@@ -559,7 +660,7 @@ impl RunDriver<'_> {
                         waiting_for_slot = true;
                         continue;
                     };
-                    let token = self.start(task, guard, &done_tx, &cancel).await?;
+                    let token = self.start(task, guard, done_tx, cancel).await?;
                     running.insert(task, token);
                 }
             }
@@ -589,12 +690,19 @@ impl RunDriver<'_> {
                 }
                 _ = shutdown.cancelled(), if !stopping && !cancelling => {}
                 _ = tokio::time::sleep_until(grace_over.unwrap_or_else(tokio::time::Instant::now)), if stopping && interrupted.len() < running.len() => {
-                    for (task, token) in &running {
+                    for (task, token) in running.iter() {
                         interrupted.insert(*task);
                         token.cancel();
                     }
                 }
                 _ = released.changed(), if waiting_for_slot => {}
+                _ = renew.tick() => {
+                    let now = Utc::now();
+                    let until = now + chrono::Duration::from_std(self.executor.lease).unwrap_or_default();
+                    if !self.executor.store.claim_run(&self.dag.dag_id, &self.run.run_id, &self.executor.driver, until, now).await? {
+                        return Err(ExecutorError::DrivenElsewhere { dag_id: self.dag.dag_id.clone(), run_id: self.run.run_id.clone() });
+                    }
+                }
                 _ = tokio::time::sleep(sleep_for.unwrap_or_default()), if sleep_for.is_some() => {}
                 _ = cancel.cancelled(), if !cancelling => {
                     cancelling = true;

@@ -89,16 +89,22 @@ impl Slots {
                 .or_insert_with(|| Arc::new(Semaphore::new(dag.max_active_tasks as usize)))
                 .clone()
         };
-        let mut permits = Vec::with_capacity(3);
-        permits.push(self.global.clone().try_acquire_owned().ok()?);
-        permits.push(dag_slots.try_acquire_owned().ok()?);
-        if let Some(pool) = pool {
-            permits.push(self.pools.get(pool)?.clone().try_acquire_owned().ok()?);
-        }
-        Some(SlotGuard {
-            permits,
+        let mut guard = SlotGuard {
+            permits: Vec::with_capacity(3),
             released: self.released.clone(),
-        })
+        };
+        // On a partial acquisition the guard drops what it took and wakes waiters, so a run
+        // that failed on a slot held here for a moment does not sleep past its release.
+        guard
+            .permits
+            .push(self.global.clone().try_acquire_owned().ok()?);
+        guard.permits.push(dag_slots.try_acquire_owned().ok()?);
+        if let Some(pool) = pool {
+            guard
+                .permits
+                .push(self.pools.get(pool)?.clone().try_acquire_owned().ok()?);
+        }
+        Some(guard)
     }
 }
 

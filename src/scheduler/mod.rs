@@ -71,6 +71,8 @@ pub struct Scheduler {
     next_check: HashMap<String, DateTime<Utc>>,
     driving: HashMap<RunKey, JoinHandle<()>>,
     missing_warned: HashSet<String>,
+    /// Runs another process drives, and when to try claiming them again.
+    elsewhere: HashMap<RunKey, tokio::time::Instant>,
 }
 
 impl Scheduler {
@@ -95,6 +97,7 @@ impl Scheduler {
             next_check: HashMap::new(),
             driving: HashMap::new(),
             missing_warned: HashSet::new(),
+            elsewhere: HashMap::new(),
         }
     }
 
@@ -140,10 +143,13 @@ impl Scheduler {
         }
         let latest = self
             .store
-            .latest_run(&dag.dag_id)
+            // Manual and backfill runs do not move the schedule: only scheduled runs do.
+            .latest_run(&dag.dag_id, Some(RunType::Scheduled))
             .await?
             .map(|r| r.logical_date);
-        for interval in plan::due_intervals(dag, latest, now) {
+        let due = plan::due_intervals(dag, latest, now);
+        let created_all = due.len() < plan::MAX_RUNS_PER_PASS;
+        for interval in due {
             let run = crate::runs::new_run(
                 dag,
                 interval,
@@ -160,16 +166,29 @@ impl Scheduler {
                 Err(e) => return Err(e.into()),
             }
         }
-        let next = plan::next_check(dag, now).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        // A catchup cut at MAX_RUNS_PER_PASS continues next pass, not at the next fire time.
+        let next = if created_all {
+            plan::next_check(dag, now).unwrap_or(DateTime::<Utc>::MAX_UTC)
+        } else {
+            now
+        };
         self.next_check.insert(dag.dag_id.clone(), next);
         Ok(())
     }
 
-    fn drive(&mut self, dag: Arc<Dag>, run: &DagRun, done: &mpsc::UnboundedSender<RunKey>) {
+    fn drive(&mut self, dag: Arc<Dag>, run: &DagRun, done: &mpsc::UnboundedSender<(RunKey, bool)>) {
         let key = (run.dag_id.clone(), run.run_id.clone());
         if self.driving.contains_key(&key) {
             return;
         }
+        if self
+            .elsewhere
+            .get(&key)
+            .is_some_and(|until| *until > tokio::time::Instant::now())
+        {
+            return;
+        }
+        self.elsewhere.remove(&key);
         if run.state == RunState::Running {
             tracing::info!(dag_id = %run.dag_id, run_id = %run.run_id, "resuming a run nobody drives (the process that ran it stopped)");
         }
@@ -184,11 +203,16 @@ impl Scheduler {
                 Ok(_) => {
                     tracing::info!(%dag_id, %run_id, "run left running for the next scheduler (shutdown)")
                 }
+                Err(crate::executor::ExecutorError::DrivenElsewhere { .. }) => {
+                    tracing::debug!(%dag_id, %run_id, "another process drives this run");
+                    let _ = done.send(((dag_id, run_id), true));
+                    return;
+                }
                 Err(error) => {
                     tracing::error!(%dag_id, %run_id, %error, "run could not be driven; it is retried next pass")
                 }
             }
-            let _ = done.send((dag_id, run_id));
+            let _ = done.send(((dag_id, run_id), false));
         });
         self.driving.insert(key, handle);
     }
@@ -196,7 +220,7 @@ impl Scheduler {
     async fn start_runs(
         &mut self,
         paused: &HashSet<String>,
-        done: &mpsc::UnboundedSender<RunKey>,
+        done: &mpsc::UnboundedSender<(RunKey, bool)>,
     ) -> Result<(), SchedulerError> {
         let mut by_dag: HashMap<String, Vec<DagRun>> = HashMap::new();
         for mut run in self.store.active_runs().await? {
@@ -249,7 +273,7 @@ impl Scheduler {
             started_at: started,
             heartbeat_at: started,
         };
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<RunKey>();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(RunKey, bool)>();
         let mut last_refresh: Option<tokio::time::Instant> = None;
         let mut last_beat: Option<tokio::time::Instant> = None;
         tracing::info!(folder = %self.dags_folder.display(), backend = ?self.store.backend(), "scheduler started");
@@ -269,6 +293,13 @@ impl Scheduler {
                 }
                 last_beat = Some(tokio::time::Instant::now());
             }
+            // A driver that ended without reporting (a panic) frees its run for the next pass.
+            self.driving.retain(|key, handle| {
+                if handle.is_finished() {
+                    tracing::debug!(dag_id = %key.0, run_id = %key.1, "a run driver ended");
+                }
+                !handle.is_finished()
+            });
             let pass = async {
                 let paused: HashSet<String> = self.store.paused_dags().await?.into_iter().collect();
                 let now = self.clock.now();
@@ -304,7 +335,13 @@ impl Scheduler {
                 .min()
                 .filter(|at| *at < DateTime::<Utc>::MAX_UTC);
             tokio::select! {
-                Some(key) = done_rx.recv() => { self.driving.remove(&key); }
+                Some((key, elsewhere)) = done_rx.recv() => {
+                    self.driving.remove(&key);
+                    if elsewhere {
+                        // Look again when that driver's lease could have ended, not every poll.
+                        self.elsewhere.insert(key, tokio::time::Instant::now() + Duration::from_secs(2));
+                    }
+                }
                 _ = tokio::time::sleep(self.options.poll) => {}
                 _ = self.clock.sleep_until(next_due.unwrap_or(DateTime::<Utc>::MAX_UTC)), if next_due.is_some() => {}
                 _ = shutdown.cancelled() => {}

@@ -332,6 +332,31 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// One run.
     async fn run(&self, dag_id: &str, run_id: &str) -> Result<Option<DagRun>, StoreError>;
 
+    /// Takes (or renews) the right to drive a run until `until`: succeeds if nobody holds it,
+    /// `driver` already does, or the holder's lease ended before `now`. False if another
+    /// live driver holds it.
+    async fn claim_run(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        driver: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives up driving a run (when it finished or this process stops).
+    async fn release_run(&self, dag_id: &str, run_id: &str, driver: &str)
+        -> Result<(), StoreError>;
+
+    /// Adds pending instances for tasks a run does not have yet (its DAG gained tasks).
+    async fn add_task_instances(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        tasks: &[(String, String, u32)],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
     /// The run of a DAG for a logical date, whatever its id.
     async fn run_for_date(
         &self,
@@ -374,8 +399,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Every state change of a run, in order.
     async fn history(&self, dag_id: &str, run_id: &str) -> Result<Vec<StateChange>, StoreError>;
 
-    /// The run of a DAG with the latest logical date, any type.
-    async fn latest_run(&self, dag_id: &str) -> Result<Option<DagRun>, StoreError>;
+    /// The run of a DAG with the latest logical date among runs of `run_type` (any type if `None`).
+    async fn latest_run(
+        &self,
+        dag_id: &str,
+        run_type: Option<RunType>,
+    ) -> Result<Option<DagRun>, StoreError>;
 
     /// Every queued or running run, oldest logical date first.
     async fn active_runs(&self) -> Result<Vec<DagRun>, StoreError>;
@@ -429,11 +458,9 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
 
 /// `url` with any password replaced by `***`.
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_string(),
+    // SQLite paths are not secret and may not be URLs in the strict sense.
+    if url.starts_with("sqlite:") {
+        return url.to_string();
     }
+    sluice_operators::connection::redact_url(url)
 }

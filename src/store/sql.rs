@@ -143,6 +143,42 @@ async fn lock_file(path: std::path::PathBuf) -> std::io::Result<std::fs::File> {
     .map_err(std::io::Error::other)?
 }
 
+/// Inserts pending task instances for `tasks` (`(task_id, operator, max_tries)`) in chunks.
+async fn insert_task_instances(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    dag_id: &str,
+    run_id: &str,
+    tasks: &[(String, String, u32)],
+    at: i64,
+) -> Result<(), StoreError> {
+    for chunk in tasks.chunks(INSERT_CHUNK) {
+        let mut sql = String::from(
+            "INSERT INTO task_instance (dag_id, run_id, task_id, operator, max_tries, state, try_number, updated_at) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let p = i * 3 + 4;
+            sql.push_str(&format!(
+                "{}($1, $2, ${p}, ${}, ${}, 'pending', 0, $3)",
+                if i > 0 { ", " } else { "" },
+                p + 1,
+                p + 2
+            ));
+        }
+        let mut query = sqlx::query(&sql).bind(dag_id).bind(run_id).bind(at);
+        for (task_id, operator, max_tries) in chunk {
+            query = query
+                .bind(task_id)
+                .bind(operator)
+                .bind(i64::from(*max_tries));
+        }
+        query
+            .execute(&mut **tx)
+            .await
+            .map_err(query_error("create task instances"))?;
+    }
+    Ok(())
+}
+
 impl SqlStore {
     /// Serializes writers on SQLite; PostgreSQL handles concurrent writers itself.
     async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
@@ -274,34 +310,7 @@ impl Store for SqlStore {
             }
             Err(e) => return Err(query_error("create run")(e)),
         };
-        for chunk in run.tasks.chunks(INSERT_CHUNK) {
-            let mut sql = String::from(
-                "INSERT INTO task_instance (dag_id, run_id, task_id, operator, max_tries, state, try_number, updated_at) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                let p = i * 3 + 4;
-                sql.push_str(&format!(
-                    "{}($1, $2, ${p}, ${}, ${}, 'pending', 0, $3)",
-                    if i > 0 { ", " } else { "" },
-                    p + 1,
-                    p + 2
-                ));
-            }
-            let mut query = sqlx::query(&sql)
-                .bind(&run.dag_id)
-                .bind(&run.run_id)
-                .bind(at);
-            for (task_id, operator, max_tries) in chunk {
-                query = query
-                    .bind(task_id)
-                    .bind(operator)
-                    .bind(i64::from(*max_tries));
-            }
-            query
-                .execute(&mut *tx)
-                .await
-                .map_err(query_error("create task instances"))?;
-        }
+        insert_task_instances(&mut tx, &run.dag_id, &run.run_id, &run.tasks, at).await?;
         tx.commit().await.map_err(query_error("commit run"))?;
         run_from_row(&row)
     }
@@ -552,15 +561,22 @@ impl Store for SqlStore {
             .collect()
     }
 
-    async fn latest_run(&self, dag_id: &str) -> Result<Option<DagRun>, StoreError> {
-        sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM dag_run WHERE dag_id = $1 ORDER BY logical_date DESC LIMIT 1"))
-            .bind(dag_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(query_error("read latest run"))?
-            .as_ref()
-            .map(run_from_row)
-            .transpose()
+    async fn latest_run(
+        &self,
+        dag_id: &str,
+        run_type: Option<RunType>,
+    ) -> Result<Option<DagRun>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM dag_run WHERE dag_id = $1 AND ($2 = '' OR run_type = $2) ORDER BY logical_date DESC LIMIT 1"
+        ))
+        .bind(dag_id)
+        .bind(run_type.map(|t| t.as_str()).unwrap_or_default())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("read latest run"))?
+        .as_ref()
+        .map(run_from_row)
+        .transpose()
     }
 
     async fn active_runs(&self) -> Result<Vec<DagRun>, StoreError> {
@@ -635,5 +651,62 @@ impl Store for SqlStore {
             })
         })
         .transpose()
+    }
+
+    async fn add_task_instances(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        tasks: &[(String, String, u32)],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        let mut tx = self.pool.begin().await.map_err(query_error("begin"))?;
+        insert_task_instances(&mut tx, dag_id, run_id, tasks, micros(at)).await?;
+        tx.commit()
+            .await
+            .map_err(query_error("commit task instances"))
+    }
+
+    async fn claim_run(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        driver: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
+        let claimed = sqlx::query(
+            "UPDATE dag_run SET driver = $1, driver_lease_until = $2
+             WHERE dag_id = $3 AND run_id = $4 AND state IN ('queued', 'running')
+               AND (driver IS NULL OR driver = $1 OR driver_lease_until < $5)",
+        )
+        .bind(driver)
+        .bind(micros(until))
+        .bind(dag_id)
+        .bind(run_id)
+        .bind(micros(now))
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("claim run"))?;
+        Ok(claimed.rows_affected() == 1)
+    }
+
+    async fn release_run(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        driver: &str,
+    ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        sqlx::query("UPDATE dag_run SET driver = NULL, driver_lease_until = NULL WHERE dag_id = $1 AND run_id = $2 AND driver = $3")
+            .bind(dag_id)
+            .bind(run_id)
+            .bind(driver)
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("release run"))?;
+        Ok(())
     }
 }

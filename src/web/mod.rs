@@ -130,12 +130,19 @@ async fn log_errors(request: Request, next: Next) -> Response {
     response
 }
 
-/// Mutations need the configured token.
+/// Mutations need the configured token, and a JSON body type: a page on another site cannot
+/// send `application/json` across origins without a preflight this server never grants, so
+/// it cannot trigger runs through a user's browser.
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let mutating = !matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     );
+    let json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
     if let (true, Some(token)) = (mutating, &state.token) {
         let given = request
             .headers()
@@ -158,6 +165,13 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
             )
                 .into_response();
         }
+    }
+    if mutating && !json {
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Json(json!({"type": "about:blank", "title": "Unsupported Media Type", "status": 415, "detail": "send the request body as JSON (Content-Type: application/json)"})),
+        )
+            .into_response();
     }
     next.run(request).await
 }

@@ -554,7 +554,8 @@ async fn max_active_tasks_and_pools_hold_across_runs_and_dags() {
 #[tokio::test]
 async fn a_run_driven_by_one_executor_is_refused_to_another() {
     let h = Harness::new().await;
-    let dag = h.dag("dag_id: busy\ntasks:\n  - {id: nap, operator: sleep, config: {duration: 600ms}}\n");
+    let dag =
+        h.dag("dag_id: busy\ntasks:\n  - {id: nap, operator: sleep, config: {duration: 600ms}}\n");
     let run_id = h.create(&dag).await;
     let first = h.executor();
     let second = h.executor();
@@ -563,9 +564,24 @@ async fn a_run_driven_by_one_executor_is_refused_to_another() {
         tokio::spawn(async move { first.run(dag, &run_id, CancellationToken::new()).await })
     };
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let refused = second.run(dag.clone(), &run_id, CancellationToken::new()).await;
-    assert!(matches!(refused, Err(sluice::executor::ExecutorError::DrivenElsewhere { .. })), "{refused:?}");
+    let refused = second
+        .run(dag.clone(), &run_id, CancellationToken::new())
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(sluice::executor::ExecutorError::DrivenElsewhere { .. })
+        ),
+        "{refused:?}"
+    );
     assert_eq!(driving.await.unwrap().unwrap().state, RunState::Success);
     let history = h.store.history("busy", &run_id).await.unwrap();
-    assert_eq!(history.iter().filter(|c| c.to == TaskState::Running).count(), 1, "the try ran once");
+    assert_eq!(
+        history
+            .iter()
+            .filter(|c| c.to == TaskState::Running)
+            .count(),
+        1,
+        "the try ran once"
+    );
 }

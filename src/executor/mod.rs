@@ -586,7 +586,11 @@ impl RunDriver<'_> {
         // The lease is renewed at a third of its length, so a slow store round trip never lets it lapse.
         let mut renew = tokio::time::interval(self.executor.lease / 3);
         renew.tick().await;
-        let mut waiting_for_slot = false;
+        // Short of a global slot: wait in line on the semaphore (one waiter woken per release).
+        // Short of a DAG or pool slot: wait for any release.
+        let mut short_global = false;
+        let mut short_other = false;
+        let mut spare: Option<tokio::sync::OwnedSemaphorePermit> = None;
         // Shutdown: no new tries; running ones get the grace period, then are interrupted.
         let shutdown = self.executor.shutdown.clone();
         let mut grace_over: Option<tokio::time::Instant> = None;
@@ -639,7 +643,8 @@ impl RunDriver<'_> {
                 }
                 // Start queued tasks in topological order while they get slots (global,
                 // this DAG's max_active_tasks across its runs, their pool).
-                waiting_for_slot = false;
+                short_global = false;
+                short_other = false;
                 released.mark_unchanged();
                 for task in 0..self.instances.len() {
                     if self.instances[task].state != TaskState::Queued
@@ -656,9 +661,16 @@ impl RunDriver<'_> {
                         .await?;
                         continue;
                     }
-                    let Some(guard) = slots.try_acquire(&self.dag, pool.as_deref()) else {
-                        waiting_for_slot = true;
-                        continue;
+                    let guard = match slots.try_acquire(&self.dag, pool.as_deref(), &mut spare) {
+                        Ok(guard) => guard,
+                        Err(slots::Short::Global) => {
+                            short_global = true;
+                            break;
+                        }
+                        Err(slots::Short::DagOrPool) => {
+                            short_other = true;
+                            continue;
+                        }
                     };
                     let token = self.start(task, guard, done_tx, cancel).await?;
                     running.insert(task, token);
@@ -668,7 +680,13 @@ impl RunDriver<'_> {
             if all_finished && running.is_empty() {
                 break;
             }
-            let waiting_for_slot = waiting_for_slot && !cancelling && !stopping;
+            let waiting = !cancelling && !stopping;
+            let short_global = short_global && waiting;
+            let short_other = short_other && waiting;
+            if !short_global {
+                // A global slot kept while only DAG or pool limits block would sit idle.
+                spare = None;
+            }
             let wakeup = if cancelling || stopping {
                 None
             } else {
@@ -695,7 +713,10 @@ impl RunDriver<'_> {
                         token.cancel();
                     }
                 }
-                _ = released.changed(), if waiting_for_slot => {}
+                permit = slots.global().acquire_owned(), if short_global && spare.is_none() => {
+                    spare = permit.ok();
+                }
+                _ = released.changed(), if short_other => {}
                 _ = renew.tick() => {
                     let now = Utc::now();
                     let until = now + chrono::Duration::from_std(self.executor.lease).unwrap_or_default();

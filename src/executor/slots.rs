@@ -34,6 +34,15 @@ impl Drop for SlotGuard {
     }
 }
 
+/// Which kind of slot a task could not get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Short {
+    /// The process-wide limit (`parallelism`): wait on [`Slots::global`].
+    Global,
+    /// The DAG's `max_active_tasks` or the task's pool: wait for any release.
+    DagOrPool,
+}
+
 /// `SLUICE_POOLS` that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("SLUICE_POOLS: `{0}` is not `name=size` (e.g. `warehouse=4,api=2`)")]
@@ -80,8 +89,20 @@ impl Slots {
         self.released.subscribe()
     }
 
-    /// Takes a slot of every kind the task needs, or none.
-    pub fn try_acquire(&self, dag: &Dag, pool: Option<&str>) -> Option<SlotGuard> {
+    /// The process-wide slots: a run short of one waits on this semaphore, which hands
+    /// released slots to waiters one at a time, first come first served.
+    pub fn global(&self) -> Arc<Semaphore> {
+        self.global.clone()
+    }
+
+    /// Takes a slot of every kind the task needs, or none, and says which kind was short.
+    /// A global slot already held (`spare`) is used first.
+    pub fn try_acquire(
+        &self,
+        dag: &Dag,
+        pool: Option<&str>,
+        spare: &mut Option<OwnedSemaphorePermit>,
+    ) -> Result<SlotGuard, Short> {
         let dag_slots = {
             let mut per_dag = self.per_dag.lock().unwrap_or_else(|p| p.into_inner());
             per_dag
@@ -89,22 +110,34 @@ impl Slots {
                 .or_insert_with(|| Arc::new(Semaphore::new(dag.max_active_tasks as usize)))
                 .clone()
         };
+        let global = match spare.take() {
+            Some(permit) => permit,
+            None => self
+                .global
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| Short::Global)?,
+        };
         let mut guard = SlotGuard {
-            permits: Vec::with_capacity(3),
+            permits: vec![global],
             released: self.released.clone(),
         };
         // On a partial acquisition the guard drops what it took and wakes waiters, so a run
         // that failed on a slot held here for a moment does not sleep past its release.
-        guard
-            .permits
-            .push(self.global.clone().try_acquire_owned().ok()?);
-        guard.permits.push(dag_slots.try_acquire_owned().ok()?);
+        guard.permits.push(
+            dag_slots
+                .try_acquire_owned()
+                .map_err(|_| Short::DagOrPool)?,
+        );
         if let Some(pool) = pool {
-            guard
-                .permits
-                .push(self.pools.get(pool)?.clone().try_acquire_owned().ok()?);
+            let pool = self.pools.get(pool).ok_or(Short::DagOrPool)?;
+            guard.permits.push(
+                pool.clone()
+                    .try_acquire_owned()
+                    .map_err(|_| Short::DagOrPool)?,
+            );
         }
-        Some(guard)
+        Ok(guard)
     }
 }
 
@@ -123,19 +156,29 @@ mod tests {
         )
         .unwrap();
         let slots = Slots::new(10, &parse_pools("db=1").unwrap());
-        let first = slots.try_acquire(&dag, Some("db")).unwrap();
-        assert!(
-            slots.try_acquire(&dag, Some("db")).is_none(),
+        let none = &mut None;
+        let first = slots.try_acquire(&dag, Some("db"), none).unwrap();
+        assert_eq!(
+            slots.try_acquire(&dag, Some("db"), none).unwrap_err(),
+            Short::DagOrPool,
             "the pool is full"
         );
-        let second = slots.try_acquire(&dag, None).unwrap();
-        assert!(
-            slots.try_acquire(&dag, None).is_none(),
+        let second = slots.try_acquire(&dag, None, none).unwrap();
+        assert_eq!(
+            slots.try_acquire(&dag, None, none).unwrap_err(),
+            Short::DagOrPool,
             "max_active_tasks is 2"
         );
         drop(first);
-        assert!(slots.try_acquire(&dag, Some("db")).is_some());
+        assert!(slots.try_acquire(&dag, Some("db"), none).is_ok());
         drop(second);
+        let tight = Slots::new(1, &HashMap::new());
+        let held = tight.try_acquire(&dag, None, none).unwrap();
+        assert_eq!(
+            tight.try_acquire(&dag, None, none).unwrap_err(),
+            Short::Global
+        );
+        drop(held);
         assert!(parse_pools("a=1, b = 2").unwrap().len() == 2);
         assert!(parse_pools("a").is_err() && parse_pools("a=x").is_err());
     }

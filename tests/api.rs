@@ -30,6 +30,7 @@ async fn server(token: Option<&str>) -> Server {
     .unwrap();
     let store = common::sqlite_store(dir.path()).await;
     let state = AppState {
+        cache: Default::default(),
         changes: sluice::web::watch_changes(store.clone(), std::time::Duration::from_millis(50)),
         store,
         dags: Arc::new(DagCatalog::new(
@@ -466,5 +467,38 @@ async fn without_the_token_a_mutation_gets_401_whatever_its_body() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
+    s.stop.cancel();
+}
+
+#[tokio::test]
+async fn the_grid_has_every_run_and_task_instance_in_one_answer() {
+    let s = server(None).await;
+    for day in 1..=3 {
+        let body = json!({"logical_date": format!("2026-11-0{day}T00:00:00Z")});
+        let (status, _) = s
+            .send(
+                reqwest::Method::POST,
+                "/api/v1/dags/etl/dagRuns",
+                body,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let (status, grid) = s.get("/api/v1/dags/etl/grid?limit=2").await;
+    assert_eq!(status, 200, "{grid}");
+    assert_eq!(
+        grid["dag_runs"].as_array().unwrap().len(),
+        2,
+        "newest two runs"
+    );
+    assert_eq!(
+        grid["task_instances"].as_array().unwrap().len(),
+        4,
+        "two tasks per run"
+    );
+    assert_eq!(grid["tasks"].as_array().unwrap().len(), 2);
+    let (_, dags) = s.get("/api/v1/dags").await;
+    assert_eq!(dags["dags"][0]["recent_runs"].as_array().unwrap().len(), 3);
     s.stop.cancel();
 }

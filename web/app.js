@@ -123,13 +123,16 @@ const sluice = (() => {
           try { await api("/dags/" + encodeURIComponent(dagId), { method: "PATCH", body: JSON.stringify({ is_paused: !dag.is_paused }) }); show(""); refresh(); }
           catch (e) { show(e.message); }
         };
-        const runs = (await api("/dags/" + encodeURIComponent(dagId) + "/dagRuns?limit=25")).dag_runs;
+        // One request for the whole grid: the latest runs and all their task instances.
+        const grid = await api("/dags/" + encodeURIComponent(dagId) + "/grid?limit=25");
+        const runs = grid.dag_runs;
         const head = el("tr", {}, el("th", { text: "task" }));
         const tis = {};
         for (const run of runs) {
           head.append(el("th", { title: run.dag_run_id }, cell(run.state, run.dag_run_id + ": " + run.state)));
-          try { tis[run.dag_run_id] = (await api("/dags/" + encodeURIComponent(dagId) + "/dagRuns/" + encodeURIComponent(run.dag_run_id) + "/taskInstances")).task_instances; } catch (_) { tis[run.dag_run_id] = []; }
+          tis[run.dag_run_id] = [];
         }
+        for (const ti of grid.task_instances) (tis[ti.dag_run_id] = tis[ti.dag_run_id] || []).push(ti);
         $("grid").querySelector("thead").replaceChildren(head);
         const body = $("grid").querySelector("tbody");
         body.replaceChildren();

@@ -98,6 +98,7 @@ async fn bind_web(
         )),
         token: token.map(Arc::from),
         logs: settings.logs_dir(),
+        cache: Default::default(),
         changes: crate::web::watch_changes(store.clone(), Duration::from_millis(500)),
     };
     Ok((listener, state))

@@ -364,6 +364,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         logical_date: DateTime<Utc>,
     ) -> Result<Option<DagRun>, StoreError>;
 
+    /// The latest `per_dag` runs of each DAG, newest first, in one query (the DAG list page).
+    async fn recent_runs(&self, per_dag: u32) -> Result<Vec<DagRun>, StoreError>;
+
+    /// The task instances of several runs of one DAG in one query (the grid page).
+    async fn task_instances_of_runs(
+        &self,
+        dag_id: &str,
+        run_ids: &[String],
+    ) -> Result<Vec<TaskInstance>, StoreError>;
+
     /// How many runs match a filter (ignoring its limit and offset).
     async fn count_runs(&self, filter: &RunFilter) -> Result<u64, StoreError>;
 

@@ -709,4 +709,41 @@ impl Store for SqlStore {
             .map_err(query_error("release run"))?;
         Ok(())
     }
+
+    async fn recent_runs(&self, per_dag: u32) -> Result<Vec<DagRun>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM (
+                 SELECT *, ROW_NUMBER() OVER (PARTITION BY dag_id ORDER BY logical_date DESC) AS position FROM dag_run
+             ) ranked WHERE position <= $1 ORDER BY dag_id, logical_date DESC"
+        ))
+        .bind(i64::from(per_dag))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("read recent runs"))?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn task_instances_of_runs(
+        &self,
+        dag_id: &str,
+        run_ids: &[String],
+    ) -> Result<Vec<TaskInstance>, StoreError> {
+        if run_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (0..run_ids.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT {TI_COLUMNS} FROM task_instance WHERE dag_id = $1 AND run_id IN ({}) ORDER BY run_id, task_id",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(dag_id);
+        for run_id in run_ids {
+            query = query.bind(run_id);
+        }
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("read task instances of runs"))?;
+        rows.iter().map(ti_from_row).collect()
+    }
 }

@@ -25,6 +25,7 @@ pub fn routes() -> Router<AppState> {
         .route("/dags", get(list_dags))
         .route("/dags/{dag_id}", get(get_dag).patch(patch_dag))
         .route("/dags/{dag_id}/tasks", get(list_tasks))
+        .route("/dags/{dag_id}/grid", get(grid))
         .route("/dags/{dag_id}/dagRuns", get(list_runs).post(trigger_run))
         .route("/dags/{dag_id}/dagRuns/{dag_run_id}", get(get_run))
         .route(
@@ -120,15 +121,7 @@ fn task_instance_json(ti: &TaskInstance) -> Value {
     })
 }
 
-async fn dag_json(state: &AppState, dag: &Dag, paused: bool) -> Result<Value, ApiError> {
-    let recent = state
-        .store
-        .list_runs(&RunFilter {
-            dag_id: Some(dag.dag_id.clone()),
-            limit: 10,
-            ..Default::default()
-        })
-        .await?;
+fn dag_json(dag: &Dag, paused: bool, recent: &[DagRun]) -> Value {
     let schedule = match &dag.schedule {
         Schedule::Manual => Value::Null,
         other => json!({"__type": "CronExpression", "value": other.to_string()}),
@@ -146,7 +139,7 @@ async fn dag_json(state: &AppState, dag: &Dag, paused: bool) -> Result<Value, Ap
             }),
         _ => None,
     };
-    Ok(json!({
+    json!({
         "dag_id": dag.dag_id,
         "description": dag.description,
         "fileloc": dag.file.display().to_string(),
@@ -164,7 +157,21 @@ async fn dag_json(state: &AppState, dag: &Dag, paused: bool) -> Result<Value, Ap
         "next_dagrun_data_interval_end": time(next.map(|n| n.1)),
         "last_run": recent.first().map(run_json),
         "recent_runs": recent.iter().map(|r| json!({"dag_run_id": r.run_id, "state": r.state.as_str(), "logical_date": time(Some(r.logical_date))})).collect::<Vec<_>>(),
-    }))
+    })
+}
+
+/// Runs shown with a DAG.
+const RECENT_RUNS: u32 = 10;
+
+async fn recent_of(state: &AppState, dag_id: &str) -> Result<Vec<DagRun>, ApiError> {
+    Ok(state
+        .store
+        .list_runs(&RunFilter {
+            dag_id: Some(dag_id.to_string()),
+            limit: RECENT_RUNS,
+            ..Default::default()
+        })
+        .await?)
 }
 
 async fn paused_set(state: &AppState) -> Result<std::collections::HashSet<String>, ApiError> {
@@ -178,10 +185,28 @@ async fn list_dags(
     let (limit, offset) = paging.bounds()?;
     let bag = state.dags.get();
     let paused = paused_set(&state).await?;
-    let mut dags = Vec::new();
-    for dag in bag.dags.values().skip(offset as usize).take(limit as usize) {
-        dags.push(dag_json(&state, dag, paused.contains(&dag.dag_id)).await?);
+    // One query for every DAG's recent runs, whatever the number of DAGs.
+    let mut recent: std::collections::HashMap<String, Vec<DagRun>> =
+        std::collections::HashMap::new();
+    for run in state.store.recent_runs(RECENT_RUNS).await? {
+        recent.entry(run.dag_id.clone()).or_default().push(run);
     }
+    let dags: Vec<Value> = bag
+        .dags
+        .values()
+        .skip(offset as usize)
+        .take(limit as usize)
+        .map(|dag| {
+            dag_json(
+                dag,
+                paused.contains(&dag.dag_id),
+                recent
+                    .get(&dag.dag_id)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
     Ok(Json(json!({"dags": dags, "total_entries": bag.dags.len()})))
 }
 
@@ -191,7 +216,7 @@ async fn get_dag(
 ) -> Result<Json<Value>, ApiError> {
     let dag = find_dag(&state, &dag_id)?;
     let paused = paused_set(&state).await?.contains(&dag_id);
-    let mut value = dag_json(&state, &dag, paused).await?;
+    let mut value = dag_json(&dag, paused, &recent_of(&state, &dag_id).await?);
     value["tasks"] = tasks_json(&dag);
     Ok(Json(value))
 }
@@ -226,6 +251,36 @@ async fn list_tasks(
     ))
 }
 
+/// `GET /dags/{dag_id}/grid?limit=25`: the latest runs and all their task instances in two
+/// queries (sluice's own endpoint behind the UI grid).
+async fn grid(
+    State(state): State<AppState>,
+    Path(dag_id): Path<String>,
+    Query(paging): Query<Paging>,
+) -> Result<Json<Value>, ApiError> {
+    let dag = find_dag(&state, &dag_id)?;
+    let (limit, _) = paging.bounds()?;
+    let runs = state
+        .store
+        .list_runs(&RunFilter {
+            dag_id: Some(dag_id.clone()),
+            limit: limit.min(100),
+            ..Default::default()
+        })
+        .await?;
+    let run_ids: Vec<String> = runs.iter().map(|r| r.run_id.clone()).collect();
+    let tis = state
+        .store
+        .task_instances_of_runs(&dag_id, &run_ids)
+        .await?;
+    Ok(Json(json!({
+        "dag_id": dag.dag_id,
+        "tasks": tasks_json(&dag),
+        "dag_runs": runs.iter().map(run_json).collect::<Vec<_>>(),
+        "task_instances": tis.iter().map(task_instance_json).collect::<Vec<_>>(),
+    })))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DagPatch {
@@ -249,7 +304,11 @@ async fn patch_dag(
         .store
         .set_paused(&dag_id, patch.is_paused, Utc::now())
         .await?;
-    Ok(Json(dag_json(&state, &dag, patch.is_paused).await?))
+    Ok(Json(dag_json(
+        &dag,
+        patch.is_paused,
+        &recent_of(&state, &dag_id).await?,
+    )))
 }
 
 async fn list_runs(

@@ -39,6 +39,89 @@ pub struct AppState {
     pub logs: std::path::PathBuf,
     /// Moves whenever runs or task instances change (see [`watch_changes`]).
     pub changes: tokio::sync::watch::Receiver<i64>,
+    /// Answers to reads, valid while nothing changed (see [`cache_reads`]).
+    pub cache: Arc<ReadCache>,
+}
+
+/// Serialized answers to API reads, keyed by URI and tagged with the change marker and DAG
+/// catalog they were computed from: a hundred browsers watching a busy scheduler cost one
+/// computation per change, not one per request.
+#[derive(Debug, Default)]
+pub struct ReadCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (CacheVersion, axum::body::Bytes)>>,
+}
+
+/// What a cached answer was computed from: the store's change marker and the DAG catalog.
+type CacheVersion = (i64, usize);
+
+/// Most cached answers kept (they are small; the cache is cleared when full).
+const CACHE_ENTRIES: usize = 2048;
+
+impl ReadCache {
+    fn get(&self, key: &str, version: CacheVersion) -> Option<axum::body::Bytes> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(key)
+            .filter(|(v, _)| *v == version)
+            .map(|(_, body)| body.clone())
+    }
+
+    fn put(&self, key: String, version: CacheVersion, body: axum::body::Bytes) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(key, (version, body));
+    }
+
+    /// Forgets everything (after a mutation through this server).
+    pub fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+/// Serves repeated API reads from the cache while the store's change marker and the DAG
+/// catalog are unchanged. Changes made elsewhere show within the marker's poll interval;
+/// changes made through this server clear the cache at once.
+async fn cache_reads(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let cacheable =
+        request.method() == Method::GET && !path.ends_with("/events") && !path.contains("/logs/");
+    if !cacheable {
+        let mutating = request.method() != Method::GET && request.method() != Method::HEAD;
+        let response = next.run(request).await;
+        if mutating {
+            state.cache.clear();
+        }
+        return response;
+    }
+    let key = request.uri().to_string();
+    let version = (
+        *state.changes.borrow(),
+        Arc::as_ptr(&state.dags.get()) as usize,
+    );
+    if let Some(body) = state.cache.get(&key, version) {
+        return ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    }
+    let response = next.run(request).await;
+    if response.status() != StatusCode::OK {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    match axum::body::to_bytes(body, 64 << 20).await {
+        Ok(bytes) => {
+            state.cache.put(key, version, bytes.clone());
+            Response::from_parts(parts, axum::body::Body::from(bytes))
+        }
+        Err(_) => ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            detail: "answer too large to buffer".into(),
+        }
+        .into_response(),
+    }
 }
 
 pub use events::watch_changes;
@@ -178,7 +261,9 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
 
 /// The whole application.
 pub fn router(state: AppState) -> Router {
-    let api = api::routes().layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let api = api::routes()
+        .layer(middleware::from_fn_with_state(state.clone(), cache_reads))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/api/v1", api)
         .merge(health::routes())

@@ -148,3 +148,69 @@ pub async fn clear_tasks(
         .await?;
     Ok((run, cleared))
 }
+
+/// Why a task could not be marked.
+#[derive(Debug, thiserror::Error)]
+pub enum MarkError {
+    /// The store failed or the task moved meanwhile.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The run is still going: its driver owns its tasks' states.
+    #[error("run `{0}` has not finished; mark its tasks once it has")]
+    Unfinished(String),
+    /// The task is not in the run.
+    #[error("run `{run_id}` has no task `{task_id}`")]
+    NoSuchTask {
+        /// The run.
+        run_id: String,
+        /// The task.
+        task_id: String,
+    },
+    /// The mark would not change anything the state machine allows.
+    #[error(transparent)]
+    Illegal(#[from] crate::state::IllegalTransition),
+}
+
+/// Sets a finished task's outcome by hand (mark success / mark failed) and brings the run's
+/// outcome in line with its tasks.
+pub async fn mark_task(
+    store: &Arc<dyn Store>,
+    run: &DagRun,
+    task_id: &str,
+    to: TaskState,
+    now: DateTime<Utc>,
+) -> Result<(crate::store::TaskInstance, DagRun), MarkError> {
+    if !run.state.is_finished() {
+        return Err(MarkError::Unfinished(run.run_id.clone()));
+    }
+    let tis = store.task_instances(&run.dag_id, &run.run_id).await?;
+    let ti = tis
+        .iter()
+        .find(|t| t.task_id == task_id)
+        .ok_or_else(|| MarkError::NoSuchTask {
+            run_id: run.run_id.clone(),
+            task_id: task_id.to_string(),
+        })?;
+    let transition = ti.state.to(to)?;
+    let key = TaskKey {
+        dag_id: run.dag_id.clone(),
+        run_id: run.run_id.clone(),
+        task_id: task_id.to_string(),
+    };
+    let mut change = TaskChange::new(key, transition, now);
+    change.reason = Some(format!("marked {to} by hand"));
+    let marked = store.transition(&change).await?;
+    let outcome =
+        crate::state::run_outcome(
+            tis.iter()
+                .map(|t| if t.task_id == task_id { to } else { t.state }),
+        );
+    let run = if outcome != run.state {
+        store
+            .set_run_state(&run.dag_id, &run.run_id, run.state, outcome, now)
+            .await?
+    } else {
+        run.clone()
+    };
+    Ok((marked, run))
+}

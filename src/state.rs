@@ -71,6 +71,15 @@ pub const ALLOWED: &[(TaskState, TaskState)] = &[
     (Skipped, Pending),
     (UpstreamFailed, Pending),
     (Cancelled, Pending),
+    // A mark: a person sets the outcome of a finished task (mark success / mark failed).
+    (Failed, Success),
+    (Skipped, Success),
+    (UpstreamFailed, Success),
+    (Cancelled, Success),
+    (Success, Failed),
+    (Skipped, Failed),
+    (UpstreamFailed, Failed),
+    (Cancelled, Failed),
 ];
 
 impl TaskState {
@@ -203,6 +212,11 @@ pub const RUN_ALLOWED: &[(RunState, RunState)] = &[
     (RunState::Success, RunState::Queued),
     (RunState::Failed, RunState::Queued),
     (RunState::Cancelled, RunState::Queued),
+    // Marks on its tasks change a finished run's outcome.
+    (RunState::Success, RunState::Failed),
+    (RunState::Failed, RunState::Success),
+    (RunState::Cancelled, RunState::Success),
+    (RunState::Cancelled, RunState::Failed),
 ];
 
 impl RunState {

@@ -9,6 +9,8 @@ fn expected_allowed(from: TaskState, to: TaskState) -> bool {
         (f, Cancelled) => !f.is_finished(),
         // a finished task may be cleared for a new attempt
         (f, Pending) => f.is_finished(),
+        // or marked success or failed by a person
+        (f, Success | Failed) if f.is_finished() => f != to,
         // pending is decided by the trigger rule
         (Pending, Queued | Skipped | UpstreamFailed) => true,
         (Queued, Running) => true,
@@ -43,12 +45,13 @@ fn every_state_pair_is_allowed_exactly_when_the_rules_say() {
 }
 
 #[test]
-fn finished_states_only_leave_through_a_clear() {
+fn finished_states_only_leave_through_a_clear_or_a_mark() {
     for from in TASK_STATES.into_iter().filter(|s| s.is_finished()) {
         for to in TASK_STATES {
-            assert_eq!(from.to(to).is_ok(), to == Pending, "{from} -> {to}");
+            let mark = matches!(to, Success | Failed) && to != from;
+            assert_eq!(from.to(to).is_ok(), to == Pending || mark, "{from} -> {to}");
             if let Ok(t) = from.to(to) {
-                assert!(t.clears());
+                assert_eq!(t.clears(), to == Pending);
             }
         }
     }
@@ -83,6 +86,7 @@ fn run_transitions_follow_the_table() {
                 (f, RunState::Cancelled) => !f.is_finished(),
                 (RunState::Running, RunState::Success | RunState::Failed) => true,
                 (f, RunState::Queued) => f.is_finished(),
+                (f, RunState::Success | RunState::Failed) if f.is_finished() => f != to,
                 _ => false,
             };
             assert_eq!(from.check(to).is_ok(), expected, "{from} -> {to}");

@@ -502,3 +502,173 @@ async fn the_grid_has_every_run_and_task_instance_in_one_answer() {
     assert_eq!(dags["dags"][0]["recent_runs"].as_array().unwrap().len(), 3);
     s.stop.cancel();
 }
+
+/// A finished run of `etl` in the server's home, made by the CLI.
+fn finished_run(s: &Server) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "dags",
+            "test",
+            "etl",
+            "--logical-date",
+            "2026-11-23T10:00:00Z",
+        ])
+        .env("SLUICE_HOME", s.dir.path())
+        .env("SLUICE_DAGS_FOLDER", s.dir.path().join("dags"))
+        .env_remove("SLUICE_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    "manual__2026-11-23T10:00:00+00:00".to_string()
+}
+
+#[tokio::test]
+async fn tasks_are_marked_and_cleared_through_the_api() {
+    let s = server(None).await;
+    let run = finished_run(&s);
+    let ti_path = format!("/api/v1/dags/etl/dagRuns/{run}/taskInstances/load");
+    let (status, marked) = s
+        .send(
+            reqwest::Method::PATCH,
+            &ti_path,
+            json!({"new_state": "failed"}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{marked}");
+    assert_eq!(
+        (
+            marked["task_instance"]["state"].as_str(),
+            marked["dag_run"]["state"].as_str()
+        ),
+        (Some("failed"), Some("failed"))
+    );
+    let (_, marked) = s
+        .send(
+            reqwest::Method::PATCH,
+            &ti_path,
+            json!({"new_state": "success"}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        marked["dag_run"]["state"], "success",
+        "the run follows its tasks"
+    );
+    let (status, _) = s
+        .send(
+            reqwest::Method::PATCH,
+            &ti_path,
+            json!({"new_state": "running"}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = s
+        .send(
+            reqwest::Method::PATCH,
+            &ti_path,
+            json!({"new_state": "success"}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status, 409,
+        "success -> success is not a change the state machine allows"
+    );
+
+    let clear = "/api/v1/dags/etl/clearTaskInstances";
+    let (status, dry) = s.send(reqwest::Method::POST, clear, json!({"dag_run_id": run, "task_ids": ["extract"], "include_downstream": true, "dry_run": true}), None).await;
+    assert_eq!(
+        (status, dry["task_instances"].as_array().unwrap().len()),
+        (200, 2)
+    );
+    let (status, cleared) = s
+        .send(
+            reqwest::Method::POST,
+            clear,
+            json!({"dag_run_id": run, "task_ids": ["extract"], "include_downstream": true}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{cleared}");
+    assert_eq!(cleared["dag_run"]["state"], "queued");
+    assert_eq!(cleared["task_instances"][0]["previous_state"], "success");
+    let (status, _) = s
+        .send(
+            reqwest::Method::POST,
+            clear,
+            json!({"dag_run_id": run, "task_ids": ["extract"]}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "the run is queued again: not finished");
+    let (status, _) = s
+        .send(
+            reqwest::Method::PATCH,
+            &ti_path,
+            json!({"new_state": "failed"}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "a run that has not finished cannot be marked");
+    let (status, body) = s
+        .send(
+            reqwest::Method::POST,
+            clear,
+            json!({"dag_run_id": run, "task_ids": ["nope"]}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    s.stop.cancel();
+}
+
+#[tokio::test]
+async fn every_operation_in_the_openapi_document_answers() {
+    let s = server(None).await;
+    let run = finished_run(&s);
+    let (status, doc) = s.get("/api/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 14, "{}", paths.len());
+    for (path, ops) in paths {
+        let concrete = path
+            .replace("{dag_id}", "etl")
+            .replace("{dag_run_id}", &run)
+            .replace("{task_id}", "extract")
+            .replace("{try_number}", "1");
+        for (method, _) in ops.as_object().unwrap() {
+            let url = format!("{}/api/v1{concrete}", s.base);
+            let request = match method.as_str() {
+                "get" => s.client.get(&url),
+                "patch" if path.ends_with("{task_id}") => s
+                    .client
+                    .patch(&url)
+                    .json(&json!({"new_state": "failed", "dry_run": true})),
+                "patch" => s.client.patch(&url).json(&json!({"is_paused": false})),
+                "post" if path.ends_with("clearTaskInstances") => s
+                    .client
+                    .post(&url)
+                    .json(&json!({"dag_run_id": run, "task_ids": ["extract"], "dry_run": true})),
+                "post" => s
+                    .client
+                    .post(&url)
+                    .json(&json!({"logical_date": "2026-12-01T00:00:00Z"})),
+                other => panic!("unexpected method {other}"),
+            };
+            let response = request.send().await.unwrap();
+            assert!(
+                response.status().is_success(),
+                "{method} {path}: {}",
+                response.status()
+            );
+        }
+    }
+    s.stop.cancel();
+}

@@ -105,10 +105,22 @@ const sluice = (() => {
     $("title").textContent = dagId;
     $("crumb").textContent = "DAGs / " + dagId;
     let followed = null;
-    async function showLog(runId, taskId, tryNumber) {
-      followed = [runId, taskId, tryNumber];
+    let follow = null;
+    const act = async (path, body, what) => {
+      try { await api(path, { method: body.new_state ? "PATCH" : "POST", body: JSON.stringify(body) }); show(""); refresh(); }
+      catch (e) { show(what + " refused: " + e.message); }
+    };
+    async function showLog(runId, taskId, tryNumber, state) {
+      followed = [runId, taskId, tryNumber, state];
       $("details").hidden = false;
-      $("details-title").textContent = taskId + " · " + runId + " · try " + tryNumber;
+      $("details-title").textContent = taskId + " · " + runId + " · try " + tryNumber + (state ? " · " + state : "");
+      const ti = "/dags/" + encodeURIComponent(dagId) + "/dagRuns/" + encodeURIComponent(runId) + "/taskInstances/" + encodeURIComponent(taskId);
+      $("mark-success").onclick = () => act(ti, { new_state: "success" }, "Mark success");
+      $("mark-failed").onclick = () => act(ti, { new_state: "failed" }, "Mark failed");
+      $("clear").onclick = () => act("/dags/" + encodeURIComponent(dagId) + "/clearTaskInstances", { dag_run_id: runId, task_ids: [taskId], include_downstream: true }, "Clear");
+      // A running try's log grows without other changes: follow it once a second until it ends.
+      clearInterval(follow);
+      if (state === "running") follow = setInterval(() => showLog(...followed), 1000);
       try {
         const text = await api("/dags/" + encodeURIComponent(dagId) + "/dagRuns/" + encodeURIComponent(runId) + "/taskInstances/" + encodeURIComponent(taskId) + "/logs/" + tryNumber, { raw: true, headers: { Accept: "text/plain" } });
         $("log").textContent = text || "(empty)";
@@ -142,13 +154,16 @@ const sluice = (() => {
             const ti = (tis[run.dag_run_id] || []).find((t) => t.task_id === task.task_id);
             const state = ti ? ti.state : "";
             row.append(el("td", { class: "cellcol" }, cell(state, task.task_id + " · " + run.dag_run_id + ": " + state + (ti && ti.error ? " · " + ti.error : ""),
-              () => ti && ti.try_number > 0 ? showLog(run.dag_run_id, task.task_id, ti.try_number) : show(task.task_id + " has not run in " + run.dag_run_id))));
+              () => ti && ti.try_number > 0 ? showLog(run.dag_run_id, task.task_id, ti.try_number, ti.state) : show(task.task_id + " has not run in " + run.dag_run_id))));
           }
           body.append(row);
         }
         const latest = runs[0] ? Object.fromEntries((tis[runs[0].dag_run_id] || []).map((t) => [t.task_id, t.state])) : {};
         drawGraph(dag, latest);
-        if (followed) showLog(...followed);
+        if (followed) {
+          const ti = (tis[followed[0]] || []).find((t) => t.task_id === followed[1]);
+          showLog(followed[0], followed[1], ti && ti.try_number > 0 ? ti.try_number : followed[2], ti ? ti.state : followed[3]);
+        }
       } catch (e) { show(e.message); }
     }
     $("trigger").addEventListener("submit", async (event) => {

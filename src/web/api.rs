@@ -36,6 +36,15 @@ pub fn routes() -> Router<AppState> {
             "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/logs/{try_number}",
             get(task_log),
         )
+        .route(
+            "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}",
+            axum::routing::patch(mark_task_instance),
+        )
+        .route(
+            "/dags/{dag_id}/clearTaskInstances",
+            axum::routing::post(clear_task_instances),
+        )
+        .route("/openapi.json", get(openapi))
         .route("/importErrors", get(import_errors))
         .route("/operators", get(operators))
 }
@@ -489,4 +498,250 @@ async fn operators() -> Json<Value> {
         .map(|k| json!({"name": k.name, "summary": k.summary, "config_schema": k.schema()}))
         .collect();
     Json(json!({"operators": items, "total_entries": items.len()}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MarkBody {
+    new_state: String,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `PATCH …/taskInstances/{task_id}` with `{"new_state": "success" | "failed"}` (Airflow's shape).
+async fn mark_task_instance(
+    State(state): State<AppState>,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(Json(body)) = body else {
+        return Err(ApiError::bad_request(
+            "send {\"new_state\": \"success\"} or {\"new_state\": \"failed\"}",
+        ));
+    };
+    let body: MarkBody =
+        serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    let to = match body.new_state.as_str() {
+        "success" => crate::state::TaskState::Success,
+        "failed" => crate::state::TaskState::Failed,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "new_state must be success or failed, not `{other}`"
+            )))
+        }
+    };
+    let run = state.store.run(&dag_id, &run_id).await?.ok_or_else(|| {
+        ApiError::not_found(format!("run `{run_id}` of DAG `{dag_id}` not found"))
+    })?;
+    if body.dry_run {
+        return Ok(Json(
+            json!({"task_id": task_id, "dag_run_id": run_id, "new_state": body.new_state, "dry_run": true}),
+        ));
+    }
+    match crate::runs::mark_task(&state.store, &run, &task_id, to, Utc::now()).await {
+        Ok((ti, run)) => Ok(Json(
+            json!({"task_instance": task_instance_json(&ti), "dag_run": run_json(&run)}),
+        )),
+        Err(crate::runs::MarkError::NoSuchTask { .. }) => Err(ApiError::not_found(format!(
+            "task `{task_id}` of run `{run_id}` not found"
+        ))),
+        Err(crate::runs::MarkError::Store(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::conflict(e.to_string())),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClearBody {
+    dag_run_id: String,
+    task_ids: Vec<String>,
+    #[serde(default)]
+    include_downstream: bool,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /dags/{dag_id}/clearTaskInstances`: clears tasks of a finished run (and what depends
+/// on them) so the scheduler runs them again as new tries.
+async fn clear_task_instances(
+    State(state): State<AppState>,
+    Path(dag_id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let dag = find_dag(&state, &dag_id)?;
+    let Some(Json(body)) = body else {
+        return Err(ApiError::bad_request(
+            "send {\"dag_run_id\": …, \"task_ids\": […]}",
+        ));
+    };
+    let body: ClearBody =
+        serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    let mut chosen: Vec<usize> = Vec::new();
+    for id in &body.task_ids {
+        chosen.push(dag.task_index(id).ok_or_else(|| {
+            ApiError::bad_request(format!("task_ids: DAG `{dag_id}` has no task `{id}`"))
+        })?);
+    }
+    if body.include_downstream {
+        let mut i = 0;
+        while i < chosen.len() {
+            for &next in &dag.tasks[chosen[i]].downstream {
+                if !chosen.contains(&next) {
+                    chosen.push(next);
+                }
+            }
+            i += 1;
+        }
+    }
+    let ids: Vec<String> = chosen.iter().map(|&i| dag.tasks[i].id.clone()).collect();
+    let run = state
+        .store
+        .run(&dag_id, &body.dag_run_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "run `{}` of DAG `{dag_id}` not found",
+                body.dag_run_id
+            ))
+        })?;
+    if body.dry_run {
+        let would: Vec<Value> = ids
+            .iter()
+            .map(|t| json!({"task_id": t, "dag_run_id": run.run_id}))
+            .collect();
+        return Ok(Json(json!({"task_instances": would, "dry_run": true})));
+    }
+    match crate::runs::clear_tasks(&state.store, &dag, &run, &ids, Utc::now()).await {
+        Ok((run, cleared)) => Ok(Json(json!({
+            "task_instances": cleared.iter().map(|(t, was)| json!({"task_id": t, "dag_run_id": run.run_id, "previous_state": was.as_str()})).collect::<Vec<_>>(),
+            "dag_run": run_json(&run),
+        }))),
+        Err(StartError::Unfinished {
+            run_id, state: s, ..
+        }) => Err(ApiError::conflict(format!(
+            "run `{run_id}` is still {s}: clear its tasks once it has finished"
+        ))),
+        Err(StartError::Store(e)) => Err(e.into()),
+    }
+}
+
+/// Every operation of the API, for the OpenAPI document: method, path, summary, body schema.
+pub const OPERATIONS: &[(&str, &str, &str, Option<&str>)] = &[
+    (
+        "get",
+        "/dags",
+        "List DAGs with schedule, paused flag, last and next run and recent run states",
+        None,
+    ),
+    ("get", "/dags/{dag_id}", "A DAG with its tasks", None),
+    (
+        "patch",
+        "/dags/{dag_id}",
+        "Pause or unpause a DAG",
+        Some(
+            r#"{"type":"object","required":["is_paused"],"properties":{"is_paused":{"type":"boolean"}}}"#,
+        ),
+    ),
+    (
+        "get",
+        "/dags/{dag_id}/tasks",
+        "A DAG's tasks with dependencies and trigger rules",
+        None,
+    ),
+    (
+        "get",
+        "/dags/{dag_id}/grid",
+        "The latest runs of a DAG with all their task instances (the UI grid)",
+        None,
+    ),
+    (
+        "get",
+        "/dags/{dag_id}/dagRuns",
+        "A DAG's runs, newest first (limit, offset, state)",
+        None,
+    ),
+    (
+        "post",
+        "/dags/{dag_id}/dagRuns",
+        "Trigger a run (a new attempt if the logical date already ran)",
+        Some(
+            r#"{"type":"object","properties":{"logical_date":{"type":"string","format":"date-time"},"conf":{"type":"object"}}}"#,
+        ),
+    ),
+    (
+        "get",
+        "/dags/{dag_id}/dagRuns/{dag_run_id}",
+        "One run",
+        None,
+    ),
+    (
+        "get",
+        "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances",
+        "A run's task instances",
+        None,
+    ),
+    (
+        "patch",
+        "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}",
+        "Mark a finished task success or failed",
+        Some(
+            r#"{"type":"object","required":["new_state"],"properties":{"new_state":{"enum":["success","failed"]},"dry_run":{"type":"boolean"}}}"#,
+        ),
+    ),
+    (
+        "get",
+        "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/logs/{try_number}",
+        "A try's log (JSON, or text with Accept: text/plain)",
+        None,
+    ),
+    (
+        "post",
+        "/dags/{dag_id}/clearTaskInstances",
+        "Clear tasks of a finished run so they run again",
+        Some(
+            r#"{"type":"object","required":["dag_run_id","task_ids"],"properties":{"dag_run_id":{"type":"string"},"task_ids":{"type":"array","items":{"type":"string"}},"include_downstream":{"type":"boolean"},"dry_run":{"type":"boolean"}}}"#,
+        ),
+    ),
+    ("get", "/importErrors", "Errors in DAG files", None),
+    (
+        "get",
+        "/operators",
+        "Operators with their config schemas",
+        None,
+    ),
+    (
+        "get",
+        "/events",
+        "Server-sent events: `change` whenever runs or tasks change",
+        None,
+    ),
+    ("get", "/openapi.json", "This document", None),
+];
+
+/// `GET /openapi.json`, generated from [`OPERATIONS`] (a test calls every operation listed).
+async fn openapi() -> Json<Value> {
+    let mut paths = serde_json::Map::new();
+    for (method, path, summary, body) in OPERATIONS {
+        let params: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let mut op = json!({"summary": summary, "parameters": params, "responses": {"200": {"description": "OK"}, "4XX": {"description": "A JSON error with `detail`"}}});
+        if let Some(schema) = body {
+            let schema: Value =
+                serde_json::from_str(schema).expect("schemas in OPERATIONS are JSON");
+            op["requestBody"] =
+                json!({"required": true, "content": {"application/json": {"schema": schema}}});
+            op["security"] = json!([{"bearer": []}]);
+        }
+        paths.entry(path.to_string()).or_insert_with(|| json!({}))[*method] = op;
+    }
+    Json(json!({
+        "openapi": "3.0.3",
+        "info": {"title": "sluice REST API", "version": env!("CARGO_PKG_VERSION")},
+        "servers": [{"url": "/api/v1"}],
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": paths,
+    }))
 }

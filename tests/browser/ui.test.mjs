@@ -61,6 +61,13 @@ await step("a task's log opens", async () => {
   await page.screenshot({ path: `${shots}/4-task-log.png`, fullPage: true });
 });
 
+await step("marking a task failed turns it red and fails the run", async () => {
+  await page.click("#mark-failed");
+  await page.waitForFunction(() => document.querySelectorAll("#grid tbody span.cell.failed").length === 1, null, { timeout: 10000 });
+  await page.waitForFunction(() => document.querySelectorAll("#grid thead span.cell.failed").length === 1, null, { timeout: 10000 });
+  await page.screenshot({ path: `${shots}/5-marked-failed.png`, fullPage: true });
+});
+
 await step("no script errors on the pages", async () => {
   assert.deepEqual(errors, []);
 });

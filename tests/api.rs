@@ -220,6 +220,10 @@ async fn dags_runs_and_the_auth_rule() {
         metrics.contains("sluice_dags 1") && metrics.contains("sluice_dag_import_errors 1"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("sluice_task_try_duration_seconds_count 0"),
+        "{metrics}"
+    );
     s.stop.cancel();
 }
 

@@ -106,6 +106,7 @@ const sluice = (() => {
     $("crumb").textContent = "DAGs / " + dagId;
     let followed = null;
     let follow = null;
+    let selectedRun = null;
     const act = async (path, body, what) => {
       try { await api(path, { method: body.new_state ? "PATCH" : "POST", body: JSON.stringify(body) }); show(""); refresh(); }
       catch (e) { show(what + " refused: " + e.message); }
@@ -141,7 +142,7 @@ const sluice = (() => {
         const head = el("tr", {}, el("th", { text: "task" }));
         const tis = {};
         for (const run of runs) {
-          head.append(el("th", { title: run.dag_run_id }, cell(run.state, run.dag_run_id + ": " + run.state)));
+          head.append(el("th", { title: run.dag_run_id }, cell(run.state, run.dag_run_id + ": " + run.state + " (click: show in the graph)", () => { selectedRun = run.dag_run_id; refresh(); })));
           tis[run.dag_run_id] = [];
         }
         for (const ti of grid.task_instances) (tis[ti.dag_run_id] = tis[ti.dag_run_id] || []).push(ti);
@@ -158,8 +159,10 @@ const sluice = (() => {
           }
           body.append(row);
         }
-        const latest = runs[0] ? Object.fromEntries((tis[runs[0].dag_run_id] || []).map((t) => [t.task_id, t.state])) : {};
-        drawGraph(dag, latest);
+        // The graph shows the selected run (a click on a run's header), else the latest.
+        const shown = runs.find((r) => r.dag_run_id === selectedRun) || runs[0];
+        const states = shown ? Object.fromEntries((tis[shown.dag_run_id] || []).map((t) => [t.task_id, t.state])) : {};
+        drawGraph(dag, states);
         if (followed) {
           const ti = (tis[followed[0]] || []).find((t) => t.task_id === followed[1]);
           showLog(followed[0], followed[1], ti && ti.try_number > 0 ? ti.try_number : followed[2], ti ? ti.state : followed[3]);

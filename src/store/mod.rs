@@ -444,6 +444,8 @@ pub struct StateCounts {
     pub runs: Vec<(String, u64)>,
     /// Task instances per state name.
     pub task_instances: Vec<(String, u64)>,
+    /// Finished tries of the last day: how many, total and longest seconds.
+    pub try_durations: (u64, f64, f64),
 }
 
 /// A scheduler process's sign of life.

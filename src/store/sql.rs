@@ -412,6 +412,21 @@ impl Store for SqlStore {
                 out.push((get::<String>(row, "state")?, get::<i64>(row, "n")? as u64));
             }
         }
+        // Durations of the last day's finished tries (the latest try of each instance).
+        let since = micros(Utc::now() - chrono::Duration::days(1));
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(ended_at - started_at), 0) AS total, COALESCE(MAX(ended_at - started_at), 0) AS longest
+             FROM task_instance WHERE ended_at >= $1 AND started_at IS NOT NULL AND ended_at >= started_at",
+        )
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("read try durations"))?;
+        counts.try_durations = (
+            get::<i64>(&row, "n")? as u64,
+            get::<i64>(&row, "total")? as f64 / 1e6,
+            get::<i64>(&row, "longest")? as f64 / 1e6,
+        );
         Ok(counts)
     }
 

@@ -169,6 +169,16 @@ impl TaskContext {
             .map_err(|e| OperatorError::fatal(e.to_string()))
     }
 
+    /// Where this try's table output goes, in the given format (`arrow`, `parquet`).
+    pub fn artifact_key(&self, extension: &str) -> crate::ArtifactKey {
+        crate::ArtifactKey {
+            dag_id: self.vars.dag_id.clone(),
+            run_id: self.vars.run_id.clone(),
+            task_id: self.vars.task_id.clone(),
+            extension: extension.into(),
+        }
+    }
+
     /// Resolves a path from config against the DAG file's folder.
     pub fn resolve_path(&self, path: &str) -> PathBuf {
         let path = Path::new(path);

@@ -13,9 +13,7 @@ use polars::sql::SQLContext;
 use serde::Deserialize;
 
 use crate::registry::OperatorConfig;
-use crate::{
-    frame, template, ArtifactKey, ConfigError, Operator, OperatorError, TaskContext, TaskOutput,
-};
+use crate::{frame, template, ConfigError, Operator, OperatorError, TaskContext, TaskOutput};
 
 /// Settings of `polars_sql`.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -85,12 +83,7 @@ impl Operator for PolarsSql {
                 "no upstream task produced a table to query",
             ));
         }
-        let key = ArtifactKey {
-            dag_id: ctx.vars.dag_id.clone(),
-            run_id: ctx.vars.run_id.clone(),
-            task_id: ctx.vars.task_id.clone(),
-            extension: "arrow".into(),
-        };
+        let key = ctx.artifact_key("arrow");
         let staged = ctx
             .artifacts
             .staging_path(&key)

@@ -19,7 +19,7 @@ use sqlx::{Column, ConnectOptions, Connection, Executor, Statement, TypeInfo};
 use crate::pg_binary::{CopyDecoder, PgKind};
 use crate::registry::OperatorConfig;
 use crate::template::{self, BindValue};
-use crate::{frame, ArtifactKey, ConfigError, Operator, OperatorError, TaskContext, TaskOutput};
+use crate::{frame, ConfigError, Operator, OperatorError, TaskContext, TaskOutput};
 
 /// Settings of `postgres_extract`.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -181,12 +181,7 @@ impl Operator for PostgresExtract {
             .finish()
             .map_err(|e| OperatorError::fatal(e.to_string()))?;
 
-        let key = ArtifactKey {
-            dag_id: ctx.vars.dag_id.clone(),
-            run_id: ctx.vars.run_id.clone(),
-            task_id: ctx.vars.task_id.clone(),
-            extension: "arrow".into(),
-        };
+        let key = ctx.artifact_key("arrow");
         let staged = ctx
             .artifacts
             .staging_path(&key)

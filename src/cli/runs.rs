@@ -286,27 +286,14 @@ async fn clear(
             )
         })?
         .clone();
-    let start = dag
-        .task_index(task_id)
-        .ok_or_else(|| anyhow!("DAG `{dag_id}` has no task `{task_id}`"))?;
-    let mut chosen = vec![start];
-    if downstream {
-        let mut i = 0;
-        while i < chosen.len() {
-            for &next in &dag.tasks[chosen[i]].downstream {
-                if !chosen.contains(&next) {
-                    chosen.push(next);
-                }
-            }
-            i += 1;
-        }
-    }
+    let ids = dag
+        .tasks_to_clear(&[task_id.to_string()], downstream)
+        .map_err(|id| anyhow!("DAG `{dag_id}` has no task `{id}`"))?;
     let store = store::open(&settings.database_url).await?;
     let run = store
         .run(dag_id, run_id)
         .await?
         .ok_or_else(|| anyhow!("no run `{run_id}` for DAG `{dag_id}`"))?;
-    let ids: Vec<String> = chosen.iter().map(|&i| dag.tasks[i].id.clone()).collect();
     let (_, cleared) =
         crate::runs::clear_tasks(&store, &dag, &run, &ids, chrono::Utc::now()).await?;
     let cleared: Vec<String> = cleared

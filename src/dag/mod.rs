@@ -117,6 +117,32 @@ impl Dag {
         self.tasks.iter().position(|t| t.id == id)
     }
 
+    /// The given tasks and, when `downstream`, every task that depends on them, as ids in
+    /// discovery order; `Err` names the first id the DAG does not have.
+    pub fn tasks_to_clear<'a>(
+        &self,
+        ids: &'a [String],
+        downstream: bool,
+    ) -> Result<Vec<String>, &'a str> {
+        let mut chosen: Vec<usize> = Vec::new();
+        for id in ids {
+            chosen.push(self.task_index(id).ok_or(id.as_str())?);
+        }
+        let mut i = 0;
+        while downstream && i < chosen.len() {
+            for &next in &self.tasks[chosen[i]].downstream {
+                if !chosen.contains(&next) {
+                    chosen.push(next);
+                }
+            }
+            i += 1;
+        }
+        Ok(chosen
+            .into_iter()
+            .map(|i| self.tasks[i].id.clone())
+            .collect())
+    }
+
     /// Tasks without downstream tasks: they decide the run's outcome.
     pub fn leaves(&self) -> impl Iterator<Item = &Task> {
         self.tasks.iter().filter(|t| t.downstream.is_empty())

@@ -576,24 +576,11 @@ async fn clear_task_instances(
     };
     let body: ClearBody =
         serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
-    let mut chosen: Vec<usize> = Vec::new();
-    for id in &body.task_ids {
-        chosen.push(dag.task_index(id).ok_or_else(|| {
+    let ids = dag
+        .tasks_to_clear(&body.task_ids, body.include_downstream)
+        .map_err(|id| {
             ApiError::bad_request(format!("task_ids: DAG `{dag_id}` has no task `{id}`"))
-        })?);
-    }
-    if body.include_downstream {
-        let mut i = 0;
-        while i < chosen.len() {
-            for &next in &dag.tasks[chosen[i]].downstream {
-                if !chosen.contains(&next) {
-                    chosen.push(next);
-                }
-            }
-            i += 1;
-        }
-    }
-    let ids: Vec<String> = chosen.iter().map(|&i| dag.tasks[i].id.clone()).collect();
+        })?;
     let run = state
         .store
         .run(&dag_id, &body.dag_run_id)

@@ -40,13 +40,13 @@ pub enum Command {
     },
     /// The web server alone: UI, REST API, /health and /metrics over the metadata store.
     Webserver(serve::WebArgs),
-    /// List, show, validate and test DAGs.
+    /// List, show, validate, test, trigger, pause and backfill DAGs.
     #[command(subcommand)]
     Dags(dags::DagsCommand),
     /// Inspect DAG runs.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
-    /// Inspect task tries.
+    /// Read a try's log; clear tasks to run them again.
     #[command(subcommand)]
     Tasks(runs::TasksCommand),
     /// List and describe operators.

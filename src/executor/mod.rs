@@ -478,6 +478,67 @@ impl RunDriver<'_> {
         }
     }
 
+    /// Persists one pass's decisions, one statement per kind of change (a fan-out of 200
+    /// tasks becomes ready in one round trip, not 200).
+    async fn apply_decisions(
+        &mut self,
+        decisions: Vec<decide::Decision>,
+    ) -> Result<(), ExecutorError> {
+        let mut groups: Vec<(TaskState, TaskState, Option<String>, Vec<usize>)> = Vec::new();
+        for d in decisions {
+            let from = self.instances[d.task].state;
+            match groups
+                .iter_mut()
+                .find(|g| g.0 == from && g.1 == d.to && g.2 == d.reason)
+            {
+                Some(group) => group.3.push(d.task),
+                None => groups.push((from, d.to, d.reason, vec![d.task])),
+            }
+        }
+        for (from, to, reason, tasks) in groups {
+            let transition = from.to(to).map_err(|e| StoreError::Conflict {
+                what: format!("{}/{}", self.dag.dag_id, self.run.run_id),
+                expected: e.from.to_string(),
+                found: format!("a state from which {} is illegal", e.to),
+            })?;
+            let ids: Vec<String> = tasks
+                .iter()
+                .map(|&t| self.dag.tasks[t].id.clone())
+                .collect();
+            let at = Utc::now();
+            let changed = self
+                .executor
+                .store
+                .transition_tasks(
+                    &self.dag.dag_id,
+                    &self.run.run_id,
+                    &ids,
+                    transition,
+                    at,
+                    reason.clone(),
+                )
+                .await?;
+            for ti in changed {
+                let task = self
+                    .dag
+                    .task_index(&ti.task_id)
+                    .expect("a task of this DAG");
+                if let Some(observer) = &self.executor.observer {
+                    let _ = observer.send(Progress {
+                        task_id: ti.task_id.clone(),
+                        try_number: ti.try_number,
+                        from,
+                        to,
+                        at,
+                        reason: reason.clone(),
+                    });
+                }
+                self.instances[task] = ti;
+            }
+        }
+        Ok(())
+    }
+
     /// A queued task that cannot start at all (its pool does not exist): recorded as a try
     /// that failed for good, so the run ends instead of waiting forever.
     async fn fail_unstartable(&mut self, task: usize, reason: String) -> Result<(), ExecutorError> {
@@ -637,10 +698,8 @@ impl RunDriver<'_> {
                     }
                 }
             } else {
-                for decision in decide(&self.dag, &self.views(), Utc::now()) {
-                    self.change(decision.task, decision.to, decision.reason, None, None)
-                        .await?;
-                }
+                self.apply_decisions(decide(&self.dag, &self.views(), Utc::now()))
+                    .await?;
                 // Start queued tasks in topological order while they get slots (global,
                 // this DAG's max_active_tasks across its runs, their pool).
                 short_global = false;

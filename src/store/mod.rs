@@ -406,6 +406,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Persists one approved state change with its history row, or fails with `Conflict`.
     async fn transition(&self, change: &TaskChange) -> Result<TaskInstance, StoreError>;
 
+    /// The same approved transition for several tasks of one run, in one statement (the
+    /// decisions of one scheduling pass), each compare-and-set with its own history row.
+    /// Fails with `Conflict` unless every task was in the expected state.
+    async fn transition_tasks(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        task_ids: &[String],
+        transition: Transition,
+        at: DateTime<Utc>,
+        reason: Option<String>,
+    ) -> Result<Vec<TaskInstance>, StoreError>;
+
     /// Every state change of a run, in order.
     async fn history(&self, dag_id: &str, run_id: &str) -> Result<Vec<StateChange>, StoreError>;
 

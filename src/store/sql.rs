@@ -761,4 +761,74 @@ impl Store for SqlStore {
             .map_err(query_error("read task instances of runs"))?;
         rows.iter().map(ti_from_row).collect()
     }
+
+    async fn transition_tasks(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        task_ids: &[String],
+        transition: Transition,
+        at: DateTime<Utc>,
+        reason: Option<String>,
+    ) -> Result<Vec<TaskInstance>, StoreError> {
+        let to = transition.to();
+        // Only decisions (no try starts, outputs or retry times) are grouped.
+        debug_assert!(
+            !transition.starts_try()
+                && matches!(
+                    to,
+                    TaskState::Queued | TaskState::Skipped | TaskState::UpstreamFailed
+                )
+        );
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _turn = self.write_turn().await;
+        let at = micros(at);
+        let mut out = Vec::with_capacity(task_ids.len());
+        for chunk in task_ids.chunks(INSERT_CHUNK) {
+            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 7)).collect();
+            let sql = format!(
+                "UPDATE task_instance SET
+                    state = $1, updated_at = $2,
+                    queued_at = CASE WHEN $1 = 'queued' THEN $2 ELSE queued_at END,
+                    ended_at = CASE WHEN $1 = 'queued' THEN NULL ELSE $2 END,
+                    next_retry_at = NULL,
+                    last_reason = $3
+                 WHERE dag_id = $4 AND run_id = $5 AND state = $6 AND task_id IN ({})
+                 RETURNING {TI_COLUMNS}",
+                list.join(", ")
+            );
+            let mut query = sqlx::query(&sql)
+                .bind(to.as_str())
+                .bind(at)
+                .bind(reason.clone())
+                .bind(dag_id)
+                .bind(run_id)
+                .bind(transition.from().as_str());
+            for task_id in chunk {
+                query = query.bind(task_id);
+            }
+            let rows = query
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("transition tasks"))?;
+            for row in &rows {
+                out.push(ti_from_row(row)?);
+            }
+        }
+        if out.len() != task_ids.len() {
+            let moved: Vec<&str> = task_ids
+                .iter()
+                .filter(|id| !out.iter().any(|ti| &ti.task_id == *id))
+                .map(String::as_str)
+                .collect();
+            return Err(StoreError::Conflict {
+                what: format!("{dag_id}/{run_id}/{}", moved.join(",")),
+                expected: transition.from().to_string(),
+                found: "another state".into(),
+            });
+        }
+        Ok(out)
+    }
 }

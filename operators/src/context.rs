@@ -179,6 +179,35 @@ impl TaskContext {
         }
     }
 
+    /// Writes this try's table output: `write` runs on a blocking thread (table work is CPU
+    /// work) and fills the staging path it is given, returning the row count; the file is
+    /// committed only if it succeeds, so a failed try leaves no half-written artifact.
+    pub async fn write_table<F>(
+        &self,
+        extension: &str,
+        write: F,
+    ) -> Result<(crate::ArtifactRef, u64), OperatorError>
+    where
+        F: FnOnce(&Path) -> Result<u64, OperatorError> + Send + 'static,
+    {
+        let key = self.artifact_key(extension);
+        let staged = self
+            .artifacts
+            .staging_path(&key)
+            .await
+            .map_err(|e| OperatorError::fatal(e.to_string()))?;
+        let path = staged.clone();
+        let rows = tokio::task::spawn_blocking(move || write(&path))
+            .await
+            .map_err(|e| OperatorError::fatal(format!("writing the table panicked: {e}")))??;
+        let table = self
+            .artifacts
+            .commit(&key, &staged, Some(rows))
+            .await
+            .map_err(|e| OperatorError::fatal(e.to_string()))?;
+        Ok((table, rows))
+    }
+
     /// Resolves a path from config against the DAG file's folder.
     pub fn resolve_path(&self, path: &str) -> PathBuf {
         let path = Path::new(path);

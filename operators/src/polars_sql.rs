@@ -83,42 +83,30 @@ impl Operator for PolarsSql {
                 "no upstream task produced a table to query",
             ));
         }
-        let key = ctx.artifact_key("arrow");
-        let staged = ctx
-            .artifacts
-            .staging_path(&key)
-            .await
-            .map_err(|e| OperatorError::fatal(e.to_string()))?;
-        let out = staged.clone();
         let names: Vec<String> = inputs.iter().map(|(t, _)| t.clone()).collect();
-        // Reading, the query and writing are CPU work: off the async threads.
-        let rows = tokio::task::spawn_blocking(move || -> Result<usize, OperatorError> {
-            let mut context = SQLContext::new();
-            for (task, path) in &inputs {
-                context.register(task, frame::read_ipc(path)?.lazy());
-            }
-            let mut result = context
-                .execute(sql.trim().trim_end_matches(';'))
-                .and_then(|lazy| lazy.collect())
-                .map_err(|e| {
-                    OperatorError::fatal(format!("SQL over tables {}: {e}", names.join(", ")))
-                })?;
-            frame::write_ipc(&mut result, &out)?;
-            Ok(result.height())
-        })
-        .await
-        .map_err(|e| OperatorError::fatal(format!("the query panicked: {e}")))??;
-        let table = ctx
-            .artifacts
-            .commit(&key, &staged, Some(rows as u64))
-            .await
-            .map_err(|e| OperatorError::fatal(e.to_string()))?;
+        // Reading, the query and writing are CPU work: write_table runs them off the async threads.
+        let (table, rows) = ctx
+            .write_table("arrow", move |out| {
+                let mut context = SQLContext::new();
+                for (task, path) in &inputs {
+                    context.register(task, frame::read_ipc(path)?.lazy());
+                }
+                let mut result = context
+                    .execute(sql.trim().trim_end_matches(';'))
+                    .and_then(|lazy| lazy.collect())
+                    .map_err(|e| {
+                        OperatorError::fatal(format!("SQL over tables {}: {e}", names.join(", ")))
+                    })?;
+                frame::write_ipc(&mut result, out)?;
+                Ok(result.height() as u64)
+            })
+            .await?;
         ctx.log.info(&format!(
             "query produced {rows} rows in {:.3}s",
             started.elapsed().as_secs_f64()
         ));
         let mut values = serde_json::Map::new();
-        values.insert("rows".into(), (rows as u64).into());
+        values.insert("rows".into(), rows.into());
         Ok(TaskOutput {
             table: Some(table),
             values,

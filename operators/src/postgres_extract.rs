@@ -181,21 +181,11 @@ impl Operator for PostgresExtract {
             .finish()
             .map_err(|e| OperatorError::fatal(e.to_string()))?;
 
-        let key = ctx.artifact_key("arrow");
-        let staged = ctx
-            .artifacts
-            .staging_path(&key)
-            .await
-            .map_err(|e| OperatorError::fatal(e.to_string()))?;
-        let write_to = staged.clone();
-        tokio::task::spawn_blocking(move || frame::write_columns(decoded, &write_to))
-            .await
-            .map_err(|e| OperatorError::fatal(format!("writing the artifact: {e}")))??;
-        let table = ctx
-            .artifacts
-            .commit(&key, &staged, Some(rows as u64))
-            .await
-            .map_err(|e| OperatorError::fatal(e.to_string()))?;
+        let (table, _) = ctx
+            .write_table("arrow", move |path| {
+                frame::write_columns(decoded, path).map(|n| n as u64)
+            })
+            .await?;
         let secs = started.elapsed().as_secs_f64();
         ctx.log.info(&format!(
             "extracted {rows} rows from {shown} in {:.3}s (query and transfer {:.3}s, {:.0} rows/s)",

@@ -75,6 +75,19 @@ impl Paging {
     }
 }
 
+/// The request body as `T`, or a 400 saying what to send.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Option<Json<Value>>,
+    hint: &str,
+) -> Result<T, ApiError> {
+    let Some(Json(body)) = body else {
+        return Err(ApiError::bad_request(format!(
+            "send a JSON body such as {hint}"
+        )));
+    };
+    serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("body: {e}")))
+}
+
 fn time(t: Option<DateTime<Utc>>) -> Value {
     t.map(|t| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)))
         .unwrap_or(Value::Null)
@@ -302,13 +315,7 @@ async fn patch_dag(
     body: Option<Json<Value>>,
 ) -> Result<Json<Value>, ApiError> {
     let dag = find_dag(&state, &dag_id)?;
-    let Some(Json(body)) = body else {
-        return Err(ApiError::bad_request(
-            "send a JSON body such as {\"is_paused\": true}",
-        ));
-    };
-    let patch: DagPatch =
-        serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    let patch: DagPatch = json_body(body, "{\"is_paused\": true}")?;
     state
         .store
         .set_paused(&dag_id, patch.is_paused, Utc::now())
@@ -514,13 +521,10 @@ async fn mark_task_instance(
     Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
     body: Option<Json<Value>>,
 ) -> Result<Json<Value>, ApiError> {
-    let Some(Json(body)) = body else {
-        return Err(ApiError::bad_request(
-            "send {\"new_state\": \"success\"} or {\"new_state\": \"failed\"}",
-        ));
-    };
-    let body: MarkBody =
-        serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    let body: MarkBody = json_body(
+        body,
+        "{\"new_state\": \"success\"} or {\"new_state\": \"failed\"}",
+    )?;
     let to = match body.new_state.as_str() {
         "success" => crate::state::TaskState::Success,
         "failed" => crate::state::TaskState::Failed,
@@ -569,13 +573,7 @@ async fn clear_task_instances(
     body: Option<Json<Value>>,
 ) -> Result<Json<Value>, ApiError> {
     let dag = find_dag(&state, &dag_id)?;
-    let Some(Json(body)) = body else {
-        return Err(ApiError::bad_request(
-            "send {\"dag_run_id\": …, \"task_ids\": […]}",
-        ));
-    };
-    let body: ClearBody =
-        serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    let body: ClearBody = json_body(body, "{\"dag_run_id\": …, \"task_ids\": […]}")?;
     let ids = dag
         .tasks_to_clear(&body.task_ids, body.include_downstream)
         .map_err(|id| {

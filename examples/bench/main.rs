@@ -40,6 +40,15 @@ struct Args {
     /// Runs of 100 tasks in the throughput scenario.
     #[arg(long, default_value_t = 1000)]
     throughput_runs: usize,
+    /// Only these scenarios (comma-separated: chain50, fanout200, diamonds10x10, throughput).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+impl Args {
+    fn wants(&self, scenario: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == scenario)
+    }
 }
 
 fn dag(text: &str) -> Arc<Dag> {
@@ -213,8 +222,24 @@ async fn main() {
         ..Settings::local(dir.path(), dir.path())
     };
     let executor = Executor::new(store.clone(), &settings, Arc::new(Connections::default()));
-    let s = args.store.as_str();
 
+    if args.wants("chain50") {
+        chain50(&args, &store, &executor).await;
+    }
+    if args.wants("fanout200") {
+        fanout200(&args, &store, &executor).await;
+    }
+    if args.wants("diamonds10x10") {
+        diamonds(&args, &store, &executor).await;
+    }
+    if args.wants("throughput") {
+        throughput(&args, &store, &executor).await;
+    }
+}
+
+async fn chain50(args: &Args, store: &Arc<dyn Store>, executor: &Executor) {
+    let s = args.store.as_str();
+    let (store, executor) = (store.clone(), executor.clone());
     let chain = chain(50);
     let mut walls = Vec::new();
     let mut latencies = Vec::new();
@@ -228,6 +253,11 @@ async fn main() {
     }
     emit("chain50", s, "wall_ms", &walls);
     emit("chain50", s, "edge_latency_ms", &latencies);
+}
+
+async fn fanout200(args: &Args, store: &Arc<dyn Store>, executor: &Executor) {
+    let s = args.store.as_str();
+    let (store, executor) = (store.clone(), executor.clone());
 
     let fan = fanout(200);
     let mut walls = Vec::new();
@@ -238,6 +268,10 @@ async fn main() {
         }
     }
     emit("fanout200", s, "wall_ms", &walls);
+}
+
+async fn diamonds(args: &Args, store: &Arc<dyn Store>, executor: &Executor) {
+    let s = args.store.as_str();
 
     let diamond = diamond();
     let mut walls = Vec::new();
@@ -251,6 +285,11 @@ async fn main() {
         walls.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     emit("diamonds10x10", s, "wall_ms", &walls);
+}
+
+async fn throughput(args: &Args, store: &Arc<dyn Store>, executor: &Executor) {
+    let s = args.store.as_str();
+    let (store, executor) = (store.clone(), executor.clone());
 
     // Throughput: queued runs of 100 tasks drained by the scheduler.
     let dags = tempfile::tempdir().unwrap();

@@ -81,49 +81,135 @@ impl LogStream {
 
 /// The log of one try: timestamped lines appended to a file, each written whole so that a
 /// reader following the file never sees half a line.
+///
+/// The file is created on the first line that is not a [`TaskLog::preamble`]: a try whose
+/// operator says nothing and succeeds leaves no file (its start and end are in the state
+/// history), which spares the two inode allocations per try that otherwise bound how many
+/// short tries per second a scheduler can run.
 #[derive(Debug, Clone)]
 pub struct TaskLog {
-    file: Option<Arc<Mutex<File>>>,
+    sink: Option<Arc<Mutex<Sink>>>,
+}
+
+#[derive(Debug)]
+struct Sink {
+    path: PathBuf,
+    /// Open once the first line was written; `Err` after opening failed (reported once).
+    file: Option<std::io::Result<File>>,
+    /// Lines waiting for the first real line.
+    preamble: String,
+}
+
+impl Sink {
+    /// Writes `text` (after the preamble); returns the error of opening the file the first
+    /// time it fails, for the caller to report once the lock is released (a report inside a
+    /// try's span is routed back to this log).
+    fn write(&mut self, text: &str) -> Option<String> {
+        let mut failed = None;
+        let path = &self.path;
+        let file = self.file.get_or_insert_with(|| {
+            let opened = (|| {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                OpenOptions::new().create(true).append(true).open(path)
+            })();
+            if let Err(error) = &opened {
+                failed = Some(format!("{}: {error}", path.display()));
+            }
+            opened
+        });
+        if let Ok(file) = file {
+            let preamble = std::mem::take(&mut self.preamble);
+            // One write per call: a reader following the file never sees half a line.
+            let _ = file.write_all(format!("{preamble}{text}").as_bytes());
+        }
+        failed
+    }
+}
+
+fn report_unwritable(failed: Option<String>) {
+    if let Some(error) = failed {
+        tracing::warn!(%error, "cannot open the try log; its lines are dropped");
+    }
+}
+
+fn format_lines(stream: LogStream, text: &str) -> String {
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
+    let mut out = String::new();
+    for line in text.trim_end_matches(['\n', '\r']).split('\n') {
+        let mut line = line.trim_end_matches('\r');
+        let truncated = line.len() > MAX_LINE_BYTES;
+        if truncated {
+            line = &line[..line.floor_char_boundary(MAX_LINE_BYTES)];
+        }
+        let cut = if truncated {
+            " …[line truncated]"
+        } else {
+            ""
+        };
+        out.push_str(&format!("{now} {} {line}{cut}\n", stream.label()));
+    }
+    out
 }
 
 impl TaskLog {
-    /// A log appended to `path` (created with its folders).
-    pub fn to_file(path: &Path) -> std::io::Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+    /// A log appended to `path`; the file and its folders are created with the first line.
+    pub fn to_file(path: &Path) -> Self {
+        Self {
+            sink: Some(Arc::new(Mutex::new(Sink {
+                path: path.to_path_buf(),
+                file: None,
+                preamble: String::new(),
+            }))),
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self {
-            file: Some(Arc::new(Mutex::new(file))),
-        })
     }
 
     /// A log that drops every line (for unit tests of operators).
     pub fn discard() -> Self {
-        Self { file: None }
+        Self { sink: None }
+    }
+
+    fn sink(&self) -> Option<std::sync::MutexGuard<'_, Sink>> {
+        self.sink
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Appends `text`; each of its lines gets the timestamp and stream label.
     pub fn line(&self, stream: LogStream, text: &str) {
-        let Some(file) = &self.file else { return };
-        let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
-        let mut out = String::new();
-        for line in text.trim_end_matches(['\n', '\r']).split('\n') {
-            let mut line = line.trim_end_matches('\r');
-            let truncated = line.len() > MAX_LINE_BYTES;
-            if truncated {
-                line = &line[..line.floor_char_boundary(MAX_LINE_BYTES)];
+        let failed = self
+            .sink()
+            .and_then(|mut sink| sink.write(&format_lines(stream, text)));
+        report_unwritable(failed);
+    }
+
+    /// An informational line written only if the try writes anything else (the framework's
+    /// header of a try).
+    pub fn preamble(&self, text: &str) {
+        let failed = self.sink().and_then(|mut sink| {
+            let lines = format_lines(LogStream::Info, text);
+            match &sink.file {
+                Some(_) => sink.write(&lines),
+                None => {
+                    sink.preamble.push_str(&lines);
+                    None
+                }
             }
-            let cut = if truncated {
-                " …[line truncated]"
-            } else {
-                ""
-            };
-            out.push_str(&format!("{now} {} {line}{cut}\n", stream.label()));
-        }
-        // One write per call: a reader following the file never sees half a line.
-        let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = file.write_all(out.as_bytes());
+        });
+        report_unwritable(failed);
+    }
+
+    /// Appends an informational line only if the file exists already (the framework's
+    /// closing line of a silent successful try is not worth a file).
+    pub fn info_if_written(&self, text: &str) {
+        let failed = self.sink().and_then(|mut sink| {
+            sink.file
+                .is_some()
+                .then(|| sink.write(&format_lines(LogStream::Info, text)))
+                .flatten()
+        });
+        report_unwritable(failed);
     }
 
     /// Appends an informational line.
@@ -227,17 +313,27 @@ mod tests {
     fn every_line_gets_a_prefix_and_long_lines_are_cut() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/try.log");
-        let log = TaskLog::to_file(&path).unwrap();
+        let log = TaskLog::to_file(&path);
+        log.preamble("header");
+        log.info_if_written("not written: nothing else was");
+        assert!(!path.exists(), "a silent log creates no file");
         log.info("first\nsecond\r\n");
         log.line(LogStream::Stdout, &"é".repeat(MAX_LINE_BYTES));
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
+        log.info_if_written("closing");
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].ends_with("INFO  header"), "{text}");
         assert!(
-            lines[0].ends_with("INFO  first") && lines[1].ends_with("INFO  second"),
+            lines[1].ends_with("INFO  first") && lines[2].ends_with("INFO  second"),
             "{text}"
         );
-        assert!(lines[2].contains("OUT   é") && lines[2].ends_with("…[line truncated]"));
-        assert!(lines[2].len() < MAX_LINE_BYTES + 100);
+        assert!(lines[3].contains("OUT   é") && lines[3].ends_with("…[line truncated]"));
+        assert!(lines[3].len() < MAX_LINE_BYTES + 100);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.lines().last().unwrap().ends_with("INFO  closing"),
+            "{text}"
+        );
     }
 }

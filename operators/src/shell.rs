@@ -214,7 +214,7 @@ mod tests {
             upstream: Default::default(),
             connections: Arc::new(Connections::default()),
             artifacts: Arc::new(LocalArtifactStore::new(dir.join("artifacts"))),
-            log: TaskLog::to_file(&dir.join("try.log")).unwrap(),
+            log: TaskLog::to_file(&dir.join("try.log")),
             cancel: Default::default(),
         }
     }

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::table::Table;
 use super::{print_json, show_time};
-use crate::executor::try_log_path;
+use crate::executor::{read_try_log, try_log_path};
 use crate::settings::Settings;
 use crate::state::RunState;
 use crate::store::{self, DagRun, RunFilter, Store, TaskKey};
@@ -259,9 +259,12 @@ pub async fn run_tasks(cmd: TasksCommand, settings: &Settings) -> anyhow::Result
         run_id,
         task_id,
     };
-    let path = try_log_path(&settings.logs_dir(), &key, number);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+    let text = read_try_log(&settings.logs_dir(), &key, number).map_err(|e| {
+        anyhow!(
+            "cannot read {}: {e}",
+            try_log_path(&settings.logs_dir(), &key, number).display()
+        )
+    })?;
     print!("{text}");
     Ok(ExitCode::SUCCESS)
 }

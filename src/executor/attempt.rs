@@ -101,7 +101,7 @@ pub async fn run_try(
     let took =
         humantime::format_duration(Duration::from_millis(started.elapsed().as_millis() as u64));
     match &outcome {
-        TryOutcome::Success { .. } => log.info(&format!("try succeeded in {took}")),
+        TryOutcome::Success { .. } => log.info_if_written(&format!("try succeeded in {took}")),
         TryOutcome::Failure { kind, message } => {
             log.warn(&format!("try failed ({kind:?}) after {took}: {message}"))
         }

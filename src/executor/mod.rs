@@ -135,6 +135,55 @@ pub fn try_log_path(logs_dir: &std::path::Path, key: &TaskKey, try_number: u32) 
         .join(format!("{try_number}.log"))
 }
 
+/// The log text of one try. A try that wrote nothing and succeeded has no file (see
+/// [`TaskLog`]): it reads as a one-line note instead of an error.
+pub fn read_try_log(
+    logs_dir: &std::path::Path,
+    key: &TaskKey,
+    try_number: u32,
+) -> std::io::Result<String> {
+    match std::fs::read_to_string(try_log_path(logs_dir, key, try_number)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(format!(
+            "(try {try_number} of {key} wrote no log lines; its start and end are in the state history)\n"
+        )),
+        other => other,
+    }
+}
+
+/// A change this driver wants for one of its tasks, before the state machine approves it.
+#[derive(Debug)]
+struct Planned {
+    /// Index into `Dag::tasks`.
+    task: usize,
+    to: TaskState,
+    reason: Option<String>,
+    output: Option<String>,
+    next_retry_at: Option<DateTime<Utc>>,
+    max_tries: Option<u32>,
+}
+
+impl Planned {
+    fn to(task: usize, to: TaskState) -> Self {
+        Self {
+            task,
+            to,
+            reason: None,
+            output: None,
+            next_retry_at: None,
+            max_tries: None,
+        }
+    }
+}
+
+impl From<decide::Decision> for Planned {
+    fn from(d: decide::Decision) -> Self {
+        Self {
+            reason: d.reason,
+            ..Self::to(d.task, d.to)
+        }
+    }
+}
+
 /// A try's end as sent back to the run loop, with the slot it held.
 type Finished = (usize, TryOutcome, slots::SlotGuard);
 
@@ -288,55 +337,63 @@ impl RunDriver<'_> {
         }
     }
 
-    /// Persists a change (the state machine approves it first), then updates the local view.
+    /// Persists one change; see [`RunDriver::apply_all`].
     async fn change(
         &mut self,
         task: usize,
         to: TaskState,
         reason: Option<String>,
-        output: Option<String>,
-        next_retry_at: Option<DateTime<Utc>>,
     ) -> Result<(), ExecutorError> {
-        self.apply(task, to, reason, output, next_retry_at, None)
-            .await
+        self.apply_all(vec![Planned {
+            reason,
+            ..Planned::to(task, to)
+        }])
+        .await
     }
 
-    async fn apply(
-        &mut self,
-        task: usize,
-        to: TaskState,
-        reason: Option<String>,
-        output: Option<String>,
-        next_retry_at: Option<DateTime<Utc>>,
-        max_tries: Option<u32>,
-    ) -> Result<(), ExecutorError> {
-        let from = self.instances[task].state;
-        let transition = from.to(to).map_err(|e| StoreError::Conflict {
-            what: self.key(task).to_string(),
-            expected: e.from.to_string(),
-            found: format!("a state from which {} is illegal", e.to),
-        })?;
-        let change = TaskChange {
-            key: self.key(task),
-            transition,
-            at: Utc::now(),
-            reason,
-            output,
-            next_retry_at,
-            max_tries,
-        };
-        let ti = self.executor.store.transition(&change).await?;
-        if let Some(observer) = &self.executor.observer {
-            let _ = observer.send(Progress {
-                task_id: ti.task_id.clone(),
-                try_number: ti.try_number,
-                from,
-                to,
-                at: change.at,
-                reason: change.reason,
+    /// Persists changes of this run's tasks in one store call (the state machine approves
+    /// each first), then updates the local view: a pass's decisions, starts or ends cost
+    /// one round trip, not one per task.
+    async fn apply_all(&mut self, planned: Vec<Planned>) -> Result<(), ExecutorError> {
+        if planned.is_empty() {
+            return Ok(());
+        }
+        let at = Utc::now();
+        let mut changes = Vec::with_capacity(planned.len());
+        for p in &planned {
+            let transition =
+                self.instances[p.task]
+                    .state
+                    .to(p.to)
+                    .map_err(|e| StoreError::Conflict {
+                        what: self.key(p.task).to_string(),
+                        expected: e.from.to_string(),
+                        found: format!("a state from which {} is illegal", e.to),
+                    })?;
+            changes.push(TaskChange {
+                key: self.key(p.task),
+                transition,
+                at,
+                reason: p.reason.clone(),
+                output: p.output.clone(),
+                next_retry_at: p.next_retry_at,
+                max_tries: p.max_tries,
             });
         }
-        self.instances[task] = ti;
+        let moved = self.executor.store.transitions(&changes).await?;
+        for (p, ti) in planned.into_iter().zip(moved) {
+            if let Some(observer) = &self.executor.observer {
+                let _ = observer.send(Progress {
+                    task_id: ti.task_id.clone(),
+                    try_number: ti.try_number,
+                    from: self.instances[p.task].state,
+                    to: p.to,
+                    at,
+                    reason: p.reason,
+                });
+            }
+            self.instances[p.task] = ti;
+        }
         Ok(())
     }
 
@@ -350,82 +407,63 @@ impl RunDriver<'_> {
             .collect()
     }
 
-    /// Records how a try ended: success, a retry, a failure, or a cancellation.
-    async fn finish(
-        &mut self,
-        task: usize,
-        outcome: TryOutcome,
-        ending: Ending,
-    ) -> Result<(), ExecutorError> {
+    /// The change that records how a try ended: success, a retry, a failure, or a cancellation.
+    fn ending(&self, task: usize, outcome: TryOutcome, ending: Ending) -> Planned {
         let ti = &self.instances[task];
         match outcome {
-            TryOutcome::Success { output } => {
-                self.change(task, TaskState::Success, None, Some(output), None)
-                    .await
-            }
+            TryOutcome::Success { output } => Planned {
+                output: Some(output),
+                ..Planned::to(task, TaskState::Success)
+            },
             TryOutcome::Failure { .. } | TryOutcome::Cancelled if ending == Ending::Interrupted => {
                 // Stopped by a shutdown, not by its own doing: run it again without using up a retry.
-                let reason = Some(format!(
-                    "try {} interrupted by shutdown; it runs again when the run resumes",
-                    ti.try_number
-                ));
-                let max_tries = Some(ti.max_tries + 1);
-                self.apply(
-                    task,
-                    TaskState::UpForRetry,
-                    reason,
-                    None,
-                    Some(Utc::now()),
-                    max_tries,
-                )
-                .await
+                Planned {
+                    reason: Some(format!(
+                        "try {} interrupted by shutdown; it runs again when the run resumes",
+                        ti.try_number
+                    )),
+                    next_retry_at: Some(Utc::now()),
+                    max_tries: Some(ti.max_tries + 1),
+                    ..Planned::to(task, TaskState::UpForRetry)
+                }
             }
-            TryOutcome::Cancelled => {
-                self.change(
-                    task,
-                    TaskState::Cancelled,
-                    Some("run cancelled".into()),
-                    None,
-                    None,
-                )
-                .await
-            }
-            TryOutcome::Failure { message, .. } if ending == Ending::Cancelling => {
-                self.change(
-                    task,
-                    TaskState::Cancelled,
-                    Some(format!("run cancelled: {message}")),
-                    None,
-                    None,
-                )
-                .await
-            }
+            TryOutcome::Cancelled => Planned {
+                reason: Some("run cancelled".into()),
+                ..Planned::to(task, TaskState::Cancelled)
+            },
+            TryOutcome::Failure { message, .. } if ending == Ending::Cancelling => Planned {
+                reason: Some(format!("run cancelled: {message}")),
+                ..Planned::to(task, TaskState::Cancelled)
+            },
             TryOutcome::Failure { kind, message } => {
                 let tries_left = ti.try_number < ti.max_tries;
                 if kind == FailureKind::Retryable && tries_left {
                     let delay = self.dag.tasks[task].retry.delay_after(ti.try_number);
                     let at = Utc::now()
                         + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-                    let reason = format!(
-                        "try {} of {} failed: {message}; retry in {}",
-                        ti.try_number,
-                        ti.max_tries,
-                        humantime::format_duration(delay)
-                    );
-                    self.change(task, TaskState::UpForRetry, Some(reason), None, Some(at))
-                        .await
+                    Planned {
+                        reason: Some(format!(
+                            "try {} of {} failed: {message}; retry in {}",
+                            ti.try_number,
+                            ti.max_tries,
+                            humantime::format_duration(delay)
+                        )),
+                        next_retry_at: Some(at),
+                        ..Planned::to(task, TaskState::UpForRetry)
+                    }
                 } else {
                     let why = if kind == FailureKind::Fatal {
                         "not retryable"
                     } else {
                         "no retries left"
                     };
-                    let reason = format!(
-                        "try {} of {} failed ({why}): {message}",
-                        ti.try_number, ti.max_tries
-                    );
-                    self.change(task, TaskState::Failed, Some(reason), None, None)
-                        .await
+                    Planned {
+                        reason: Some(format!(
+                            "try {} of {} failed ({why}): {message}",
+                            ti.try_number, ti.max_tries
+                        )),
+                        ..Planned::to(task, TaskState::Failed)
+                    }
                 }
             }
         }
@@ -478,98 +516,48 @@ impl RunDriver<'_> {
         }
     }
 
-    /// Persists one pass's decisions, one statement per kind of change (a fan-out of 200
-    /// tasks becomes ready in one round trip, not 200).
-    async fn apply_decisions(
-        &mut self,
-        decisions: Vec<decide::Decision>,
-    ) -> Result<(), ExecutorError> {
-        let mut groups: Vec<(TaskState, TaskState, Option<String>, Vec<usize>)> = Vec::new();
-        for d in decisions {
-            let from = self.instances[d.task].state;
-            match groups
-                .iter_mut()
-                .find(|g| g.0 == from && g.1 == d.to && g.2 == d.reason)
-            {
-                Some(group) => group.3.push(d.task),
-                None => groups.push((from, d.to, d.reason, vec![d.task])),
-            }
-        }
-        for (from, to, reason, tasks) in groups {
-            let transition = from.to(to).map_err(|e| StoreError::Conflict {
-                what: format!("{}/{}", self.dag.dag_id, self.run.run_id),
-                expected: e.from.to_string(),
-                found: format!("a state from which {} is illegal", e.to),
-            })?;
-            let ids: Vec<String> = tasks
-                .iter()
-                .map(|&t| self.dag.tasks[t].id.clone())
-                .collect();
-            let at = Utc::now();
-            let changed = self
-                .executor
-                .store
-                .transition_tasks(
-                    &self.dag.dag_id,
-                    &self.run.run_id,
-                    &ids,
-                    transition,
-                    at,
-                    reason.clone(),
-                )
-                .await?;
-            for ti in changed {
-                let task = self
-                    .dag
-                    .task_index(&ti.task_id)
-                    .expect("a task of this DAG");
-                if let Some(observer) = &self.executor.observer {
-                    let _ = observer.send(Progress {
-                        task_id: ti.task_id.clone(),
-                        try_number: ti.try_number,
-                        from,
-                        to,
-                        at,
-                        reason: reason.clone(),
-                    });
-                }
-                self.instances[task] = ti;
-            }
-        }
-        Ok(())
-    }
-
     /// A queued task that cannot start at all (its pool does not exist): recorded as a try
     /// that failed for good, so the run ends instead of waiting forever.
     async fn fail_unstartable(&mut self, task: usize, reason: String) -> Result<(), ExecutorError> {
-        self.change(task, TaskState::Running, None, None, None)
-            .await?;
-        self.change(task, TaskState::Failed, Some(reason), None, None)
-            .await
+        self.change(task, TaskState::Running, None).await?;
+        self.change(task, TaskState::Failed, Some(reason)).await
     }
 
-    /// Marks `task` running (persisted first), then starts its try as a tokio task.
-    async fn start(
+    /// Marks `tasks` running (persisted first, in one store call), then starts each try as
+    /// a tokio task holding its slot; returns each try's cancellation token.
+    async fn start_all(
         &mut self,
+        tasks: Vec<(usize, slots::SlotGuard)>,
+        done: &mpsc::UnboundedSender<Finished>,
+        run_cancel: &CancellationToken,
+    ) -> Result<Vec<(usize, CancellationToken)>, ExecutorError> {
+        self.apply_all(
+            tasks
+                .iter()
+                .map(|&(task, _)| Planned::to(task, TaskState::Running))
+                .collect(),
+        )
+        .await?;
+        Ok(tasks
+            .into_iter()
+            .map(|(task, permit)| (task, self.spawn_try(task, permit, done, run_cancel)))
+            .collect())
+    }
+
+    /// Starts the try of a task already `running` in the store.
+    fn spawn_try(
+        &self,
         task: usize,
         permit: slots::SlotGuard,
         done: &mpsc::UnboundedSender<Finished>,
         run_cancel: &CancellationToken,
-    ) -> Result<CancellationToken, ExecutorError> {
-        self.change(task, TaskState::Running, None, None, None)
-            .await?;
+    ) -> CancellationToken {
         let ti = &self.instances[task];
         let key = self.key(task);
         let path = try_log_path(&self.executor.logs_dir, &key, ti.try_number);
-        let log = match TaskLog::to_file(&path) {
-            Ok(log) => log,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot open the try log; its lines are dropped");
-                TaskLog::discard()
-            }
-        };
+        let log = TaskLog::to_file(&path);
         let spec = &self.dag.tasks[task];
-        log.info(&format!(
+        log.preamble(&format!(
             "try {} of {} of {} (operator {}) in run {}",
             ti.try_number, ti.max_tries, key.task_id, spec.operator_name, key.run_id
         ));
@@ -589,7 +577,7 @@ impl RunDriver<'_> {
             }
             .instrument(span),
         );
-        Ok(cancel)
+        cancel
     }
 
     /// Drives the run; on an error, stops the tries it started before returning, so nobody
@@ -634,15 +622,17 @@ impl RunDriver<'_> {
         running: &mut HashMap<usize, CancellationToken>,
     ) -> Result<DagRun, ExecutorError> {
         // Tries still `running` in the store belong to a process that died: count them as failed tries.
-        for task in 0..self.instances.len() {
-            if self.instances[task].state == TaskState::Running {
+        let died: Vec<Planned> = (0..self.instances.len())
+            .filter(|&task| self.instances[task].state == TaskState::Running)
+            .map(|task| {
                 let outcome = TryOutcome::Failure {
                     kind: FailureKind::Retryable,
                     message: "the process running this try died".into(),
                 };
-                self.finish(task, outcome, Ending::Normal).await?;
-            }
-        }
+                self.ending(task, outcome, Ending::Normal)
+            })
+            .collect();
+        self.apply_all(died).await?;
         let mut cancelling = false;
         // The lease is renewed at a third of its length, so a slow store round trip never lets it lapse.
         let mut renew = tokio::time::interval(self.executor.lease / 3);
@@ -681,30 +671,29 @@ impl RunDriver<'_> {
                     return Ok(run.unwrap_or_else(|| self.run.clone()));
                 }
             } else if cancelling {
-                for task in 0..self.instances.len() {
-                    let state = self.instances[task].state;
-                    if matches!(
-                        state,
-                        TaskState::Pending | TaskState::Queued | TaskState::UpForRetry
-                    ) {
-                        self.change(
-                            task,
-                            TaskState::Cancelled,
-                            Some("run cancelled".into()),
-                            None,
-                            None,
+                let cancelled: Vec<Planned> = (0..self.instances.len())
+                    .filter(|&task| {
+                        matches!(
+                            self.instances[task].state,
+                            TaskState::Pending | TaskState::Queued | TaskState::UpForRetry
                         )
-                        .await?;
-                    }
-                }
+                    })
+                    .map(|task| Planned {
+                        reason: Some("run cancelled".into()),
+                        ..Planned::to(task, TaskState::Cancelled)
+                    })
+                    .collect();
+                self.apply_all(cancelled).await?;
             } else {
-                self.apply_decisions(decide(&self.dag, &self.views(), Utc::now()))
+                let decided = decide(&self.dag, &self.views(), Utc::now());
+                self.apply_all(decided.into_iter().map(Planned::from).collect())
                     .await?;
                 // Start queued tasks in topological order while they get slots (global,
                 // this DAG's max_active_tasks across its runs, their pool).
                 short_global = false;
                 short_other = false;
                 released.mark_unchanged();
+                let mut starts = Vec::new();
                 for task in 0..self.instances.len() {
                     if self.instances[task].state != TaskState::Queued
                         || running.contains_key(&task)
@@ -731,9 +720,9 @@ impl RunDriver<'_> {
                             continue;
                         }
                     };
-                    let token = self.start(task, guard, done_tx, cancel).await?;
-                    running.insert(task, token);
+                    starts.push((task, guard));
                 }
+                running.extend(self.start_all(starts, done_tx, cancel).await?);
             }
             let all_finished = self.instances.iter().all(|ti| ti.state.is_finished());
             if all_finished && running.is_empty() {
@@ -753,17 +742,29 @@ impl RunDriver<'_> {
             };
             let sleep_for = wakeup.map(|at| (at - Utc::now()).to_std().unwrap_or_default());
             tokio::select! {
-                Some((task, outcome, permit)) = done_rx.recv() => {
-                    running.remove(&task);
-                    let ending = if interrupted.contains(&task) {
-                        Ending::Interrupted
-                    } else if cancelling || cancel.is_cancelled() {
-                        Ending::Cancelling
-                    } else {
-                        Ending::Normal
-                    };
-                    self.finish(task, outcome, ending).await?;
-                    drop(permit);
+                Some(first) = done_rx.recv() => {
+                    // Tries that ended meanwhile are recorded together.
+                    let mut ended = vec![first];
+                    while let Ok(next) = done_rx.try_recv() {
+                        ended.push(next);
+                    }
+                    let mut endings = Vec::with_capacity(ended.len());
+                    let mut permits = Vec::with_capacity(ended.len());
+                    for (task, outcome, permit) in ended {
+                        running.remove(&task);
+                        let ending = if interrupted.contains(&task) {
+                            Ending::Interrupted
+                        } else if cancelling || cancel.is_cancelled() {
+                            Ending::Cancelling
+                        } else {
+                            Ending::Normal
+                        };
+                        endings.push(self.ending(task, outcome, ending));
+                        permits.push(permit);
+                    }
+                    self.apply_all(endings).await?;
+                    // The slots stay taken until the ends are persisted.
+                    drop(permits);
                 }
                 _ = shutdown.cancelled(), if !stopping && !cancelling => {}
                 _ = tokio::time::sleep_until(grace_over.unwrap_or_else(tokio::time::Instant::now)), if stopping && interrupted.len() < running.len() => {

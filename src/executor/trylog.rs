@@ -139,7 +139,7 @@ mod tests {
     fn events_inside_a_try_span_reach_its_log_and_others_do_not() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("1.log");
-        let route = route(TaskLog::to_file(&path).unwrap());
+        let route = route(TaskLog::to_file(&path));
         let subscriber = tracing_subscriber::registry().with(TryLogLayer);
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!("outside any try");

@@ -9,6 +9,7 @@
 //!   duplicate.
 
 mod sql;
+mod transitions;
 
 use std::sync::Arc;
 
@@ -403,21 +404,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         run_id: &str,
     ) -> Result<Vec<TaskInstance>, StoreError>;
 
-    /// Persists one approved state change with its history row, or fails with `Conflict`.
-    async fn transition(&self, change: &TaskChange) -> Result<TaskInstance, StoreError>;
+    /// Persists one approved state change with its history row, or fails with `Conflict`
+    /// (or `NotFound`) when the instance is not in the transition's `from` state.
+    async fn transition(&self, change: &TaskChange) -> Result<TaskInstance, StoreError> {
+        let mut moved = self.transitions(std::slice::from_ref(change)).await?;
+        moved
+            .pop()
+            .ok_or_else(|| StoreError::NotFound(format!("task instance {}", change.key)))
+    }
 
-    /// The same approved transition for several tasks of one run, in one statement (the
-    /// decisions of one scheduling pass), each compare-and-set with its own history row.
-    /// Fails with `Conflict` unless every task was in the expected state.
-    async fn transition_tasks(
-        &self,
-        dag_id: &str,
-        run_id: &str,
-        task_ids: &[String],
-        transition: Transition,
-        at: DateTime<Utc>,
-        reason: Option<String>,
-    ) -> Result<Vec<TaskInstance>, StoreError>;
+    /// Persists approved changes of any instances in one statement where it can (one round
+    /// trip for a pass's decisions, starts or ends), each a compare-and-set with its own
+    /// history row. Returns the moved instances in the order of `changes`. Fails with
+    /// `Conflict` naming an instance that was not in its expected state; the changes of the
+    /// other instances are applied (each is atomic on its own, as with [`Store::transition`]).
+    async fn transitions(&self, changes: &[TaskChange]) -> Result<Vec<TaskInstance>, StoreError>;
 
     /// Every state change of a run, in order.
     async fn history(&self, dag_id: &str, run_id: &str) -> Result<Vec<StateChange>, StoreError>;

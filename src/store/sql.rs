@@ -6,6 +6,7 @@
 //! later `FOR UPDATE SKIP LOCKED` claims) branches on [`Backend`]. Migrations live in
 //! `migrations/sqlite` and `migrations/postgres` with the same version numbers.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -14,6 +15,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor, Row};
 
+use super::transitions;
 use super::*;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -261,6 +263,39 @@ impl SqlStore {
         })
     }
 
+    /// The error for a batch where some instances were not in their expected state.
+    async fn conflict(&self, chunk: &[TaskChange], moved: &[TaskInstance]) -> StoreError {
+        let stale = chunk.iter().find(|c| {
+            !moved.iter().any(|ti| {
+                ti.task_id == c.key.task_id
+                    && ti.run_id == c.key.run_id
+                    && ti.dag_id == c.key.dag_id
+            })
+        });
+        let Some(stale) = stale else {
+            return StoreError::Conflict {
+                what: "a batch of task instances".into(),
+                expected: "each instance once".into(),
+                found: "a repeated instance".into(),
+            };
+        };
+        let others = chunk.len() - moved.len() - 1;
+        let what = if others == 0 {
+            stale.key.to_string()
+        } else {
+            format!("{} (and {others} more)", stale.key)
+        };
+        match self.current_state(&stale.key).await {
+            Ok(Some(found)) => StoreError::Conflict {
+                what,
+                expected: stale.transition.from().to_string(),
+                found,
+            },
+            Ok(None) => StoreError::NotFound(format!("task instance {}", stale.key)),
+            Err(error) => error,
+        }
+    }
+
     async fn current_state(&self, key: &TaskKey) -> Result<Option<String>, StoreError> {
         let row = sqlx::query(
             "SELECT state FROM task_instance WHERE dag_id = $1 AND run_id = $2 AND task_id = $3",
@@ -485,68 +520,46 @@ impl Store for SqlStore {
         rows.iter().map(ti_from_row).collect()
     }
 
-    async fn transition(&self, change: &TaskChange) -> Result<TaskInstance, StoreError> {
+    async fn transitions(&self, changes: &[TaskChange]) -> Result<Vec<TaskInstance>, StoreError> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
         let _turn = self.write_turn().await;
-        let t = change.transition;
-        let to = t.to();
-        let at = micros(change.at);
-        let starts = t.starts_try();
-        let ends = to.is_finished() || to == TaskState::UpForRetry;
-        // One statement: the compare-and-set on the expected state, and (by the trigger of
-        // migration 0003) the history row, atomically.
-        let row = sqlx::query(&format!(
-            "UPDATE task_instance SET
-                state = $1,
-                updated_at = $2,
-                try_number = try_number + $3,
-                queued_at = COALESCE($4, queued_at),
-                started_at = COALESCE($5, started_at),
-                ended_at = $6,
-                next_retry_at = $7,
-                output = CASE WHEN $1 = 'pending' THEN NULL ELSE COALESCE($8, output) END,
-                error = CASE WHEN $9 = 1 THEN $10 ELSE error END,
-                max_tries = COALESCE($15, max_tries),
-                last_reason = $16
-             WHERE dag_id = $11 AND run_id = $12 AND task_id = $13 AND state = $14
-             RETURNING {TI_COLUMNS}"
-        ))
-        .bind(to.as_str())
-        .bind(at)
-        .bind(i64::from(starts))
-        .bind((to == TaskState::Queued).then_some(at))
-        .bind(starts.then_some(at))
-        .bind(ends.then_some(at))
-        .bind(change.next_retry_at.map(micros))
-        .bind(change.output.clone())
-        // a new try or a clear drops the last error; a failure records its own
-        .bind(i64::from(
-            starts || t.clears() || matches!(to, TaskState::Failed | TaskState::UpForRetry),
-        ))
-        .bind(if starts || t.clears() {
-            None
-        } else {
-            change.reason.clone()
-        })
-        .bind(&change.key.dag_id)
-        .bind(&change.key.run_id)
-        .bind(&change.key.task_id)
-        .bind(t.from().as_str())
-        .bind(change.max_tries.map(i64::from))
-        .bind(change.reason.clone())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(query_error("transition task"))?;
-        let Some(row) = row else {
-            return Err(match self.current_state(&change.key).await? {
-                Some(found) => StoreError::Conflict {
-                    what: change.key.to_string(),
-                    expected: t.from().to_string(),
-                    found,
-                },
-                None => StoreError::NotFound(format!("task instance {}", change.key)),
+        let mut out = Vec::with_capacity(changes.len());
+        for chunk in transitions::chunks(changes) {
+            let rows = transitions::apply_chunk(&self.pool, chunk, TI_COLUMNS)
+                .await
+                .map_err(query_error("transition tasks"))?;
+            let mut moved = rows
+                .iter()
+                .map(ti_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            if moved.len() != chunk.len() {
+                return Err(self.conflict(chunk, &moved).await);
+            }
+            // RETURNING follows the join's order; callers get the order they asked in.
+            let position: HashMap<(&str, &str, &str), usize> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    (
+                        (
+                            c.key.dag_id.as_str(),
+                            c.key.run_id.as_str(),
+                            c.key.task_id.as_str(),
+                        ),
+                        i,
+                    )
+                })
+                .collect();
+            moved.sort_by_key(|ti| {
+                position
+                    .get(&(ti.dag_id.as_str(), ti.run_id.as_str(), ti.task_id.as_str()))
+                    .copied()
             });
-        };
-        ti_from_row(&row)
+            out.extend(moved);
+        }
+        Ok(out)
     }
 
     async fn history(&self, dag_id: &str, run_id: &str) -> Result<Vec<StateChange>, StoreError> {
@@ -760,75 +773,5 @@ impl Store for SqlStore {
             .await
             .map_err(query_error("read task instances of runs"))?;
         rows.iter().map(ti_from_row).collect()
-    }
-
-    async fn transition_tasks(
-        &self,
-        dag_id: &str,
-        run_id: &str,
-        task_ids: &[String],
-        transition: Transition,
-        at: DateTime<Utc>,
-        reason: Option<String>,
-    ) -> Result<Vec<TaskInstance>, StoreError> {
-        let to = transition.to();
-        // Only decisions (no try starts, outputs or retry times) are grouped.
-        debug_assert!(
-            !transition.starts_try()
-                && matches!(
-                    to,
-                    TaskState::Queued | TaskState::Skipped | TaskState::UpstreamFailed
-                )
-        );
-        if task_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let _turn = self.write_turn().await;
-        let at = micros(at);
-        let mut out = Vec::with_capacity(task_ids.len());
-        for chunk in task_ids.chunks(INSERT_CHUNK) {
-            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 7)).collect();
-            let sql = format!(
-                "UPDATE task_instance SET
-                    state = $1, updated_at = $2,
-                    queued_at = CASE WHEN $1 = 'queued' THEN $2 ELSE queued_at END,
-                    ended_at = CASE WHEN $1 = 'queued' THEN NULL ELSE $2 END,
-                    next_retry_at = NULL,
-                    last_reason = $3
-                 WHERE dag_id = $4 AND run_id = $5 AND state = $6 AND task_id IN ({})
-                 RETURNING {TI_COLUMNS}",
-                list.join(", ")
-            );
-            let mut query = sqlx::query(&sql)
-                .bind(to.as_str())
-                .bind(at)
-                .bind(reason.clone())
-                .bind(dag_id)
-                .bind(run_id)
-                .bind(transition.from().as_str());
-            for task_id in chunk {
-                query = query.bind(task_id);
-            }
-            let rows = query
-                .fetch_all(&self.pool)
-                .await
-                .map_err(query_error("transition tasks"))?;
-            for row in &rows {
-                out.push(ti_from_row(row)?);
-            }
-        }
-        if out.len() != task_ids.len() {
-            let moved: Vec<&str> = task_ids
-                .iter()
-                .filter(|id| !out.iter().any(|ti| &ti.task_id == *id))
-                .map(String::as_str)
-                .collect();
-            return Err(StoreError::Conflict {
-                what: format!("{dag_id}/{run_id}/{}", moved.join(",")),
-                expected: transition.from().to_string(),
-                found: "another state".into(),
-            });
-        }
-        Ok(out)
     }
 }

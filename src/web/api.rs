@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
 use crate::dag::Dag;
-use crate::executor::try_log_path;
+use crate::executor::read_try_log;
 use crate::runs::{start_run, StartError};
 use crate::schedule::{parse_instant, Schedule};
 use crate::state::RunState;
@@ -472,8 +472,11 @@ async fn task_log(
         run_id,
         task_id,
     };
-    let path = try_log_path(&state.logs_dir(), &key, try_number);
-    let content = tokio::fs::read_to_string(&path).await.unwrap_or_default();
+    let logs_dir = state.logs_dir();
+    let content = tokio::task::spawn_blocking(move || read_try_log(&logs_dir, &key, try_number))
+        .await
+        .map_err(|e| ApiError::internal(format!("reading a log: {e}")))?
+        .map_err(|e| ApiError::internal(format!("reading a log: {e}")))?;
     let wants_text = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

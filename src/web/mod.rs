@@ -156,6 +156,14 @@ impl ApiError {
         }
     }
 
+    /// 500: the server failed; `detail` is logged, not sent.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            detail: detail.into(),
+        }
+    }
+
     /// 409: the request conflicts with the current state.
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self {

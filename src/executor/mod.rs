@@ -160,6 +160,8 @@ struct Planned {
     output: Option<String>,
     next_retry_at: Option<DateTime<Utc>>,
     max_tries: Option<u32>,
+    /// When it happened, if not when it is written (a try's end).
+    at: Option<DateTime<Utc>>,
 }
 
 impl Planned {
@@ -171,7 +173,18 @@ impl Planned {
             output: None,
             next_retry_at: None,
             max_tries: None,
+            at: None,
         }
+    }
+}
+
+/// `views` as they will be once `plan` is written.
+fn overlay(views: &mut [TaskView], plan: &[Planned]) {
+    for p in plan {
+        views[p.task] = TaskView {
+            state: p.to,
+            next_retry_at: p.next_retry_at,
+        };
     }
 }
 
@@ -185,7 +198,7 @@ impl From<decide::Decision> for Planned {
 }
 
 /// A try's end as sent back to the run loop, with the slot it held.
-type Finished = (usize, TryOutcome, slots::SlotGuard);
+type Finished = (usize, TryOutcome, DateTime<Utc>, slots::SlotGuard);
 
 struct RunDriver<'a> {
     executor: &'a Executor,
@@ -337,43 +350,31 @@ impl RunDriver<'_> {
         }
     }
 
-    /// Persists one change; see [`RunDriver::apply_all`].
-    async fn change(
-        &mut self,
-        task: usize,
-        to: TaskState,
-        reason: Option<String>,
-    ) -> Result<(), ExecutorError> {
-        self.apply_all(vec![Planned {
-            reason,
-            ..Planned::to(task, to)
-        }])
-        .await
-    }
-
     /// Persists changes of this run's tasks in one store call (the state machine approves
-    /// each first), then updates the local view: a pass's decisions, starts or ends cost
-    /// one round trip, not one per task.
+    /// each first), then updates the local view: a pass's try ends, decisions and starts
+    /// cost one round trip, not one per task. A task may change more than once (queued,
+    /// then running): each change is checked against the state the previous one leaves.
     async fn apply_all(&mut self, planned: Vec<Planned>) -> Result<(), ExecutorError> {
         if planned.is_empty() {
             return Ok(());
         }
-        let at = Utc::now();
+        let now = Utc::now();
+        let mut states: Vec<TaskState> = self.instances.iter().map(|ti| ti.state).collect();
         let mut changes = Vec::with_capacity(planned.len());
+        let mut froms = Vec::with_capacity(planned.len());
         for p in &planned {
-            let transition =
-                self.instances[p.task]
-                    .state
-                    .to(p.to)
-                    .map_err(|e| StoreError::Conflict {
-                        what: self.key(p.task).to_string(),
-                        expected: e.from.to_string(),
-                        found: format!("a state from which {} is illegal", e.to),
-                    })?;
+            let from = states[p.task];
+            let transition = from.to(p.to).map_err(|e| StoreError::Conflict {
+                what: self.key(p.task).to_string(),
+                expected: e.from.to_string(),
+                found: format!("a state from which {} is illegal", e.to),
+            })?;
+            states[p.task] = p.to;
+            froms.push(from);
             changes.push(TaskChange {
                 key: self.key(p.task),
                 transition,
-                at,
+                at: p.at.unwrap_or(now),
                 reason: p.reason.clone(),
                 output: p.output.clone(),
                 next_retry_at: p.next_retry_at,
@@ -381,14 +382,18 @@ impl RunDriver<'_> {
             });
         }
         let moved = self.executor.store.transitions(&changes).await?;
-        for (p, ti) in planned.into_iter().zip(moved) {
+        for ((p, ti), (from, change)) in planned
+            .into_iter()
+            .zip(moved)
+            .zip(froms.into_iter().zip(changes))
+        {
             if let Some(observer) = &self.executor.observer {
                 let _ = observer.send(Progress {
                     task_id: ti.task_id.clone(),
                     try_number: ti.try_number,
-                    from: self.instances[p.task].state,
+                    from,
                     to: p.to,
-                    at,
+                    at: change.at,
                     reason: p.reason,
                 });
             }
@@ -516,34 +521,6 @@ impl RunDriver<'_> {
         }
     }
 
-    /// A queued task that cannot start at all (its pool does not exist): recorded as a try
-    /// that failed for good, so the run ends instead of waiting forever.
-    async fn fail_unstartable(&mut self, task: usize, reason: String) -> Result<(), ExecutorError> {
-        self.change(task, TaskState::Running, None).await?;
-        self.change(task, TaskState::Failed, Some(reason)).await
-    }
-
-    /// Marks `tasks` running (persisted first, in one store call), then starts each try as
-    /// a tokio task holding its slot; returns each try's cancellation token.
-    async fn start_all(
-        &mut self,
-        tasks: Vec<(usize, slots::SlotGuard)>,
-        done: &mpsc::UnboundedSender<Finished>,
-        run_cancel: &CancellationToken,
-    ) -> Result<Vec<(usize, CancellationToken)>, ExecutorError> {
-        self.apply_all(
-            tasks
-                .iter()
-                .map(|&(task, _)| Planned::to(task, TaskState::Running))
-                .collect(),
-        )
-        .await?;
-        Ok(tasks
-            .into_iter()
-            .map(|(task, permit)| (task, self.spawn_try(task, permit, done, run_cancel)))
-            .collect())
-    }
-
     /// Starts the try of a task already `running` in the store.
     fn spawn_try(
         &self,
@@ -573,7 +550,7 @@ impl RunDriver<'_> {
                 let outcome = run_try(operator, ctx, timeout).await;
                 drop(route);
                 // The slot stays taken until the executor has persisted the try's end.
-                let _ = done.send((task, outcome, permit));
+                let _ = done.send((task, outcome, Utc::now(), permit));
             }
             .instrument(span),
         );
@@ -595,7 +572,7 @@ impl RunDriver<'_> {
             let deadline = tokio::time::Instant::now() + STOP_GRACE + Duration::from_secs(1);
             while !running.is_empty() {
                 match tokio::time::timeout_at(deadline, done_rx.recv()).await {
-                    Ok(Some((task, _, _))) => {
+                    Ok(Some((task, ..))) => {
                         running.remove(&task);
                     }
                     _ => break,
@@ -648,6 +625,8 @@ impl RunDriver<'_> {
         let mut interrupted: std::collections::HashSet<usize> = std::collections::HashSet::new();
         let slots = self.executor.slots.clone();
         let mut released = slots.subscribe();
+        // Tries that ended and are not written yet: written with the pass they wake.
+        let mut ended: Vec<Planned> = Vec::new();
         loop {
             // A cancelled run may be noticed first through a try that stopped because of it.
             if !cancelling && cancel.is_cancelled() {
@@ -661,6 +640,7 @@ impl RunDriver<'_> {
                 grace_over = Some(tokio::time::Instant::now() + self.executor.shutdown_grace);
             }
             if stopping {
+                self.apply_all(std::mem::take(&mut ended)).await?;
                 if running.is_empty() {
                     // Leave the run `running`: whoever drives it next resumes it.
                     let run = self
@@ -671,42 +651,53 @@ impl RunDriver<'_> {
                     return Ok(run.unwrap_or_else(|| self.run.clone()));
                 }
             } else if cancelling {
-                let cancelled: Vec<Planned> = (0..self.instances.len())
-                    .filter(|&task| {
-                        matches!(
-                            self.instances[task].state,
-                            TaskState::Pending | TaskState::Queued | TaskState::UpForRetry
-                        )
-                    })
-                    .map(|task| Planned {
-                        reason: Some("run cancelled".into()),
-                        ..Planned::to(task, TaskState::Cancelled)
-                    })
-                    .collect();
-                self.apply_all(cancelled).await?;
+                let mut plan = std::mem::take(&mut ended);
+                plan.extend(
+                    (0..self.instances.len())
+                        .filter(|&task| {
+                            matches!(
+                                self.instances[task].state,
+                                TaskState::Pending | TaskState::Queued | TaskState::UpForRetry
+                            )
+                        })
+                        .map(|task| Planned {
+                            reason: Some("run cancelled".into()),
+                            ..Planned::to(task, TaskState::Cancelled)
+                        }),
+                );
+                self.apply_all(plan).await?;
             } else {
-                let decided = decide(&self.dag, &self.views(), Utc::now());
-                self.apply_all(decided.into_iter().map(Planned::from).collect())
-                    .await?;
+                // One write for the pass: the ends, the decisions they lead to, and the starts.
+                let mut plan = std::mem::take(&mut ended);
+                let mut view = self.views();
+                overlay(&mut view, &plan);
+                let decided: Vec<Planned> = decide(&self.dag, &view, Utc::now())
+                    .into_iter()
+                    .map(Planned::from)
+                    .collect();
+                overlay(&mut view, &decided);
+                plan.extend(decided);
                 // Start queued tasks in topological order while they get slots (global,
                 // this DAG's max_active_tasks across its runs, their pool).
                 short_global = false;
                 short_other = false;
                 released.mark_unchanged();
                 let mut starts = Vec::new();
-                for task in 0..self.instances.len() {
-                    if self.instances[task].state != TaskState::Queued
-                        || running.contains_key(&task)
-                    {
+                for task in 0..view.len() {
+                    if view[task].state != TaskState::Queued || running.contains_key(&task) {
                         continue;
                     }
                     let pool = self.dag.tasks[task].pool.clone();
                     if let Some(name) = pool.as_deref().filter(|p| !slots.has_pool(p)) {
-                        self.fail_unstartable(
-                            task,
-                            format!("pool `{name}` is not defined (SLUICE_POOLS=name=size,…)"),
-                        )
-                        .await?;
+                        // It cannot start at all: a try that failed for good, so the run ends
+                        // instead of waiting forever.
+                        plan.push(Planned::to(task, TaskState::Running));
+                        plan.push(Planned {
+                            reason: Some(format!(
+                                "pool `{name}` is not defined (SLUICE_POOLS=name=size,…)"
+                            )),
+                            ..Planned::to(task, TaskState::Failed)
+                        });
                         continue;
                     }
                     let guard = match slots.try_acquire(&self.dag, pool.as_deref(), &mut spare) {
@@ -720,9 +711,15 @@ impl RunDriver<'_> {
                             continue;
                         }
                     };
+                    plan.push(Planned::to(task, TaskState::Running));
                     starts.push((task, guard));
                 }
-                running.extend(self.start_all(starts, done_tx, cancel).await?);
+                // Written before any of these tries starts.
+                self.apply_all(plan).await?;
+                for (task, guard) in starts {
+                    let token = self.spawn_try(task, guard, done_tx, cancel);
+                    running.insert(task, token);
+                }
             }
             let all_finished = self.instances.iter().all(|ti| ti.state.is_finished());
             if all_finished && running.is_empty() {
@@ -743,14 +740,12 @@ impl RunDriver<'_> {
             let sleep_for = wakeup.map(|at| (at - Utc::now()).to_std().unwrap_or_default());
             tokio::select! {
                 Some(first) = done_rx.recv() => {
-                    // Tries that ended meanwhile are recorded together.
-                    let mut ended = vec![first];
+                    // Tries that ended meanwhile are recorded together, with the pass they wake.
+                    let mut done = vec![first];
                     while let Ok(next) = done_rx.try_recv() {
-                        ended.push(next);
+                        done.push(next);
                     }
-                    let mut endings = Vec::with_capacity(ended.len());
-                    let mut permits = Vec::with_capacity(ended.len());
-                    for (task, outcome, permit) in ended {
+                    for (task, outcome, at, permit) in done {
                         running.remove(&task);
                         let ending = if interrupted.contains(&task) {
                             Ending::Interrupted
@@ -759,12 +754,11 @@ impl RunDriver<'_> {
                         } else {
                             Ending::Normal
                         };
-                        endings.push(self.ending(task, outcome, ending));
-                        permits.push(permit);
+                        ended.push(Planned { at: Some(at), ..self.ending(task, outcome, ending) });
+                        // The slot is free now: the end is written, with the time it happened,
+                        // before (or with) the start of any try that takes the slot in this run.
+                        drop(permit);
                     }
-                    self.apply_all(endings).await?;
-                    // The slots stay taken until the ends are persisted.
-                    drop(permits);
                 }
                 _ = shutdown.cancelled(), if !stopping && !cancelling => {}
                 _ = tokio::time::sleep_until(grace_over.unwrap_or_else(tokio::time::Instant::now)), if stopping && interrupted.len() < running.len() => {

@@ -6,7 +6,6 @@
 //! later `FOR UPDATE SKIP LOCKED` claims) branches on [`Backend`]. Migrations live in
 //! `migrations/sqlite` and `migrations/postgres` with the same version numbers.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -34,6 +33,8 @@ pub struct SqlStore {
     /// SQLite allows one writer at a time; queueing writers here instead of in SQLite's busy
     /// handler (which sleeps and backs off) keeps writes from stalling under concurrency.
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// Task-instance transitions, group-committed across callers.
+    transitions: transitions::GroupCommit,
 }
 
 fn micros(t: DateTime<Utc>) -> i64 {
@@ -256,30 +257,33 @@ impl SqlStore {
             }
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
+        let writer: Arc<tokio::sync::Mutex<()>> = Arc::default();
+        let transitions = transitions::GroupCommit::start(transitions::Writer {
+            pool: pool.clone(),
+            backend,
+            turn: (backend == Backend::Sqlite).then(|| writer.clone()),
+            returning: TI_COLUMNS,
+            decode: ti_from_row,
+        });
         Ok(Self {
             pool,
             backend,
-            writer: Arc::default(),
+            writer,
+            transitions,
         })
     }
 
     /// The error for a batch where some instances were not in their expected state.
-    async fn conflict(&self, chunk: &[TaskChange], moved: &[TaskInstance]) -> StoreError {
-        let stale = chunk.iter().find(|c| {
-            !moved.iter().any(|ti| {
-                ti.task_id == c.key.task_id
-                    && ti.run_id == c.key.run_id
-                    && ti.dag_id == c.key.dag_id
-            })
-        });
-        let Some(stale) = stale else {
-            return StoreError::Conflict {
-                what: "a batch of task instances".into(),
-                expected: "each instance once".into(),
-                found: "a repeated instance".into(),
-            };
+    async fn conflict(&self, changes: &[TaskChange], moved: &[Option<TaskInstance>]) -> StoreError {
+        let mut lost = changes
+            .iter()
+            .zip(moved)
+            .filter(|(_, m)| m.is_none())
+            .map(|(c, _)| c);
+        let Some(stale) = lost.next() else {
+            return StoreError::NotFound("a conflicting task instance".into());
         };
-        let others = chunk.len() - moved.len() - 1;
+        let others = lost.count();
         let what = if others == 0 {
             stale.key.to_string()
         } else {
@@ -524,42 +528,11 @@ impl Store for SqlStore {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
-        let _turn = self.write_turn().await;
-        let mut out = Vec::with_capacity(changes.len());
-        for chunk in transitions::chunks(changes) {
-            let rows = transitions::apply_chunk(&self.pool, chunk, TI_COLUMNS)
-                .await
-                .map_err(query_error("transition tasks"))?;
-            let mut moved = rows
-                .iter()
-                .map(ti_from_row)
-                .collect::<Result<Vec<_>, _>>()?;
-            if moved.len() != chunk.len() {
-                return Err(self.conflict(chunk, &moved).await);
-            }
-            // RETURNING follows the join's order; callers get the order they asked in.
-            let position: HashMap<(&str, &str, &str), usize> = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    (
-                        (
-                            c.key.dag_id.as_str(),
-                            c.key.run_id.as_str(),
-                            c.key.task_id.as_str(),
-                        ),
-                        i,
-                    )
-                })
-                .collect();
-            moved.sort_by_key(|ti| {
-                position
-                    .get(&(ti.dag_id.as_str(), ti.run_id.as_str(), ti.task_id.as_str()))
-                    .copied()
-            });
-            out.extend(moved);
+        let moved = self.transitions.write(changes.to_vec()).await?;
+        if moved.iter().all(Option::is_some) {
+            return Ok(moved.into_iter().flatten().collect());
         }
-        Ok(out)
+        Err(self.conflict(changes, &moved).await)
     }
 
     async fn history(&self, dag_id: &str, run_id: &str) -> Result<Vec<StateChange>, StoreError> {

@@ -5,12 +5,180 @@
 //! and, on PostgreSQL, a WAL flush each; this writes a batch as one `UPDATE … FROM` over a
 //! `VALUES` list, where every row is still its own compare-and-set on the expected state
 //! and (by the trigger of migration 0003) writes its own history row.
+//!
+//! Across callers, changes go through one [`GroupCommit`] writer per store: while one batch
+//! is being written, the changes of every run driver that arrive meanwhile queue up and are
+//! written together next (group commit), so concurrent runs share round trips too.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use sqlx::any::AnyRow;
 use sqlx::AnyPool;
+use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::{TaskChange, TaskKey};
+use super::{Backend, StoreError, TaskChange, TaskInstance, TaskKey};
 use crate::state::TaskState;
+
+/// Requests merged into one batch at most (bounds one batch's latency).
+const MAX_REQUESTS: usize = 512;
+
+/// Per change of a request: the moved instance, or `None` when its compare-and-set lost.
+pub(super) type Moved = Vec<Option<TaskInstance>>;
+
+struct Request {
+    changes: Vec<TaskChange>,
+    reply: oneshot::Sender<Result<Moved, StoreError>>,
+}
+
+/// The store's transition writer: a task that merges the requests waiting for it.
+#[derive(Debug, Clone)]
+pub(super) struct GroupCommit {
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+/// What the writer needs of the store.
+pub(super) struct Writer {
+    /// The pool to write through.
+    pub pool: AnyPool,
+    /// Which database (placeholder style).
+    pub backend: Backend,
+    /// Held while writing, on backends with one writer at a time.
+    pub turn: Option<Arc<Mutex<()>>>,
+    /// Task-instance columns to return.
+    pub returning: &'static str,
+    /// Reads one returned row.
+    pub decode: fn(&AnyRow) -> Result<TaskInstance, StoreError>,
+}
+
+impl GroupCommit {
+    /// Starts the writer task on the current runtime; it ends when the last handle is dropped.
+    pub fn start(writer: Writer) -> Self {
+        let (requests, queue) = mpsc::unbounded_channel();
+        tokio::spawn(writer.run(queue));
+        Self { requests }
+    }
+
+    /// Writes `changes` (with those of other callers waiting at the same time). A change
+    /// is applied even if the caller stops waiting; the answer then goes nowhere.
+    pub async fn write(&self, changes: Vec<TaskChange>) -> Result<Moved, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || StoreError::Query {
+            what: "transition tasks",
+            source: sqlx::Error::WorkerCrashed,
+        };
+        self.requests
+            .send(Request { changes, reply })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+impl Writer {
+    async fn run(self, mut queue: mpsc::UnboundedReceiver<Request>) {
+        while let Some(first) = queue.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_REQUESTS {
+                match queue.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.write_batch(batch).await;
+        }
+    }
+
+    async fn write_batch(&self, mut batch: Vec<Request>) {
+        let sizes: Vec<usize> = batch.iter().map(|r| r.changes.len()).collect();
+        let changes: Vec<TaskChange> = batch
+            .iter_mut()
+            .flat_map(|r| std::mem::take(&mut r.changes))
+            .collect();
+        let mut moved: Vec<Option<TaskInstance>> = vec![None; changes.len()];
+        // The first change not written because a statement failed, with the error.
+        let mut failed: Option<(usize, StoreError)> = None;
+        {
+            let _turn = match &self.turn {
+                Some(turn) => Some(turn.lock().await),
+                None => None,
+            };
+            let mut offset = 0;
+            for chunk in chunks(&changes) {
+                match self.write_chunk(chunk).await {
+                    Ok(rows) => {
+                        for (i, ti) in rows {
+                            moved[offset + i] = Some(ti);
+                        }
+                    }
+                    Err(error) => {
+                        failed = Some((offset, error));
+                        break;
+                    }
+                }
+                offset += chunk.len();
+            }
+        }
+        let mut start = 0;
+        let mut moved = moved.into_iter();
+        for (request, size) in batch.into_iter().zip(sizes) {
+            let mine: Moved = moved.by_ref().take(size).collect();
+            let answer = match &mut failed {
+                Some((at, error)) if *at < start + size => {
+                    // The first caller gets the driver's error; the others its message.
+                    let error = std::mem::replace(
+                        error,
+                        StoreError::Query {
+                            what: "transition tasks",
+                            source: sqlx::Error::Protocol(format!(
+                                "written in a batch whose statement failed: {error}"
+                            )),
+                        },
+                    );
+                    Err(error)
+                }
+                _ => Ok(mine),
+            };
+            let _ = request.reply.send(answer);
+            start += size;
+        }
+    }
+
+    /// Writes one chunk; returns the moved instances by their position in `chunk`.
+    async fn write_chunk(
+        &self,
+        chunk: &[TaskChange],
+    ) -> Result<Vec<(usize, TaskInstance)>, StoreError> {
+        let rows = apply_chunk(&self.pool, chunk, self.returning, self.backend)
+            .await
+            .map_err(|source| StoreError::Query {
+                what: "transition tasks",
+                source,
+            })?;
+        let position: HashMap<(&str, &str, &str), usize> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                (
+                    (
+                        c.key.dag_id.as_str(),
+                        c.key.run_id.as_str(),
+                        c.key.task_id.as_str(),
+                    ),
+                    i,
+                )
+            })
+            .collect();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let ti = (self.decode)(row)?;
+            let at = (ti.dag_id.as_str(), ti.run_id.as_str(), ti.task_id.as_str());
+            if let Some(&i) = position.get(&at) {
+                out.push((i, ti));
+            }
+        }
+        Ok(out)
+    }
+}
 
 /// Changes per statement: 16 bind parameters each, far under both backends' limits.
 pub(super) const CHUNK: usize = 256;
@@ -37,15 +205,20 @@ const VALUE_COLUMNS: [(&str, &str); 16] = [
 ];
 
 /// The statement for `rows` changes; `returning` lists the task-instance columns to return.
-pub(super) fn statement(rows: usize, returning: &str) -> String {
+/// PostgreSQL takes numbered parameters; SQLite gets anonymous `?` ones, because it looks a
+/// numbered parameter's name up by a linear scan (quadratic in a statement of thousands).
+pub(super) fn statement(rows: usize, returning: &str, backend: Backend) -> String {
     let names: Vec<&str> = VALUE_COLUMNS.iter().map(|(name, _)| *name).collect();
     let values: Vec<String> = (0..rows)
         .map(|row| {
             let cells: Vec<String> = VALUE_COLUMNS
                 .iter()
                 .enumerate()
-                .map(|(col, (_, ty))| {
-                    format!("CAST(${} AS {ty})", row * VALUE_COLUMNS.len() + col + 1)
+                .map(|(col, (_, ty))| match backend {
+                    Backend::Postgres => {
+                        format!("CAST(${} AS {ty})", row * VALUE_COLUMNS.len() + col + 1)
+                    }
+                    Backend::Sqlite => format!("CAST(? AS {ty})"),
                 })
                 .collect();
             format!("({})", cells.join(", "))
@@ -129,18 +302,45 @@ pub(super) fn chunks(changes: &[TaskChange]) -> Vec<&[TaskChange]> {
     out
 }
 
-/// Runs one chunk; returns the rows of the instances that moved.
-pub(super) async fn apply_chunk(
+/// Rows a statement for `n` changes has: the next power of two, so that a handful of
+/// statement texts serve every batch size and stay in the driver's prepared-statement cache.
+fn padded_rows(n: usize) -> usize {
+    n.next_power_of_two().min(CHUNK.max(n))
+}
+
+/// Runs one chunk; returns the rows of the instances that moved. Padding rows have NULL
+/// keys, which match no instance.
+async fn apply_chunk(
     pool: &AnyPool,
     chunk: &[TaskChange],
     returning: &str,
+    backend: Backend,
 ) -> Result<Vec<AnyRow>, sqlx::Error> {
-    let sql = statement(chunk.len(), returning);
+    let rows = padded_rows(chunk.len());
+    let sql = statement(rows, returning, backend);
     let mut query = sqlx::query(&sql);
     for change in chunk {
         query = bind(query, change);
     }
+    for _ in chunk.len()..rows {
+        query = bind_padding(query);
+    }
     query.fetch_all(pool).await
+}
+
+/// Binds a row that matches nothing, typed like a real one.
+fn bind_padding<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let mut query = query;
+    for (_, ty) in VALUE_COLUMNS {
+        query = if ty == "BIGINT" {
+            query.bind(None::<i64>)
+        } else {
+            query.bind(None::<String>)
+        };
+    }
+    query
 }
 
 #[cfg(test)]
@@ -160,10 +360,22 @@ mod tests {
 
     #[test]
     fn the_statement_numbers_every_parameter_once() {
-        let sql = statement(3, "dag_id");
+        let sql = statement(3, "dag_id", Backend::Postgres);
         assert!(sql.contains("CAST($1 AS TEXT)"));
         assert!(sql.contains("CAST($48 AS TEXT)"));
         assert!(!sql.contains("$49"));
+        let sql = statement(3, "dag_id", Backend::Sqlite);
+        assert_eq!(sql.matches('?').count(), 48);
+        assert!(!sql.contains('$'));
+    }
+
+    #[test]
+    fn batches_are_padded_to_a_few_statement_sizes() {
+        let sizes: Vec<usize> = [1, 2, 3, 5, 100, 200, CHUNK]
+            .iter()
+            .map(|&n| padded_rows(n))
+            .collect();
+        assert_eq!(sizes, vec![1, 2, 4, 8, 128, 256, 256]);
     }
 
     #[test]

@@ -49,10 +49,35 @@ async fn step(
     to: TaskState,
     when: DateTime<Utc>,
 ) -> sluice::store::TaskInstance {
-    store
-        .transition(&TaskChange::new(key.clone(), from.to(to).unwrap(), when))
-        .await
-        .unwrap()
+    checked(
+        store,
+        &TaskChange::new(key.clone(), from.to(to).unwrap(), when),
+    )
+    .await
+}
+
+/// Applies `change` through the store and checks that `TaskInstance::apply` (what the
+/// executor uses to keep its view without reading rows back) predicts the stored row.
+async fn checked(store: &dyn Store, change: &TaskChange) -> sluice::store::TaskInstance {
+    let key = &change.key;
+    let instance = |tis: Vec<sluice::store::TaskInstance>| {
+        tis.into_iter()
+            .find(|ti| ti.task_id == key.task_id)
+            .unwrap()
+    };
+    let mut predicted = instance(
+        store
+            .task_instances(&key.dag_id, &key.run_id)
+            .await
+            .unwrap(),
+    );
+    predicted.apply(change);
+    let stored = store.transition(change).await.unwrap();
+    assert_eq!(
+        stored, predicted,
+        "TaskInstance::apply disagrees with the store"
+    );
+    stored
 }
 
 async fn story(store: Arc<dyn Store>) {
@@ -104,7 +129,7 @@ async fn story(store: Arc<dyn Store>) {
     );
     fail.reason = Some("connection refused".into());
     fail.next_retry_at = Some(at(4));
-    let retry = store.transition(&fail).await.unwrap();
+    let retry = checked(store, &fail).await;
     assert_eq!(retry.error.as_deref(), Some("connection refused"));
     assert_eq!(
         (retry.next_retry_at, retry.ended_at),
@@ -122,7 +147,7 @@ async fn story(store: Arc<dyn Store>) {
         at(6),
     );
     ok.output = Some(r#"{"values":{"rows":42}}"#.into());
-    let done = store.transition(&ok).await.unwrap();
+    let done = checked(store, &ok).await;
     assert_eq!(done.state, TaskState::Success);
     assert_eq!(done.output.unwrap()["values"]["rows"], 42);
 
@@ -224,7 +249,7 @@ async fn story(store: Arc<dyn Store>) {
         at(11),
     );
     clear.max_tries = Some(5);
-    let cleared = store.transition(&clear).await.unwrap();
+    let cleared = checked(store, &clear).await;
     assert_eq!(
         (cleared.state, cleared.try_number, cleared.max_tries),
         (TaskState::Pending, 2, 5)

@@ -381,12 +381,10 @@ impl RunDriver<'_> {
                 max_tries: p.max_tries,
             });
         }
-        let moved = self.executor.store.transitions(&changes).await?;
-        for ((p, ti), (from, change)) in planned
-            .into_iter()
-            .zip(moved)
-            .zip(froms.into_iter().zip(changes))
-        {
+        self.executor.store.transitions(&changes).await?;
+        for ((p, from), change) in planned.into_iter().zip(froms).zip(changes) {
+            let ti = &mut self.instances[p.task];
+            ti.apply(&change);
             if let Some(observer) = &self.executor.observer {
                 let _ = observer.send(Progress {
                     task_id: ti.task_id.clone(),
@@ -397,7 +395,6 @@ impl RunDriver<'_> {
                     reason: p.reason,
                 });
             }
-            self.instances[p.task] = ti;
         }
         Ok(())
     }
@@ -683,8 +680,8 @@ impl RunDriver<'_> {
                 short_other = false;
                 released.mark_unchanged();
                 let mut starts = Vec::new();
-                for task in 0..view.len() {
-                    if view[task].state != TaskState::Queued || running.contains_key(&task) {
+                for (task, v) in view.iter().enumerate() {
+                    if v.state != TaskState::Queued || running.contains_key(&task) {
                         continue;
                     }
                     let pool = self.dag.tasks[task].pool.clone();

@@ -140,6 +140,42 @@ pub struct TaskInstance {
     pub updated_at: DateTime<Utc>,
 }
 
+impl TaskInstance {
+    /// What `change` does to this instance once the store applied it: the same columns the
+    /// store's statement sets (`store_story` checks the two agree on both backends).
+    pub fn apply(&mut self, change: &TaskChange) {
+        let t = change.transition;
+        let to = t.to();
+        let starts = t.starts_try();
+        self.state = to;
+        self.updated_at = change.at;
+        if starts {
+            self.try_number += 1;
+            self.started_at = Some(change.at);
+        }
+        if to == TaskState::Queued {
+            self.queued_at = Some(change.at);
+        }
+        let ends = to.is_finished() || to == TaskState::UpForRetry;
+        self.ended_at = ends.then_some(change.at);
+        self.next_retry_at = change.next_retry_at;
+        if to == TaskState::Pending {
+            self.output = None;
+        } else if let Some(output) = &change.output {
+            self.output = serde_json::from_str(output).ok();
+        }
+        // A new try or a clear drops the last error; a failure records its own.
+        if starts || t.clears() {
+            self.error = None;
+        } else if matches!(to, TaskState::Failed | TaskState::UpForRetry) {
+            self.error = change.reason.clone();
+        }
+        if let Some(max_tries) = change.max_tries {
+            self.max_tries = max_tries;
+        }
+    }
+}
+
 /// One recorded state change of a task instance.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StateChange {
@@ -404,21 +440,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         run_id: &str,
     ) -> Result<Vec<TaskInstance>, StoreError>;
 
-    /// Persists one approved state change with its history row, or fails with `Conflict`
-    /// (or `NotFound`) when the instance is not in the transition's `from` state.
+    /// Persists one approved state change with its history row and returns the instance
+    /// as it is now, or fails with `Conflict` (or `NotFound`) when the instance is not in
+    /// the transition's `from` state.
     async fn transition(&self, change: &TaskChange) -> Result<TaskInstance, StoreError> {
-        let mut moved = self.transitions(std::slice::from_ref(change)).await?;
-        moved
-            .pop()
+        self.transitions(std::slice::from_ref(change)).await?;
+        self.task_instances(&change.key.dag_id, &change.key.run_id)
+            .await?
+            .into_iter()
+            .find(|ti| ti.task_id == change.key.task_id)
             .ok_or_else(|| StoreError::NotFound(format!("task instance {}", change.key)))
     }
 
-    /// Persists approved changes of any instances in one statement where it can (one round
-    /// trip for a pass's decisions, starts or ends), each a compare-and-set with its own
-    /// history row. Returns the moved instances in the order of `changes`. Fails with
-    /// `Conflict` naming an instance that was not in its expected state; the changes of the
-    /// other instances are applied (each is atomic on its own, as with [`Store::transition`]).
-    async fn transitions(&self, changes: &[TaskChange]) -> Result<Vec<TaskInstance>, StoreError>;
+    /// Persists approved changes of any instances, in one statement where it can (one
+    /// round trip for a pass's ends, decisions and starts), each a compare-and-set with its
+    /// own history row. Callers that hold the instances update them with
+    /// [`TaskInstance::apply`]. Fails with `Conflict` naming an instance that was not in its
+    /// expected state; the changes of the other instances are applied (each is atomic on its
+    /// own, as with [`Store::transition`]).
+    async fn transitions(&self, changes: &[TaskChange]) -> Result<(), StoreError>;
 
     /// Every state change of a run, in order.
     async fn history(&self, dag_id: &str, run_id: &str) -> Result<Vec<StateChange>, StoreError>;

@@ -10,21 +10,19 @@
 //! is being written, the changes of every run driver that arrive meanwhile queue up and are
 //! written together next (group commit), so concurrent runs share round trips too.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use sqlx::any::AnyRow;
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::{Backend, StoreError, TaskChange, TaskInstance, TaskKey};
+use super::{Backend, StoreError, TaskChange, TaskKey};
 use crate::state::TaskState;
 
 /// Requests merged into one batch at most (bounds one batch's latency).
 const MAX_REQUESTS: usize = 512;
 
-/// Per change of a request: the moved instance, or `None` when its compare-and-set lost.
-pub(super) type Moved = Vec<Option<TaskInstance>>;
+/// Per change of a request: whether it was applied (`false`: its compare-and-set lost).
+pub(super) type Moved = Vec<bool>;
 
 struct Request {
     changes: Vec<TaskChange>,
@@ -45,10 +43,6 @@ pub(super) struct Writer {
     pub backend: Backend,
     /// Held while writing, on backends with one writer at a time.
     pub turn: Option<Arc<Mutex<()>>>,
-    /// Task-instance columns to return.
-    pub returning: &'static str,
-    /// Reads one returned row.
-    pub decode: fn(&AnyRow) -> Result<TaskInstance, StoreError>,
 }
 
 impl GroupCommit {
@@ -94,7 +88,7 @@ impl Writer {
             .iter_mut()
             .flat_map(|r| std::mem::take(&mut r.changes))
             .collect();
-        let mut moved: Vec<Option<TaskInstance>> = vec![None; changes.len()];
+        let mut moved: Vec<bool> = vec![false; changes.len()];
         // The first change not written because a statement failed, with the error.
         let mut failed: Option<(usize, StoreError)> = None;
         {
@@ -105,11 +99,7 @@ impl Writer {
             let mut offset = 0;
             for chunk in chunks(&changes) {
                 match self.write_chunk(chunk).await {
-                    Ok(rows) => {
-                        for (i, ti) in rows {
-                            moved[offset + i] = Some(ti);
-                        }
-                    }
+                    Ok(applied) => moved[offset..offset + chunk.len()].copy_from_slice(&applied),
                     Err(error) => {
                         failed = Some((offset, error));
                         break;
@@ -143,41 +133,54 @@ impl Writer {
         }
     }
 
-    /// Writes one chunk; returns the moved instances by their position in `chunk`.
-    async fn write_chunk(
-        &self,
-        chunk: &[TaskChange],
-    ) -> Result<Vec<(usize, TaskInstance)>, StoreError> {
-        let rows = apply_chunk(&self.pool, chunk, self.returning, self.backend)
+    /// Writes one chunk; returns which of its changes were applied.
+    async fn write_chunk(&self, chunk: &[TaskChange]) -> Result<Vec<bool>, StoreError> {
+        let query_error = |source| StoreError::Query {
+            what: "transition tasks",
+            source,
+        };
+        let marker = batch_marker();
+        let applied = apply_chunk(&self.pool, chunk, self.backend, marker)
             .await
-            .map_err(|source| StoreError::Query {
-                what: "transition tasks",
-                source,
-            })?;
-        let position: HashMap<(&str, &str, &str), usize> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                (
-                    (
-                        c.key.dag_id.as_str(),
-                        c.key.run_id.as_str(),
-                        c.key.task_id.as_str(),
-                    ),
-                    i,
-                )
-            })
-            .collect();
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let ti = (self.decode)(row)?;
-            let at = (ti.dag_id.as_str(), ti.run_id.as_str(), ti.task_id.as_str());
-            if let Some(&i) = position.get(&at) {
-                out.push((i, ti));
-            }
+            .map_err(query_error)?;
+        if applied as usize == chunk.len() {
+            return Ok(vec![true; chunk.len()]);
+        }
+        // Some instance was not in its expected state (another process or a user moved it):
+        // those this statement changed carry its marker.
+        let mut out = Vec::with_capacity(chunk.len());
+        for change in chunk {
+            let row = sqlx::query(
+                "SELECT last_write FROM task_instance
+                 WHERE dag_id = $1 AND run_id = $2 AND task_id = $3",
+            )
+            .bind(&change.key.dag_id)
+            .bind(&change.key.run_id)
+            .bind(&change.key.task_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error)?;
+            let moved = row.is_some_and(|row| {
+                sqlx::Row::try_get::<Option<i64>, _>(&row, "last_write")
+                    .is_ok_and(|m| m == Some(marker))
+            });
+            out.push(moved);
         }
         Ok(out)
     }
+}
+
+/// A marker no other statement (of any process, on any machine) uses: random bits from the
+/// standard library's per-process random keys, over a counter.
+fn batch_marker() -> i64 {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    KEYS.get_or_init(Default::default)
+        .hash_one((n, std::process::id())) as i64
 }
 
 /// Changes per statement: 16 bind parameters each, far under both backends' limits.
@@ -204,10 +207,16 @@ const VALUE_COLUMNS: [(&str, &str); 16] = [
     ("v_reason", "TEXT"),
 ];
 
-/// The statement for `rows` changes; `returning` lists the task-instance columns to return.
+/// The statement for `rows` changes. It returns nothing: rows sent back cost more than the
+/// update itself, and the caller knows what each change did (`TaskInstance::apply`).
 /// PostgreSQL takes numbered parameters; SQLite gets anonymous `?` ones, because it looks a
 /// numbered parameter's name up by a linear scan (quadratic in a statement of thousands).
-pub(super) fn statement(rows: usize, returning: &str, backend: Backend) -> String {
+pub(super) fn statement(rows: usize, backend: Backend) -> String {
+    // The batch marker is bound after every row (its placeholder comes last in the text).
+    let marker = match backend {
+        Backend::Postgres => format!("${}", rows * VALUE_COLUMNS.len() + 1),
+        Backend::Sqlite => "?".into(),
+    };
     let names: Vec<&str> = VALUE_COLUMNS.iter().map(|(name, _)| *name).collect();
     let values: Vec<String> = (0..rows)
         .map(|row| {
@@ -237,11 +246,11 @@ pub(super) fn statement(rows: usize, returning: &str, backend: Backend) -> Strin
             output = CASE WHEN v_to = 'pending' THEN NULL ELSE COALESCE(v_output, task_instance.output) END,
             error = CASE WHEN v_set_error = 1 THEN v_error ELSE task_instance.error END,
             max_tries = COALESCE(v_max_tries, task_instance.max_tries),
-            last_reason = v_reason
+            last_reason = v_reason,
+            last_write = {marker}
          FROM v
          WHERE task_instance.dag_id = v_dag AND task_instance.run_id = v_run
-           AND task_instance.task_id = v_task AND task_instance.state = v_from
-         RETURNING {returning}",
+           AND task_instance.task_id = v_task AND task_instance.state = v_from",
         names.join(", "),
         values.join(", ")
     )
@@ -308,16 +317,16 @@ fn padded_rows(n: usize) -> usize {
     n.next_power_of_two().min(CHUNK.max(n))
 }
 
-/// Runs one chunk; returns the rows of the instances that moved. Padding rows have NULL
-/// keys, which match no instance.
+/// Runs one chunk; returns how many instances moved. Padding rows have NULL keys, which
+/// match no instance.
 async fn apply_chunk(
     pool: &AnyPool,
     chunk: &[TaskChange],
-    returning: &str,
     backend: Backend,
-) -> Result<Vec<AnyRow>, sqlx::Error> {
+    marker: i64,
+) -> Result<u64, sqlx::Error> {
     let rows = padded_rows(chunk.len());
-    let sql = statement(rows, returning, backend);
+    let sql = statement(rows, backend);
     let mut query = sqlx::query(&sql);
     for change in chunk {
         query = bind(query, change);
@@ -325,7 +334,7 @@ async fn apply_chunk(
     for _ in chunk.len()..rows {
         query = bind_padding(query);
     }
-    query.fetch_all(pool).await
+    Ok(query.bind(marker).execute(pool).await?.rows_affected())
 }
 
 /// Binds a row that matches nothing, typed like a real one.
@@ -360,12 +369,13 @@ mod tests {
 
     #[test]
     fn the_statement_numbers_every_parameter_once() {
-        let sql = statement(3, "dag_id", Backend::Postgres);
+        let sql = statement(3, Backend::Postgres);
         assert!(sql.contains("CAST($1 AS TEXT)"));
         assert!(sql.contains("CAST($48 AS TEXT)"));
-        assert!(!sql.contains("$49"));
-        let sql = statement(3, "dag_id", Backend::Sqlite);
-        assert_eq!(sql.matches('?').count(), 48);
+        assert!(sql.contains("last_write = $49"));
+        assert!(!sql.contains("$50"));
+        let sql = statement(3, Backend::Sqlite);
+        assert_eq!(sql.matches('?').count(), 49);
         assert!(!sql.contains('$'));
     }
 

@@ -238,7 +238,9 @@ impl SqlStore {
                         // durable across process crashes in WAL mode. Pages are read through a
                         // memory map and the batched updates' temporary tables stay in memory:
                         // without both, a busy scheduler spends its time in pread and pwrite.
-                        conn.execute("PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; PRAGMA mmap_size = 268435456; PRAGMA cache_size = -16384;").await?;
+                        // A longer WAL between checkpoints (40 MB) writes each hot page back
+                        // once per many batches instead of every few.
+                        conn.execute("PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; PRAGMA mmap_size = 268435456; PRAGMA cache_size = -16384; PRAGMA wal_autocheckpoint = 10000;").await?;
                     }
                     Ok(())
                 })

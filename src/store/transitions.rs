@@ -12,7 +12,8 @@
 
 use std::sync::Arc;
 
-use sqlx::AnyPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{AnyConnection, AnyPool};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::{Backend, StoreError, TaskChange, TaskKey};
@@ -70,6 +71,10 @@ impl GroupCommit {
 
 impl Writer {
     async fn run(self, mut queue: mpsc::UnboundedReceiver<Request>) {
+        // One connection for all batches: on SQLite a connection's page cache is dropped
+        // whenever another connection wrote, so rotating through the pool would re-read the
+        // tables' pages on every batch.
+        let mut conn: Option<PoolConnection<sqlx::Any>> = None;
         while let Some(first) = queue.recv().await {
             let mut batch = vec![first];
             while batch.len() < MAX_REQUESTS {
@@ -78,11 +83,15 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.write_batch(batch).await;
+            self.write_batch(&mut conn, batch).await;
         }
     }
 
-    async fn write_batch(&self, mut batch: Vec<Request>) {
+    async fn write_batch(
+        &self,
+        conn: &mut Option<PoolConnection<sqlx::Any>>,
+        mut batch: Vec<Request>,
+    ) {
         let sizes: Vec<usize> = batch.iter().map(|r| r.changes.len()).collect();
         let changes: Vec<TaskChange> = batch
             .iter_mut()
@@ -98,7 +107,21 @@ impl Writer {
             };
             let mut offset = 0;
             for chunk in chunks(&changes) {
-                match self.write_chunk(chunk).await {
+                let written = match conn {
+                    Some(conn) => self.write_chunk(conn, chunk).await,
+                    None => match self.pool.acquire().await {
+                        Ok(acquired) => self.write_chunk(conn.insert(acquired), chunk).await,
+                        Err(source) => Err(StoreError::Query {
+                            what: "transition tasks",
+                            source,
+                        }),
+                    },
+                };
+                if written.is_err() {
+                    // The connection may be broken: take a fresh one next time.
+                    *conn = None;
+                }
+                match written {
                     Ok(applied) => moved[offset..offset + chunk.len()].copy_from_slice(&applied),
                     Err(error) => {
                         failed = Some((offset, error));
@@ -134,13 +157,17 @@ impl Writer {
     }
 
     /// Writes one chunk; returns which of its changes were applied.
-    async fn write_chunk(&self, chunk: &[TaskChange]) -> Result<Vec<bool>, StoreError> {
+    async fn write_chunk(
+        &self,
+        conn: &mut AnyConnection,
+        chunk: &[TaskChange],
+    ) -> Result<Vec<bool>, StoreError> {
         let query_error = |source| StoreError::Query {
             what: "transition tasks",
             source,
         };
         let marker = batch_marker();
-        let applied = apply_chunk(&self.pool, chunk, self.backend, marker)
+        let applied = apply_chunk(&mut *conn, chunk, self.backend, marker)
             .await
             .map_err(query_error)?;
         if applied as usize == chunk.len() {
@@ -157,7 +184,7 @@ impl Writer {
             .bind(&change.key.dag_id)
             .bind(&change.key.run_id)
             .bind(&change.key.task_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(query_error)?;
             let moved = row.is_some_and(|row| {
@@ -320,7 +347,7 @@ fn padded_rows(n: usize) -> usize {
 /// Runs one chunk; returns how many instances moved. Padding rows have NULL keys, which
 /// match no instance.
 async fn apply_chunk(
-    pool: &AnyPool,
+    conn: &mut AnyConnection,
     chunk: &[TaskChange],
     backend: Backend,
     marker: i64,
@@ -334,7 +361,7 @@ async fn apply_chunk(
     for _ in chunk.len()..rows {
         query = bind_padding(query);
     }
-    Ok(query.bind(marker).execute(pool).await?.rows_affected())
+    Ok(query.bind(marker).execute(conn).await?.rows_affected())
 }
 
 /// Binds a row that matches nothing, typed like a real one.

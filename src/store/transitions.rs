@@ -87,6 +87,22 @@ impl Writer {
         }
     }
 
+    /// The writer's connection. On PostgreSQL its statement may only look each change up by
+    /// the primary key (a nested loop): a plan cached while `task_instance` was small (the
+    /// first runs of a new store) otherwise joined every later batch against the whole table,
+    /// 3 to 8 times slower once it had grown.
+    async fn connect(&self) -> Result<PoolConnection<sqlx::Any>, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::Executor::execute(
+                &mut *conn,
+                "SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off",
+            )
+            .await?;
+        }
+        Ok(conn)
+    }
+
     async fn write_batch(
         &self,
         conn: &mut Option<PoolConnection<sqlx::Any>>,
@@ -109,7 +125,7 @@ impl Writer {
             for chunk in chunks(&changes) {
                 let written = match conn {
                     Some(conn) => self.write_chunk(conn, chunk).await,
-                    None => match self.pool.acquire().await {
+                    None => match self.connect().await {
                         Ok(acquired) => self.write_chunk(conn.insert(acquired), chunk).await,
                         Err(source) => Err(StoreError::Query {
                             what: "transition tasks",
@@ -234,35 +250,10 @@ const VALUE_COLUMNS: [(&str, &str); 16] = [
     ("v_reason", "TEXT"),
 ];
 
-/// The statement for `rows` changes. It returns nothing: rows sent back cost more than the
-/// update itself, and the caller knows what each change did (`TaskInstance::apply`).
-/// PostgreSQL takes numbered parameters; SQLite gets anonymous `?` ones, because it looks a
-/// numbered parameter's name up by a linear scan (quadratic in a statement of thousands).
-pub(super) fn statement(rows: usize, backend: Backend) -> String {
-    // The batch marker is bound after every row (its placeholder comes last in the text).
-    let marker = match backend {
-        Backend::Postgres => format!("${}", rows * VALUE_COLUMNS.len() + 1),
-        Backend::Sqlite => "?".into(),
-    };
-    let names: Vec<&str> = VALUE_COLUMNS.iter().map(|(name, _)| *name).collect();
-    let values: Vec<String> = (0..rows)
-        .map(|row| {
-            let cells: Vec<String> = VALUE_COLUMNS
-                .iter()
-                .enumerate()
-                .map(|(col, (_, ty))| match backend {
-                    Backend::Postgres => {
-                        format!("CAST(${} AS {ty})", row * VALUE_COLUMNS.len() + col + 1)
-                    }
-                    Backend::Sqlite => format!("CAST(? AS {ty})"),
-                })
-                .collect();
-            format!("({})", cells.join(", "))
-        })
-        .collect();
+/// What the statement does with each change row `v` and the batch marker.
+fn update_clause(marker: &str) -> String {
     format!(
-        "WITH v({}) AS (VALUES {})
-         UPDATE task_instance SET
+        "UPDATE task_instance SET
             state = v_to,
             updated_at = v_at,
             try_number = task_instance.try_number + v_starts,
@@ -274,48 +265,138 @@ pub(super) fn statement(rows: usize, backend: Backend) -> String {
             error = CASE WHEN v_set_error = 1 THEN v_error ELSE task_instance.error END,
             max_tries = COALESCE(v_max_tries, task_instance.max_tries),
             last_reason = v_reason,
-            last_write = {marker}
-         FROM v
-         WHERE task_instance.dag_id = v_dag AND task_instance.run_id = v_run
-           AND task_instance.task_id = v_task AND task_instance.state = v_from",
-        names.join(", "),
-        values.join(", ")
+            last_write = {marker}"
     )
 }
 
-/// Binds one change's row, in [`VALUE_COLUMNS`] order.
-fn bind<'q>(
-    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    change: &'q TaskChange,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    let t = change.transition;
-    let to = t.to();
-    let at = change.at.timestamp_micros();
-    let starts = t.starts_try();
-    let ends = to.is_finished() || to == TaskState::UpForRetry;
-    // A new try or a clear drops the last error; a failure records its own.
-    let set_error = starts || t.clears() || matches!(to, TaskState::Failed | TaskState::UpForRetry);
-    query
-        .bind(&change.key.dag_id)
-        .bind(&change.key.run_id)
-        .bind(&change.key.task_id)
-        .bind(t.from().as_str())
-        .bind(to.as_str())
-        .bind(at)
-        .bind(i64::from(starts))
-        .bind((to == TaskState::Queued).then_some(at))
-        .bind(starts.then_some(at))
-        .bind(ends.then_some(at))
-        .bind(change.next_retry_at.map(|t| t.timestamp_micros()))
-        .bind(change.output.as_deref())
-        .bind(i64::from(set_error))
-        .bind(if starts || t.clears() {
-            None
-        } else {
-            change.reason.as_deref()
-        })
-        .bind(change.max_tries.map(i64::from))
-        .bind(change.reason.as_deref())
+const MATCH_CLAUSE: &str = "WHERE task_instance.dag_id = v_dag AND task_instance.run_id = v_run
+           AND task_instance.task_id = v_task AND task_instance.state = v_from";
+
+/// The statement for `rows` changes. It returns nothing: rows sent back cost more than the
+/// update itself, and the caller knows what each change did (`TaskInstance::apply`).
+///
+/// PostgreSQL gets the changes as one JSON parameter (`json_to_recordset`): one statement
+/// text, planned once, whatever the batch size; a `VALUES` list of thousands of parameters
+/// was re-planned on every batch. SQLite gets a `VALUES` list with anonymous `?`
+/// parameters (it looks a numbered parameter's name up by a linear scan).
+pub(super) fn statement(rows: usize, backend: Backend) -> String {
+    let columns = VALUE_COLUMNS
+        .iter()
+        .map(|(name, ty)| format!("{name} {ty}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match backend {
+        // The history rows come from the updated rows in the same statement (SQLite writes
+        // them by trigger; it has no data-modifying CTEs). The count is the INSERT's.
+        Backend::Postgres => format!(
+            "WITH moved AS (
+                {} FROM json_to_recordset($1::json) AS v({columns}) {MATCH_CLAUSE}
+                RETURNING task_instance.dag_id, task_instance.run_id, task_instance.task_id,
+                          task_instance.try_number, v_from, v_to, v_at, v_reason
+             )
+             INSERT INTO task_state_history (dag_id, run_id, task_id, try_number, from_state, to_state, at, reason)
+             SELECT dag_id, run_id, task_id, try_number, v_from, v_to, v_at, v_reason FROM moved",
+            update_clause("$2")
+        ),
+        Backend::Sqlite => {
+            let names: Vec<&str> = VALUE_COLUMNS.iter().map(|(name, _)| *name).collect();
+            let row = VALUE_COLUMNS
+                .iter()
+                .map(|(_, ty)| format!("CAST(? AS {ty})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let values = vec![format!("({row})"); rows].join(", ");
+            // The marker's `?` comes after every row's in the text, so it is bound last.
+            format!(
+                "WITH v({}) AS (VALUES {values}) {} FROM v {MATCH_CLAUSE}",
+                names.join(", "),
+                update_clause("?")
+            )
+        }
+    }
+}
+
+/// The values one change writes, named as in [`VALUE_COLUMNS`].
+#[derive(Debug, serde::Serialize)]
+struct ChangeRow<'a> {
+    v_dag: &'a str,
+    v_run: &'a str,
+    v_task: &'a str,
+    v_from: &'static str,
+    v_to: &'static str,
+    v_at: i64,
+    v_starts: i64,
+    v_queued_at: Option<i64>,
+    v_started_at: Option<i64>,
+    v_ended_at: Option<i64>,
+    v_next_retry_at: Option<i64>,
+    v_output: Option<&'a str>,
+    v_set_error: i64,
+    v_error: Option<&'a str>,
+    v_max_tries: Option<i64>,
+    v_reason: Option<&'a str>,
+}
+
+impl<'a> ChangeRow<'a> {
+    fn of(change: &'a TaskChange) -> Self {
+        let t = change.transition;
+        let to = t.to();
+        let at = change.at.timestamp_micros();
+        let starts = t.starts_try();
+        let ends = to.is_finished() || to == TaskState::UpForRetry;
+        // A new try or a clear drops the last error; a failure records its own.
+        let set_error =
+            starts || t.clears() || matches!(to, TaskState::Failed | TaskState::UpForRetry);
+        Self {
+            v_dag: &change.key.dag_id,
+            v_run: &change.key.run_id,
+            v_task: &change.key.task_id,
+            v_from: t.from().as_str(),
+            v_to: to.as_str(),
+            v_at: at,
+            v_starts: i64::from(starts),
+            v_queued_at: (to == TaskState::Queued).then_some(at),
+            v_started_at: starts.then_some(at),
+            v_ended_at: ends.then_some(at),
+            v_next_retry_at: change.next_retry_at.map(|t| t.timestamp_micros()),
+            v_output: change.output.as_deref(),
+            v_set_error: i64::from(set_error),
+            v_error: if starts || t.clears() {
+                None
+            } else {
+                change.reason.as_deref()
+            },
+            v_max_tries: change.max_tries.map(i64::from),
+            v_reason: change.reason.as_deref(),
+        }
+    }
+
+    /// Binds the row, in [`VALUE_COLUMNS`] order.
+    fn bind<'q>(
+        self,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>
+    where
+        'a: 'q,
+    {
+        query
+            .bind(self.v_dag)
+            .bind(self.v_run)
+            .bind(self.v_task)
+            .bind(self.v_from)
+            .bind(self.v_to)
+            .bind(self.v_at)
+            .bind(self.v_starts)
+            .bind(self.v_queued_at)
+            .bind(self.v_started_at)
+            .bind(self.v_ended_at)
+            .bind(self.v_next_retry_at)
+            .bind(self.v_output)
+            .bind(self.v_set_error)
+            .bind(self.v_error)
+            .bind(self.v_max_tries)
+            .bind(self.v_reason)
+    }
 }
 
 /// Splits `changes` into statements: at most [`CHUNK`] each, and a task instance at most
@@ -338,28 +419,40 @@ pub(super) fn chunks(changes: &[TaskChange]) -> Vec<&[TaskChange]> {
     out
 }
 
-/// Rows a statement for `n` changes has: the next power of two, so that a handful of
-/// statement texts serve every batch size and stay in the driver's prepared-statement cache.
+/// Rows a SQLite statement for `n` changes has: the next power of two, so that a handful
+/// of statement texts serve every batch size and stay in the prepared-statement cache.
 fn padded_rows(n: usize) -> usize {
     n.next_power_of_two().min(CHUNK.max(n))
 }
 
-/// Runs one chunk; returns how many instances moved. Padding rows have NULL keys, which
-/// match no instance.
+/// Runs one chunk; returns how many instances moved. SQLite's padding rows have NULL keys,
+/// which match no instance.
 async fn apply_chunk(
     conn: &mut AnyConnection,
     chunk: &[TaskChange],
     backend: Backend,
     marker: i64,
 ) -> Result<u64, sqlx::Error> {
-    let rows = padded_rows(chunk.len());
+    let rows = match backend {
+        Backend::Postgres => 0,
+        Backend::Sqlite => padded_rows(chunk.len()),
+    };
     let sql = statement(rows, backend);
     let mut query = sqlx::query(&sql);
-    for change in chunk {
-        query = bind(query, change);
-    }
-    for _ in chunk.len()..rows {
-        query = bind_padding(query);
+    match backend {
+        Backend::Postgres => {
+            let rows: Vec<ChangeRow> = chunk.iter().map(ChangeRow::of).collect();
+            let json = serde_json::to_string(&rows).map_err(|e| sqlx::Error::Encode(e.into()))?;
+            query = query.bind(json);
+        }
+        Backend::Sqlite => {
+            for change in chunk {
+                query = ChangeRow::of(change).bind(query);
+            }
+            for _ in chunk.len()..rows {
+                query = bind_padding(query);
+            }
+        }
     }
     Ok(query.bind(marker).execute(conn).await?.rows_affected())
 }
@@ -395,15 +488,33 @@ mod tests {
     }
 
     #[test]
-    fn the_statement_numbers_every_parameter_once() {
-        let sql = statement(3, Backend::Postgres);
-        assert!(sql.contains("CAST($1 AS TEXT)"));
-        assert!(sql.contains("CAST($48 AS TEXT)"));
-        assert!(sql.contains("last_write = $49"));
-        assert!(!sql.contains("$50"));
+    fn every_parameter_has_one_placeholder() {
+        let sql = statement(0, Backend::Postgres);
+        assert!(sql.contains("json_to_recordset($1::json)"));
+        assert!(sql.contains("last_write = $2"));
+        assert!(!sql.contains("$3"));
         let sql = statement(3, Backend::Sqlite);
         assert_eq!(sql.matches('?').count(), 49);
         assert!(!sql.contains('$'));
+    }
+
+    #[test]
+    fn a_change_row_names_every_column_in_order() {
+        let c = change("a", Running, Success);
+        let json = serde_json::to_value(ChangeRow::of(&c)).unwrap();
+        let keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut expected: Vec<&str> = VALUE_COLUMNS.iter().map(|(name, _)| *name).collect();
+        expected.sort_unstable();
+        let mut keys = keys;
+        keys.sort_unstable();
+        assert_eq!(keys, expected);
+        assert_eq!(json["v_from"], "running");
+        assert_eq!(json["v_ended_at"], json["v_at"]);
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! - `readiness/decide_fanout200`: [`decide`] on a 1 → 200 → 1 DAG whose start task succeeded,
 //!   so 200 tasks become ready in one pass (the executor's per-wakeup cost).
 //! - `readiness/all_success`: [`readiness`] for one trigger rule over a 200-upstream summary.
-//! - `store_transition/sqlite`, `store_transition/postgres`: one [`Store::transition`] round
-//!   trip, averaged over the legal cycle pending → queued → running → success → pending, spread
+//! - `store_transition/sqlite`, `store_transition/postgres`: one [`Store::transitions`] round
+//!   trip of a single change (what the executor writes, through the store's group-commit writer), averaged over the legal cycle pending → queued → running → success → pending, spread
 //!   over the 202 task instances of one run. PostgreSQL only when `SLUICE_TEST_PG_URL` is set
 //!   (a fresh database is created on that server and dropped afterwards).
 //!
@@ -188,7 +188,12 @@ fn transition_cycle(
         b.to_async(rt).iter(|| {
             let change = &changes[(k / n) % changes.len()][k % n];
             k += 1;
-            async move { store.transition(change).await.expect("legal step") }
+            async move {
+                store
+                    .transitions(std::slice::from_ref(change))
+                    .await
+                    .expect("legal step")
+            }
         })
     });
 }

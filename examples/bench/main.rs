@@ -103,7 +103,7 @@ fn diamond() -> Arc<Dag> {
 
 fn layered(tasks: usize, width: usize) -> String {
     let mut text =
-        String::from("dag_id: wide\nmax_active_runs: 1000\nmax_active_tasks: 10000\ntasks:\n");
+        String::from("dag_id: wide\nmax_active_runs: 64\nmax_active_tasks: 10000\ntasks:\n");
     for i in 0..tasks {
         if i < width {
             text.push_str(&format!("  - {{id: t{i}, operator: noop}}\n"));

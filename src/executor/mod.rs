@@ -279,18 +279,22 @@ impl Executor {
                 run_id: run_id.to_string(),
             });
         }
+        let read = || async {
+            let by_id: HashMap<String, TaskInstance> = self
+                .store
+                .task_instances(&dag.dag_id, run_id)
+                .await?
+                .into_iter()
+                .map(|ti| (ti.task_id.clone(), ti))
+                .collect();
+            Ok::<_, ExecutorError>(by_id)
+        };
+        let mut by_id = read().await?;
         // The DAG may have gained tasks since the run was created: give them pending instances.
-        let existing: Vec<String> = self
-            .store
-            .task_instances(&dag.dag_id, run_id)
-            .await?
-            .into_iter()
-            .map(|ti| ti.task_id)
-            .collect();
         let missing: Vec<(String, String, u32)> = dag
             .tasks
             .iter()
-            .filter(|t| !existing.contains(&t.id))
+            .filter(|t| !by_id.contains_key(&t.id))
             .map(|t| (t.id.clone(), t.operator_name.clone(), t.retry.retries + 1))
             .collect();
         if !missing.is_empty() {
@@ -298,14 +302,8 @@ impl Executor {
             self.store
                 .add_task_instances(&dag.dag_id, run_id, &missing, Utc::now())
                 .await?;
+            by_id = read().await?;
         }
-        let by_id: HashMap<String, TaskInstance> = self
-            .store
-            .task_instances(&dag.dag_id, run_id)
-            .await?
-            .into_iter()
-            .map(|ti| (ti.task_id.clone(), ti))
-            .collect();
         let mut instances = Vec::with_capacity(dag.tasks.len());
         for task in &dag.tasks {
             match by_id.get(&task.id) {

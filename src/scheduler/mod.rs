@@ -275,6 +275,11 @@ impl Scheduler {
         };
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(RunKey, bool)>();
         let mut last_refresh: Option<tokio::time::Instant> = None;
+        // Listing every active run is the pass's cost (quadratic over a busy store if done on
+        // every poll): it is done when a run ended, a deadline came, the queued runs changed,
+        // or a while has passed (runs whose driver died are taken over).
+        let mut list_runs = true;
+        let mut last_listed: Option<(tokio::time::Instant, (u64, i64))> = None;
         let mut last_beat: Option<tokio::time::Instant> = None;
         tracing::info!(folder = %self.dags_folder.display(), backend = ?self.store.backend(), "scheduler started");
         let outcome = loop {
@@ -284,6 +289,7 @@ impl Scheduler {
             if last_refresh.is_none_or(|t| t.elapsed() >= self.options.dag_refresh) {
                 self.refresh_dags();
                 last_refresh = Some(tokio::time::Instant::now());
+                list_runs = true;
             }
             if last_beat.is_none_or(|t| t.elapsed() >= self.options.heartbeat) {
                 let mut beat = beat.clone();
@@ -313,7 +319,15 @@ impl Scheduler {
                 for dag in dags {
                     self.create_due_runs(&dag, now).await?;
                 }
-                self.start_runs(&paused, &done_tx).await?;
+                let queued = self.store.queued_runs_marker().await?;
+                let stale = last_listed.is_none_or(|(at, marker)| {
+                    marker != queued || at.elapsed() >= Duration::from_secs(2)
+                });
+                if list_runs || stale {
+                    self.start_runs(&paused, &done_tx).await?;
+                    last_listed = Some((tokio::time::Instant::now(), queued));
+                    list_runs = false;
+                }
                 Ok::<_, SchedulerError>(now)
             };
             let now = match pass.await {
@@ -335,15 +349,26 @@ impl Scheduler {
                 .min()
                 .filter(|at| *at < DateTime::<Utc>::MAX_UTC);
             tokio::select! {
-                Some((key, elsewhere)) = done_rx.recv() => {
-                    self.driving.remove(&key);
-                    if elsewhere {
-                        // Look again when that driver's lease could have ended, not every poll.
-                        self.elsewhere.insert(key, tokio::time::Instant::now() + Duration::from_secs(2));
+                Some(first) = done_rx.recv() => {
+                    // Runs that ended meanwhile share the next pass: a pass lists every active
+                    // run, so one pass per ended run costs quadratic time with many runs.
+                    let mut ended = vec![first];
+                    while let Ok(next) = done_rx.try_recv() {
+                        ended.push(next);
+                    }
+                    list_runs = true;
+                    for (key, elsewhere) in ended {
+                        self.driving.remove(&key);
+                        if elsewhere {
+                            // Look again when that driver's lease could have ended, not every poll.
+                            self.elsewhere.insert(key, tokio::time::Instant::now() + Duration::from_secs(2));
+                        }
                     }
                 }
                 _ = tokio::time::sleep(self.options.poll) => {}
-                _ = self.clock.sleep_until(next_due.unwrap_or(DateTime::<Utc>::MAX_UTC)), if next_due.is_some() => {}
+                _ = self.clock.sleep_until(next_due.unwrap_or(DateTime::<Utc>::MAX_UTC)), if next_due.is_some() => {
+                    list_runs = true;
+                }
                 _ = shutdown.cancelled() => {}
             }
         };

@@ -417,6 +417,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A value that changes whenever a run or task instance changes (live UI updates).
     async fn change_marker(&self) -> Result<i64, StoreError>;
 
+    /// How many runs are queued and when the newest was created (microseconds): the
+    /// scheduler's cheap check, between full passes, for runs another process queued.
+    async fn queued_runs_marker(&self) -> Result<(u64, i64), StoreError>;
+
     /// Runs and task instances by state, for metrics.
     async fn state_counts(&self) -> Result<StateCounts, StoreError>;
 
@@ -443,14 +447,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Persists one approved state change with its history row and returns the instance
     /// as it is now, or fails with `Conflict` (or `NotFound`) when the instance is not in
     /// the transition's `from` state.
-    async fn transition(&self, change: &TaskChange) -> Result<TaskInstance, StoreError> {
-        self.transitions(std::slice::from_ref(change)).await?;
-        self.task_instances(&change.key.dag_id, &change.key.run_id)
-            .await?
-            .into_iter()
-            .find(|ti| ti.task_id == change.key.task_id)
-            .ok_or_else(|| StoreError::NotFound(format!("task instance {}", change.key)))
-    }
+    async fn transition(&self, change: &TaskChange) -> Result<TaskInstance, StoreError>;
 
     /// Persists approved changes of any instances, in one statement where it can (one
     /// round trip for a pass's ends, decisions and starts), each a compare-and-set with its

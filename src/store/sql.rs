@@ -423,6 +423,16 @@ impl Store for SqlStore {
         Ok(get::<i64>(&row, "n")? as u64)
     }
 
+    async fn queued_runs_marker(&self) -> Result<(u64, i64), StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(MAX(created_at), 0) AS latest FROM dag_run WHERE state = 'queued'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("read queued runs"))?;
+        Ok((get::<i64>(&row, "n")? as u64, get::<i64>(&row, "latest")?))
+    }
+
     async fn change_marker(&self) -> Result<i64, StoreError> {
         // Every task change bumps updated_at; run changes set created/started/ended; the
         // history id grows with every transition. Their sum moves whenever anything does.
@@ -524,6 +534,26 @@ impl Store for SqlStore {
         .await
         .map_err(query_error("read task instances"))?;
         rows.iter().map(ti_from_row).collect()
+    }
+
+    async fn transition(&self, change: &TaskChange) -> Result<TaskInstance, StoreError> {
+        self.transitions(std::slice::from_ref(change)).await?;
+        let row = sqlx::query(&format!(
+            "SELECT {TI_COLUMNS} FROM task_instance WHERE dag_id = $1 AND run_id = $2 AND task_id = $3"
+        ))
+        .bind(&change.key.dag_id)
+        .bind(&change.key.run_id)
+        .bind(&change.key.task_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("read task instance"))?;
+        match row {
+            Some(row) => ti_from_row(&row),
+            None => Err(StoreError::NotFound(format!(
+                "task instance {}",
+                change.key
+            ))),
+        }
     }
 
     async fn transitions(&self, changes: &[TaskChange]) -> Result<(), StoreError> {

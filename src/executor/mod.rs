@@ -9,6 +9,7 @@
 
 mod attempt;
 pub mod decide;
+mod plan;
 pub mod slots;
 pub mod trylog;
 
@@ -32,6 +33,8 @@ use crate::state::{run_outcome, RunState, TaskState};
 use crate::store::{DagRun, Store, StoreError, TaskChange, TaskInstance, TaskKey};
 pub use attempt::{run_try, TryOutcome, STOP_GRACE};
 use decide::{decide, next_wakeup, TaskView};
+use plan::{overlay, try_ending, Ending, Planned};
+pub use trylog::{read_try_log, try_log_path};
 
 /// A state change the executor made, for live progress output.
 #[derive(Debug, Clone)]
@@ -101,17 +104,6 @@ pub struct Executor {
     lease: Duration,
 }
 
-/// How a try's end is recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ending {
-    /// As it happened: success, retry or failure.
-    Normal,
-    /// The run is being cancelled: the try is cancelled.
-    Cancelling,
-    /// The process is shutting down and stopped the try: it runs again later, without using up a retry.
-    Interrupted,
-}
-
 /// A name unique to this executor: host, process and a per-process counter.
 fn driver_id() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -124,77 +116,6 @@ fn driver_id() -> String {
         std::process::id(),
         Utc::now().timestamp_millis()
     )
-}
-
-/// The log file of one try: `<logs>/<dag>/<run>/<task>/<try>.log`.
-pub fn try_log_path(logs_dir: &std::path::Path, key: &TaskKey, try_number: u32) -> PathBuf {
-    logs_dir
-        .join(&key.dag_id)
-        .join(&key.run_id)
-        .join(&key.task_id)
-        .join(format!("{try_number}.log"))
-}
-
-/// The log text of one try. A try that wrote nothing and succeeded has no file (see
-/// [`TaskLog`]): it reads as a one-line note instead of an error.
-pub fn read_try_log(
-    logs_dir: &std::path::Path,
-    key: &TaskKey,
-    try_number: u32,
-) -> std::io::Result<String> {
-    match std::fs::read_to_string(try_log_path(logs_dir, key, try_number)) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(format!(
-            "(try {try_number} of {key} wrote no log lines; its start and end are in the state history)\n"
-        )),
-        other => other,
-    }
-}
-
-/// A change this driver wants for one of its tasks, before the state machine approves it.
-#[derive(Debug)]
-struct Planned {
-    /// Index into `Dag::tasks`.
-    task: usize,
-    to: TaskState,
-    reason: Option<String>,
-    output: Option<String>,
-    next_retry_at: Option<DateTime<Utc>>,
-    max_tries: Option<u32>,
-    /// When it happened, if not when it is written (a try's end).
-    at: Option<DateTime<Utc>>,
-}
-
-impl Planned {
-    fn to(task: usize, to: TaskState) -> Self {
-        Self {
-            task,
-            to,
-            reason: None,
-            output: None,
-            next_retry_at: None,
-            max_tries: None,
-            at: None,
-        }
-    }
-}
-
-/// `views` as they will be once `plan` is written.
-fn overlay(views: &mut [TaskView], plan: &[Planned]) {
-    for p in plan {
-        views[p.task] = TaskView {
-            state: p.to,
-            next_retry_at: p.next_retry_at,
-        };
-    }
-}
-
-impl From<decide::Decision> for Planned {
-    fn from(d: decide::Decision) -> Self {
-        Self {
-            reason: d.reason,
-            ..Self::to(d.task, d.to)
-        }
-    }
 }
 
 /// A try's end as sent back to the run loop, with the slot it held.
@@ -407,68 +328,6 @@ impl RunDriver<'_> {
             .collect()
     }
 
-    /// The change that records how a try ended: success, a retry, a failure, or a cancellation.
-    fn ending(&self, task: usize, outcome: TryOutcome, ending: Ending) -> Planned {
-        let ti = &self.instances[task];
-        match outcome {
-            TryOutcome::Success { output } => Planned {
-                output: Some(output),
-                ..Planned::to(task, TaskState::Success)
-            },
-            TryOutcome::Failure { .. } | TryOutcome::Cancelled if ending == Ending::Interrupted => {
-                // Stopped by a shutdown, not by its own doing: run it again without using up a retry.
-                Planned {
-                    reason: Some(format!(
-                        "try {} interrupted by shutdown; it runs again when the run resumes",
-                        ti.try_number
-                    )),
-                    next_retry_at: Some(Utc::now()),
-                    max_tries: Some(ti.max_tries + 1),
-                    ..Planned::to(task, TaskState::UpForRetry)
-                }
-            }
-            TryOutcome::Cancelled => Planned {
-                reason: Some("run cancelled".into()),
-                ..Planned::to(task, TaskState::Cancelled)
-            },
-            TryOutcome::Failure { message, .. } if ending == Ending::Cancelling => Planned {
-                reason: Some(format!("run cancelled: {message}")),
-                ..Planned::to(task, TaskState::Cancelled)
-            },
-            TryOutcome::Failure { kind, message } => {
-                let tries_left = ti.try_number < ti.max_tries;
-                if kind == FailureKind::Retryable && tries_left {
-                    let delay = self.dag.tasks[task].retry.delay_after(ti.try_number);
-                    let at = Utc::now()
-                        + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-                    Planned {
-                        reason: Some(format!(
-                            "try {} of {} failed: {message}; retry in {}",
-                            ti.try_number,
-                            ti.max_tries,
-                            humantime::format_duration(delay)
-                        )),
-                        next_retry_at: Some(at),
-                        ..Planned::to(task, TaskState::UpForRetry)
-                    }
-                } else {
-                    let why = if kind == FailureKind::Fatal {
-                        "not retryable"
-                    } else {
-                        "no retries left"
-                    };
-                    Planned {
-                        reason: Some(format!(
-                            "try {} of {} failed ({why}): {message}",
-                            ti.try_number, ti.max_tries
-                        )),
-                        ..Planned::to(task, TaskState::Failed)
-                    }
-                }
-            }
-        }
-    }
-
     fn context(
         &self,
         task: usize,
@@ -601,7 +460,13 @@ impl RunDriver<'_> {
                     kind: FailureKind::Retryable,
                     message: "the process running this try died".into(),
                 };
-                self.ending(task, outcome, Ending::Normal)
+                try_ending(
+                    task,
+                    &self.instances[task],
+                    &self.dag.tasks[task].retry,
+                    outcome,
+                    Ending::Normal,
+                )
             })
             .collect();
         self.apply_all(died).await?;
@@ -749,7 +614,7 @@ impl RunDriver<'_> {
                         } else {
                             Ending::Normal
                         };
-                        ended.push(Planned { at: Some(at), ..self.ending(task, outcome, ending) });
+                        ended.push(Planned { at: Some(at), ..try_ending(task, &self.instances[task], &self.dag.tasks[task].retry, outcome, ending) });
                         // The slot is free now: the end is written, with the time it happened,
                         // before (or with) the start of any try that takes the slot in this run.
                         drop(permit);

@@ -1,4 +1,5 @@
-//! Routes `tracing` events emitted inside a try to that try's log file.
+//! Try log files: where a try's log lives, how it reads, and the routing of `tracing`
+//! events emitted inside a try to that try's file.
 //!
 //! The executor registers the try's [`TaskLog`] under a numeric id ([`route`]) and runs the
 //! try inside a span carrying `try_log = <id>`. [`TryLogLayer`], installed by the binary,
@@ -7,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -17,6 +19,28 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
+
+use crate::store::TaskKey;
+
+/// The log file of one try: `<logs>/<dag>/<run>/<task>/<try>.log`.
+pub fn try_log_path(logs_dir: &Path, key: &TaskKey, try_number: u32) -> PathBuf {
+    logs_dir
+        .join(&key.dag_id)
+        .join(&key.run_id)
+        .join(&key.task_id)
+        .join(format!("{try_number}.log"))
+}
+
+/// The log text of one try. A try that wrote nothing and succeeded has no file (see
+/// [`TaskLog`]): it reads as a one-line note instead of an error.
+pub fn read_try_log(logs_dir: &Path, key: &TaskKey, try_number: u32) -> std::io::Result<String> {
+    match std::fs::read_to_string(try_log_path(logs_dir, key, try_number)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(format!(
+            "(try {try_number} of {key} wrote no log lines; its start and end are in the state history)\n"
+        )),
+        other => other,
+    }
+}
 
 fn routes() -> &'static Mutex<HashMap<u64, TaskLog>> {
     static ROUTES: OnceLock<Mutex<HashMap<u64, TaskLog>>> = OnceLock::new();

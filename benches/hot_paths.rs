@@ -24,18 +24,17 @@ use chrono::Utc;
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use serde_json::json;
-use sluice::dag::{parse_dag, Dag};
-use sluice::executor::decide::{decide, TaskView};
-use sluice::operators::Registry;
-use sluice::runs::start_run;
-use sluice::state::{readiness, Readiness, TaskState, TriggerRule, UpstreamSummary};
-use sluice::store::{self, RunType, Store, TaskChange, TaskKey};
+use sluice_core::dag::{parse_dag, Dag};
+use sluice_core::executor::decide::{decide, TaskView};
+use sluice_core::runs::start_run;
+use sluice_core::state::{readiness, Readiness, TaskState, TriggerRule, UpstreamSummary};
+use sluice_core::store::{self, RunType, Store, TaskChange, TaskKey};
 use sqlx::Connection;
 use std::hint::black_box;
 use tokio::runtime::Runtime;
 
 fn parse(name: &str, text: &str) -> Dag {
-    parse_dag(Path::new(name), text, &Registry::builtin()).expect("bench DAGs are valid")
+    parse_dag(Path::new(name), text, &sluice_operators::registry()).expect("bench DAGs are valid")
 }
 
 /// `chains` independent chains of `length` noop tasks (the shape of `examples/bench`'s `layered`).
@@ -75,7 +74,7 @@ fn dag_parse(c: &mut Criterion) {
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("dags/prosthesis_stats.yaml");
     let reference_text = std::fs::read_to_string(&reference).expect("reference DAG");
     let layered_text = layered(10, 10);
-    let registry = Registry::builtin();
+    let registry = sluice_operators::registry();
 
     let mut group = c.benchmark_group("dag_parse");
     group.bench_function("prosthesis_stats", |b| {

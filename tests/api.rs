@@ -1,13 +1,13 @@
 //! The REST API through `router()` on an ephemeral port: every endpoint, the auth rule, and
 //! bad input answered with clear 4xx JSON.
 
+#[path = "../core/tests/common/mod.rs"]
 mod common;
 
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use sluice::operators::Registry;
-use sluice::web::{router, serve, AppState, DagCatalog};
+use sluice_core::web::{router, serve, AppState, DagCatalog};
 use tokio_util::sync::CancellationToken;
 
 const ETL: &str = "dag_id: etl\nschedule: '*/15 * * * *'\ntags: [core]\ntasks:\n  - {id: extract, operator: shell, config: {command: \"echo 'hello <b>world</b>'\"}}\n  - {id: load, operator: noop, depends_on: extract}\n";
@@ -31,11 +31,14 @@ async fn server(token: Option<&str>) -> Server {
     let store = common::sqlite_store(dir.path()).await;
     let state = AppState {
         cache: Default::default(),
-        changes: sluice::web::watch_changes(store.clone(), std::time::Duration::from_millis(50)),
+        changes: sluice_core::web::watch_changes(
+            store.clone(),
+            std::time::Duration::from_millis(50),
+        ),
         store,
         dags: Arc::new(DagCatalog::new(
             dir.path().join("dags"),
-            Registry::builtin(),
+            sluice_operators::registry(),
         )),
         token: token.map(Arc::from),
         logs: dir.path().join("logs"),
@@ -656,6 +659,9 @@ async fn every_operation_in_the_openapi_document_answers() {
                     .patch(&url)
                     .json(&json!({"new_state": "failed", "dry_run": true})),
                 "patch" => s.client.patch(&url).json(&json!({"is_paused": false})),
+                "post" if path.ends_with("backfills") => s.client.post(&url).json(
+                    &json!({"from_date": "2026-11-01", "to_date": "2026-11-02", "dry_run": true}),
+                ),
                 "post" if path.ends_with("clearTaskInstances") => s
                     .client
                     .post(&url)

@@ -1,5 +1,6 @@
 //! The `sluice` binary as a user runs it: a DAG folder, the metadata store, exit codes.
 
+#[path = "../core/tests/common/mod.rs"]
 mod common;
 
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
 //! `kill -9` of a running `sluice scheduler`, then a restart: every run still ends in
 //! success, each interrupted try is retried exactly once, and nothing runs twice at once.
 
+#[path = "../core/tests/common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;
@@ -8,8 +9,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice::state::{RunState, TaskState};
-use sluice::store::RunFilter;
+use sluice_core::state::{RunState, TaskState};
+use sluice_core::store::RunFilter;
 
 const DAG: &str = "dag_id: crashy
 default_args: {retries: 2, retry_delay: 100ms}
@@ -95,7 +96,7 @@ async fn story(kill_after: Duration) -> usize {
             run.run_id
         );
         let history = store.history(&run.dag_id, &run.run_id).await.unwrap();
-        let mut by_task: HashMap<&str, Vec<&sluice::store::StateChange>> = HashMap::new();
+        let mut by_task: HashMap<&str, Vec<&sluice_core::store::StateChange>> = HashMap::new();
         for h in &history {
             by_task.entry(h.task_id.as_str()).or_default().push(h);
         }

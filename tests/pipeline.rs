@@ -2,6 +2,7 @@
 //! a real HTTP receiver, and `sluice dags test prosthesis_stats` as a user runs it. The
 //! expected rows are computed here from the raw generated rows, not by the pipeline's SQL.
 
+#[path = "../core/tests/common/mod.rs"]
 mod common;
 
 #[path = "../examples/reports_service/service.rs"]

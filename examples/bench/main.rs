@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 use chrono::{TimeZone, Utc};
 use clap::Parser;
 use serde_json::json;
-use sluice::dag::{parse_dag, Dag};
-use sluice::executor::Executor;
-use sluice::operators::{Connections, Registry};
-use sluice::runs::start_run;
-use sluice::scheduler::{Scheduler, SchedulerOptions, SystemClock};
-use sluice::settings::Settings;
-use sluice::state::{RunState, TaskState};
-use sluice::store::{self, RunFilter, RunType, Store};
+use sluice_core::dag::{parse_dag, Dag};
+use sluice_core::executor::Executor;
+use sluice_core::runs::start_run;
+use sluice_core::scheduler::{Scheduler, SchedulerOptions, SystemClock};
+use sluice_core::settings::Settings;
+use sluice_core::state::{RunState, TaskState};
+use sluice_core::store::{self, RunFilter, RunType, Store};
+use sluice_operator_api::Connections;
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +53,7 @@ impl Args {
 
 fn dag(text: &str) -> Arc<Dag> {
     Arc::new(
-        parse_dag(Path::new("bench.yaml"), text, &Registry::builtin())
+        parse_dag(Path::new("bench.yaml"), text, &sluice_operators::registry())
             .expect("bench DAGs are valid"),
     )
 }
@@ -319,7 +319,7 @@ async fn throughput(args: &Args, store: &Arc<dyn Store>, executor: &Executor) {
             executor.clone(),
             Arc::new(SystemClock),
             dags.path().to_path_buf(),
-            Registry::builtin(),
+            sluice_operators::registry(),
             SchedulerOptions::default(),
         );
         let started = Instant::now();

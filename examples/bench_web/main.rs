@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 use chrono::{TimeZone, Utc};
 use clap::Parser;
 use serde_json::json;
-use sluice::operators::Registry;
-use sluice::runs::new_run;
-use sluice::store::{self, RunType};
-use sluice::web::{router, serve, watch_changes, AppState, DagCatalog};
+use sluice_core::runs::new_run;
+use sluice_core::store::{self, RunType};
+use sluice_core::web::{router, serve, watch_changes, AppState, DagCatalog};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -64,7 +63,7 @@ async fn main() {
     ))
     .await
     .unwrap();
-    let registry = Registry::builtin();
+    let registry = sluice_operators::registry();
     let started = Instant::now();
     for d in 0..args.dags {
         let text = format!(
@@ -72,7 +71,7 @@ async fn main() {
         );
         let path = dags_dir.join(format!("dag_{d:04}.yaml"));
         std::fs::write(&path, &text).unwrap();
-        let dag = sluice::dag::parse_dag(&path, &text, &registry).unwrap();
+        let dag = sluice_core::dag::parse_dag(&path, &text, &registry).unwrap();
         for r in 0..args.runs {
             let t = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
                 + chrono::Duration::minutes(15 * r as i64);

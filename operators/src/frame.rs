@@ -6,8 +6,8 @@ use std::path::Path;
 
 use polars::prelude::*;
 
-use crate::pg_binary::ColumnData;
-use crate::OperatorError;
+use crate::postgres_extract::pg_binary::ColumnData;
+use sluice_operator_api::OperatorError;
 
 fn polars_error(what: &str) -> impl Fn(PolarsError) -> OperatorError + '_ {
     move |e| OperatorError::fatal(format!("{what}: {e}"))
@@ -83,48 +83,51 @@ pub fn column<'f>(
 }
 
 /// The distinct non-null values of a column (integers or text), in first-seen order.
-pub fn distinct_values(path: &Path, name: &str) -> Result<Vec<minijinja::Value>, OperatorError> {
+pub fn distinct_values(
+    path: &Path,
+    name: &str,
+) -> Result<Vec<sluice_operator_api::template::Value>, OperatorError> {
     let frame = read_ipc(path)?;
     let column = column(&frame, name, &path.display().to_string())?;
     let series = column.as_materialized_series();
     let unique = series
         .unique_stable()
         .map_err(polars_error("distinct values"))?;
-    let values: Vec<minijinja::Value> = match unique.dtype() {
+    let values: Vec<sluice_operator_api::template::Value> = match unique.dtype() {
         DataType::UInt64 => unique
             .u64()
             .map_err(polars_error(name))?
             .iter()
             .flatten()
-            .map(minijinja::Value::from)
+            .map(sluice_operator_api::template::Value::from)
             .collect(),
         DataType::UInt32 => unique
             .u32()
             .map_err(polars_error(name))?
             .iter()
             .flatten()
-            .map(minijinja::Value::from)
+            .map(sluice_operator_api::template::Value::from)
             .collect(),
         DataType::Int64 => unique
             .i64()
             .map_err(polars_error(name))?
             .iter()
             .flatten()
-            .map(minijinja::Value::from)
+            .map(sluice_operator_api::template::Value::from)
             .collect(),
         DataType::Int32 => unique
             .i32()
             .map_err(polars_error(name))?
             .iter()
             .flatten()
-            .map(minijinja::Value::from)
+            .map(sluice_operator_api::template::Value::from)
             .collect(),
         DataType::String => unique
             .str()
             .map_err(polars_error(name))?
             .iter()
             .flatten()
-            .map(minijinja::Value::from)
+            .map(sluice_operator_api::template::Value::from)
             .collect(),
         other => {
             return Err(OperatorError::fatal(format!(

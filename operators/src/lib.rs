@@ -1,24 +1,16 @@
-//! What a sluice task does. This crate holds the [`Operator`] trait, the [`TaskContext`] a
-//! try runs with, [`TaskOutput`] and artifacts, connections, templating, the explicit
-//! [`Registry`] of operator kinds and the built-in operators.
+//! The operators that ship with sluice, one folder each (config, execution, tests), built on
+//! the operator API of `sluice-operator-api` and nothing else of sluice.
 //!
-//! It knows nothing of schedulers, executors or the metadata store: those live in the
-//! `sluice` crate and call in through [`Registry`] and [`Operator::execute`].
-
-pub mod artifact;
-pub mod connection;
-pub mod context;
-pub mod duration;
-pub mod error;
-pub mod registry;
-pub mod template;
+//! `noop`, `sleep` and `shell` are always here; the ETL operators (`postgres_extract`,
+//! `polars_sql`, `clickhouse_load`, `http_webhook`) come with the `etl` feature, which the
+//! `sluice` binary turns on and the core never does (Polars takes minutes to compile).
+//!
+//! A new built-in operator is one folder plus one line in [`registry`].
 
 pub mod noop;
 pub mod shell;
 pub mod sleep;
 
-#[cfg(feature = "etl")]
-pub mod clickhouse_http;
 #[cfg(feature = "etl")]
 pub mod clickhouse_load;
 #[cfg(feature = "etl")]
@@ -26,28 +18,53 @@ pub mod frame;
 #[cfg(feature = "etl")]
 pub mod http_webhook;
 #[cfg(feature = "etl")]
-pub mod pg_binary;
-#[cfg(feature = "etl")]
 pub mod polars_sql;
 #[cfg(feature = "etl")]
 pub mod postgres_extract;
-#[cfg(feature = "etl")]
-pub mod rowbinary;
 
-use async_trait::async_trait;
+use sluice_operator_api::Registry;
 
-pub use artifact::{ArtifactKey, ArtifactRef, ArtifactStore, LocalArtifactStore};
-pub use connection::{Connection, Connections};
-pub use context::{LogStream, TaskContext, TaskLog, TaskOutput};
-pub use duration::HumanDuration;
-pub use error::{ConfigError, FailureKind, OperatorError};
-pub use registry::{OperatorConfig, OperatorKind, Registry};
-pub use template::TemplateVars;
+/// A registry with every built-in operator of this build.
+pub fn registry() -> Registry {
+    let registry = Registry::default()
+        .with::<noop::NoopConfig>()
+        .with::<sleep::SleepConfig>()
+        .with::<shell::ShellConfig>();
+    #[cfg(feature = "etl")]
+    let registry = registry
+        .with::<postgres_extract::PostgresExtractConfig>()
+        .with::<polars_sql::PolarsSqlConfig>()
+        .with::<clickhouse_load::ClickhouseLoadConfig>()
+        .with::<http_webhook::HttpWebhookConfig>();
+    registry
+}
 
-/// A built, checked task action. Built once per DAG parse; `execute` runs once per try.
-#[async_trait]
-pub trait Operator: Send + Sync + std::fmt::Debug {
-    /// Runs one try. Must return promptly after `ctx.cancel` fires; CPU-heavy work belongs on
-    /// a blocking thread, not the async workers.
-    async fn execute(&self, ctx: &TaskContext) -> Result<TaskOutput, OperatorError>;
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn builtins_are_registered_with_documented_fields() {
+        let registry = super::registry();
+        for name in ["noop", "shell", "sleep"] {
+            assert!(registry.get(name).is_some(), "{name}");
+        }
+        #[cfg(feature = "etl")]
+        assert_eq!(
+            registry.names(),
+            [
+                "clickhouse_load",
+                "http_webhook",
+                "noop",
+                "polars_sql",
+                "postgres_extract",
+                "shell",
+                "sleep"
+            ]
+        );
+        let schema = registry.get("shell").unwrap().schema();
+        let command = &schema["properties"]["command"];
+        assert!(
+            command["description"].as_str().unwrap().contains("sh -c"),
+            "{schema}"
+        );
+    }
 }

@@ -1,0 +1,138 @@
+//! The command line (clap). The binary's edge: errors here are `anyhow` and become a
+//! message and an exit code; everything below returns typed errors.
+
+mod dags;
+mod operators;
+mod runs;
+mod serve;
+mod table;
+mod trigger;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use sluice_operator_api::Registry;
+
+use crate::settings::Settings;
+
+/// sluice: a scheduled ETL orchestrator in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the scheduler with a local executor: creates runs on schedule, starts queued and
+    /// triggered runs, resumes interrupted ones. Stops gracefully on SIGTERM/SIGINT.
+    Scheduler(serve::ServeArgs),
+    /// Scheduler, local executor and web server (UI + REST API) in one process.
+    Standalone {
+        /// Scheduler options.
+        #[command(flatten)]
+        serve: serve::ServeArgs,
+        /// Web server options.
+        #[command(flatten)]
+        web: serve::WebArgs,
+    },
+    /// The web server alone: UI, REST API, /health and /metrics over the metadata store.
+    Webserver(serve::WebArgs),
+    /// List, show, validate, test, trigger, pause and backfill DAGs.
+    #[command(subcommand)]
+    Dags(dags::DagsCommand),
+    /// Inspect DAG runs.
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
+    /// Read a try's log; clear tasks to run them again.
+    #[command(subcommand)]
+    Tasks(runs::TasksCommand),
+    /// List and describe operators.
+    #[command(subcommand)]
+    Operators(operators::OperatorsCommand),
+}
+
+impl Cli {
+    /// True for the long-running commands, which log at `info` by default.
+    pub fn is_service(&self) -> bool {
+        matches!(
+            self.command,
+            Command::Scheduler(_) | Command::Standalone { .. } | Command::Webserver(_)
+        )
+    }
+}
+
+/// The whole `sluice` program over `registry`: parses the command line, installs logging,
+/// runs the command and turns an error into a message and exit code 2. The `sluice` binary
+/// is this with the built-in operators; a program with operators of its own passes a
+/// registry that has them too (see `examples/custom_operator`).
+pub async fn main(registry: Registry) -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli);
+    match run(cli, registry).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Installs the terminal and try-log logging for `cli`'s command: `SLUICE_LOG` takes the
+/// usual filter syntax (`info`, `sluice_core=debug`), quiet by default for one-shot commands
+/// so their output stays readable; try logs get their events whatever the terminal's level.
+pub fn init_tracing(cli: &Cli) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+
+    let default = if cli.is_service() {
+        "info,sqlx=warn"
+    } else {
+        "warn"
+    };
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
+        )
+        .with(crate::trylog::TryLogLayer.with_filter(tracing_subscriber::filter::LevelFilter::INFO))
+        .init();
+}
+
+/// Runs a parsed command line with settings from the environment. `registry` holds the
+/// operators DAG files may use: the program's one registry, carried to the scheduler, the
+/// web server and every command that parses DAGs.
+pub async fn run(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
+    let settings = Settings::from_env();
+    crate::executor::slots::parse_pools(&settings.pools)?;
+    match cli.command {
+        Command::Scheduler(args) => serve::run(args, None, &settings, registry).await,
+        Command::Standalone { serve, web } => {
+            serve::run(serve, Some(web), &settings, registry).await
+        }
+        Command::Webserver(web) => serve::webserver(web, &settings, registry).await,
+        Command::Dags(cmd) => dags::run(cmd, &settings, &registry).await,
+        Command::Runs(cmd) => runs::run(cmd, &settings).await,
+        Command::Tasks(cmd) => runs::run_tasks(cmd, &settings, &registry).await,
+        Command::Operators(cmd) => operators::run(cmd, &registry),
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// `2026-11-23T16:00:00Z`-style text for an optional instant.
+fn show_time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| "-".into())
+}

@@ -1,0 +1,315 @@
+//! `sluice runs …` and `sluice tasks …`: what happened, from the metadata store.
+
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail};
+use clap::Subcommand;
+use serde_json::json;
+
+use super::table::Table;
+use super::{print_json, show_time};
+use sluice_operator_api::Registry;
+
+use crate::settings::Settings;
+use crate::state::RunState;
+use crate::store::{self, DagRun, RunFilter, Store, TaskKey};
+use crate::trylog::{read_try_log, try_log_path};
+
+/// `sluice runs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// List runs, newest logical date first.
+    List {
+        /// Only runs of this DAG.
+        #[arg(long)]
+        dag: Option<String>,
+        /// Only runs in this state (queued, running, success, failed, cancelled).
+        #[arg(long)]
+        state: Option<RunState>,
+        /// Most runs to list.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one run with its task instances and state history.
+    Show {
+        /// The run id.
+        run_id: String,
+        /// The DAG (needed when several DAGs have a run with this id).
+        #[arg(long)]
+        dag: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `sluice tasks` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TasksCommand {
+    /// Clear a task of a finished run (and optionally its downstream tasks) so the scheduler
+    /// runs it again as a new try; the run is queued again.
+    Clear {
+        /// The DAG id.
+        dag_id: String,
+        /// The run id.
+        run_id: String,
+        /// The task id.
+        task_id: String,
+        /// Also clear every task downstream of it.
+        #[arg(long)]
+        downstream: bool,
+    },
+    /// Print the log of one try of a task (the latest try by default).
+    Logs {
+        /// The DAG id.
+        dag_id: String,
+        /// The run id.
+        run_id: String,
+        /// The task id.
+        task_id: String,
+        /// Which try (from 1).
+        #[arg(long = "try")]
+        try_number: Option<u32>,
+    },
+}
+
+/// Runs a `runs` subcommand.
+pub async fn run(cmd: RunsCommand, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let store = store::open(&settings.database_url).await?;
+    match cmd {
+        RunsCommand::List {
+            dag,
+            state,
+            limit,
+            json,
+        } => {
+            let runs = store
+                .list_runs(&RunFilter {
+                    dag_id: dag,
+                    run_id: None,
+                    state,
+                    limit,
+                    offset: 0,
+                })
+                .await?;
+            if json {
+                print_json(&runs)?;
+            } else if runs.is_empty() {
+                println!("no runs");
+            } else {
+                let mut table = Table::new(&[
+                    "dag_id",
+                    "run_id",
+                    "state",
+                    "type",
+                    "data_interval",
+                    "started",
+                    "ended",
+                ]);
+                for r in &runs {
+                    table.row(vec![
+                        r.dag_id.clone(),
+                        r.run_id.clone(),
+                        r.state.to_string(),
+                        r.run_type.as_str().into(),
+                        r.interval().to_string(),
+                        show_time(r.started_at),
+                        show_time(r.ended_at),
+                    ]);
+                }
+                print!("{}", table.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunsCommand::Show { run_id, dag, json } => show(store.as_ref(), &run_id, dag, json).await,
+    }
+}
+
+async fn find_run(store: &dyn Store, run_id: &str, dag: Option<String>) -> anyhow::Result<DagRun> {
+    let mut runs = store
+        .list_runs(&RunFilter {
+            dag_id: dag.clone(),
+            run_id: Some(run_id.to_string()),
+            state: None,
+            limit: 10,
+            offset: 0,
+        })
+        .await?;
+    match runs.len() {
+        0 => Err(anyhow!(
+            "no run `{run_id}`{}",
+            dag.map(|d| format!(" for DAG `{d}`")).unwrap_or_default()
+        )),
+        1 => Ok(runs.remove(0)),
+        _ => {
+            let dags: Vec<String> = runs.iter().map(|r| r.dag_id.clone()).collect();
+            bail!(
+                "several DAGs have a run `{run_id}` ({}); pass --dag",
+                dags.join(", ")
+            )
+        }
+    }
+}
+
+async fn show(
+    store: &dyn Store,
+    run_id: &str,
+    dag: Option<String>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let run = find_run(store, run_id, dag).await?;
+    let tis = store.task_instances(&run.dag_id, &run.run_id).await?;
+    let history = store.history(&run.dag_id, &run.run_id).await?;
+    if as_json {
+        print_json(&json!({ "run": run, "task_instances": tis, "history": history }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} / {}: {} ({})",
+        run.dag_id,
+        run.run_id,
+        run.state,
+        run.run_type.as_str()
+    );
+    println!("  data interval {}", run.interval());
+    println!(
+        "  started {}, ended {}, DAG version {}",
+        show_time(run.started_at),
+        show_time(run.ended_at),
+        run.dag_hash
+    );
+    if run.conf.as_object().is_some_and(|c| !c.is_empty()) {
+        println!("  conf {}", run.conf);
+    }
+    println!();
+    let mut table = Table::new(&["task", "state", "tries", "started", "ended", "error"]);
+    for ti in &tis {
+        table.row(vec![
+            ti.task_id.clone(),
+            ti.state.to_string(),
+            format!("{}/{}", ti.try_number, ti.max_tries),
+            show_time(ti.started_at),
+            show_time(ti.ended_at),
+            ti.error.clone().unwrap_or_default(),
+        ]);
+    }
+    print!("{}", table.render());
+    println!("\nhistory:");
+    for change in &history {
+        let reason = change
+            .reason
+            .as_deref()
+            .map(|r| format!("  ({r})"))
+            .unwrap_or_default();
+        println!(
+            "  {}  {:<24} try {:<2} {:>15} -> {}{reason}",
+            change
+                .at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            change.task_id,
+            change.try_number,
+            change.from.as_str(),
+            change.to.as_str()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a `tasks` subcommand.
+pub async fn run_tasks(
+    cmd: TasksCommand,
+    settings: &Settings,
+    registry: &Registry,
+) -> anyhow::Result<ExitCode> {
+    let (dag_id, run_id, task_id, try_number) = match cmd {
+        TasksCommand::Clear {
+            dag_id,
+            run_id,
+            task_id,
+            downstream,
+        } => return clear(settings, registry, &dag_id, &run_id, &task_id, downstream).await,
+        TasksCommand::Logs {
+            dag_id,
+            run_id,
+            task_id,
+            try_number,
+        } => (dag_id, run_id, task_id, try_number),
+    };
+    let store = store::open(&settings.database_url).await?;
+    let tis = store.task_instances(&dag_id, &run_id).await?;
+    if tis.is_empty() {
+        bail!("no run `{run_id}` for DAG `{dag_id}`");
+    }
+    let Some(ti) = tis.iter().find(|ti| ti.task_id == task_id) else {
+        let ids: Vec<&str> = tis.iter().map(|ti| ti.task_id.as_str()).collect();
+        bail!(
+            "run `{run_id}` has no task `{task_id}`; its tasks: {}",
+            ids.join(", ")
+        );
+    };
+    if ti.try_number == 0 {
+        bail!("task `{task_id}` has not run yet (state {})", ti.state);
+    }
+    let number = try_number.unwrap_or(ti.try_number);
+    if number == 0 || number > ti.try_number {
+        bail!(
+            "task `{task_id}` has tries 1 to {}; there is no try {number}",
+            ti.try_number
+        );
+    }
+    let key = TaskKey {
+        dag_id,
+        run_id,
+        task_id,
+    };
+    let text = read_try_log(&settings.logs_dir(), &key, number).map_err(|e| {
+        anyhow!(
+            "cannot read {}: {e}",
+            try_log_path(&settings.logs_dir(), &key, number).display()
+        )
+    })?;
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn clear(
+    settings: &Settings,
+    registry: &Registry,
+    dag_id: &str,
+    run_id: &str,
+    task_id: &str,
+    downstream: bool,
+) -> anyhow::Result<ExitCode> {
+    let bag = crate::dag::DagBag::load(&settings.dags_folder, registry);
+    let dag = bag
+        .get(dag_id)
+        .ok_or_else(|| {
+            anyhow!(
+                "DAG `{dag_id}` not found in {}",
+                settings.dags_folder.display()
+            )
+        })?
+        .clone();
+    let ids = dag
+        .tasks_to_clear(&[task_id.to_string()], downstream)
+        .map_err(|id| anyhow!("DAG `{dag_id}` has no task `{id}`"))?;
+    let store = store::open(&settings.database_url).await?;
+    let run = store
+        .run(dag_id, run_id)
+        .await?
+        .ok_or_else(|| anyhow!("no run `{run_id}` for DAG `{dag_id}`"))?;
+    let (_, cleared) =
+        crate::runs::clear_tasks(&store, &dag, &run, &ids, chrono::Utc::now()).await?;
+    let cleared: Vec<String> = cleared
+        .iter()
+        .map(|(task, state)| format!("{task} (was {state})"))
+        .collect();
+    println!(
+        "cleared {}; run {run_id} is queued for the scheduler",
+        cleared.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,166 @@
+//! `sluice scheduler` and `sluice standalone`: the long-running processes.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use sluice_operator_api::{Connections, HumanDuration, Registry};
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::Executor;
+use crate::scheduler::{Scheduler, SchedulerOptions, SystemClock};
+use crate::settings::Settings;
+use crate::store::{self, Store};
+
+/// Options of the long-running commands.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// On SIGTERM/SIGINT, how long running tries may take to finish before they are stopped and marked for retry.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// Where the web server listens.
+#[derive(Debug, Args)]
+pub struct WebArgs {
+    /// Address to listen on. Without SLUICE_API_TOKEN only loopback addresses are allowed.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    serde_json::from_value::<HumanDuration>(serde_json::Value::String(text.to_string()))
+        .map(|d| d.0)
+        .map_err(|e| e.to_string())
+}
+
+/// Waits for SIGTERM or SIGINT; a second signal exits at once.
+async fn signals(shutdown: CancellationToken, grace: Duration) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        eprintln!(
+            "shutting down: no new tries; running tries get {} to finish (signal again to exit now)",
+            humantime::format_duration(grace)
+        );
+        shutdown.cancel();
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        eprintln!("second signal: exiting now; interrupted tries are retried when a scheduler resumes their runs");
+        std::process::exit(130);
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        shutdown.cancel();
+    }
+}
+
+/// Binds the web server, refusing a non-loopback address without a token.
+async fn bind_web(
+    web: &WebArgs,
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    registry: Registry,
+) -> anyhow::Result<(tokio::net::TcpListener, crate::web::AppState)> {
+    let token = std::env::var("SLUICE_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let loopback = web.host == "localhost"
+        || web
+            .host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if token.is_none() && !loopback {
+        anyhow::bail!("refusing to listen on {} without SLUICE_API_TOKEN: set a token or use --host 127.0.0.1", web.host);
+    }
+    let listener = tokio::net::TcpListener::bind((web.host.as_str(), web.port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", web.host, web.port))?;
+    eprintln!("web server on http://{}", listener.local_addr()?);
+    if token.is_none() {
+        eprintln!("no SLUICE_API_TOKEN: API mutations are open to anyone on this machine, so the server listens on loopback only");
+    }
+    let state = crate::web::AppState {
+        store: store.clone(),
+        dags: Arc::new(crate::web::DagCatalog::new(
+            settings.dags_folder.clone(),
+            registry,
+        )),
+        token: token.map(Arc::from),
+        logs: settings.logs_dir(),
+        cache: Default::default(),
+        changes: crate::web::watch_changes(store.clone(), Duration::from_millis(500)),
+    };
+    Ok((listener, state))
+}
+
+/// `sluice webserver`: the REST API and UI over the metadata store.
+pub async fn webserver(
+    web: WebArgs,
+    settings: &Settings,
+    registry: Registry,
+) -> anyhow::Result<ExitCode> {
+    let store = store::open(&settings.database_url).await?;
+    let (listener, state) = bind_web(&web, settings, store, registry).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone(), Duration::ZERO));
+    crate::web::serve(listener, crate::web::router(state), shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the scheduler with a local executor (and, for `standalone`, the web server) until a
+/// signal stops it.
+pub async fn run(
+    args: ServeArgs,
+    web: Option<WebArgs>,
+    settings: &Settings,
+    registry: Registry,
+) -> anyhow::Result<ExitCode> {
+    let store = store::open(&settings.database_url).await?;
+    let shutdown = CancellationToken::new();
+    let web_server = match web {
+        Some(web) => {
+            let (listener, state) =
+                bind_web(&web, settings, store.clone(), registry.clone()).await?;
+            let stop = shutdown.clone();
+            Some(tokio::spawn(async move {
+                crate::web::serve(listener, crate::web::router(state), stop).await
+            }))
+        }
+        None => None,
+    };
+    let executor = Executor::new(store.clone(), settings, Arc::new(Connections::from_env()))
+        .with_shutdown(shutdown.clone(), args.shutdown_grace);
+    let scheduler = Scheduler::new(
+        store,
+        executor,
+        Arc::new(SystemClock),
+        settings.dags_folder.clone(),
+        registry,
+        SchedulerOptions::default(),
+    );
+    eprintln!(
+        "sluice scheduler: DAGs from {}, metadata in {}, parallelism {}",
+        settings.dags_folder.display(),
+        store::redact_url(&settings.database_url),
+        settings.parallelism
+    );
+    tokio::spawn(signals(shutdown.clone(), args.shutdown_grace));
+    scheduler.run(shutdown).await?;
+    if let Some(web) = web_server {
+        let _ = web.await;
+    }
+    eprintln!("scheduler stopped");
+    Ok(ExitCode::SUCCESS)
+}

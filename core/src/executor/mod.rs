@@ -1,0 +1,667 @@
+//! The local executor: drives one DAG run to its end inside this process.
+//!
+//! Event-driven: a finished try wakes the loop at once through a channel, and its
+//! downstream tasks are decided and started in the same turn; timers only serve retry
+//! delays. Every state change is persisted through the store (compare-and-set + history)
+//! *before* it is acted on: a try is `running` in the store before its operator starts.
+//! Tries run as tokio tasks under a shared slot limit (`parallelism`) and the DAG's
+//! `max_active_tasks`.
+
+mod attempt;
+pub mod decide;
+mod plan;
+pub mod slots;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sluice_operator_api::{
+    ArtifactStore, Connections, FailureKind, LocalArtifactStore, TaskContext, TaskLog, TaskOutput,
+    TemplateVars,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::dag::Dag;
+use crate::settings::Settings;
+use crate::state::{run_outcome, RunState, TaskState};
+use crate::store::{DagRun, Store, StoreError, TaskChange, TaskInstance, TaskKey};
+use crate::trylog::{self, try_log_path};
+pub use attempt::{run_try, TryOutcome, STOP_GRACE};
+use decide::{decide, next_wakeup, TaskView};
+use plan::{overlay, try_ending, Ending, Planned};
+
+/// A state change the executor made, for live progress output.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// The task.
+    pub task_id: String,
+    /// Its try number after the change.
+    pub try_number: u32,
+    /// Previous state.
+    pub from: TaskState,
+    /// New state.
+    pub to: TaskState,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Why, when there is a reason.
+    pub reason: Option<String>,
+}
+
+/// Why a run could not be driven.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// The store failed; the run resumes from the store's state when retried.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The run does not exist.
+    #[error("run `{run_id}` of DAG `{dag_id}` not found")]
+    RunNotFound {
+        /// The DAG.
+        dag_id: String,
+        /// The run.
+        run_id: String,
+    },
+    /// Another live process drives this run (its lease has not ended).
+    #[error("run `{run_id}` of DAG `{dag_id}` is being run by another process; it takes over only if that one stops renewing its claim")]
+    DrivenElsewhere {
+        /// The DAG.
+        dag_id: String,
+        /// The run.
+        run_id: String,
+    },
+    /// The run's task instances do not match the DAG's tasks.
+    #[error("run `{run_id}` has no task instance for task `{task_id}` of DAG `{dag_id}` (the DAG changed since the run was created)")]
+    DagMismatch {
+        /// The DAG.
+        dag_id: String,
+        /// The run.
+        run_id: String,
+        /// The missing task.
+        task_id: String,
+    },
+}
+
+/// Runs DAG runs in this process.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    store: Arc<dyn Store>,
+    connections: Arc<Connections>,
+    artifacts: Arc<dyn ArtifactStore>,
+    logs_dir: PathBuf,
+    slots: Arc<slots::Slots>,
+    observer: Option<mpsc::UnboundedSender<Progress>>,
+    shutdown: CancellationToken,
+    shutdown_grace: Duration,
+    /// Who this executor is when it claims runs (host, process, instance).
+    driver: String,
+    /// How long a claim lasts without renewal.
+    lease: Duration,
+}
+
+/// A name unique to this executor: host, process and a per-process counter.
+fn driver_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "{host}:{}:{}:{n}",
+        std::process::id(),
+        Utc::now().timestamp_millis()
+    )
+}
+
+/// A try's end as sent back to the run loop, with the slot it held.
+type Finished = (usize, TryOutcome, DateTime<Utc>, slots::SlotGuard);
+
+struct RunDriver<'a> {
+    executor: &'a Executor,
+    dag: Arc<Dag>,
+    run: DagRun,
+    instances: Vec<TaskInstance>,
+}
+
+impl Executor {
+    /// An executor over `store`, with logs and artifacts under the settings' home.
+    pub fn new(store: Arc<dyn Store>, settings: &Settings, connections: Arc<Connections>) -> Self {
+        Self {
+            store,
+            connections,
+            artifacts: Arc::new(LocalArtifactStore::new(settings.artifacts_dir())),
+            logs_dir: settings.logs_dir(),
+            slots: Arc::new(slots::Slots::new(
+                settings.parallelism,
+                &slots::parse_pools(&settings.pools).unwrap_or_default(),
+            )),
+            observer: None,
+            shutdown: CancellationToken::new(),
+            shutdown_grace: Duration::from_secs(30),
+            driver: driver_id(),
+            lease: settings.run_lease,
+        }
+    }
+
+    /// Stops every run this executor drives when `shutdown` fires: no new tries start,
+    /// running ones get `grace` to finish, then are stopped and marked for retry. The runs
+    /// stay `running` in the store and resume when a process drives them again.
+    pub fn with_shutdown(mut self, shutdown: CancellationToken, grace: Duration) -> Self {
+        self.shutdown = shutdown;
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Sends every state change to `observer` as it happens.
+    pub fn with_observer(mut self, observer: mpsc::UnboundedSender<Progress>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The store this executor writes to.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Drives a run until every task has finished (or `cancel` fires) and returns the final run.
+    /// A run left mid-way by a dead process resumes: its `running` tries count as failed tries.
+    pub async fn run(
+        &self,
+        dag: Arc<Dag>,
+        run_id: &str,
+        cancel: CancellationToken,
+    ) -> Result<DagRun, ExecutorError> {
+        let not_found = || ExecutorError::RunNotFound {
+            dag_id: dag.dag_id.clone(),
+            run_id: run_id.to_string(),
+        };
+        let mut run = self
+            .store
+            .run(&dag.dag_id, run_id)
+            .await?
+            .ok_or_else(not_found)?;
+        if run.state.is_finished() {
+            return Ok(run);
+        }
+        let now = Utc::now();
+        let until = now + chrono::Duration::from_std(self.lease).unwrap_or_default();
+        if !self
+            .store
+            .claim_run(&dag.dag_id, run_id, &self.driver, until, now)
+            .await?
+        {
+            return Err(ExecutorError::DrivenElsewhere {
+                dag_id: dag.dag_id.clone(),
+                run_id: run_id.to_string(),
+            });
+        }
+        let read = || async {
+            let by_id: HashMap<String, TaskInstance> = self
+                .store
+                .task_instances(&dag.dag_id, run_id)
+                .await?
+                .into_iter()
+                .map(|ti| (ti.task_id.clone(), ti))
+                .collect();
+            Ok::<_, ExecutorError>(by_id)
+        };
+        let mut by_id = read().await?;
+        // The DAG may have gained tasks since the run was created: give them pending instances.
+        let missing: Vec<(String, String, u32)> = dag
+            .tasks
+            .iter()
+            .filter(|t| !by_id.contains_key(&t.id))
+            .map(|t| (t.id.clone(), t.operator_name.clone(), t.retry.retries + 1))
+            .collect();
+        if !missing.is_empty() {
+            tracing::info!(dag_id = %dag.dag_id, %run_id, tasks = missing.len(), "the DAG gained tasks since the run was created; adding them");
+            self.store
+                .add_task_instances(&dag.dag_id, run_id, &missing, Utc::now())
+                .await?;
+            by_id = read().await?;
+        }
+        let mut instances = Vec::with_capacity(dag.tasks.len());
+        for task in &dag.tasks {
+            match by_id.get(&task.id) {
+                Some(ti) => instances.push(ti.clone()),
+                None => {
+                    return Err(ExecutorError::DagMismatch {
+                        dag_id: dag.dag_id.clone(),
+                        run_id: run_id.to_string(),
+                        task_id: task.id.clone(),
+                    })
+                }
+            }
+        }
+        if run.state == RunState::Queued {
+            run = self
+                .store
+                .set_run_state(
+                    &dag.dag_id,
+                    run_id,
+                    RunState::Queued,
+                    RunState::Running,
+                    Utc::now(),
+                )
+                .await?;
+        }
+        let driver = RunDriver {
+            executor: self,
+            dag,
+            run,
+            instances,
+        };
+        driver.drive(cancel).await
+    }
+}
+
+impl RunDriver<'_> {
+    fn key(&self, task: usize) -> TaskKey {
+        TaskKey {
+            dag_id: self.dag.dag_id.clone(),
+            run_id: self.run.run_id.clone(),
+            task_id: self.dag.tasks[task].id.clone(),
+        }
+    }
+
+    /// Persists changes of this run's tasks in one store call (the state machine approves
+    /// each first), then updates the local view: a pass's try ends, decisions and starts
+    /// cost one round trip, not one per task. A task may change more than once (queued,
+    /// then running): each change is checked against the state the previous one leaves.
+    async fn apply_all(&mut self, planned: Vec<Planned>) -> Result<(), ExecutorError> {
+        if planned.is_empty() {
+            return Ok(());
+        }
+        let now = Utc::now();
+        let mut states: Vec<TaskState> = self.instances.iter().map(|ti| ti.state).collect();
+        let mut changes = Vec::with_capacity(planned.len());
+        let mut froms = Vec::with_capacity(planned.len());
+        for p in &planned {
+            let from = states[p.task];
+            let transition = from.to(p.to).map_err(|e| StoreError::Conflict {
+                what: self.key(p.task).to_string(),
+                expected: e.from.to_string(),
+                found: format!("a state from which {} is illegal", e.to),
+            })?;
+            states[p.task] = p.to;
+            froms.push(from);
+            changes.push(TaskChange {
+                key: self.key(p.task),
+                transition,
+                at: p.at.unwrap_or(now),
+                reason: p.reason.clone(),
+                output: p.output.clone(),
+                next_retry_at: p.next_retry_at,
+                max_tries: p.max_tries,
+            });
+        }
+        self.executor.store.transitions(&changes).await?;
+        for ((p, from), change) in planned.into_iter().zip(froms).zip(changes) {
+            let ti = &mut self.instances[p.task];
+            ti.apply(&change);
+            if let Some(observer) = &self.executor.observer {
+                let _ = observer.send(Progress {
+                    task_id: ti.task_id.clone(),
+                    try_number: ti.try_number,
+                    from,
+                    to: p.to,
+                    at: change.at,
+                    reason: p.reason,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn views(&self) -> Vec<TaskView> {
+        self.instances
+            .iter()
+            .map(|ti| TaskView {
+                state: ti.state,
+                next_retry_at: ti.next_retry_at,
+            })
+            .collect()
+    }
+
+    fn context(
+        &self,
+        task: usize,
+        try_number: u32,
+        log: TaskLog,
+        cancel: CancellationToken,
+    ) -> TaskContext {
+        let dag = &self.dag;
+        let run = &self.run;
+        let vars = TemplateVars::new(
+            &dag.dag_id,
+            &run.run_id,
+            &dag.tasks[task].id,
+            try_number,
+            run.logical_date,
+            (run.data_interval_start, run.data_interval_end),
+            dag.params_with(&run.conf),
+            run.conf.clone(),
+        );
+        let upstream: BTreeMap<String, TaskOutput> = dag.tasks[task]
+            .upstream
+            .iter()
+            .filter(|&&u| self.instances[u].state == TaskState::Success)
+            .map(|&u| {
+                let output = self.instances[u]
+                    .output
+                    .clone()
+                    .and_then(|v| serde_json::from_value(v).ok())
+                    .unwrap_or_default();
+                (dag.tasks[u].id.clone(), output)
+            })
+            .collect();
+        TaskContext {
+            vars,
+            dag_dir: dag
+                .file
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(".")),
+            upstream,
+            connections: self.executor.connections.clone(),
+            artifacts: self.executor.artifacts.clone(),
+            log,
+            cancel,
+        }
+    }
+
+    /// Starts the try of a task already `running` in the store.
+    fn spawn_try(
+        &self,
+        task: usize,
+        permit: slots::SlotGuard,
+        done: &mpsc::UnboundedSender<Finished>,
+        run_cancel: &CancellationToken,
+    ) -> CancellationToken {
+        let ti = &self.instances[task];
+        let key = self.key(task);
+        let path = try_log_path(&self.executor.logs_dir, &key, ti.try_number);
+        let log = TaskLog::to_file(&path);
+        let spec = &self.dag.tasks[task];
+        log.preamble(&format!(
+            "try {} of {} of {} (operator {}) in run {}",
+            ti.try_number, ti.max_tries, key.task_id, spec.operator_name, key.run_id
+        ));
+        let cancel = run_cancel.child_token();
+        let ctx = self.context(task, ti.try_number, log.clone(), cancel.clone());
+        let route = trylog::route(log);
+        let span = tracing::info_span!("try", dag_id = %key.dag_id, run_id = %key.run_id, task_id = %key.task_id, try_number = ti.try_number, try_log = route.id());
+        let operator = spec.operator.clone();
+        let timeout = spec.execution_timeout;
+        let done = done.clone();
+        tokio::spawn(
+            async move {
+                let outcome = run_try(operator, ctx, timeout).await;
+                drop(route);
+                // The slot stays taken until the executor has persisted the try's end.
+                let _ = done.send((task, outcome, Utc::now(), permit));
+            }
+            .instrument(span),
+        );
+        cancel
+    }
+
+    /// Drives the run; on an error, stops the tries it started before returning, so nobody
+    /// later finds them `running` while they still run. Gives up the run's lease at the end.
+    async fn drive(mut self, cancel: CancellationToken) -> Result<DagRun, ExecutorError> {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
+        let mut running: HashMap<usize, CancellationToken> = HashMap::new();
+        let result = self
+            .drive_loop(&cancel, &done_tx, &mut done_rx, &mut running)
+            .await;
+        if result.is_err() && !running.is_empty() {
+            for token in running.values() {
+                token.cancel();
+            }
+            let deadline = tokio::time::Instant::now() + STOP_GRACE + Duration::from_secs(1);
+            while !running.is_empty() {
+                match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+                    Ok(Some((task, ..))) => {
+                        running.remove(&task);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let (dag_id, run_id) = (&self.dag.dag_id, &self.run.run_id);
+        if let Err(error) = self
+            .executor
+            .store
+            .release_run(dag_id, run_id, &self.executor.driver)
+            .await
+        {
+            tracing::warn!(%dag_id, %run_id, %error, "could not release the run; its lease expires by itself");
+        }
+        result
+    }
+
+    async fn drive_loop(
+        &mut self,
+        cancel: &CancellationToken,
+        done_tx: &mpsc::UnboundedSender<Finished>,
+        done_rx: &mut mpsc::UnboundedReceiver<Finished>,
+        running: &mut HashMap<usize, CancellationToken>,
+    ) -> Result<DagRun, ExecutorError> {
+        // Tries still `running` in the store belong to a process that died: count them as failed tries.
+        let died: Vec<Planned> = (0..self.instances.len())
+            .filter(|&task| self.instances[task].state == TaskState::Running)
+            .map(|task| {
+                let outcome = TryOutcome::Failure {
+                    kind: FailureKind::Retryable,
+                    message: "the process running this try died".into(),
+                };
+                try_ending(
+                    task,
+                    &self.instances[task],
+                    &self.dag.tasks[task].retry,
+                    outcome,
+                    Ending::Normal,
+                )
+            })
+            .collect();
+        self.apply_all(died).await?;
+        let mut cancelling = false;
+        // The lease is renewed at a third of its length, so a slow store round trip never lets it lapse.
+        let mut renew = tokio::time::interval(self.executor.lease / 3);
+        renew.tick().await;
+        // Short of a global slot: wait in line on the semaphore (one waiter woken per release).
+        // Short of a DAG or pool slot: wait for any release.
+        let mut short_global = false;
+        let mut short_other = false;
+        let mut spare: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        // Shutdown: no new tries; running ones get the grace period, then are interrupted.
+        let shutdown = self.executor.shutdown.clone();
+        let mut grace_over: Option<tokio::time::Instant> = None;
+        let mut interrupted: std::collections::HashSet<usize> = std::collections::HashSet::new();
+        let slots = self.executor.slots.clone();
+        let mut released = slots.subscribe();
+        // Tries that ended and are not written yet: written with the pass they wake.
+        let mut ended: Vec<Planned> = Vec::new();
+        loop {
+            // A cancelled run may be noticed first through a try that stopped because of it.
+            if !cancelling && cancel.is_cancelled() {
+                cancelling = true;
+                for token in running.values() {
+                    token.cancel();
+                }
+            }
+            let stopping = shutdown.is_cancelled() && !cancelling;
+            if stopping && grace_over.is_none() {
+                grace_over = Some(tokio::time::Instant::now() + self.executor.shutdown_grace);
+            }
+            if stopping {
+                self.apply_all(std::mem::take(&mut ended)).await?;
+                if running.is_empty() {
+                    // Leave the run `running`: whoever drives it next resumes it.
+                    let run = self
+                        .executor
+                        .store
+                        .run(&self.dag.dag_id, &self.run.run_id)
+                        .await?;
+                    return Ok(run.unwrap_or_else(|| self.run.clone()));
+                }
+            } else if cancelling {
+                let mut plan = std::mem::take(&mut ended);
+                plan.extend(
+                    (0..self.instances.len())
+                        .filter(|&task| {
+                            matches!(
+                                self.instances[task].state,
+                                TaskState::Pending | TaskState::Queued | TaskState::UpForRetry
+                            )
+                        })
+                        .map(|task| Planned {
+                            reason: Some("run cancelled".into()),
+                            ..Planned::to(task, TaskState::Cancelled)
+                        }),
+                );
+                self.apply_all(plan).await?;
+            } else {
+                // One write for the pass: the ends, the decisions they lead to, and the starts.
+                let mut plan = std::mem::take(&mut ended);
+                let mut view = self.views();
+                overlay(&mut view, &plan);
+                let decided: Vec<Planned> = decide(&self.dag, &view, Utc::now())
+                    .into_iter()
+                    .map(Planned::from)
+                    .collect();
+                overlay(&mut view, &decided);
+                plan.extend(decided);
+                // Start queued tasks in topological order while they get slots (global,
+                // this DAG's max_active_tasks across its runs, their pool).
+                short_global = false;
+                short_other = false;
+                released.mark_unchanged();
+                let mut starts = Vec::new();
+                for (task, v) in view.iter().enumerate() {
+                    if v.state != TaskState::Queued || running.contains_key(&task) {
+                        continue;
+                    }
+                    let pool = self.dag.tasks[task].pool.clone();
+                    if let Some(name) = pool.as_deref().filter(|p| !slots.has_pool(p)) {
+                        // It cannot start at all: a try that failed for good, so the run ends
+                        // instead of waiting forever.
+                        plan.push(Planned::to(task, TaskState::Running));
+                        plan.push(Planned {
+                            reason: Some(format!(
+                                "pool `{name}` is not defined (SLUICE_POOLS=name=size,…)"
+                            )),
+                            ..Planned::to(task, TaskState::Failed)
+                        });
+                        continue;
+                    }
+                    let guard = match slots.try_acquire(&self.dag, pool.as_deref(), &mut spare) {
+                        Ok(guard) => guard,
+                        Err(slots::Short::Global) => {
+                            short_global = true;
+                            break;
+                        }
+                        Err(slots::Short::DagOrPool) => {
+                            short_other = true;
+                            continue;
+                        }
+                    };
+                    plan.push(Planned::to(task, TaskState::Running));
+                    starts.push((task, guard));
+                }
+                // Written before any of these tries starts.
+                self.apply_all(plan).await?;
+                for (task, guard) in starts {
+                    let token = self.spawn_try(task, guard, done_tx, cancel);
+                    running.insert(task, token);
+                }
+            }
+            let all_finished = self.instances.iter().all(|ti| ti.state.is_finished());
+            if all_finished && running.is_empty() {
+                break;
+            }
+            let waiting = !cancelling && !stopping;
+            let short_global = short_global && waiting;
+            let short_other = short_other && waiting;
+            if !short_global {
+                // A global slot kept while only DAG or pool limits block would sit idle.
+                spare = None;
+            }
+            let wakeup = if cancelling || stopping {
+                None
+            } else {
+                next_wakeup(&self.views())
+            };
+            let sleep_for = wakeup.map(|at| (at - Utc::now()).to_std().unwrap_or_default());
+            tokio::select! {
+                Some(first) = done_rx.recv() => {
+                    // Tries that ended meanwhile are recorded together, with the pass they wake.
+                    let mut done = vec![first];
+                    while let Ok(next) = done_rx.try_recv() {
+                        done.push(next);
+                    }
+                    for (task, outcome, at, permit) in done {
+                        running.remove(&task);
+                        let ending = if interrupted.contains(&task) {
+                            Ending::Interrupted
+                        } else if cancelling || cancel.is_cancelled() {
+                            Ending::Cancelling
+                        } else {
+                            Ending::Normal
+                        };
+                        ended.push(Planned { at: Some(at), ..try_ending(task, &self.instances[task], &self.dag.tasks[task].retry, outcome, ending) });
+                        // The slot is free now: the end is written, with the time it happened,
+                        // before (or with) the start of any try that takes the slot in this run.
+                        drop(permit);
+                    }
+                }
+                _ = shutdown.cancelled(), if !stopping && !cancelling => {}
+                _ = tokio::time::sleep_until(grace_over.unwrap_or_else(tokio::time::Instant::now)), if stopping && interrupted.len() < running.len() => {
+                    for (task, token) in running.iter() {
+                        interrupted.insert(*task);
+                        token.cancel();
+                    }
+                }
+                permit = slots.global().acquire_owned(), if short_global && spare.is_none() => {
+                    spare = permit.ok();
+                }
+                _ = released.changed(), if short_other => {}
+                _ = renew.tick() => {
+                    let now = Utc::now();
+                    let until = now + chrono::Duration::from_std(self.executor.lease).unwrap_or_default();
+                    if !self.executor.store.claim_run(&self.dag.dag_id, &self.run.run_id, &self.executor.driver, until, now).await? {
+                        return Err(ExecutorError::DrivenElsewhere { dag_id: self.dag.dag_id.clone(), run_id: self.run.run_id.clone() });
+                    }
+                }
+                _ = tokio::time::sleep(sleep_for.unwrap_or_default()), if sleep_for.is_some() => {}
+                _ = cancel.cancelled(), if !cancelling => {
+                    cancelling = true;
+                    for token in running.values() {
+                        token.cancel();
+                    }
+                }
+            }
+        }
+        let outcome = if cancelling {
+            RunState::Cancelled
+        } else {
+            run_outcome(self.instances.iter().map(|ti| ti.state))
+        };
+        let run = self
+            .executor
+            .store
+            .set_run_state(
+                &self.dag.dag_id,
+                &self.run.run_id,
+                RunState::Running,
+                outcome,
+                Utc::now(),
+            )
+            .await?;
+        Ok(run)
+    }
+}

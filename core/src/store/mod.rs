@@ -1,0 +1,529 @@
+//! The metadata store: every run, task instance and state change, durably.
+//!
+//! One [`Store`] trait, used as `Arc<dyn Store>`, with SQLite (embedded default) and
+//! PostgreSQL (several processes or machines) behind it. Invariants:
+//! - task state only changes through [`Store::transition`], which takes a [`Transition`]
+//!   (so the state machine has approved it), compares-and-sets on the expected state and
+//!   writes a history row in the same transaction;
+//! - a run is unique per (DAG, logical date), so creating one twice is an error, never a
+//!   duplicate.
+
+mod sql;
+mod transitions;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::schedule::DataInterval;
+use crate::state::{IllegalRunTransition, RunState, TaskState, Transition};
+
+pub use sql::SqlStore;
+
+/// Why a run exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunType {
+    /// Created by the scheduler for a schedule interval.
+    Scheduled,
+    /// Triggered by a person (CLI, API, UI) or `dags test`.
+    Manual,
+    /// Created by a backfill.
+    Backfill,
+}
+
+impl RunType {
+    /// The name used in the store and in run ids.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunType::Scheduled => "scheduled",
+            RunType::Manual => "manual",
+            RunType::Backfill => "backfill",
+        }
+    }
+
+    /// The run id for a logical date, as Airflow spells it: `manual__2026-11-23T16:00:00+00:00`.
+    pub fn run_id(self, logical_date: DateTime<Utc>) -> String {
+        format!(
+            "{}__{}",
+            self.as_str(),
+            logical_date.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+        )
+    }
+}
+
+impl std::str::FromStr for RunType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "scheduled" => Ok(RunType::Scheduled),
+            "manual" => Ok(RunType::Manual),
+            "backfill" => Ok(RunType::Backfill),
+            other => Err(format!("unknown run type `{other}`")),
+        }
+    }
+}
+
+/// One execution of a DAG for a data interval.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DagRun {
+    /// The DAG.
+    pub dag_id: String,
+    /// Unique within the DAG.
+    pub run_id: String,
+    /// The interval's start.
+    pub logical_date: DateTime<Utc>,
+    /// Start of the data interval.
+    pub data_interval_start: DateTime<Utc>,
+    /// End of the data interval (exclusive).
+    pub data_interval_end: DateTime<Utc>,
+    /// Why the run exists.
+    pub run_type: RunType,
+    /// Current state.
+    pub state: RunState,
+    /// Configuration given at trigger time.
+    pub conf: serde_json::Value,
+    /// Hash of the DAG file version the run started with.
+    pub dag_hash: String,
+    /// When the run was created.
+    pub created_at: DateTime<Utc>,
+    /// When it started running.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it finished.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// For backfill runs: most runs of the backfill active at once, when capped.
+    pub backfill_max_active_runs: Option<u32>,
+}
+
+impl DagRun {
+    /// The run's data interval.
+    pub fn interval(&self) -> DataInterval {
+        DataInterval {
+            start: self.data_interval_start,
+            end: self.data_interval_end,
+        }
+    }
+}
+
+/// A task within a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskInstance {
+    /// The DAG.
+    pub dag_id: String,
+    /// The run.
+    pub run_id: String,
+    /// The task.
+    pub task_id: String,
+    /// Operator name when the run was created.
+    pub operator: String,
+    /// Current state.
+    pub state: TaskState,
+    /// Tries started so far (0 before the first).
+    pub try_number: u32,
+    /// Most tries allowed (retries + 1).
+    pub max_tries: u32,
+    /// When it was last queued.
+    pub queued_at: Option<DateTime<Utc>>,
+    /// When the current or last try started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the last try ended.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// When an `up_for_retry` instance may be queued again.
+    pub next_retry_at: Option<DateTime<Utc>>,
+    /// Output of the successful try (JSON of `TaskOutput`).
+    pub output: Option<serde_json::Value>,
+    /// Error of the last failed try.
+    pub error: Option<String>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl TaskInstance {
+    /// What `change` does to this instance once the store applied it: the same columns the
+    /// store's statement sets (`store_story` checks the two agree on both backends).
+    pub fn apply(&mut self, change: &TaskChange) {
+        let t = change.transition;
+        let to = t.to();
+        let starts = t.starts_try();
+        self.state = to;
+        self.updated_at = change.at;
+        if starts {
+            self.try_number += 1;
+            self.started_at = Some(change.at);
+        }
+        if to == TaskState::Queued {
+            self.queued_at = Some(change.at);
+        }
+        let ends = to.is_finished() || to == TaskState::UpForRetry;
+        self.ended_at = ends.then_some(change.at);
+        self.next_retry_at = change.next_retry_at;
+        if to == TaskState::Pending {
+            self.output = None;
+        } else if let Some(output) = &change.output {
+            self.output = serde_json::from_str(output).ok();
+        }
+        // A new try or a clear drops the last error; a failure records its own.
+        if starts || t.clears() {
+            self.error = None;
+        } else if matches!(to, TaskState::Failed | TaskState::UpForRetry) {
+            self.error = change.reason.clone();
+        }
+        if let Some(max_tries) = change.max_tries {
+            self.max_tries = max_tries;
+        }
+    }
+}
+
+/// One recorded state change of a task instance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StateChange {
+    /// Order of recording.
+    pub id: i64,
+    /// The DAG.
+    pub dag_id: String,
+    /// The run.
+    pub run_id: String,
+    /// The task.
+    pub task_id: String,
+    /// Try number after the change.
+    pub try_number: u32,
+    /// Previous state.
+    pub from: TaskState,
+    /// New state.
+    pub to: TaskState,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// Why (error message, retry reason, …).
+    pub reason: Option<String>,
+}
+
+/// Identifies a task instance.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TaskKey {
+    /// The DAG.
+    pub dag_id: String,
+    /// The run.
+    pub run_id: String,
+    /// The task.
+    pub task_id: String,
+}
+
+impl std::fmt::Display for TaskKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.dag_id, self.run_id, self.task_id)
+    }
+}
+
+/// A run to create, with its task instances.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// The DAG.
+    pub dag_id: String,
+    /// The run id.
+    pub run_id: String,
+    /// The data interval (its start is the logical date).
+    pub interval: DataInterval,
+    /// Why it exists.
+    pub run_type: RunType,
+    /// Trigger configuration.
+    pub conf: serde_json::Value,
+    /// DAG file version.
+    pub dag_hash: String,
+    /// `(task_id, operator, max_tries)` of every task.
+    pub tasks: Vec<(String, String, u32)>,
+    /// For backfill runs: most backfill runs of the DAG active at once.
+    pub backfill_max_active_runs: Option<u32>,
+    /// Creation time.
+    pub at: DateTime<Utc>,
+}
+
+/// A state change to persist.
+#[derive(Debug, Clone)]
+pub struct TaskChange {
+    /// Which instance.
+    pub key: TaskKey,
+    /// The approved transition (compare-and-set on its `from`).
+    pub transition: Transition,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Why, recorded in the history (and as the instance's error on failures).
+    pub reason: Option<String>,
+    /// Output JSON on success.
+    pub output: Option<String>,
+    /// For `up_for_retry`: when the next try may be queued.
+    pub next_retry_at: Option<DateTime<Utc>>,
+    /// For a clear: the new most tries allowed (tries so far + the task's retries + 1).
+    pub max_tries: Option<u32>,
+}
+
+impl TaskChange {
+    /// A change with no reason, output or retry time.
+    pub fn new(key: TaskKey, transition: Transition, at: DateTime<Utc>) -> Self {
+        Self {
+            key,
+            transition,
+            at,
+            reason: None,
+            output: None,
+            next_retry_at: None,
+            max_tries: None,
+        }
+    }
+}
+
+/// Which runs to list.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Only this DAG.
+    pub dag_id: Option<String>,
+    /// Only this run id.
+    pub run_id: Option<String>,
+    /// Only runs in this state.
+    pub state: Option<RunState>,
+    /// Most rows (newest logical dates first); 0 means 100.
+    pub limit: u32,
+    /// Rows to skip (paging).
+    pub offset: u32,
+}
+
+/// Store failures, each meaning something to the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or opened (the URL is shown without password).
+    #[error("cannot open the metadata store {url}: {source}")]
+    Open {
+        /// Redacted URL.
+        url: String,
+        /// Driver error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("metadata store migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A run for this DAG and logical date (or with this id) already exists.
+    #[error("DAG `{dag_id}` already has a run for logical date {logical_date} (or the run id `{run_id}`)")]
+    RunExists {
+        /// The DAG.
+        dag_id: String,
+        /// The run id asked for.
+        run_id: String,
+        /// The logical date asked for.
+        logical_date: DateTime<Utc>,
+    },
+    /// No such run or task instance.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Compare-and-set lost: the row was not in the expected state (another process moved it).
+    #[error("{what}: expected state {expected}, found {found}")]
+    Conflict {
+        /// Which row.
+        what: String,
+        /// State the caller expected.
+        expected: String,
+        /// State found.
+        found: String,
+    },
+    /// The run state machine forbids the change.
+    #[error(transparent)]
+    IllegalRunTransition(#[from] IllegalRunTransition),
+    /// A query failed.
+    #[error("metadata store query failed ({what}): {source}")]
+    Query {
+        /// The operation.
+        what: &'static str,
+        /// Driver error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A stored value could not be read back.
+    #[error("unreadable value in the metadata store ({what}): {message}")]
+    Corrupt {
+        /// Which value.
+        what: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Which database holds the metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file (default).
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// Durable records of runs, task instances and their history.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Which database this is.
+    fn backend(&self) -> Backend;
+
+    /// Creates a run and its task instances (all `pending`) in one transaction.
+    async fn create_run(&self, run: &NewRun) -> Result<DagRun, StoreError>;
+
+    /// One run.
+    async fn run(&self, dag_id: &str, run_id: &str) -> Result<Option<DagRun>, StoreError>;
+
+    /// Takes (or renews) the right to drive a run until `until`: succeeds if nobody holds it,
+    /// `driver` already does, or the holder's lease ended before `now`. False if another
+    /// live driver holds it.
+    async fn claim_run(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        driver: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives up driving a run (when it finished or this process stops).
+    async fn release_run(&self, dag_id: &str, run_id: &str, driver: &str)
+        -> Result<(), StoreError>;
+
+    /// Adds pending instances for tasks a run does not have yet (its DAG gained tasks).
+    async fn add_task_instances(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        tasks: &[(String, String, u32)],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// The run of a DAG for a logical date, whatever its id.
+    async fn run_for_date(
+        &self,
+        dag_id: &str,
+        logical_date: DateTime<Utc>,
+    ) -> Result<Option<DagRun>, StoreError>;
+
+    /// The latest `per_dag` runs of each DAG, newest first, in one query (the DAG list page).
+    async fn recent_runs(&self, per_dag: u32) -> Result<Vec<DagRun>, StoreError>;
+
+    /// The task instances of several runs of one DAG in one query (the grid page).
+    async fn task_instances_of_runs(
+        &self,
+        dag_id: &str,
+        run_ids: &[String],
+    ) -> Result<Vec<TaskInstance>, StoreError>;
+
+    /// How many runs match a filter (ignoring its limit and offset).
+    async fn count_runs(&self, filter: &RunFilter) -> Result<u64, StoreError>;
+
+    /// A value that changes whenever a run or task instance changes (live UI updates).
+    async fn change_marker(&self) -> Result<i64, StoreError>;
+
+    /// How many runs are queued and when the newest was created (microseconds): the
+    /// scheduler's cheap check, between full passes, for runs another process queued.
+    async fn queued_runs_marker(&self) -> Result<(u64, i64), StoreError>;
+
+    /// Runs and task instances by state, for metrics.
+    async fn state_counts(&self) -> Result<StateCounts, StoreError>;
+
+    /// Runs matching a filter, newest logical date first.
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<DagRun>, StoreError>;
+
+    /// Moves a run from `from` to `to` (compare-and-set, checked against the run state machine).
+    async fn set_run_state(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        from: RunState,
+        to: RunState,
+        at: DateTime<Utc>,
+    ) -> Result<DagRun, StoreError>;
+
+    /// The task instances of a run, by task id.
+    async fn task_instances(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+    ) -> Result<Vec<TaskInstance>, StoreError>;
+
+    /// Persists one approved state change with its history row and returns the instance
+    /// as it is now, or fails with `Conflict` (or `NotFound`) when the instance is not in
+    /// the transition's `from` state.
+    async fn transition(&self, change: &TaskChange) -> Result<TaskInstance, StoreError>;
+
+    /// Persists approved changes of any instances, in one statement where it can (one
+    /// round trip for a pass's ends, decisions and starts), each a compare-and-set with its
+    /// own history row. Callers that hold the instances update them with
+    /// [`TaskInstance::apply`]. Fails with `Conflict` naming an instance that was not in its
+    /// expected state; the changes of the other instances are applied (each is atomic on its
+    /// own, as with [`Store::transition`]).
+    async fn transitions(&self, changes: &[TaskChange]) -> Result<(), StoreError>;
+
+    /// Every state change of a run, in order.
+    async fn history(&self, dag_id: &str, run_id: &str) -> Result<Vec<StateChange>, StoreError>;
+
+    /// The run of a DAG with the latest logical date among runs of `run_type` (any type if `None`).
+    async fn latest_run(
+        &self,
+        dag_id: &str,
+        run_type: Option<RunType>,
+    ) -> Result<Option<DagRun>, StoreError>;
+
+    /// Every queued or running run, oldest logical date first.
+    async fn active_runs(&self) -> Result<Vec<DagRun>, StoreError>;
+
+    /// Pauses or unpauses a DAG (a paused DAG gets no new scheduled runs).
+    async fn set_paused(
+        &self,
+        dag_id: &str,
+        paused: bool,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Ids of paused DAGs.
+    async fn paused_dags(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Records that a scheduler is alive.
+    async fn scheduler_heartbeat(&self, beat: &SchedulerBeat) -> Result<(), StoreError>;
+
+    /// The latest heartbeat of any scheduler, if one ever ran.
+    async fn last_scheduler_heartbeat(&self) -> Result<Option<SchedulerBeat>, StoreError>;
+}
+
+/// Runs and task instances by state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StateCounts {
+    /// Runs per state name.
+    pub runs: Vec<(String, u64)>,
+    /// Task instances per state name.
+    pub task_instances: Vec<(String, u64)>,
+    /// Finished tries of the last day: how many, total and longest seconds.
+    pub try_durations: (u64, f64, f64),
+}
+
+/// A scheduler process's sign of life.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SchedulerBeat {
+    /// Unique per process start.
+    pub scheduler_id: String,
+    /// Host it runs on.
+    pub hostname: String,
+    /// Its process id.
+    pub pid: u32,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Its last heartbeat.
+    pub heartbeat_at: DateTime<Utc>,
+}
+
+/// Opens (and migrates) the store at `url`: `sqlite://path` or `postgres://…`.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(SqlStore::open(url).await?))
+}
+
+/// `url` with any password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    // SQLite paths are not secret and may not be URLs in the strict sense.
+    if url.starts_with("sqlite:") {
+        return url.to_string();
+    }
+    sluice_operator_api::connection::redact_url(url)
+}

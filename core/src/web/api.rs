@@ -1,0 +1,898 @@
+//! `/api/v1`: DAGs, runs, task instances and logs. Paths and field names follow Airflow's
+//! stable REST API where Airflow has the operation, so its clients work unchanged.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState};
+use crate::dag::Dag;
+use crate::runs::{start_run, StartError};
+use crate::schedule::{parse_instant, Schedule};
+use crate::state::RunState;
+use crate::store::{DagRun, RunFilter, RunType, TaskInstance, TaskKey};
+use crate::trylog::read_try_log;
+
+/// The API routes (mounted under `/api/v1`).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .merge(super::events::routes())
+        .route("/dags", get(list_dags))
+        .route("/dags/{dag_id}", get(get_dag).patch(patch_dag))
+        .route("/dags/{dag_id}/tasks", get(list_tasks))
+        .route("/dags/{dag_id}/grid", get(grid))
+        .route("/dags/{dag_id}/dagRuns", get(list_runs).post(trigger_run))
+        .route("/dags/{dag_id}/dagRuns/{dag_run_id}", get(get_run))
+        .route(
+            "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances",
+            get(list_task_instances),
+        )
+        .route(
+            "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/logs/{try_number}",
+            get(task_log),
+        )
+        .route(
+            "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}",
+            axum::routing::patch(mark_task_instance),
+        )
+        .route(
+            "/dags/{dag_id}/clearTaskInstances",
+            axum::routing::post(clear_task_instances),
+        )
+        .route(
+            "/dags/{dag_id}/backfills",
+            axum::routing::post(create_backfill),
+        )
+        .route("/openapi.json", get(openapi))
+        .route("/importErrors", get(import_errors))
+        .route("/operators", get(operators))
+}
+
+/// `?limit=&offset=` with bounds.
+#[derive(Debug, Deserialize)]
+struct Paging {
+    limit: Option<i64>,
+    offset: Option<i64>,
+    state: Option<String>,
+}
+
+impl Paging {
+    fn bounds(&self) -> Result<(u32, u32), ApiError> {
+        let limit = self.limit.unwrap_or(100);
+        let offset = self.offset.unwrap_or(0);
+        if !(1..=10_000).contains(&limit) {
+            return Err(ApiError::bad_request(format!(
+                "limit must be between 1 and 10000, not {limit}"
+            )));
+        }
+        if offset < 0 {
+            return Err(ApiError::bad_request(format!(
+                "offset must not be negative, not {offset}"
+            )));
+        }
+        Ok((limit as u32, offset.min(u32::MAX as i64) as u32))
+    }
+}
+
+/// The request body as `T`, or a 400 saying what to send.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Option<Json<Value>>,
+    hint: &str,
+) -> Result<T, ApiError> {
+    let Some(Json(body)) = body else {
+        return Err(ApiError::bad_request(format!(
+            "send a JSON body such as {hint}"
+        )));
+    };
+    serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("body: {e}")))
+}
+
+fn time(t: Option<DateTime<Utc>>) -> Value {
+    t.map(|t| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)))
+        .unwrap_or(Value::Null)
+}
+
+fn find_dag(state: &AppState, dag_id: &str) -> Result<std::sync::Arc<Dag>, ApiError> {
+    state
+        .dags
+        .get()
+        .get(dag_id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("DAG `{dag_id}` not found")))
+}
+
+fn run_json(run: &DagRun) -> Value {
+    json!({
+        "dag_run_id": run.run_id,
+        "dag_id": run.dag_id,
+        "logical_date": time(Some(run.logical_date)),
+        "execution_date": time(Some(run.logical_date)),
+        "data_interval_start": time(Some(run.data_interval_start)),
+        "data_interval_end": time(Some(run.data_interval_end)),
+        "start_date": time(run.started_at),
+        "end_date": time(run.ended_at),
+        "state": run.state.as_str(),
+        "run_type": run.run_type.as_str(),
+        "external_trigger": run.run_type != RunType::Scheduled,
+        "conf": run.conf,
+        "dag_hash": run.dag_hash,
+    })
+}
+
+fn task_instance_json(ti: &TaskInstance) -> Value {
+    let duration = match (ti.started_at, ti.ended_at) {
+        (Some(s), Some(e)) if e >= s => json!((e - s).num_microseconds().unwrap_or(0) as f64 / 1e6),
+        _ => Value::Null,
+    };
+    json!({
+        "task_id": ti.task_id,
+        "dag_id": ti.dag_id,
+        "dag_run_id": ti.run_id,
+        "state": ti.state.as_str(),
+        "try_number": ti.try_number,
+        "max_tries": ti.max_tries,
+        "operator": ti.operator,
+        "queued_when": time(ti.queued_at),
+        "start_date": time(ti.started_at),
+        "end_date": time(ti.ended_at),
+        "duration": duration,
+        "next_retry_at": time(ti.next_retry_at),
+        "error": ti.error,
+        "output": ti.output,
+    })
+}
+
+fn dag_json(dag: &Dag, paused: bool, recent: &[DagRun]) -> Value {
+    let schedule = match &dag.schedule {
+        Schedule::Manual => Value::Null,
+        other => json!({"__type": "CronExpression", "value": other.to_string()}),
+    };
+    let next = match &dag.schedule {
+        Schedule::Cron { .. } => dag
+            .schedule
+            .fire_after(dag.timezone, Utc::now())
+            .map(|end| {
+                let start = dag
+                    .schedule
+                    .fire_at_or_before(dag.timezone, end - chrono::Duration::seconds(1))
+                    .unwrap_or(end);
+                (start, end)
+            }),
+        _ => None,
+    };
+    json!({
+        "dag_id": dag.dag_id,
+        "description": dag.description,
+        "fileloc": dag.file.display().to_string(),
+        "file_hash": dag.hash,
+        "is_paused": paused,
+        "is_active": true,
+        "tags": dag.tags.iter().map(|t| json!({"name": t})).collect::<Vec<_>>(),
+        "schedule_interval": schedule,
+        "timezone": dag.timezone.name(),
+        "catchup": dag.catchup,
+        "max_active_runs": dag.max_active_runs,
+        "max_active_tasks": dag.max_active_tasks,
+        "next_dagrun": time(next.map(|n| n.0)),
+        "next_dagrun_data_interval_start": time(next.map(|n| n.0)),
+        "next_dagrun_data_interval_end": time(next.map(|n| n.1)),
+        "last_run": recent.first().map(run_json),
+        "recent_runs": recent.iter().map(|r| json!({"dag_run_id": r.run_id, "state": r.state.as_str(), "logical_date": time(Some(r.logical_date))})).collect::<Vec<_>>(),
+    })
+}
+
+/// Runs shown with a DAG.
+const RECENT_RUNS: u32 = 10;
+
+async fn recent_of(state: &AppState, dag_id: &str) -> Result<Vec<DagRun>, ApiError> {
+    Ok(state
+        .store
+        .list_runs(&RunFilter {
+            dag_id: Some(dag_id.to_string()),
+            limit: RECENT_RUNS,
+            ..Default::default()
+        })
+        .await?)
+}
+
+async fn paused_set(state: &AppState) -> Result<std::collections::HashSet<String>, ApiError> {
+    Ok(state.store.paused_dags().await?.into_iter().collect())
+}
+
+async fn list_dags(
+    State(state): State<AppState>,
+    Query(paging): Query<Paging>,
+) -> Result<Json<Value>, ApiError> {
+    let (limit, offset) = paging.bounds()?;
+    let bag = state.dags.get();
+    let paused = paused_set(&state).await?;
+    // One query for every DAG's recent runs, whatever the number of DAGs.
+    let mut recent: std::collections::HashMap<String, Vec<DagRun>> =
+        std::collections::HashMap::new();
+    for run in state.store.recent_runs(RECENT_RUNS).await? {
+        recent.entry(run.dag_id.clone()).or_default().push(run);
+    }
+    let dags: Vec<Value> = bag
+        .dags
+        .values()
+        .skip(offset as usize)
+        .take(limit as usize)
+        .map(|dag| {
+            dag_json(
+                dag,
+                paused.contains(&dag.dag_id),
+                recent
+                    .get(&dag.dag_id)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    Ok(Json(json!({"dags": dags, "total_entries": bag.dags.len()})))
+}
+
+async fn get_dag(
+    State(state): State<AppState>,
+    Path(dag_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let dag = find_dag(&state, &dag_id)?;
+    let paused = paused_set(&state).await?.contains(&dag_id);
+    let mut value = dag_json(&dag, paused, &recent_of(&state, &dag_id).await?);
+    value["tasks"] = tasks_json(&dag);
+    Ok(Json(value))
+}
+
+fn tasks_json(dag: &Dag) -> Value {
+    Value::Array(
+        dag.tasks
+            .iter()
+            .map(|t| {
+                json!({
+                    "task_id": t.id,
+                    "operator_name": t.operator_name,
+                    "downstream_task_ids": t.downstream.iter().map(|&d| dag.tasks[d].id.clone()).collect::<Vec<_>>(),
+                    "upstream_task_ids": t.upstream.iter().map(|&u| dag.tasks[u].id.clone()).collect::<Vec<_>>(),
+                    "trigger_rule": t.trigger_rule.as_str(),
+                    "retries": t.retry.retries,
+                    "execution_timeout": t.execution_timeout.map(|d| d.as_secs_f64()),
+                    "doc_md": t.doc,
+                })
+            })
+            .collect(),
+    )
+}
+
+async fn list_tasks(
+    State(state): State<AppState>,
+    Path(dag_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let dag = find_dag(&state, &dag_id)?;
+    Ok(Json(
+        json!({"tasks": tasks_json(&dag), "total_entries": dag.tasks.len()}),
+    ))
+}
+
+/// `GET /dags/{dag_id}/grid?limit=25`: the latest runs and all their task instances in two
+/// queries (sluice's own endpoint behind the UI grid).
+async fn grid(
+    State(state): State<AppState>,
+    Path(dag_id): Path<String>,
+    Query(paging): Query<Paging>,
+) -> Result<Json<Value>, ApiError> {
+    let dag = find_dag(&state, &dag_id)?;
+    let (limit, _) = paging.bounds()?;
+    let runs = state
+        .store
+        .list_runs(&RunFilter {
+            dag_id: Some(dag_id.clone()),
+            limit: limit.min(100),
+            ..Default::default()
+        })
+        .await?;
+    let run_ids: Vec<String> = runs.iter().map(|r| r.run_id.clone()).collect();
+    let tis = state
+        .store
+        .task_instances_of_runs(&dag_id, &run_ids)
+        .await?;
+    Ok(Json(json!({
+        "dag_id": dag.dag_id,
+        "tasks": tasks_json(&dag),
+        "dag_runs": runs.iter().map(run_json).collect::<Vec<_>>(),
+        "task_instances": tis.iter().map(task_instance_json).collect::<Vec<_>>(),
+    })))
+}
+
+/// `PATCH /dags/{dag_id}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct DagPatch {
+    /// A paused DAG gets no new scheduled runs; runs already going finish.
+    is_paused: bool,
+}
+
+async fn patch_dag(
+    State(state): State<AppState>,
+    Path(dag_id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let dag = find_dag(&state, &dag_id)?;
+    let patch: DagPatch = json_body(body, "{\"is_paused\": true}")?;
+    state
+        .store
+        .set_paused(&dag_id, patch.is_paused, Utc::now())
+        .await?;
+    Ok(Json(dag_json(
+        &dag,
+        patch.is_paused,
+        &recent_of(&state, &dag_id).await?,
+    )))
+}
+
+async fn list_runs(
+    State(state): State<AppState>,
+    Path(dag_id): Path<String>,
+    Query(paging): Query<Paging>,
+) -> Result<Json<Value>, ApiError> {
+    let (limit, offset) = paging.bounds()?;
+    let run_state = paging
+        .state
+        .as_deref()
+        .map(|s| {
+            s.parse::<RunState>()
+                .map_err(|e| ApiError::bad_request(format!("state: {e}")))
+        })
+        .transpose()?;
+    let filter = RunFilter {
+        dag_id: Some(dag_id),
+        state: run_state,
+        limit,
+        offset,
+        ..Default::default()
+    };
+    let runs = state.store.list_runs(&filter).await?;
+    let total = state.store.count_runs(&filter).await?;
+    Ok(Json(
+        json!({"dag_runs": runs.iter().map(run_json).collect::<Vec<_>>(), "total_entries": total}),
+    ))
+}
+
+/// `POST /dags/{dag_id}/dagRuns`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct TriggerBody {
+    /// The run covers the schedule interval starting at the latest fire time at or before
+    /// this (RFC 3339 or YYYY-MM-DD in the DAG's timezone); default: the latest complete one.
+    logical_date: Option<String>,
+    /// Airflow 2's name for `logical_date`.
+    execution_date: Option<String>,
+    /// The run's config: a JSON object that overrides the DAG's params.
+    #[serde(default)]
+    conf: Option<serde_json::Map<String, Value>>,
+    /// Refused: sluice names runs by type and logical date.
+    dag_run_id: Option<String>,
+    /// Accepted and ignored (Airflow clients send it).
+    note: Option<String>,
+}
+
+async fn trigger_run(
+    State(state): State<AppState>,
+    Path(dag_id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let dag = find_dag(&state, &dag_id)?;
+    let body: TriggerBody = match body {
+        Some(Json(value)) => serde_json::from_value(value)
+            .map_err(|e| ApiError::bad_request(format!("body: {e}")))?,
+        None => TriggerBody {
+            logical_date: None,
+            execution_date: None,
+            conf: None,
+            dag_run_id: None,
+            note: None,
+        },
+    };
+    if body.dag_run_id.is_some() {
+        return Err(ApiError::bad_request(
+            "dag_run_id: sluice names runs by type and logical date; leave it out",
+        ));
+    }
+    let _ = body.note;
+    let conf = Value::Object(body.conf.unwrap_or_default());
+    let interval = match body.logical_date.or(body.execution_date) {
+        Some(text) => dag.interval_for(
+            parse_instant(&text, dag.timezone)
+                .map_err(|e| ApiError::bad_request(format!("logical_date: {e}")))?,
+        ),
+        None => dag.default_interval(Utc::now()),
+    };
+    match start_run(
+        &state.store,
+        &dag,
+        interval,
+        RunType::Manual,
+        conf,
+        Utc::now(),
+    )
+    .await
+    {
+        Ok((run, _)) => Ok(Json(run_json(&run))),
+        Err(StartError::Unfinished {
+            run_id,
+            state: run_state,
+            ..
+        }) => Err(ApiError::conflict(format!(
+            "run `{run_id}` for this logical date is still {run_state}"
+        ))),
+        Err(StartError::Store(e)) => Err(e.into()),
+    }
+}
+
+async fn get_run(
+    State(state): State<AppState>,
+    Path((dag_id, run_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let run = state.store.run(&dag_id, &run_id).await?.ok_or_else(|| {
+        ApiError::not_found(format!("run `{run_id}` of DAG `{dag_id}` not found"))
+    })?;
+    Ok(Json(run_json(&run)))
+}
+
+async fn list_task_instances(
+    State(state): State<AppState>,
+    Path((dag_id, run_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let tis = state.store.task_instances(&dag_id, &run_id).await?;
+    if tis.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "run `{run_id}` of DAG `{dag_id}` not found"
+        )));
+    }
+    Ok(Json(
+        json!({"task_instances": tis.iter().map(task_instance_json).collect::<Vec<_>>(), "total_entries": tis.len()}),
+    ))
+}
+
+async fn task_log(
+    State(state): State<AppState>,
+    Path((dag_id, run_id, task_id, try_number)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let try_number: u32 = try_number
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("try_number `{try_number}` is not a number")))?;
+    let tis = state.store.task_instances(&dag_id, &run_id).await?;
+    let ti = tis.iter().find(|t| t.task_id == task_id).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "task `{task_id}` of run `{run_id}` of DAG `{dag_id}` not found"
+        ))
+    })?;
+    if try_number == 0 || try_number > ti.try_number {
+        return Err(ApiError::not_found(format!(
+            "task `{task_id}` has tries 1 to {}; there is no try {try_number}",
+            ti.try_number
+        )));
+    }
+    let key = TaskKey {
+        dag_id,
+        run_id,
+        task_id,
+    };
+    let logs_dir = state.logs_dir();
+    let content = tokio::task::spawn_blocking(move || read_try_log(&logs_dir, &key, try_number))
+        .await
+        .map_err(|e| ApiError::internal(format!("reading a log: {e}")))?
+        .map_err(|e| ApiError::internal(format!("reading a log: {e}")))?;
+    let wants_text = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/plain"));
+    if wants_text {
+        return Ok((
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            content,
+        )
+            .into_response());
+    }
+    Ok(Json(json!({"content": content, "continuation_token": null, "running": ti.state == crate::state::TaskState::Running && ti.try_number == try_number})).into_response())
+}
+
+async fn import_errors(State(state): State<AppState>) -> Json<Value> {
+    let bag = state.dags.get();
+    let errors: Vec<Value> = bag
+        .errors
+        .iter()
+        .map(|e| json!({"filename": e.file.display().to_string(), "task_id": e.task, "stack_trace": e.message}))
+        .collect();
+    Json(json!({"import_errors": errors, "total_entries": bag.errors.len()}))
+}
+
+async fn operators(State(state): State<AppState>) -> Json<Value> {
+    let items: Vec<Value> = state
+        .dags
+        .registry()
+        .kinds()
+        .map(|k| json!({"name": k.name, "summary": k.summary, "config_schema": k.schema()}))
+        .collect();
+    Json(json!({"operators": items, "total_entries": items.len()}))
+}
+
+/// `PATCH …/taskInstances/{task_id}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct MarkBody {
+    /// `success` or `failed`.
+    new_state: String,
+    /// Answer with what would change, change nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `PATCH …/taskInstances/{task_id}` with `{"new_state": "success" | "failed"}` (Airflow's shape).
+async fn mark_task_instance(
+    State(state): State<AppState>,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let body: MarkBody = json_body(
+        body,
+        "{\"new_state\": \"success\"} or {\"new_state\": \"failed\"}",
+    )?;
+    let to = match body.new_state.as_str() {
+        "success" => crate::state::TaskState::Success,
+        "failed" => crate::state::TaskState::Failed,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "new_state must be success or failed, not `{other}`"
+            )))
+        }
+    };
+    let run = state.store.run(&dag_id, &run_id).await?.ok_or_else(|| {
+        ApiError::not_found(format!("run `{run_id}` of DAG `{dag_id}` not found"))
+    })?;
+    if body.dry_run {
+        return Ok(Json(
+            json!({"task_id": task_id, "dag_run_id": run_id, "new_state": body.new_state, "dry_run": true}),
+        ));
+    }
+    match crate::runs::mark_task(&state.store, &run, &task_id, to, Utc::now()).await {
+        Ok((ti, run)) => Ok(Json(
+            json!({"task_instance": task_instance_json(&ti), "dag_run": run_json(&run)}),
+        )),
+        Err(crate::runs::MarkError::NoSuchTask { .. }) => Err(ApiError::not_found(format!(
+            "task `{task_id}` of run `{run_id}` not found"
+        ))),
+        Err(crate::runs::MarkError::Store(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::conflict(e.to_string())),
+    }
+}
+
+/// `POST /dags/{dag_id}/clearTaskInstances`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ClearBody {
+    /// The finished run whose tasks run again.
+    dag_run_id: String,
+    /// The tasks to clear.
+    task_ids: Vec<String>,
+    /// Clear what depends on them too.
+    #[serde(default)]
+    include_downstream: bool,
+    /// Answer with what would be cleared, change nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /dags/{dag_id}/clearTaskInstances`: clears tasks of a finished run (and what depends
+/// on them) so the scheduler runs them again as new tries.
+async fn clear_task_instances(
+    State(state): State<AppState>,
+    Path(dag_id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let dag = find_dag(&state, &dag_id)?;
+    let body: ClearBody = json_body(body, "{\"dag_run_id\": …, \"task_ids\": […]}")?;
+    let ids = dag
+        .tasks_to_clear(&body.task_ids, body.include_downstream)
+        .map_err(|id| {
+            ApiError::bad_request(format!("task_ids: DAG `{dag_id}` has no task `{id}`"))
+        })?;
+    let run = state
+        .store
+        .run(&dag_id, &body.dag_run_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "run `{}` of DAG `{dag_id}` not found",
+                body.dag_run_id
+            ))
+        })?;
+    if body.dry_run {
+        let would: Vec<Value> = ids
+            .iter()
+            .map(|t| json!({"task_id": t, "dag_run_id": run.run_id}))
+            .collect();
+        return Ok(Json(json!({"task_instances": would, "dry_run": true})));
+    }
+    match crate::runs::clear_tasks(&state.store, &dag, &run, &ids, Utc::now()).await {
+        Ok((run, cleared)) => Ok(Json(json!({
+            "task_instances": cleared.iter().map(|(t, was)| json!({"task_id": t, "dag_run_id": run.run_id, "previous_state": was.as_str()})).collect::<Vec<_>>(),
+            "dag_run": run_json(&run),
+        }))),
+        Err(StartError::Unfinished {
+            run_id, state: s, ..
+        }) => Err(ApiError::conflict(format!(
+            "run `{run_id}` is still {s}: clear its tasks once it has finished"
+        ))),
+        Err(StartError::Store(e)) => Err(e.into()),
+    }
+}
+
+/// `POST /dags/{dag_id}/backfills` (Airflow 3's backfill fields).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct BackfillBody {
+    /// First logical date (RFC 3339 or YYYY-MM-DD in the DAG's timezone).
+    from_date: String,
+    /// Last logical date: intervals starting at or before it are included.
+    to_date: String,
+    /// `none` (default) skips every interval that has a run; `failed` re-runs those whose
+    /// run failed or was cancelled.
+    #[serde(default)]
+    reprocess_behavior: Reprocess,
+    /// Most runs of this DAG's backfills active at once (the DAG's max_active_runs still applies).
+    max_active_runs: Option<u32>,
+    /// Answer with the plan, queue nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Which intervals that already have a run a backfill runs again.
+#[derive(Debug, Default, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+enum Reprocess {
+    /// None: every existing run is skipped.
+    #[default]
+    None,
+    /// Runs that failed or were cancelled get a new attempt.
+    Failed,
+}
+
+fn backfill_error(error: crate::backfill::BackfillError) -> ApiError {
+    use crate::backfill::BackfillError;
+    match error {
+        BackfillError::Store(e) => e.into(),
+        BackfillError::Start(StartError::Store(e)) => e.into(),
+        BackfillError::Start(e @ StartError::Unfinished { .. }) => {
+            ApiError::conflict(e.to_string())
+        }
+        e => ApiError::bad_request(e.to_string()),
+    }
+}
+
+/// `POST /dags/{dag_id}/backfills`: plans a run per schedule interval starting in
+/// `[from_date, to_date]` and queues it (or, with `dry_run`, only answers with the plan).
+async fn create_backfill(
+    State(state): State<AppState>,
+    Path(dag_id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::backfill::{self, BackfillRequest};
+    let dag = find_dag(&state, &dag_id)?;
+    let body: BackfillBody = json_body(
+        body,
+        r#"{"from_date": "2026-11-01", "to_date": "2026-11-02", "dry_run": true}"#,
+    )?;
+    let instant = |field: &str, text: &str| {
+        parse_instant(text, dag.timezone)
+            .map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
+    };
+    let request = BackfillRequest {
+        from: instant("from_date", &body.from_date)?,
+        to: instant("to_date", &body.to_date)?,
+        rerun_failed: matches!(body.reprocess_behavior, Reprocess::Failed),
+        max_active_runs: body.max_active_runs,
+    };
+    let plan = backfill::plan(state.store.as_ref(), &dag, request)
+        .await
+        .map_err(backfill_error)?;
+    let intervals: Vec<Value> = plan
+        .runs
+        .iter()
+        .map(|p| {
+            let mut item = json!({
+                "logical_date": time(Some(p.interval.start)),
+                "data_interval_start": time(Some(p.interval.start)),
+                "data_interval_end": time(Some(p.interval.end)),
+                "dag_run_id": p.existing_run_id,
+            });
+            if let Ok(Value::Object(action)) = serde_json::to_value(p.action) {
+                item.as_object_mut().unwrap().extend(action);
+            }
+            item
+        })
+        .collect();
+    let queued = if body.dry_run {
+        Vec::new()
+    } else {
+        backfill::queue(&state.store, &dag, &plan, Utc::now())
+            .await
+            .map_err(backfill_error)?
+    };
+    Ok(Json(json!({
+        "dag_id": dag.dag_id,
+        "from_date": time(Some(plan.request.from)),
+        "to_date": time(Some(plan.request.to)),
+        "max_active_runs": plan.request.max_active_runs,
+        "dry_run": body.dry_run,
+        "intervals": intervals,
+        "total_entries": intervals.len(),
+        "queued": queued.iter().map(|q| json!({
+            "dag_run_id": q.run_id,
+            "logical_date": time(Some(q.logical_date)),
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+/// One operation of the API, for the OpenAPI document.
+pub struct Operation {
+    /// HTTP method, lower case.
+    pub method: &'static str,
+    /// Path under `/api/v1`, with `{parameters}`.
+    pub path: &'static str,
+    /// What it does.
+    pub summary: &'static str,
+    /// The request body's JSON schema, derived from the type the handler reads it into.
+    pub body: Option<fn() -> Value>,
+}
+
+/// The OpenAPI 3.0 schema of a request type, from its serde shape and doc comments.
+fn schema<T: JsonSchema>() -> Value {
+    let mut schema = schemars::generate::SchemaSettings::openapi3()
+        .into_generator()
+        .into_root_schema_for::<T>()
+        .to_value();
+    if let Some(object) = schema.as_object_mut() {
+        object.remove("$schema");
+    }
+    schema
+}
+
+const fn op(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    body: Option<fn() -> Value>,
+) -> Operation {
+    Operation {
+        method,
+        path,
+        summary,
+        body,
+    }
+}
+
+/// Every operation of the API (a test calls each one).
+pub const OPERATIONS: &[Operation] = &[
+    op(
+        "get",
+        "/dags",
+        "List DAGs with schedule, paused flag, last and next run and recent run states",
+        None,
+    ),
+    op("get", "/dags/{dag_id}", "A DAG with its tasks", None),
+    op(
+        "patch",
+        "/dags/{dag_id}",
+        "Pause or unpause a DAG",
+        Some(schema::<DagPatch>),
+    ),
+    op(
+        "get",
+        "/dags/{dag_id}/tasks",
+        "A DAG's tasks with dependencies and trigger rules",
+        None,
+    ),
+    op(
+        "get",
+        "/dags/{dag_id}/grid",
+        "The latest runs of a DAG with all their task instances (the UI grid)",
+        None,
+    ),
+    op(
+        "get",
+        "/dags/{dag_id}/dagRuns",
+        "A DAG's runs, newest first (limit, offset, state)",
+        None,
+    ),
+    op(
+        "post",
+        "/dags/{dag_id}/dagRuns",
+        "Trigger a run (a new attempt if the logical date already ran)",
+        Some(schema::<TriggerBody>),
+    ),
+    op(
+        "get",
+        "/dags/{dag_id}/dagRuns/{dag_run_id}",
+        "One run",
+        None,
+    ),
+    op(
+        "get",
+        "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances",
+        "A run's task instances",
+        None,
+    ),
+    op(
+        "patch",
+        "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}",
+        "Mark a finished task success or failed",
+        Some(schema::<MarkBody>),
+    ),
+    op(
+        "get",
+        "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/logs/{try_number}",
+        "A try's log (JSON, or text with Accept: text/plain)",
+        None,
+    ),
+    op(
+        "post",
+        "/dags/{dag_id}/clearTaskInstances",
+        "Clear tasks of a finished run so they run again",
+        Some(schema::<ClearBody>),
+    ),
+    op(
+        "post",
+        "/dags/{dag_id}/backfills",
+        "Queue a run per schedule interval in a date range (or only plan it, with dry_run)",
+        Some(schema::<BackfillBody>),
+    ),
+    op("get", "/importErrors", "Errors in DAG files", None),
+    op(
+        "get",
+        "/operators",
+        "Operators with their config schemas",
+        None,
+    ),
+    op(
+        "get",
+        "/events",
+        "Server-sent events: `change` whenever runs or tasks change",
+        None,
+    ),
+    op("get", "/openapi.json", "This document", None),
+];
+
+/// `GET /openapi.json`, generated from [`OPERATIONS`].
+async fn openapi() -> Json<Value> {
+    let mut paths = serde_json::Map::new();
+    for operation in OPERATIONS {
+        let params: Vec<Value> = operation
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let mut op = json!({"summary": operation.summary, "parameters": params, "responses": {"200": {"description": "OK"}, "4XX": {"description": "A JSON error with `detail`"}}});
+        if let Some(body) = operation.body {
+            op["requestBody"] =
+                json!({"required": true, "content": {"application/json": {"schema": body()}}});
+            op["security"] = json!([{"bearer": []}]);
+        }
+        paths
+            .entry(operation.path.to_string())
+            .or_insert_with(|| json!({}))[operation.method] = op;
+    }
+    Json(json!({
+        "openapi": "3.0.3",
+        "info": {"title": "sluice REST API", "version": env!("CARGO_PKG_VERSION")},
+        "servers": [{"url": "/api/v1"}],
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": paths,
+    }))
+}

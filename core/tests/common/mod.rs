@@ -1,0 +1,88 @@
+//! Helpers shared by the integration tests: fresh metadata stores on real servers.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use sluice_core::store::{self, Store};
+use sqlx::Connection;
+
+/// The PostgreSQL server for tests (`scripts/services up` prints it; `scripts/test` sets it).
+pub fn pg_admin_url() -> String {
+    std::env::var("SLUICE_TEST_PG_URL").expect(
+        "SLUICE_TEST_PG_URL is not set: run the suite with scripts/test, or `eval \"$(scripts/services up)\"` first",
+    )
+}
+
+/// A new, empty PostgreSQL database on the test server; returns its URL.
+pub async fn fresh_pg_database() -> String {
+    let admin = pg_admin_url();
+    let name = format!("sluice_t_{}_{}", std::process::id(), rand_suffix());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to the test PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let mut url = url::Url::parse(&admin).unwrap();
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{nanos}_{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A fresh SQLite store in `dir`.
+pub async fn sqlite_store(dir: &std::path::Path) -> Arc<dyn Store> {
+    store::open(&format!("sqlite://{}", dir.join("sluice.db").display()))
+        .await
+        .expect("open SQLite store")
+}
+
+/// A fresh PostgreSQL store in its own database.
+pub async fn postgres_store() -> Arc<dyn Store> {
+    store::open(&fresh_pg_database().await)
+        .await
+        .expect("open PostgreSQL store")
+}
+
+/// The ClickHouse HTTP endpoint for tests (`http://host:port`) from `SLUICE_TEST_CLICKHOUSE_URL`.
+pub fn clickhouse_http() -> String {
+    let url = std::env::var("SLUICE_TEST_CLICKHOUSE_URL").expect(
+        "SLUICE_TEST_CLICKHOUSE_URL is not set: run the suite with scripts/test, or `eval \"$(scripts/services up)\"` first",
+    );
+    let parsed = url::Url::parse(&url).expect("SLUICE_TEST_CLICKHOUSE_URL is a URL");
+    format!(
+        "http://{}:{}",
+        parsed.host_str().unwrap(),
+        parsed.port().unwrap_or(8123)
+    )
+}
+
+/// Runs a ClickHouse statement over HTTP and returns the answer (panics on an error status).
+pub async fn clickhouse(sql: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(clickhouse_http())
+        .body(sql.to_string())
+        .send()
+        .await
+        .expect("ClickHouse answers");
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert!(status.is_success(), "ClickHouse: {sql}: {status}: {text}");
+    text
+}
+
+/// A new, empty ClickHouse database; returns its name.
+pub async fn fresh_clickhouse_database() -> String {
+    let name = format!("sluice_t_{}_{}", std::process::id(), rand_suffix());
+    clickhouse(&format!("CREATE DATABASE {name}")).await;
+    name
+}

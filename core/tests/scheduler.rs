@@ -1,0 +1,348 @@
+//! The scheduler against a real store and executor, with a controlled clock: catchup,
+//! max_active_runs, pause, manual triggers and graceful shutdown.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sluice_core::executor::Executor;
+use sluice_core::operator_api::Connections;
+use sluice_core::runs::start_run;
+use sluice_core::scheduler::{ManualClock, Scheduler, SchedulerOptions};
+use sluice_core::settings::Settings;
+use sluice_core::state::{RunState, TaskState};
+use sluice_core::store::{DagRun, RunFilter, RunType, Store};
+use tokio_util::sync::CancellationToken;
+
+fn utc(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+struct Running {
+    dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+    stop: CancellationToken,
+    shutdown: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    async fn start(dag_yaml: &str, now: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("dags")).unwrap();
+        std::fs::write(dir.path().join("dags/dag.yaml"), dag_yaml).unwrap();
+        let store = common::sqlite_store(dir.path()).await;
+        let clock = Arc::new(ManualClock::new(utc(now)));
+        let mut running = Self {
+            dir,
+            store,
+            clock,
+            stop: CancellationToken::new(),
+            shutdown: CancellationToken::new(),
+            handle: None,
+        };
+        running.spawn(Duration::from_secs(30));
+        running
+    }
+
+    fn spawn(&mut self, grace: Duration) {
+        let settings = Settings::local(self.dir.path(), &self.dir.path().join("dags"));
+        self.stop = CancellationToken::new();
+        self.shutdown = CancellationToken::new();
+        let executor = Executor::new(
+            self.store.clone(),
+            &settings,
+            Arc::new(Connections::default()),
+        )
+        .with_shutdown(self.shutdown.clone(), grace);
+        let options = SchedulerOptions {
+            poll: Duration::from_millis(20),
+            dag_refresh: Duration::from_millis(100),
+            heartbeat: Duration::from_secs(1),
+        };
+        let scheduler = Scheduler::new(
+            self.store.clone(),
+            executor,
+            self.clock.clone(),
+            settings.dags_folder.clone(),
+            sluice_operators::registry(),
+            options,
+        );
+        let stop = self.stop.clone();
+        self.handle = Some(tokio::spawn(
+            async move { scheduler.run(stop).await.unwrap() },
+        ));
+    }
+
+    async fn stop(&mut self) {
+        self.shutdown.cancel();
+        self.stop.cancel();
+        self.handle.take().unwrap().await.unwrap();
+    }
+
+    async fn runs(&self) -> Vec<DagRun> {
+        let mut runs = self
+            .store
+            .list_runs(&RunFilter {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        runs.sort_by_key(|r| r.logical_date);
+        runs
+    }
+
+    /// Waits (real time) until `pred` holds for the runs.
+    async fn until(&self, what: &str, pred: impl Fn(&[DagRun]) -> bool) -> Vec<DagRun> {
+        for _ in 0..600 {
+            let runs = self.runs().await;
+            if pred(&runs) {
+                return runs;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "timed out waiting for {what}: {:#?}",
+            self.runs()
+                .await
+                .iter()
+                .map(|r| (&r.run_id, r.state))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+fn all_done(n: usize) -> impl Fn(&[DagRun]) -> bool {
+    move |runs| runs.len() == n && runs.iter().all(|r| r.state.is_finished())
+}
+
+/// Most runs whose [started, ended] overlap at any instant.
+fn max_concurrent(runs: &[DagRun]) -> usize {
+    let mut events: Vec<(DateTime<Utc>, i32)> = Vec::new();
+    for r in runs {
+        events.push((r.started_at.unwrap(), 1));
+        events.push((r.ended_at.unwrap(), -1));
+    }
+    events.sort();
+    let (mut now, mut max) = (0, 0);
+    for (_, delta) in events {
+        now += delta;
+        max = max.max(now);
+    }
+    max as usize
+}
+
+const QUARTER: &str = "dag_id: quarter\nschedule: '*/15 * * * *'\ncatchup: true\nstart_date: '2026-11-23T10:00:00Z'\nmax_active_runs: 2\ntasks:\n  - {id: a, operator: sleep, config: {duration: 50ms}}\n  - {id: b, operator: noop, depends_on: a}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catchup_creates_every_missed_interval_under_max_active_runs_and_pause_stops_new_runs() {
+    let mut s = Running::start(QUARTER, "2026-11-23T12:07:00Z").await;
+    let runs = s.until("8 catchup runs", all_done(8)).await;
+    let starts: Vec<String> = runs
+        .iter()
+        .map(|r| r.logical_date.format("%H:%M").to_string())
+        .collect();
+    assert_eq!(
+        starts,
+        ["10:00", "10:15", "10:30", "10:45", "11:00", "11:15", "11:30", "11:45"]
+    );
+    assert!(runs
+        .iter()
+        .all(|r| r.state == RunState::Success && r.run_type == RunType::Scheduled));
+    assert!(runs
+        .iter()
+        .all(|r| r.data_interval_end - r.data_interval_start == chrono::Duration::minutes(15)));
+    assert!(
+        max_concurrent(&runs) <= 2,
+        "more than max_active_runs at once: {}",
+        max_concurrent(&runs)
+    );
+    assert_eq!(
+        max_concurrent(&runs),
+        2,
+        "catchup uses the allowed concurrency"
+    );
+
+    // The next interval ends: one more run.
+    s.clock.set(utc("2026-11-23T12:15:00Z"));
+    s.until("the 12:00 run", all_done(9)).await;
+
+    // Paused: time passes, no runs. Unpaused: the missed intervals are caught up.
+    s.store
+        .set_paused("quarter", true, Utc::now())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.clock.set(utc("2026-11-23T12:45:00Z"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(s.runs().await.len(), 9, "a paused DAG gets no runs");
+    s.store
+        .set_paused("quarter", false, Utc::now())
+        .await
+        .unwrap();
+    let runs = s.until("the two missed runs", all_done(11)).await;
+    assert_eq!(
+        runs.last().unwrap().logical_date,
+        utc("2026-11-23T12:30:00Z")
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_catchup_only_the_latest_interval_runs() {
+    let dag = QUARTER.replace("catchup: true", "catchup: false");
+    let mut s = Running::start(&dag, "2026-11-23T12:07:00Z").await;
+    let runs = s.until("one run", all_done(1)).await;
+    assert_eq!(runs[0].logical_date, utc("2026-11-23T11:45:00Z"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.runs().await.len(), 1, "no catchup");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_run_is_picked_up_by_an_idle_scheduler() {
+    let dag = "dag_id: manual\ntasks:\n  - {id: a, operator: noop}\n";
+    let mut s = Running::start(dag, "2026-11-23T12:07:00Z").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        s.runs().await.is_empty(),
+        "a DAG without a schedule gets no runs by itself"
+    );
+    let bag =
+        sluice_core::dag::DagBag::load(&s.dir.path().join("dags"), &sluice_operators::registry());
+    let dag = bag.get("manual").unwrap();
+    let interval = dag.interval_for(utc("2026-11-23T09:00:00Z"));
+    let (run, _) = start_run(
+        &s.store,
+        dag,
+        interval,
+        RunType::Manual,
+        serde_json::json!({"k": 1}),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let runs = s.until("the manual run", all_done(1)).await;
+    assert_eq!(
+        (runs[0].run_id.as_str(), runs[0].state),
+        (run.run_id.as_str(), RunState::Success)
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_leaves_the_run_to_resume_and_does_not_use_up_a_retry() {
+    let dag = "dag_id: slow\ndefault_args: {retries: 0}\ntasks:\n  - {id: long, operator: sleep, config: {duration: 3s}}\n  - {id: after, operator: noop, depends_on: long}\n";
+    let mut s = Running::start(dag, "2026-11-23T12:07:00Z").await;
+    s.stop().await;
+    s.spawn(Duration::from_millis(100));
+    let bag =
+        sluice_core::dag::DagBag::load(&s.dir.path().join("dags"), &sluice_operators::registry());
+    let dag = bag.get("slow").unwrap();
+    let (run, _) = start_run(
+        &s.store,
+        dag,
+        dag.interval_for(utc("2026-11-23T09:00:00Z")),
+        RunType::Manual,
+        serde_json::json!({}),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    // Wait until the long try runs, then shut down with a 100 ms grace.
+    for _ in 0..200 {
+        let tis = s.store.task_instances("slow", &run.run_id).await.unwrap();
+        if tis
+            .iter()
+            .any(|t| t.task_id == "long" && t.state == TaskState::Running)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.stop().await;
+    let after_stop = s.store.run("slow", &run.run_id).await.unwrap().unwrap();
+    assert_eq!(
+        after_stop.state,
+        RunState::Running,
+        "the run is left for the next scheduler"
+    );
+    let tis = s.store.task_instances("slow", &run.run_id).await.unwrap();
+    let long = tis.iter().find(|t| t.task_id == "long").unwrap();
+    assert_eq!(
+        (long.state, long.try_number, long.max_tries),
+        (TaskState::UpForRetry, 1, 2),
+        "interrupted, not failed, even with retries: 0"
+    );
+    assert!(long
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("interrupted by shutdown"));
+    // A new scheduler resumes it to success.
+    s.spawn(Duration::from_secs(30));
+    let runs = s.until("the resumed run", all_done(1)).await;
+    assert_eq!(runs[0].state, RunState::Success);
+    let history = s.store.history("slow", &run.run_id).await.unwrap();
+    let long_tries: Vec<u32> = history
+        .iter()
+        .filter(|h| h.task_id == "long" && h.to == TaskState::Running)
+        .map(|h| h.try_number)
+        .collect();
+    assert_eq!(long_tries, [1, 2]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dag_files_added_changed_and_deleted_are_picked_up_without_a_restart() {
+    let dag = QUARTER.replace("catchup: true", "catchup: false");
+    let mut s = Running::start(&dag, "2026-11-23T12:07:00Z").await;
+    let first = s.until("the first run", all_done(1)).await;
+
+    // A new file: its DAG gets runs.
+    let other = dag.replace("dag_id: quarter", "dag_id: other");
+    std::fs::write(s.dir.path().join("dags/other.yaml"), &other).unwrap();
+    let runs = s
+        .until("a run of the new DAG", |runs| {
+            runs.iter()
+                .any(|r| r.dag_id == "other" && r.state.is_finished())
+        })
+        .await;
+    assert_eq!(runs.len(), 2);
+
+    // A changed file: the next run records the new version.
+    std::fs::write(
+        s.dir.path().join("dags/dag.yaml"),
+        dag.replace("duration: 50ms", "duration: 60ms"),
+    )
+    .unwrap();
+    std::fs::remove_file(s.dir.path().join("dags/other.yaml")).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.clock.set(utc("2026-11-23T12:15:00Z"));
+    let runs = s
+        .until("the next quarter run", |runs| {
+            runs.iter()
+                .filter(|r| r.dag_id == "quarter" && r.state.is_finished())
+                .count()
+                == 2
+        })
+        .await;
+    let newest = runs
+        .iter()
+        .filter(|r| r.dag_id == "quarter")
+        .max_by_key(|r| r.logical_date)
+        .unwrap();
+    assert_ne!(
+        newest.dag_hash, first[0].dag_hash,
+        "the new run records the changed DAG version"
+    );
+    // The deleted DAG got no run for the new interval.
+    assert_eq!(runs.iter().filter(|r| r.dag_id == "other").count(), 1);
+    s.stop().await;
+}

@@ -1,0 +1,410 @@
+//! One story of the metadata store, told against both backends: SQLite (embedded default)
+//! and PostgreSQL (from `scripts/services`).
+
+mod common;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use sluice_core::schedule::DataInterval;
+use sluice_core::state::{RunState, TaskState};
+use sluice_core::store::{
+    Backend, NewRun, RunFilter, RunType, Store, StoreError, TaskChange, TaskKey,
+};
+
+fn at(minute: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, 16, minute, 0).unwrap()
+}
+
+fn new_run(dag: &str, start: DateTime<Utc>, tasks: &[&str]) -> NewRun {
+    NewRun {
+        dag_id: dag.into(),
+        run_id: RunType::Manual.run_id(start),
+        interval: DataInterval {
+            start,
+            end: start + Duration::minutes(15),
+        },
+        run_type: RunType::Manual,
+        conf: serde_json::json!({"region": "eu", "quote": "it's \"ok\""}),
+        dag_hash: "abc123".into(),
+        tasks: tasks
+            .iter()
+            .map(|t| (t.to_string(), "noop".to_string(), 3))
+            .collect(),
+        at: start,
+        backfill_max_active_runs: Some(4),
+    }
+}
+
+fn key(dag: &str, run: &str, task: &str) -> TaskKey {
+    TaskKey {
+        dag_id: dag.into(),
+        run_id: run.into(),
+        task_id: task.into(),
+    }
+}
+
+async fn step(
+    store: &dyn Store,
+    key: &TaskKey,
+    from: TaskState,
+    to: TaskState,
+    when: DateTime<Utc>,
+) -> sluice_core::store::TaskInstance {
+    checked(
+        store,
+        &TaskChange::new(key.clone(), from.to(to).unwrap(), when),
+    )
+    .await
+}
+
+/// Applies `change` through the store and checks that `TaskInstance::apply` (what the
+/// executor uses to keep its view without reading rows back) predicts the stored row.
+async fn checked(store: &dyn Store, change: &TaskChange) -> sluice_core::store::TaskInstance {
+    let key = &change.key;
+    let instance = |tis: Vec<sluice_core::store::TaskInstance>| {
+        tis.into_iter()
+            .find(|ti| ti.task_id == key.task_id)
+            .unwrap()
+    };
+    let mut predicted = instance(
+        store
+            .task_instances(&key.dag_id, &key.run_id)
+            .await
+            .unwrap(),
+    );
+    predicted.apply(change);
+    let stored = store.transition(change).await.unwrap();
+    assert_eq!(
+        stored, predicted,
+        "TaskInstance::apply disagrees with the store"
+    );
+    stored
+}
+
+async fn story(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    // A run is created with all its task instances pending.
+    let created = store
+        .create_run(&new_run("etl", at(0), &["extract", "load"]))
+        .await
+        .unwrap();
+    let run_id = created.run_id.clone();
+    assert_eq!(created.state, RunState::Queued);
+    assert_eq!(created.backfill_max_active_runs, Some(4));
+    assert_eq!(created.logical_date, at(0));
+    assert_eq!(created.data_interval_end, at(15));
+    assert_eq!(created.conf["quote"], "it's \"ok\"");
+    let tis = store.task_instances("etl", &run_id).await.unwrap();
+    assert_eq!(
+        tis.iter()
+            .map(|t| (t.task_id.as_str(), t.state, t.try_number, t.max_tries))
+            .collect::<Vec<_>>(),
+        [
+            ("extract", TaskState::Pending, 0, 3),
+            ("load", TaskState::Pending, 0, 3)
+        ]
+    );
+
+    // The same logical date cannot get a second run, whatever its id.
+    let mut again = new_run("etl", at(0), &["extract"]);
+    again.run_id = "other_id".into();
+    assert!(matches!(
+        store.create_run(&again).await,
+        Err(StoreError::RunExists { .. })
+    ));
+    // Another DAG may use the same date.
+    store
+        .create_run(&new_run("other", at(0), &["t"]))
+        .await
+        .unwrap();
+
+    // A try: queued, running (try 1), up for retry with its error, queued, running (try 2), success.
+    let k = key("etl", &run_id, "extract");
+    step(store, &k, TaskState::Pending, TaskState::Queued, at(1)).await;
+    let running = step(store, &k, TaskState::Queued, TaskState::Running, at(2)).await;
+    assert_eq!((running.try_number, running.started_at), (1, Some(at(2))));
+    let mut fail = TaskChange::new(
+        k.clone(),
+        TaskState::Running.to(TaskState::UpForRetry).unwrap(),
+        at(3),
+    );
+    fail.reason = Some("connection refused".into());
+    fail.next_retry_at = Some(at(4));
+    let retry = checked(store, &fail).await;
+    assert_eq!(retry.error.as_deref(), Some("connection refused"));
+    assert_eq!(
+        (retry.next_retry_at, retry.ended_at),
+        (Some(at(4)), Some(at(3)))
+    );
+    step(store, &k, TaskState::UpForRetry, TaskState::Queued, at(4)).await;
+    let second = step(store, &k, TaskState::Queued, TaskState::Running, at(5)).await;
+    assert_eq!(
+        (second.try_number, second.error.clone(), second.ended_at),
+        (2, None, None)
+    );
+    let mut ok = TaskChange::new(
+        k.clone(),
+        TaskState::Running.to(TaskState::Success).unwrap(),
+        at(6),
+    );
+    ok.output = Some(r#"{"values":{"rows":42}}"#.into());
+    let done = checked(store, &ok).await;
+    assert_eq!(done.state, TaskState::Success);
+    assert_eq!(done.output.unwrap()["values"]["rows"], 42);
+
+    // Compare-and-set: a change from a state the row is not in is refused and changes nothing.
+    let stale = TaskChange::new(
+        k.clone(),
+        TaskState::Queued.to(TaskState::Running).unwrap(),
+        at(7),
+    );
+    match store.transition(&stale).await {
+        Err(StoreError::Conflict {
+            expected, found, ..
+        }) => assert_eq!((expected.as_str(), found.as_str()), ("queued", "success")),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let missing = TaskChange::new(
+        key("etl", &run_id, "ghost"),
+        TaskState::Pending.to(TaskState::Queued).unwrap(),
+        at(7),
+    );
+    assert!(matches!(
+        store.transition(&missing).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // The history has every change, in order, with try numbers and reasons.
+    let history = store.history("etl", &run_id).await.unwrap();
+    let seen: Vec<(u32, TaskState, TaskState)> = history
+        .iter()
+        .map(|h| (h.try_number, h.from, h.to))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (0, TaskState::Pending, TaskState::Queued),
+            (1, TaskState::Queued, TaskState::Running),
+            (1, TaskState::Running, TaskState::UpForRetry),
+            (1, TaskState::UpForRetry, TaskState::Queued),
+            (2, TaskState::Queued, TaskState::Running),
+            (2, TaskState::Running, TaskState::Success),
+        ]
+    );
+    assert_eq!(history[2].reason.as_deref(), Some("connection refused"));
+    assert_eq!(history[5].at, at(6));
+
+    // Only one of many concurrent claims of the same try wins.
+    let l = key("etl", &run_id, "load");
+    step(store, &l, TaskState::Pending, TaskState::Queued, at(8)).await;
+    let claims = (0..8).map(|_| {
+        let change = TaskChange::new(
+            l.clone(),
+            TaskState::Queued.to(TaskState::Running).unwrap(),
+            at(9),
+        );
+        async move { store.transition(&change).await }
+    });
+    let results = futures::future::join_all(claims).await;
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(results
+        .iter()
+        .filter(|r| r.is_err())
+        .all(|r| matches!(r, Err(StoreError::Conflict { .. }))));
+
+    // Runs move through their own state machine, compare-and-set as well.
+    let started = store
+        .set_run_state("etl", &run_id, RunState::Queued, RunState::Running, at(1))
+        .await
+        .unwrap();
+    assert_eq!(started.started_at, Some(at(1)));
+    assert!(matches!(
+        store
+            .set_run_state("etl", &run_id, RunState::Queued, RunState::Running, at(1))
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(matches!(
+        store
+            .set_run_state("etl", &run_id, RunState::Success, RunState::Running, at(1))
+            .await,
+        Err(StoreError::IllegalRunTransition(_))
+    ));
+    let finished = store
+        .set_run_state("etl", &run_id, RunState::Running, RunState::Success, at(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        (finished.state, finished.ended_at),
+        (RunState::Success, Some(at(10)))
+    );
+
+    // A new attempt: a finished task is cleared (output dropped, more tries allowed), the run re-queued.
+    let mut clear = TaskChange::new(
+        k.clone(),
+        TaskState::Success.to(TaskState::Pending).unwrap(),
+        at(11),
+    );
+    clear.max_tries = Some(5);
+    let cleared = checked(store, &clear).await;
+    assert_eq!(
+        (cleared.state, cleared.try_number, cleared.max_tries),
+        (TaskState::Pending, 2, 5)
+    );
+    assert_eq!(
+        (
+            cleared.output.clone(),
+            cleared.error.clone(),
+            cleared.ended_at
+        ),
+        (None, None, None)
+    );
+    let requeued = store
+        .set_run_state("etl", &run_id, RunState::Success, RunState::Queued, at(11))
+        .await
+        .unwrap();
+    assert_eq!(
+        (requeued.state, requeued.ended_at, requeued.started_at),
+        (RunState::Queued, None, Some(at(1)))
+    );
+    assert_eq!(
+        store
+            .run_for_date("etl", at(0))
+            .await
+            .unwrap()
+            .unwrap()
+            .run_id,
+        run_id
+    );
+    assert!(store.run_for_date("etl", at(59)).await.unwrap().is_none());
+    let finished = store
+        .set_run_state("etl", &run_id, RunState::Queued, RunState::Running, at(12))
+        .await
+        .unwrap();
+    let finished = store
+        .set_run_state(
+            "etl",
+            &finished.run_id,
+            RunState::Running,
+            RunState::Success,
+            at(13),
+        )
+        .await
+        .unwrap();
+    assert_eq!(finished.ended_at, Some(at(13)));
+
+    // Listing: newest logical date first, filtered by DAG and state, limited.
+    for minute in [15, 30, 45] {
+        store
+            .create_run(&new_run("etl", at(minute), &["extract"]))
+            .await
+            .unwrap();
+    }
+    let all = store
+        .list_runs(&RunFilter {
+            dag_id: Some("etl".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.logical_date).collect::<Vec<_>>(),
+        [at(45), at(30), at(15), at(0)]
+    );
+    let two = store
+        .list_runs(&RunFilter {
+            dag_id: Some("etl".into()),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(two.len(), 2);
+    let succeeded = store
+        .list_runs(&RunFilter {
+            state: Some(RunState::Success),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        succeeded
+            .iter()
+            .map(|r| r.run_id.as_str())
+            .collect::<Vec<_>>(),
+        [run_id.as_str()]
+    );
+    let by_id = store
+        .list_runs(&RunFilter {
+            run_id: Some(run_id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // run ids are unique per DAG only: the same id under two DAGs lists both
+    assert_eq!(
+        by_id.iter().map(|r| r.dag_id.as_str()).collect::<Vec<_>>(),
+        ["etl", "other"]
+    );
+    assert!(store.run("etl", "nope").await.unwrap().is_none());
+
+    // A run of many tasks is created in one go.
+    let many: Vec<String> = (0..1200).map(|i| format!("t{i:04}")).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    let big = store
+        .create_run(&new_run("wide", at(0), &refs))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .task_instances("wide", &big.run_id)
+            .await
+            .unwrap()
+            .len(),
+        1200
+    );
+}
+
+#[tokio::test]
+async fn store_story_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::sqlite_store(dir.path()).await;
+    assert_eq!(store.backend(), Backend::Sqlite);
+    story(store).await;
+    // Durable: a new process (a new store on the same file) sees everything.
+    let reopened = common::sqlite_store(dir.path()).await;
+    let runs = reopened
+        .list_runs(&RunFilter {
+            dag_id: Some("etl".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 4);
+    assert!(
+        dir.path().join("sluice.db-wal").exists(),
+        "SQLite runs in WAL mode"
+    );
+}
+
+#[tokio::test]
+async fn store_story_on_postgres() {
+    let store = common::postgres_store().await;
+    assert_eq!(store.backend(), Backend::Postgres);
+    story(store).await;
+}
+
+#[tokio::test]
+async fn store_errors_never_show_passwords() {
+    let err = sluice_core::store::open("postgres://etl:hunter2@127.0.0.1:1/nowhere")
+        .await
+        .unwrap_err();
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("127.0.0.1:1"), "{shown}");
+}

@@ -1,0 +1,333 @@
+//! `clickhouse_load`: loads an upstream table into a ClickHouse table.
+//!
+//! Before a byte is sent it checks the artifact against the table: every table column has a
+//! source (an artifact column of the same name, the version or deleted column, or a DEFAULT),
+//! every artifact column has a place, and every value fits its column type. Rows then stream
+//! as RowBinary in batches, encoded on a blocking thread while the previous batch is on the
+//! wire. With `version_column` on a ReplacingMergeTree, a re-run of the same window writes a
+//! larger version and converges to one row per key under FINAL, which is also how a load
+//! that failed half-way is repaired.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Deserialize;
+
+mod clickhouse_http;
+mod rowbinary;
+
+use crate::frame;
+use clickhouse_http::ClickHouse;
+use rowbinary::{prepare, Prepared};
+use sluice_operator_api::OperatorConfig;
+use sluice_operator_api::{
+    ConfigError, ConfigFile, HumanDuration, Operator, OperatorError, TaskContext, TaskOutput,
+};
+
+fn default_batch_rows() -> usize {
+    65_536
+}
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+
+/// Settings of `clickhouse_load`.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClickhouseLoadConfig {
+    /// Connection id of the server (`SLUICE_CONN_<ID>=clickhouse://[user[:pw]@]host:http_port/database`).
+    pub conn: String,
+    /// Target table, in the connection's database.
+    pub table: String,
+    /// ClickHouse DDL file (relative to the DAG file) run when the table does not exist yet.
+    #[serde(default)]
+    pub ddl: Option<String>,
+    /// The upstream task whose table is loaded (default: the only upstream task with a table).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Table column set to the load's version: milliseconds since the epoch when the load started.
+    #[serde(default)]
+    pub version_column: Option<String>,
+    /// Table column set to 0 (not deleted) on every row, the CDC convention.
+    #[serde(default)]
+    pub deleted_column: Option<String>,
+    /// Rows per streamed batch (default 65536).
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// Longest the whole insert may take (default 10m).
+    #[serde(default = "default_timeout")]
+    #[schemars(with = "String")]
+    pub timeout: HumanDuration,
+}
+
+/// The built `clickhouse_load` operator.
+#[derive(Debug)]
+pub struct ClickhouseLoad {
+    config: ClickhouseLoadConfig,
+}
+
+fn is_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+}
+
+impl OperatorConfig for ClickhouseLoadConfig {
+    const NAME: &'static str = "clickhouse_load";
+    const SUMMARY: &'static str = "Loads an upstream table into ClickHouse (checked against the table first, streamed as RowBinary).";
+
+    fn build(self) -> Result<Arc<dyn Operator>, ConfigError> {
+        if !is_identifier(&self.table) {
+            return Err(ConfigError::field(
+                "table",
+                format!("`{}` is not a table name (letters, digits, _)", self.table),
+            ));
+        }
+        for (field, value) in [
+            ("version_column", &self.version_column),
+            ("deleted_column", &self.deleted_column),
+        ] {
+            if let Some(name) = value {
+                if !is_identifier(name) {
+                    return Err(ConfigError::field(
+                        field,
+                        format!("`{name}` is not a column name"),
+                    ));
+                }
+            }
+        }
+        if self.batch_rows == 0 {
+            return Err(ConfigError::field("batch_rows", "must be at least 1"));
+        }
+        Ok(Arc::new(ClickhouseLoad { config: self }))
+    }
+
+    fn files(&self) -> Vec<ConfigFile> {
+        self.ddl
+            .iter()
+            .map(|ddl| ConfigFile::new("ddl", ddl))
+            .collect()
+    }
+}
+
+/// How each table column gets its values, in table order.
+fn plan(
+    config: &ClickhouseLoadConfig,
+    table_columns: &[clickhouse_http::TableColumn],
+    data: &polars::prelude::DataFrame,
+    source_task: &str,
+    version: u64,
+) -> Result<(Vec<String>, Vec<Prepared>), String> {
+    let mut names = Vec::new();
+    let mut prepared = Vec::new();
+    let mut problems = Vec::new();
+    let mut used = std::collections::HashSet::new();
+    for column in table_columns {
+        let name = column.name.as_str();
+        let constant = if Some(name) == config.version_column.as_deref() {
+            Some(version)
+        } else if Some(name) == config.deleted_column.as_deref() {
+            Some(0)
+        } else {
+            None
+        };
+        if let Some(value) = constant {
+            let bytes = match column.ty.as_str() {
+                "UInt64" | "Int64" => 8,
+                "UInt32" | "Int32" => 4,
+                "UInt16" | "Int16" => 2,
+                "UInt8" | "Int8" => 1,
+                other => {
+                    problems.push(format!("column `{name}`: the table's {other} cannot hold a version or deleted flag (use UInt64 / UInt8)"));
+                    continue;
+                }
+            };
+            if bytes < 8 && value >= 1 << (bytes * 8) {
+                problems.push(format!(
+                    "column `{name}`: the version {value} does not fit the table's {}",
+                    column.ty
+                ));
+                continue;
+            }
+            names.push(name.to_string());
+            prepared.push(Prepared::Constant { value, bytes });
+            continue;
+        }
+        match data.column(name) {
+            Ok(source) => {
+                used.insert(name.to_string());
+                match prepare(name, source, &column.ty) {
+                    Ok(p) => {
+                        names.push(name.to_string());
+                        prepared.push(p);
+                    }
+                    Err(e) => problems.push(e),
+                }
+            }
+            Err(_) if column.has_default => {}
+            Err(_) => problems.push(format!(
+                "column `{name}` ({}): the table of `{source_task}` has no such column",
+                column.ty
+            )),
+        }
+    }
+    for name in data.get_column_names() {
+        if !used.contains(name.as_str()) {
+            problems.push(format!(
+                "column `{name}` of `{source_task}`'s table is not in the table"
+            ));
+        }
+    }
+    for (field, value) in [
+        ("version_column", &config.version_column),
+        ("deleted_column", &config.deleted_column),
+    ] {
+        if let Some(name) = value {
+            if !table_columns.iter().any(|c| &c.name == name) {
+                problems.push(format!("{field}: the table has no column `{name}`"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok((names, prepared))
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+#[async_trait]
+impl Operator for ClickhouseLoad {
+    async fn execute(&self, ctx: &TaskContext) -> Result<TaskOutput, OperatorError> {
+        let started = Instant::now();
+        let version = chrono::Utc::now().timestamp_millis() as u64;
+        let conn = ctx.connection(&self.config.conn)?;
+        let ch = ClickHouse::new(conn, self.config.timeout.0)?;
+        let table = &self.config.table;
+
+        // The source table.
+        let with_tables: Vec<(&String, &sluice_operator_api::ArtifactRef)> = ctx
+            .upstream
+            .iter()
+            .filter_map(|(task, out)| out.table.as_ref().map(|t| (task, t)))
+            .collect();
+        let (source_task, artifact) = match &self.config.from {
+            Some(task) => {
+                let out = ctx.upstream.get(task).ok_or_else(|| {
+                    OperatorError::fatal(format!("from: `{task}` is not a direct upstream task"))
+                })?;
+                let table = out.table.as_ref().ok_or_else(|| {
+                    OperatorError::fatal(format!("from: task `{task}` produced no table"))
+                })?;
+                (task.clone(), table.clone())
+            }
+            None => match with_tables.as_slice() {
+                [(task, table)] => ((*task).clone(), (*table).clone()),
+                [] => {
+                    return Err(OperatorError::fatal(
+                        "no upstream task produced a table to load",
+                    ))
+                }
+                many => {
+                    let names: Vec<&str> = many.iter().map(|(t, _)| t.as_str()).collect();
+                    return Err(OperatorError::fatal(format!(
+                        "several upstream tables ({}); choose one with `from`",
+                        names.join(", ")
+                    )));
+                }
+            },
+        };
+        let path = ctx
+            .artifacts
+            .local_path(&artifact)
+            .await
+            .map_err(|e| OperatorError::fatal(e.to_string()))?;
+
+        // The target table, created from the DDL file when missing.
+        let mut columns = ch.columns(table).await?;
+        if columns.is_none() {
+            if let Some(ddl) = &self.config.ddl {
+                let ddl_path = ctx.resolve_path(ddl);
+                let text = tokio::fs::read_to_string(&ddl_path).await.map_err(|e| {
+                    OperatorError::fatal(format!("ddl: cannot read {}: {e}", ddl_path.display()))
+                })?;
+                ctx.log.info(&format!(
+                    "table {}.{table} does not exist: running {}",
+                    ch.database(),
+                    ddl_path.display()
+                ));
+                ch.execute(&ctx.render(&text)?).await?;
+                columns = ch.columns(table).await?;
+            }
+        }
+        let columns = columns.ok_or_else(|| {
+            OperatorError::fatal(format!(
+                "table {}.{table} does not exist (and no `ddl` creates it)",
+                ch.database()
+            ))
+        })?;
+
+        // Check everything before sending anything.
+        let config = self.config.clone();
+        let source = source_task.clone();
+        let table_name = table.clone();
+        let (names, prepared, rows) =
+            tokio::task::spawn_blocking(move || -> Result<_, OperatorError> {
+                let mut data = frame::read_ipc(&path)?;
+                data.rechunk_mut();
+                let rows = data.height();
+                let (names, prepared) =
+                    plan(&config, &columns, &data, &source, version).map_err(|e| {
+                        OperatorError::fatal(format!(
+                            "the table of `{source}` does not fit {table_name}: {e}"
+                        ))
+                    })?;
+                Ok((names, prepared, rows))
+            })
+            .await
+            .map_err(|e| OperatorError::fatal(format!("checking the table panicked: {e}")))??;
+
+        // Encode batches on a blocking thread while earlier ones are on the wire.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        let batch_rows = self.config.batch_rows;
+        let encoder = tokio::task::spawn_blocking(move || {
+            let mut start = 0;
+            while start < rows {
+                let end = (start + batch_rows).min(rows);
+                let mut out = Vec::with_capacity((end - start) * 64);
+                for row in start..end {
+                    for column in &prepared {
+                        column.encode(row, &mut out);
+                    }
+                }
+                if tx.blocking_send(Ok(Bytes::from(out))).is_err() {
+                    return; // the request ended early; its error is reported by the insert
+                }
+                start = end;
+            }
+        });
+        let body = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let inserted = ch.insert(table, &names, body).await;
+        let _ = encoder.await;
+        inserted?;
+
+        let secs = started.elapsed().as_secs_f64();
+        ctx.log.info(&format!(
+            "loaded {rows} rows from `{source_task}` into {}.{table} with version {version} in {secs:.3}s ({:.0} rows/s)",
+            ch.database(),
+            rows as f64 / secs.max(1e-9)
+        ));
+        let mut values = serde_json::Map::new();
+        values.insert("rows".into(), (rows as u64).into());
+        values.insert("version".into(), version.into());
+        values.insert("table".into(), format!("{}.{table}", ch.database()).into());
+        // The loaded table is passed on: downstream tasks (invalidations) see exactly what was loaded.
+        Ok(TaskOutput {
+            table: Some(artifact),
+            values,
+        })
+    }
+}

@@ -1,0 +1,418 @@
+//! `http_webhook`: calls an HTTP endpoint once, or once per distinct value of a column of an
+//! upstream task's table (DESIGN §6: one cache invalidation per user loaded).
+//!
+//! Bounded concurrency over one connection pool; per-request timeout; 5xx, 408, 429,
+//! timeouts and connection errors are retried with exponential backoff and jitter
+//! (honouring `Retry-After`); any other 4xx fails that value for good. The task reports
+//! delivered and failed counts, and fails if any value could not be delivered.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::{self, StreamExt};
+use serde::Deserialize;
+
+use crate::frame;
+use sluice_operator_api::OperatorConfig;
+use sluice_operator_api::{
+    template, ConfigError, HumanDuration, Operator, OperatorError, TaskContext, TaskOutput,
+};
+
+/// Which values to iterate over.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForEach {
+    /// A direct upstream task whose output has a table (its own, or the table it loaded).
+    pub task: String,
+    /// The column whose distinct non-null values are sent, one request each, as `{{ item }}`.
+    pub column: String,
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+fn default_concurrency() -> usize {
+    16
+}
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_attempts() -> u32 {
+    5
+}
+fn default_backoff() -> HumanDuration {
+    HumanDuration(Duration::from_millis(200))
+}
+
+/// Settings of `http_webhook`.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpWebhookConfig {
+    /// Connection id of the receiving service (`http(s)://host:port[/base]`).
+    pub conn: String,
+    /// HTTP method (default POST).
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Path appended to the connection's URL, e.g. `/invalidate`; may use templates.
+    pub path: String,
+    /// Send one request per distinct value of an upstream table's column; without it, one request.
+    #[serde(default)]
+    pub for_each: Option<ForEach>,
+    /// JSON body. Strings are templates; a string that is exactly `{{ expression }}` keeps the value's type.
+    #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub json: Option<serde_json::Value>,
+    /// Request headers; values may use templates (e.g. `Idempotency-Key: "{{ run_id }}:{{ item }}"`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Most requests in flight at once (default 16).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Timeout of one request (default 10s).
+    #[serde(default = "default_timeout")]
+    #[schemars(with = "String")]
+    pub timeout: HumanDuration,
+    /// Attempts per value, the first included (default 5).
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Delay before the first retry of a value; doubles per attempt up to 30s (default 200ms).
+    #[serde(default = "default_backoff")]
+    #[schemars(with = "String")]
+    pub backoff: HumanDuration,
+}
+
+/// The built `http_webhook` operator.
+#[derive(Debug)]
+pub struct HttpWebhook {
+    config: HttpWebhookConfig,
+    method: reqwest::Method,
+}
+
+impl OperatorConfig for HttpWebhookConfig {
+    const NAME: &'static str = "http_webhook";
+    const SUMMARY: &'static str =
+        "Calls an HTTP endpoint once or per distinct value of an upstream column, with retries and bounded concurrency.";
+
+    fn build(self) -> Result<Arc<dyn Operator>, ConfigError> {
+        let method = reqwest::Method::from_bytes(self.method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| {
+                ConfigError::field("method", format!("`{}` is not an HTTP method", self.method))
+            })?;
+        if self.concurrency == 0 {
+            return Err(ConfigError::field("concurrency", "must be at least 1"));
+        }
+        if self.max_attempts == 0 {
+            return Err(ConfigError::field("max_attempts", "must be at least 1"));
+        }
+        if self.timeout.0.is_zero() {
+            return Err(ConfigError::field("timeout", "must be longer than 0s"));
+        }
+        for name in self.headers.keys() {
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                ConfigError::field(format!("headers.{name}"), "is not a valid header name")
+            })?;
+        }
+        Ok(Arc::new(HttpWebhook {
+            method,
+            config: self,
+        }))
+    }
+}
+
+/// How one value's delivery ended.
+#[derive(Debug)]
+enum Delivery {
+    Delivered {
+        attempts: u32,
+    },
+    Failed {
+        attempts: u32,
+        permanent: bool,
+        reason: String,
+    },
+}
+
+fn retryable_status(status: reqwest::StatusCode) -> bool {
+    status.is_server_error()
+        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+}
+
+/// Cheap jitter in [0.5, 1.5) without a random-number dependency.
+fn jitter(seed: u64) -> f64 {
+    let mut x = seed ^ 0x9E37_79B9_7F4A_7C15;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    0.5 + (x % 1000) as f64 / 1000.0
+}
+
+fn describe_error(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "cannot connect".into()
+    } else {
+        let mut text = "request failed".to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            text = format!("request failed: {s}");
+            source = s.source();
+        }
+        text
+    }
+}
+
+/// One value's request, rendered.
+struct PreparedRequest {
+    url: url::Url,
+    body: Option<Vec<u8>>,
+    headers: Vec<(String, String)>,
+}
+
+impl HttpWebhook {
+    /// Renders the path, body and headers for one value; a failure here is permanent.
+    fn prepare(
+        &self,
+        base: &url::Url,
+        ctx: &TaskContext,
+        item: Option<&sluice_operator_api::template::Value>,
+    ) -> Result<PreparedRequest, String> {
+        let path = template::render_with_item(&self.config.path, &ctx.vars, item)
+            .map_err(|e| e.message)?;
+        let mut url = base.clone();
+        let joined = format!(
+            "{}/{}",
+            url.path().trim_end_matches('/'),
+            path.trim_start_matches('/')
+        );
+        url.set_path(&joined);
+        let body = match &self.config.json {
+            Some(json) => {
+                let value = template::render_json(json, &ctx.vars, item).map_err(|e| e.message)?;
+                Some(serde_json::to_vec(&value).map_err(|e| e.to_string())?)
+            }
+            None => None,
+        };
+        let mut headers = Vec::new();
+        for (name, value) in &self.config.headers {
+            headers.push((
+                name.clone(),
+                template::render_with_item(value, &ctx.vars, item).map_err(|e| e.message)?,
+            ));
+        }
+        Ok(PreparedRequest { url, body, headers })
+    }
+
+    async fn deliver(
+        &self,
+        client: &reqwest::Client,
+        base: &url::Url,
+        ctx: &TaskContext,
+        item: Option<sluice_operator_api::template::Value>,
+        seed: u64,
+    ) -> Delivery {
+        let (url, body, headers) = match self.prepare(base, ctx, item.as_ref()) {
+            Ok(request) => (request.url, request.body, request.headers),
+            Err(reason) => {
+                return Delivery::Failed {
+                    attempts: 0,
+                    permanent: true,
+                    reason,
+                }
+            }
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut request = client
+                .request(self.method.clone(), url.clone())
+                .timeout(self.config.timeout.0);
+            for (name, value) in &headers {
+                request = request.header(name, value);
+            }
+            if let Some(body) = &body {
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+            }
+            let (reason, retry_after) = match request.send().await {
+                Ok(response) if response.status().is_success() => {
+                    return Delivery::Delivered { attempts: attempt }
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let retry_after = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    let text = response.text().await.unwrap_or_default();
+                    let snippet: String = text.chars().take(200).collect();
+                    let reason = format!(
+                        "HTTP {status}{}",
+                        if snippet.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {snippet}")
+                        }
+                    );
+                    if !retryable_status(status) {
+                        return Delivery::Failed {
+                            attempts: attempt,
+                            permanent: true,
+                            reason,
+                        };
+                    }
+                    (reason, retry_after)
+                }
+                Err(e) => (describe_error(&e), None),
+            };
+            if attempt >= self.config.max_attempts {
+                return Delivery::Failed {
+                    attempts: attempt,
+                    permanent: false,
+                    reason: format!("{reason} (after {attempt} attempts)"),
+                };
+            }
+            let backoff = self
+                .config
+                .backoff
+                .0
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(Duration::from_secs(30));
+            // A server's Retry-After is honoured up to the same 30 s cap as our own backoff.
+            let wait = retry_after
+                .map(|after| after.min(Duration::from_secs(30)))
+                .unwrap_or_else(|| backoff.mul_f64(jitter(seed.wrapping_add(attempt as u64))));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = ctx.cancel.cancelled() => {
+                    return Delivery::Failed { attempts: attempt, permanent: false, reason: "cancelled".into() };
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Operator for HttpWebhook {
+    async fn execute(&self, ctx: &TaskContext) -> Result<TaskOutput, OperatorError> {
+        let conn = ctx.connection(&self.config.conn)?;
+        if !matches!(conn.scheme(), "http" | "https") {
+            return Err(OperatorError::fatal(format!(
+                "connection {conn}: expected an http(s):// URI"
+            )));
+        }
+        let base = conn.uri().clone();
+        let items: Vec<Option<sluice_operator_api::template::Value>> = match &self.config.for_each {
+            None => vec![None],
+            Some(each) => {
+                let upstream = ctx.upstream.get(&each.task).ok_or_else(|| {
+                    OperatorError::fatal(format!(
+                        "for_each.task: `{}` is not a direct upstream task of this task",
+                        each.task
+                    ))
+                })?;
+                let table = upstream.table.as_ref().ok_or_else(|| {
+                    OperatorError::fatal(format!(
+                        "for_each.task: task `{}` produced no table",
+                        each.task
+                    ))
+                })?;
+                let path = ctx
+                    .artifacts
+                    .local_path(table)
+                    .await
+                    .map_err(|e| OperatorError::fatal(e.to_string()))?;
+                let column = each.column.clone();
+                let values =
+                    tokio::task::spawn_blocking(move || frame::distinct_values(&path, &column))
+                        .await
+                        .map_err(|e| OperatorError::fatal(format!("reading values: {e}")))??;
+                values.into_iter().map(Some).collect()
+            }
+        };
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(self.config.concurrency)
+            .connect_timeout(self.config.timeout.0)
+            .build()
+            .map_err(|e| OperatorError::fatal(format!("HTTP client: {e}")))?;
+        ctx.log.info(&format!(
+            "sending {} request(s) to {conn} with up to {} in flight",
+            items.len(),
+            self.config.concurrency
+        ));
+        let started = std::time::Instant::now();
+        let results: Vec<(Option<sluice_operator_api::template::Value>, Delivery)> =
+            stream::iter(items.into_iter().enumerate())
+                .map(|(i, item)| {
+                    let client = &client;
+                    let base = &base;
+                    async move {
+                        let delivery = self
+                            .deliver(client, base, ctx, item.clone(), i as u64)
+                            .await;
+                        (item, delivery)
+                    }
+                })
+                .buffer_unordered(self.config.concurrency)
+                .collect()
+                .await;
+        let mut delivered = 0u64;
+        let mut failed = 0u64;
+        let mut attempts = 0u64;
+        let mut transient = false;
+        let mut examples = Vec::new();
+        for (item, delivery) in &results {
+            let shown = item
+                .as_ref()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into());
+            match delivery {
+                Delivery::Delivered { attempts: a } => {
+                    delivered += 1;
+                    attempts += u64::from(*a);
+                }
+                Delivery::Failed {
+                    attempts: a,
+                    permanent,
+                    reason,
+                } => {
+                    failed += 1;
+                    attempts += u64::from(*a);
+                    transient |= !permanent;
+                    ctx.log
+                        .warn(&format!("item {shown}: not delivered: {reason}"));
+                    if examples.len() < 3 {
+                        examples.push(format!("{shown}: {reason}"));
+                    }
+                }
+            }
+        }
+        ctx.log.info(&format!(
+            "delivered {delivered}, failed {failed}, {attempts} request(s) in {:.2}s",
+            started.elapsed().as_secs_f64()
+        ));
+        if failed > 0 {
+            let message = format!(
+                "{failed} of {} deliveries failed (delivered {delivered}): {}",
+                results.len(),
+                examples.join("; ")
+            );
+            return Err(if transient {
+                OperatorError::retryable(message)
+            } else {
+                OperatorError::fatal(message)
+            });
+        }
+        let mut values = serde_json::Map::new();
+        values.insert("delivered".into(), delivered.into());
+        values.insert("failed".into(), failed.into());
+        values.insert("requests".into(), attempts.into());
+        Ok(TaskOutput::values(values))
+    }
+}

@@ -682,3 +682,112 @@ async fn every_operation_in_the_openapi_document_answers() {
     }
     s.stop.cancel();
 }
+
+#[tokio::test]
+async fn a_backfill_is_planned_with_dry_run_then_queued_with_its_cap() {
+    let s = server(Some("t0ken")).await;
+    let post = reqwest::Method::POST;
+    let path = "/api/v1/dags/etl/backfills";
+    let range = json!({"from_date": "2026-11-01T00:00:00Z", "to_date": "2026-11-01T00:45:00Z"});
+
+    let (status, _) = s.send(post.clone(), path, range.clone(), None).await;
+    assert_eq!(status, 401, "a backfill is a mutation");
+
+    let mut dry = range.clone();
+    dry["dry_run"] = json!(true);
+    let (status, plan) = s.send(post.clone(), path, dry, Some("t0ken")).await;
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(plan["total_entries"], 4, "{plan}");
+    assert_eq!(
+        plan["intervals"][1]["logical_date"],
+        "2026-11-01T00:15:00.000000Z"
+    );
+    assert_eq!(
+        plan["intervals"][1]["data_interval_end"],
+        "2026-11-01T00:30:00.000000Z"
+    );
+    assert!(plan["intervals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["action"] == "create"));
+    assert_eq!(plan["queued"], json!([]));
+    let (_, runs) = s
+        .send(
+            reqwest::Method::GET,
+            "/api/v1/dags/etl/dagRuns",
+            json!(null),
+            Some("t0ken"),
+        )
+        .await;
+    assert_eq!(runs["total_entries"], 0, "a dry run queues nothing: {runs}");
+
+    let mut real = range.clone();
+    real["max_active_runs"] = json!(2);
+    let (status, done) = s
+        .send(post.clone(), path, real.clone(), Some("t0ken"))
+        .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["queued"].as_array().unwrap().len(), 4, "{done}");
+    let store = common::sqlite_store(s.dir.path()).await;
+    let queued = store
+        .list_runs(&sluice_core::store::RunFilter {
+            dag_id: Some("etl".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 4);
+    assert!(queued
+        .iter()
+        .all(|r| r.run_type == sluice_core::store::RunType::Backfill
+            && r.backfill_max_active_runs == Some(2)
+            && r.state == sluice_core::state::RunState::Queued));
+
+    // Again: every interval has a run now.
+    let (_, again) = s.send(post.clone(), path, real, Some("t0ken")).await;
+    assert!(
+        again["intervals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["action"] == "skip"
+                && i["state"] == "queued"
+                && i["dag_run_id"].is_string()),
+        "{again}"
+    );
+    assert_eq!(again["queued"], json!([]));
+
+    for (body, expect) in [
+        (
+            json!({"from_date": "2026-11-02", "to_date": "2026-11-01"}),
+            "before its start",
+        ),
+        (
+            json!({"from_date": "yesterday", "to_date": "2026-11-01"}),
+            "from_date",
+        ),
+        (
+            json!({"from_date": "2026-11-01", "to_date": "2026-11-02", "reprocess_behavior": "completed"}),
+            "reprocess_behavior",
+        ),
+        (
+            json!({"from_date": "2026-11-01", "to_date": "2026-11-02", "max_active_runs": 0}),
+            "at least 1",
+        ),
+    ] {
+        let (status, error) = s
+            .send(post.clone(), path, body.clone(), Some("t0ken"))
+            .await;
+        assert_eq!(status, 400, "{body}: {error}");
+        assert!(
+            error["detail"].as_str().unwrap().contains(expect),
+            "{body}: {error}"
+        );
+    }
+    let (status, _) = s
+        .send(post, "/api/v1/dags/nope/backfills", range, Some("t0ken"))
+        .await;
+    assert_eq!(status, 404);
+}

@@ -1,4 +1,4 @@
-//! The reference pipeline end to end (DESIGN §6): real PostgreSQL sources, real ClickHouse,
+//! The reference pipeline end to end (docs/pipeline.md): real PostgreSQL sources, real ClickHouse,
 //! a real HTTP receiver, and `sluice dags test prosthesis_stats` as a user runs it. The
 //! expected rows are computed here from the raw generated rows, not by the pipeline's SQL.
 

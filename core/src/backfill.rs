@@ -277,7 +277,7 @@ mod tests {
     fn dag(schedule: &str) -> Dag {
         let text =
             format!("dag_id: d\nschedule: '{schedule}'\ntasks:\n  - {{id: a, operator: noop}}\n");
-        parse_dag(Path::new("d.yaml"), &text, &sluice_operators::registry()).unwrap()
+        parse_dag(Path::new("d.yaml"), &text, &sluice_operators::basic()).unwrap()
     }
 
     #[test]

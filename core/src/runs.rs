@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use crate::dag::Dag;
 use crate::schedule::DataInterval;
 use crate::state::{RunState, TaskState};
-use crate::store::{DagRun, NewRun, RunType, Store, StoreError, TaskChange, TaskKey};
+use crate::store::{
+    DagRun, NewRun, NewTaskInstance, RunType, Store, StoreError, TaskChange, TaskKey,
+};
 
 /// Why a run could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -52,13 +54,18 @@ pub fn new_run(
         run_type,
         conf,
         dag_hash: dag.hash.clone(),
-        tasks: dag
-            .tasks
-            .iter()
-            .map(|t| (t.id.clone(), t.operator_name.clone(), t.retry.retries + 1))
-            .collect(),
+        tasks: dag.tasks.iter().map(new_task_instance).collect(),
         at: now,
         backfill_max_active_runs: None,
+    }
+}
+
+/// The pending instance a run starts with for `task`.
+pub fn new_task_instance(task: &crate::dag::Task) -> NewTaskInstance {
+    NewTaskInstance {
+        task_id: task.id.clone(),
+        operator: task.operator_name.clone(),
+        max_tries: task.retry.retries + 1,
     }
 }
 
@@ -107,6 +114,15 @@ pub async fn clear_run(
         .map(|(run, _)| run)
 }
 
+/// A task a clear sent back to pending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClearedTask {
+    /// The task.
+    pub task_id: String,
+    /// Its state before.
+    pub previous_state: TaskState,
+}
+
 /// Clears the named tasks of a finished run (those that have finished) and queues the run;
 /// returns the run and the tasks cleared with the state they had.
 pub async fn clear_tasks(
@@ -115,7 +131,7 @@ pub async fn clear_tasks(
     run: &DagRun,
     task_ids: &[String],
     now: DateTime<Utc>,
-) -> Result<(DagRun, Vec<(String, TaskState)>), StartError> {
+) -> Result<(DagRun, Vec<ClearedTask>), StartError> {
     if !run.state.is_finished() {
         return Err(StartError::Unfinished {
             dag_id: run.dag_id.clone(),
@@ -141,7 +157,10 @@ pub async fn clear_tasks(
         change.reason = Some("cleared for a new attempt of the run".into());
         change.max_tries = Some(ti.try_number + retries + 1);
         store.transition(&change).await?;
-        cleared.push((ti.task_id.clone(), ti.state));
+        cleared.push(ClearedTask {
+            task_id: ti.task_id.clone(),
+            previous_state: ti.state,
+        });
     }
     let run = store
         .set_run_state(&run.dag_id, &run.run_id, run.state, RunState::Queued, now)

@@ -449,7 +449,7 @@ mod tests {
             ["11:00..12:00", "12:00..13:00", "13:00..14:00"]
         );
         // Across a DST change the intervals follow the zone's wall clock.
-        let daily: Schedule = "0 2 * * *".parse().unwrap();
+        let daily: Schedule = "0 3 * * *".parse().unwrap();
         let berlin: Vec<i64> = daily
             .intervals_from(chrono_tz::Europe::Berlin, utc("2026-03-28T00:00:00Z"))
             .take(2)

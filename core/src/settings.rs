@@ -1,4 +1,4 @@
-//! Process settings from the environment (DESIGN §5): where sluice keeps its state, where
+//! Process settings from the environment (the stable variables of docs/concepts.md): where sluice keeps its state, where
 //! DAG files live and which metadata store to use.
 
 use std::path::{Path, PathBuf};

@@ -184,9 +184,9 @@ pub enum RunState {
     Queued,
     /// Tasks are being decided and executed.
     Running,
-    /// Every leaf task succeeded or was skipped.
+    /// Every task succeeded or was skipped.
     Success,
-    /// A leaf task failed or could not run.
+    /// A task failed or could not run (an `all_done` cleanup does not turn it green).
     Failed,
     /// Stopped by a person or a shutdown.
     Cancelled,

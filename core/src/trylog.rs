@@ -2,7 +2,7 @@
 //! events emitted inside a try to that try's file.
 //!
 //! The executor registers the try's [`TaskLog`] under a numeric id ([`route`]) and runs the
-//! try inside a span carrying `try_log = <id>`. [`TryLogLayer`], installed by the binary,
+//! try inside a span carrying `try_log = <id>`. [`TryLogLayer`], installed by `cli::init_tracing`,
 //! finds that span for each event and appends the event to the file. Without the layer
 //! (library use, tests) operator output still reaches the file directly through the log.
 

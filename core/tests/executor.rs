@@ -80,8 +80,7 @@ impl Harness {
         let path = self.dir.path().join("dags").join("dag.yaml");
         std::fs::write(&path, yaml).unwrap();
         Arc::new(
-            parse_dag(&path, yaml, &sluice_operators::registry())
-                .unwrap_or_else(|e| panic!("{e:#?}")),
+            parse_dag(&path, yaml, &sluice_operators::basic()).unwrap_or_else(|e| panic!("{e:#?}")),
         )
     }
 

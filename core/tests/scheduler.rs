@@ -70,7 +70,7 @@ impl Running {
             executor,
             self.clock.clone(),
             settings.dags_folder.clone(),
-            sluice_operators::registry(),
+            sluice_operators::basic(),
             options,
         );
         let stop = self.stop.clone();
@@ -215,7 +215,7 @@ async fn a_manual_run_is_picked_up_by_an_idle_scheduler() {
         "a DAG without a schedule gets no runs by itself"
     );
     let bag =
-        sluice_core::dag::DagBag::load(&s.dir.path().join("dags"), &sluice_operators::registry());
+        sluice_core::dag::DagBag::load(&s.dir.path().join("dags"), &sluice_operators::basic());
     let dag = bag.get("manual").unwrap();
     let interval = dag.interval_for(utc("2026-11-23T09:00:00Z"));
     let (run, _) = start_run(
@@ -243,7 +243,7 @@ async fn a_graceful_shutdown_leaves_the_run_to_resume_and_does_not_use_up_a_retr
     s.stop().await;
     s.spawn(Duration::from_millis(100));
     let bag =
-        sluice_core::dag::DagBag::load(&s.dir.path().join("dags"), &sluice_operators::registry());
+        sluice_core::dag::DagBag::load(&s.dir.path().join("dags"), &sluice_operators::basic());
     let dag = bag.get("slow").unwrap();
     let (run, _) = start_run(
         &s.store,
@@ -344,5 +344,79 @@ async fn dag_files_added_changed_and_deleted_are_picked_up_without_a_restart() {
     );
     // The deleted DAG got no run for the new interval.
     assert_eq!(runs.iter().filter(|r| r.dag_id == "other").count(), 1);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_runs_every_interval_under_its_own_cap_and_reruns_only_failures() {
+    use sluice_core::backfill::{self, Action, BackfillRequest};
+    // Without catchup the scheduler adds only the latest interval (2026-11-23 11:00), outside
+    // the backfilled range.
+    let dag_yaml = "dag_id: fill\nschedule: '@hourly'\nmax_active_runs: 3\ntasks:\n  - {id: a, operator: sleep, config: {duration: 100ms}}\n  - {id: b, operator: shell, depends_on: a, config: {command: 'echo {{ ts }}'}}\n";
+    let mut s = Running::start(dag_yaml, "2026-11-23T12:07:00Z").await;
+    let bag =
+        sluice_core::dag::DagBag::load(&s.dir.path().join("dags"), &sluice_operators::basic());
+    assert!(bag.errors.is_empty(), "{:?}", bag.errors);
+    let dag = bag.get("fill").unwrap().clone();
+    let request = BackfillRequest {
+        from: utc("2026-11-20T00:00:00Z"),
+        to: utc("2026-11-20T05:00:00Z"),
+        rerun_failed: true,
+        max_active_runs: Some(2),
+    };
+    let plan = backfill::plan(s.store.as_ref(), &dag, request.clone())
+        .await
+        .unwrap();
+    assert_eq!(plan.runs.len(), 6);
+    assert!(plan.runs.iter().all(|r| r.action == Action::Create));
+    let queued = backfill::queue(&s.store, &dag, &plan, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 6);
+    let is_fill = |r: &&DagRun| r.run_type == RunType::Backfill;
+    let runs = s
+        .until("6 backfill runs", |runs| {
+            runs.iter().filter(is_fill).count() == 6
+                && runs.iter().filter(is_fill).all(|r| r.state.is_finished())
+        })
+        .await;
+    let fills: Vec<DagRun> = runs.iter().filter(is_fill).cloned().collect();
+    assert!(fills.iter().all(|r| r.state == RunState::Success));
+    assert_eq!(
+        max_concurrent(&fills),
+        2,
+        "the backfill's cap (2) binds before the DAG's (3)"
+    );
+
+    // One run failed since (marked by hand): planning again re-runs it and skips the rest.
+    let failed = &fills[2];
+    sluice_core::runs::mark_task(&s.store, failed, "b", TaskState::Failed, Utc::now())
+        .await
+        .unwrap();
+    let plan = backfill::plan(s.store.as_ref(), &dag, request)
+        .await
+        .unwrap();
+    let actions: Vec<String> = plan.runs.iter().map(|r| r.action.to_string()).collect();
+    assert_eq!(
+        actions,
+        [
+            "skip (already success)",
+            "skip (already success)",
+            "re-run (failed)",
+            "skip (already success)",
+            "skip (already success)",
+            "skip (already success)"
+        ]
+    );
+    let queued = backfill::queue(&s.store, &dag, &plan, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].run_id, failed.run_id);
+    s.until("the re-run", |runs| {
+        runs.iter()
+            .any(|r| r.run_id == failed.run_id && r.state == RunState::Success)
+    })
+    .await;
     s.stop().await;
 }

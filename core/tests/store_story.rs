@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use sluice_core::schedule::DataInterval;
 use sluice_core::state::{RunState, TaskState};
 use sluice_core::store::{
-    Backend, NewRun, RunFilter, RunType, Store, StoreError, TaskChange, TaskKey,
+    Backend, NewRun, NewTaskInstance, RunFilter, RunType, Store, StoreError, TaskChange, TaskKey,
 };
 
 fn at(minute: u32) -> DateTime<Utc> {
@@ -29,7 +29,11 @@ fn new_run(dag: &str, start: DateTime<Utc>, tasks: &[&str]) -> NewRun {
         dag_hash: "abc123".into(),
         tasks: tasks
             .iter()
-            .map(|t| (t.to_string(), "noop".to_string(), 3))
+            .map(|t| NewTaskInstance {
+                task_id: t.to_string(),
+                operator: "noop".into(),
+                max_tries: 3,
+            })
             .collect(),
         at: start,
         backfill_max_active_runs: Some(4),

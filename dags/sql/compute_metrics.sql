@@ -1,4 +1,4 @@
--- One row per chip with telemetry in the interval and an active prosthesis (DESIGN §6).
+-- One row per chip with telemetry in the interval and an active prosthesis (docs/pipeline.md).
 -- Tables are the upstream tasks' outputs, named by task id.
 SELECT c.user_id,
        t.chip_id,

@@ -1,4 +1,4 @@
--- Every prosthesis with its owner and model (DESIGN §6): the CRM side of the join.
+-- Every prosthesis with its owner and model (docs/pipeline.md): the CRM side of the join.
 SELECT p.chip_id,
        p.active,
        c.user_id,

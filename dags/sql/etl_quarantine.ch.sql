@@ -1,4 +1,4 @@
--- Telemetry aggregates that could not be attributed to an active prosthesis (DESIGN §6).
+-- Telemetry aggregates that could not be attributed to an active prosthesis (docs/pipeline.md).
 -- A re-run of a window replaces its rows under FINAL (latest quarantined_at wins).
 CREATE TABLE IF NOT EXISTS etl_quarantine
 (

@@ -1,4 +1,4 @@
--- Aggregates that cannot be attributed are kept, with the reason (DESIGN §6): chips the CRM
+-- Aggregates that cannot be attributed are kept, with the reason (docs/pipeline.md): chips the CRM
 -- does not know, and chips whose prosthesis is inactive.
 SELECT t.dag_id,
        t.run_id,

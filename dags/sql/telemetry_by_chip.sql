@@ -1,5 +1,5 @@
 -- Telemetry of the run's data interval [S, E), aggregated per chip in the database
--- (DESIGN §6). Template values reach PostgreSQL as bind parameters, never as SQL text.
+-- (docs/pipeline.md). Template values reach PostgreSQL as bind parameters, never as SQL text.
 SELECT chip_id,
        count(*)                                                   AS events,
        count(*) FILTER (WHERE is_error)                           AS errors,

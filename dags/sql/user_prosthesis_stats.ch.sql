@@ -1,4 +1,4 @@
--- ClickHouse target of the metrics (DESIGN §6). ReplacingMergeTree(_version): a re-run of a
+-- ClickHouse target of the metrics (docs/pipeline.md). ReplacingMergeTree(_version): a re-run of a
 -- window writes a larger _version and the latest row per key wins under FINAL.
 CREATE TABLE IF NOT EXISTS user_prosthesis_stats
 (

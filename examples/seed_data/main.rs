@@ -1,4 +1,4 @@
-//! Deterministic data for the reference pipeline's two source databases (DESIGN §6).
+//! Deterministic data for the reference pipeline's two source databases (docs/pipeline.md).
 //!
 //! ```sh
 //! cargo run --example seed_data -- --customers 100000 --events 1000000

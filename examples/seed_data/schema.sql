@@ -1,4 +1,4 @@
--- The reference pipeline's sources (DESIGN §6). CRM tables live in the `crm` database,
+-- The reference pipeline's sources (docs/pipeline.md). CRM tables live in the `crm` database,
 -- telemetry in the `telemetry` database; seed_data creates them if missing.
 -- @crm
 CREATE TABLE IF NOT EXISTS customers (

@@ -47,7 +47,8 @@ pub struct ArtifactError {
     pub source: std::io::Error,
 }
 
-/// Where artifacts live: a local folder now, an object store for several machines.
+/// Where artifacts live. [`LocalArtifactStore`] (a folder) is the only implementation yet; the
+/// trait is the seam for shared storage when tries run on several machines.
 #[async_trait]
 pub trait ArtifactStore: Send + Sync + fmt::Debug {
     /// A local path the operator may write the artifact to before committing it.

@@ -24,12 +24,19 @@ pub mod postgres_extract;
 
 use sluice_operator_api::Registry;
 
-/// A registry with every built-in operator of this build.
-pub fn registry() -> Registry {
-    let registry = Registry::default()
+/// The built-ins every build has, whatever its features: `noop`, `sleep` and `shell`. The
+/// core's tests use this registry, so their results never depend on which features another
+/// crate of the workspace turned on.
+pub fn basic() -> Registry {
+    Registry::default()
         .with::<noop::NoopConfig>()
         .with::<sleep::SleepConfig>()
-        .with::<shell::ShellConfig>();
+        .with::<shell::ShellConfig>()
+}
+
+/// A registry with every built-in operator of this build.
+pub fn registry() -> Registry {
+    let registry = basic();
     #[cfg(feature = "etl")]
     let registry = registry
         .with::<postgres_extract::PostgresExtractConfig>()

@@ -305,7 +305,7 @@ async fn clear(
         crate::runs::clear_tasks(&store, &dag, &run, &ids, chrono::Utc::now()).await?;
     let cleared: Vec<String> = cleared
         .iter()
-        .map(|(task, state)| format!("{task} (was {state})"))
+        .map(|c| format!("{} (was {})", c.task_id, c.previous_state))
         .collect();
     println!(
         "cleared {}; run {run_id} is queued for the scheduler",

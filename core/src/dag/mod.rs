@@ -145,12 +145,12 @@ impl Dag {
             .collect())
     }
 
-    /// Tasks without downstream tasks: they decide the run's outcome.
+    /// Tasks without downstream tasks.
     pub fn leaves(&self) -> impl Iterator<Item = &Task> {
         self.tasks.iter().filter(|t| t.downstream.is_empty())
     }
 
-    /// The data interval for a run whose logical date is near `t` (DESIGN §5).
+    /// The data interval for a run whose logical date is near `t`: the schedule interval starting at the latest fire time ≤ `t`.
     pub fn interval_for(&self, t: DateTime<Utc>) -> DataInterval {
         self.schedule.interval_containing(self.timezone, t)
     }

@@ -93,7 +93,7 @@ mod tests {
 
     fn dag() -> Dag {
         let text = "dag_id: d\ntasks:\n  - {id: a, operator: noop}\n  - {id: b, operator: noop, depends_on: a}\n  - {id: c, operator: noop, depends_on: b}\n  - {id: cleanup, operator: noop, depends_on: c, trigger_rule: all_done}\n";
-        parse_dag(Path::new("d.yaml"), text, &sluice_operators::registry()).unwrap()
+        parse_dag(Path::new("d.yaml"), text, &sluice_operators::basic()).unwrap()
     }
 
     fn views(states: &[TaskState]) -> Vec<TaskView> {

@@ -2,7 +2,7 @@
 //!
 //! Event-driven: a finished try wakes the loop at once through a channel, and its
 //! downstream tasks are decided and started in the same turn; timers only serve retry
-//! delays. Every state change is persisted through the store (compare-and-set + history)
+//! delays, try timeouts and the renewal of the run's lease. Every state change is persisted through the store (compare-and-set + history)
 //! *before* it is acted on: a try is `running` in the store before its operator starts.
 //! Tries run as tokio tasks under a shared slot limit (`parallelism`) and the DAG's
 //! `max_active_tasks`.
@@ -29,7 +29,7 @@ use tracing::Instrument;
 use crate::dag::Dag;
 use crate::settings::Settings;
 use crate::state::{run_outcome, RunState, TaskState};
-use crate::store::{DagRun, Store, StoreError, TaskChange, TaskInstance, TaskKey};
+use crate::store::{DagRun, NewTaskInstance, Store, StoreError, TaskChange, TaskInstance, TaskKey};
 use crate::trylog::{self, try_log_path};
 pub use attempt::{run_try, TryOutcome, STOP_GRACE};
 use decide::{decide, next_wakeup, TaskView};
@@ -118,7 +118,16 @@ fn driver_id() -> String {
 }
 
 /// A try's end as sent back to the run loop, with the slot it held.
-type Finished = (usize, TryOutcome, DateTime<Utc>, slots::SlotGuard);
+/// A try that ended, sent from its task to the run loop.
+struct Finished {
+    /// Index into `Dag::tasks`.
+    task: usize,
+    outcome: TryOutcome,
+    /// When it ended.
+    at: DateTime<Utc>,
+    /// Its slot, released once the end is written.
+    slot: slots::SlotGuard,
+}
 
 struct RunDriver<'a> {
     executor: &'a Executor,
@@ -211,11 +220,11 @@ impl Executor {
         };
         let mut by_id = read().await?;
         // The DAG may have gained tasks since the run was created: give them pending instances.
-        let missing: Vec<(String, String, u32)> = dag
+        let missing: Vec<NewTaskInstance> = dag
             .tasks
             .iter()
             .filter(|t| !by_id.contains_key(&t.id))
-            .map(|t| (t.id.clone(), t.operator_name.clone(), t.retry.retries + 1))
+            .map(crate::runs::new_task_instance)
             .collect();
         if !missing.is_empty() {
             tracing::info!(dag_id = %dag.dag_id, %run_id, tasks = missing.len(), "the DAG gained tasks since the run was created; adding them");
@@ -403,7 +412,12 @@ impl RunDriver<'_> {
                 let outcome = run_try(operator, ctx, timeout).await;
                 drop(route);
                 // The slot stays taken until the executor has persisted the try's end.
-                let _ = done.send((task, outcome, Utc::now(), permit));
+                let _ = done.send(Finished {
+                    task,
+                    outcome,
+                    at: Utc::now(),
+                    slot: permit,
+                });
             }
             .instrument(span),
         );
@@ -425,7 +439,7 @@ impl RunDriver<'_> {
             let deadline = tokio::time::Instant::now() + STOP_GRACE + Duration::from_secs(1);
             while !running.is_empty() {
                 match tokio::time::timeout_at(deadline, done_rx.recv()).await {
-                    Ok(Some((task, ..))) => {
+                    Ok(Some(Finished { task, .. })) => {
                         running.remove(&task);
                     }
                     _ => break,
@@ -452,6 +466,7 @@ impl RunDriver<'_> {
         running: &mut HashMap<usize, CancellationToken>,
     ) -> Result<DagRun, ExecutorError> {
         // Tries still `running` in the store belong to a process that died: count them as failed tries.
+        let now = Utc::now();
         let died: Vec<Planned> = (0..self.instances.len())
             .filter(|&task| self.instances[task].state == TaskState::Running)
             .map(|task| {
@@ -465,6 +480,7 @@ impl RunDriver<'_> {
                     &self.dag.tasks[task].retry,
                     outcome,
                     Ending::Normal,
+                    now,
                 )
             })
             .collect();
@@ -604,7 +620,7 @@ impl RunDriver<'_> {
                     while let Ok(next) = done_rx.try_recv() {
                         done.push(next);
                     }
-                    for (task, outcome, at, permit) in done {
+                    for Finished { task, outcome, at, slot: permit } in done {
                         running.remove(&task);
                         let ending = if interrupted.contains(&task) {
                             Ending::Interrupted
@@ -613,7 +629,7 @@ impl RunDriver<'_> {
                         } else {
                             Ending::Normal
                         };
-                        ended.push(Planned { at: Some(at), ..try_ending(task, &self.instances[task], &self.dag.tasks[task].retry, outcome, ending) });
+                        ended.push(Planned { at: Some(at), ..try_ending(task, &self.instances[task], &self.dag.tasks[task].retry, outcome, ending, at) });
                         // The slot is free now: the end is written, with the time it happened,
                         // before (or with) the start of any try that takes the slot in this run.
                         drop(permit);

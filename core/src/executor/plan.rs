@@ -1,6 +1,7 @@
 //! What a pass of the run loop plans before writing it: each change of one of the run's
 //! tasks (a try's end, a decision, a start), and the view of the run once they are written.
-//! Pure; the executor has the state machine approve each change and writes them in one call.
+//! Pure (the caller passes `now`); the executor has the state machine approve each change and
+//! writes them in one call.
 
 use chrono::{DateTime, Utc};
 use sluice_operator_api::FailureKind;
@@ -75,14 +76,15 @@ impl From<Decision> for Planned {
     }
 }
 
-/// The change that records how a try of `task` (instance `ti`, retried by `retry`) ended:
-/// success, a retry, a failure, or a cancellation.
+/// The change that records how a try of `task` (instance `ti`, retried by `retry`) ended at
+/// `now`: success, a retry, a failure, or a cancellation.
 pub(super) fn try_ending(
     task: usize,
     ti: &TaskInstance,
     retry: &RetryPolicy,
     outcome: TryOutcome,
     ending: Ending,
+    now: DateTime<Utc>,
 ) -> Planned {
     match outcome {
         TryOutcome::Success { output } => Planned {
@@ -96,7 +98,7 @@ pub(super) fn try_ending(
                     "try {} interrupted by shutdown; it runs again when the run resumes",
                     ti.try_number
                 )),
-                next_retry_at: Some(Utc::now()),
+                next_retry_at: Some(now),
                 max_tries: Some(ti.max_tries + 1),
                 ..Planned::to(task, TaskState::UpForRetry)
             }
@@ -113,8 +115,11 @@ pub(super) fn try_ending(
             let tries_left = ti.try_number < ti.max_tries;
             if kind == FailureKind::Retryable && tries_left {
                 let delay = retry.delay_after(ti.try_number);
-                let at =
-                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                // A delay beyond the calendar waits forever rather than overflowing.
+                let at = chrono::Duration::from_std(delay)
+                    .ok()
+                    .and_then(|d| now.checked_add_signed(d))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
                 Planned {
                     reason: Some(format!(
                         "try {} of {} failed: {message}; retry in {}",
@@ -190,10 +195,13 @@ mod tests {
             &RETRY,
             failure(FailureKind::Retryable),
             Ending::Normal,
+            before,
         );
         assert_eq!(p.to, TaskState::UpForRetry);
-        let at = p.next_retry_at.unwrap();
-        assert!(at >= before + chrono::Duration::seconds(30), "{at}");
+        assert_eq!(
+            p.next_retry_at,
+            Some(before + chrono::Duration::seconds(30))
+        );
         assert!(p
             .reason
             .unwrap()
@@ -202,12 +210,14 @@ mod tests {
 
     #[test]
     fn the_last_try_or_a_fatal_error_fails_the_task() {
+        let before = Utc::now();
         let last = try_ending(
             0,
             &instance(3, 3),
             &RETRY,
             failure(FailureKind::Retryable),
             Ending::Normal,
+            before,
         );
         assert_eq!(
             (last.to, last.reason.as_deref()),
@@ -222,6 +232,7 @@ mod tests {
             &RETRY,
             failure(FailureKind::Fatal),
             Ending::Normal,
+            before,
         );
         assert_eq!(fatal.to, TaskState::Failed);
         assert!(fatal.reason.unwrap().contains("not retryable"));
@@ -229,21 +240,44 @@ mod tests {
 
     #[test]
     fn an_interrupted_try_runs_again_without_using_up_a_retry() {
+        let before = Utc::now();
         let p = try_ending(
             0,
             &instance(3, 3),
             &RETRY,
             TryOutcome::Cancelled,
             Ending::Interrupted,
+            before,
         );
         assert_eq!((p.to, p.max_tries), (TaskState::UpForRetry, Some(4)));
+        assert_eq!(p.next_retry_at, Some(before), "at once");
         let cancelled = try_ending(
             0,
             &instance(1, 3),
             &RETRY,
             failure(FailureKind::Retryable),
             Ending::Cancelling,
+            before,
         );
         assert_eq!(cancelled.to, TaskState::Cancelled);
+    }
+
+    #[test]
+    fn a_delay_beyond_the_calendar_does_not_overflow() {
+        let now = Utc::now();
+        let forever = RetryPolicy {
+            delay: Duration::from_secs(u64::MAX / 4),
+            max_delay: Duration::MAX,
+            ..RETRY
+        };
+        let p = try_ending(
+            0,
+            &instance(1, 3),
+            &forever,
+            failure(FailureKind::Retryable),
+            Ending::Normal,
+            now,
+        );
+        assert_eq!(p.next_retry_at, Some(DateTime::<Utc>::MAX_UTC));
     }
 }

@@ -151,7 +151,7 @@ mod tests {
         let dag = parse_dag(
             std::path::Path::new("d.yaml"),
             "dag_id: d\nmax_active_tasks: 2\ntasks:\n  - {id: t, operator: noop}\n",
-            &sluice_operators::registry(),
+            &sluice_operators::basic(),
         )
         .unwrap();
         let slots = Slots::new(10, &parse_pools("db=1").unwrap());

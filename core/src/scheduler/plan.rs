@@ -17,7 +17,7 @@ fn within_dates(dag: &Dag, interval: &DataInterval) -> bool {
 }
 
 /// The intervals that need a scheduled run at `now`, oldest first, given the logical date
-/// of the DAG's latest run (any type). With `catchup`, every complete interval since the
+/// of the DAG's latest scheduled run. With `catchup`, every complete interval since the
 /// latest run (or the start date); without it, only the latest complete interval.
 pub fn due_intervals(
     dag: &Dag,

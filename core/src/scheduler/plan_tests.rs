@@ -6,7 +6,7 @@ use std::path::Path;
 
 fn dag(header: &str) -> Dag {
     let text = format!("dag_id: d\n{header}\ntasks:\n  - {{id: t, operator: noop}}\n");
-    parse_dag(Path::new("d.yaml"), &text, &sluice_operators::registry()).unwrap()
+    parse_dag(Path::new("d.yaml"), &text, &sluice_operators::basic()).unwrap()
 }
 
 fn utc(text: &str) -> DateTime<Utc> {

@@ -2,9 +2,10 @@
 //!
 //! One [`Store`] trait, used as `Arc<dyn Store>`, with SQLite (embedded default) and
 //! PostgreSQL (several processes or machines) behind it. Invariants:
-//! - task state only changes through [`Store::transition`], which takes a [`Transition`]
-//!   (so the state machine has approved it), compares-and-sets on the expected state and
-//!   writes a history row in the same transaction;
+//! - task state only changes through [`Store::transition`] or the batched
+//!   [`Store::transitions`], which take [`Transition`]s (so the state machine has approved
+//!   each), compare-and-set on the expected state and write each change's history row in
+//!   the same statement or transaction;
 //! - a run is unique per (DAG, logical date), so creating one twice is an error, never a
 //!   duplicate.
 
@@ -216,6 +217,17 @@ impl std::fmt::Display for TaskKey {
     }
 }
 
+/// A task instance a new run (or a run whose DAG gained tasks) starts with, pending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTaskInstance {
+    /// The task.
+    pub task_id: String,
+    /// Its operator's name.
+    pub operator: String,
+    /// Tries allowed: retries + 1.
+    pub max_tries: u32,
+}
+
 /// A run to create, with its task instances.
 #[derive(Debug, Clone)]
 pub struct NewRun {
@@ -231,8 +243,8 @@ pub struct NewRun {
     pub conf: serde_json::Value,
     /// DAG file version.
     pub dag_hash: String,
-    /// `(task_id, operator, max_tries)` of every task.
-    pub tasks: Vec<(String, String, u32)>,
+    /// A pending instance of every task.
+    pub tasks: Vec<NewTaskInstance>,
     /// For backfill runs: most backfill runs of the DAG active at once.
     pub backfill_max_active_runs: Option<u32>,
     /// Creation time.
@@ -390,7 +402,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         &self,
         dag_id: &str,
         run_id: &str,
-        tasks: &[(String, String, u32)],
+        tasks: &[NewTaskInstance],
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
@@ -495,8 +507,19 @@ pub struct StateCounts {
     pub runs: Vec<(String, u64)>,
     /// Task instances per state name.
     pub task_instances: Vec<(String, u64)>,
-    /// Finished tries of the last day: how many, total and longest seconds.
-    pub try_durations: (u64, f64, f64),
+    /// Finished tries of the last day.
+    pub try_durations: DurationSummary,
+}
+
+/// How long finished tries took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct DurationSummary {
+    /// How many tries.
+    pub count: u64,
+    /// Their total seconds.
+    pub total_seconds: f64,
+    /// The longest, in seconds.
+    pub longest_seconds: f64,
 }
 
 /// A scheduler process's sign of life.

@@ -2,8 +2,9 @@
 //!
 //! Both backends take the same statements through sqlx's `Any` driver: `$n` placeholders
 //! (SQLite accepts them too), BIGINT microseconds for instants and TEXT for states and
-//! JSON, so every query is written once. What differs (connection setup, migrations,
-//! later `FOR UPDATE SKIP LOCKED` claims) branches on [`Backend`]. Migrations live in
+//! JSON, so almost every query is written once. What differs branches on [`Backend`]:
+//! connection setup (SQLite's pragmas), migrations, and the batched transition statement
+//! (see `transitions.rs`). Migrations live in
 //! `migrations/sqlite` and `migrations/postgres` with the same version numbers.
 
 use std::sync::Arc;
@@ -146,12 +147,12 @@ async fn lock_file(path: std::path::PathBuf) -> std::io::Result<std::fs::File> {
     .map_err(std::io::Error::other)?
 }
 
-/// Inserts pending task instances for `tasks` (`(task_id, operator, max_tries)`) in chunks.
+/// Inserts pending task instances for `tasks` in chunks.
 async fn insert_task_instances(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     dag_id: &str,
     run_id: &str,
-    tasks: &[(String, String, u32)],
+    tasks: &[NewTaskInstance],
     at: i64,
 ) -> Result<(), StoreError> {
     for chunk in tasks.chunks(INSERT_CHUNK) {
@@ -168,11 +169,11 @@ async fn insert_task_instances(
             ));
         }
         let mut query = sqlx::query(&sql).bind(dag_id).bind(run_id).bind(at);
-        for (task_id, operator, max_tries) in chunk {
+        for task in chunk {
             query = query
-                .bind(task_id)
-                .bind(operator)
-                .bind(i64::from(*max_tries));
+                .bind(&task.task_id)
+                .bind(&task.operator)
+                .bind(i64::from(task.max_tries));
         }
         query
             .execute(&mut **tx)
@@ -473,11 +474,11 @@ impl Store for SqlStore {
         .fetch_one(&self.pool)
         .await
         .map_err(query_error("read try durations"))?;
-        counts.try_durations = (
-            get::<i64>(&row, "n")? as u64,
-            get::<i64>(&row, "total")? as f64 / 1e6,
-            get::<i64>(&row, "longest")? as f64 / 1e6,
-        );
+        counts.try_durations = DurationSummary {
+            count: get::<i64>(&row, "n")? as u64,
+            total_seconds: get::<i64>(&row, "total")? as f64 / 1e6,
+            longest_seconds: get::<i64>(&row, "longest")? as f64 / 1e6,
+        };
         Ok(counts)
     }
 
@@ -690,7 +691,7 @@ impl Store for SqlStore {
         &self,
         dag_id: &str,
         run_id: &str,
-        tasks: &[(String, String, u32)],
+        tasks: &[NewTaskInstance],
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;

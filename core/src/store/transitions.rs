@@ -2,9 +2,11 @@
 //!
 //! A scheduling pass starts or ends many tries at once (a fan-out becomes ready together,
 //! tries of concurrent runs finish together). Writing them one by one costs a round trip
-//! and, on PostgreSQL, a WAL flush each; this writes a batch as one `UPDATE … FROM` over a
-//! `VALUES` list, where every row is still its own compare-and-set on the expected state
-//! and (by the trigger of migration 0003) writes its own history row.
+//! and, on PostgreSQL, a WAL flush each; this writes a batch as one statement where every row
+//! is still its own compare-and-set on the expected state with its own history row: on
+//! SQLite an `UPDATE … FROM` over a `VALUES` list (history by the trigger of migration
+//! 0003), on PostgreSQL an update over `json_to_recordset` whose data-modifying CTE inserts
+//! the history rows in the same statement (migration 0006 dropped the per-row trigger).
 //!
 //! Across callers, changes go through one [`GroupCommit`] writer per store: while one batch
 //! is being written, the changes of every run driver that arrive meanwhile queue up and are

@@ -90,7 +90,15 @@ fn json_body<T: serde::de::DeserializeOwned>(
             "send a JSON body such as {hint}"
         )));
     };
-    serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("body: {e}")))
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            String::new()
+        } else {
+            format!(".{path}")
+        };
+        ApiError::bad_request(format!("body{field}: {}", e.into_inner()))
+    })
 }
 
 fn time(t: Option<DateTime<Utc>>) -> Value {
@@ -373,7 +381,8 @@ struct TriggerBody {
     execution_date: Option<String>,
     /// The run's config: a JSON object that overrides the DAG's params.
     #[serde(default)]
-    conf: Option<serde_json::Map<String, Value>>,
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
+    conf: Option<Value>,
     /// Refused: sluice names runs by type and logical date.
     dag_run_id: Option<String>,
     /// Accepted and ignored (Airflow clients send it).
@@ -403,7 +412,10 @@ async fn trigger_run(
         ));
     }
     let _ = body.note;
-    let conf = Value::Object(body.conf.unwrap_or_default());
+    let conf = body.conf.unwrap_or_else(|| json!({}));
+    if !conf.is_object() {
+        return Err(ApiError::bad_request("conf must be a JSON object"));
+    }
     let interval = match body.logical_date.or(body.execution_date) {
         Some(text) => dag.interval_for(
             parse_instant(&text, dag.timezone)
@@ -621,7 +633,7 @@ async fn clear_task_instances(
     }
     match crate::runs::clear_tasks(&state.store, &dag, &run, &ids, Utc::now()).await {
         Ok((run, cleared)) => Ok(Json(json!({
-            "task_instances": cleared.iter().map(|(t, was)| json!({"task_id": t, "dag_run_id": run.run_id, "previous_state": was.as_str()})).collect::<Vec<_>>(),
+            "task_instances": cleared.iter().map(|c| json!({"task_id": c.task_id, "dag_run_id": run.run_id, "previous_state": c.previous_state.as_str()})).collect::<Vec<_>>(),
             "dag_run": run_json(&run),
         }))),
         Err(StartError::Unfinished {

@@ -75,7 +75,11 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
                     escape_label(s)
                 );
             }
-            let (n, total, longest) = counts.try_durations;
+            let crate::store::DurationSummary {
+                count: n,
+                total_seconds: total,
+                longest_seconds: longest,
+            } = counts.try_durations;
             let _ = writeln!(out, "# HELP sluice_task_try_duration_seconds Durations of tries that ended in the last day.\n# TYPE sluice_task_try_duration_seconds summary\nsluice_task_try_duration_seconds_count {n}\nsluice_task_try_duration_seconds_sum {total}");
             let _ = writeln!(out, "# HELP sluice_task_try_duration_seconds_max Longest try that ended in the last day.\n# TYPE sluice_task_try_duration_seconds_max gauge\nsluice_task_try_duration_seconds_max {longest}");
             let queued: u64 = counts

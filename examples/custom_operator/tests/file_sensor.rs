@@ -97,23 +97,22 @@ async fn the_scheduler_runs_a_dag_that_uses_it() {
 
     // A run waits for its day's file: trigger it, drop the file while it waits.
     let conf = serde_json::json!({ "drop_dir": drops }).to_string();
-    let trigger = sluice(
+    let mut trigger = sluice(
         dir.path(),
         &[
             "dags",
             "trigger",
             "file_drop",
             "--logical-date",
-            "2026-11-30",
+            "2026-11-20",
             "--conf",
             &conf,
             "--wait",
         ],
-    )
-    .output();
-    let trigger = tokio::task::spawn_blocking(move || trigger);
+    );
+    let trigger = tokio::task::spawn_blocking(move || trigger.output());
     tokio::time::sleep(Duration::from_millis(700)).await;
-    std::fs::write(drops.join("2026-11-30.csv"), "a\nb\nc\n").unwrap();
+    std::fs::write(drops.join("2026-11-20.csv"), "a\nb\nc\n").unwrap();
     let out = trigger.await.unwrap().unwrap();
     let _ = server.kill();
     let _ = server.wait();
@@ -129,15 +128,28 @@ async fn the_scheduler_runs_a_dag_that_uses_it() {
         &["runs", "list", "--dag", "file_drop", "--json"],
     );
     let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).unwrap();
-    let run_id = runs[0]["run_id"].as_str().unwrap().to_string();
-    assert_eq!(runs[0]["state"], "success", "{runs}");
+    // The scheduler also started the latest daily interval (2026-11-30), still waiting for
+    // its own file when the server stopped: the triggered run is the one for 2026-11-20.
+    let triggered = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r["data_interval_start"]
+                .as_str()
+                .unwrap()
+                .starts_with("2026-11-20")
+        })
+        .unwrap_or_else(|| panic!("no run for 2026-11-20: {runs}"));
+    let run_id = triggered["run_id"].as_str().unwrap().to_string();
+    assert_eq!(triggered["state"], "success", "{runs}");
     let sensor_log = run(
         dir.path(),
         &["tasks", "logs", "file_drop", &run_id, "wait_for_drop"],
     );
     let sensor_log = String::from_utf8_lossy(&sensor_log.stdout);
     assert!(
-        sensor_log.contains("2026-11-30.csv is there (6 bytes)"),
+        sensor_log.contains("2026-11-20.csv is there (6 bytes)"),
         "{sensor_log}"
     );
     let count_log = run(

@@ -1,5 +1,5 @@
 //! `http_webhook`: calls an HTTP endpoint once, or once per distinct value of a column of an
-//! upstream task's table (DESIGN §6: one cache invalidation per user loaded).
+//! upstream task's table (docs/pipeline.md: one cache invalidation per user loaded).
 //!
 //! Bounded concurrency over one connection pool; per-request timeout; 5xx, 408, 429,
 //! timeouts and connection errors are retried with exponential backoff and jitter

@@ -198,6 +198,11 @@ fn file_order_toposort(graph: &DiGraph<String, ()>) -> Vec<NodeIndex> {
 }
 
 /// Parses and validates one DAG file. Returns the DAG, or every error found in it.
+///
+/// The steps, each collecting its errors rather than stopping at the first: read the file
+/// ([`file::parse`]), check the DAG's own settings ([`check_header`]), build each task
+/// ([`build_task`]), draw the dependency graph ([`build_graph`]) and look for cycles
+/// ([`report_cycles`]); only a DAG without errors is put in order ([`wire`]).
 pub fn parse_dag(path: &Path, text: &str, registry: &Registry) -> Result<Dag, Vec<DagError>> {
     let mut errors = Collector {
         file: path,
@@ -207,122 +212,25 @@ pub fn parse_dag(path: &Path, text: &str, registry: &Registry) -> Result<Dag, Ve
     for problem in &parsed.problems {
         errors.push(problem.task.as_deref(), problem.message.clone());
     }
-    let unreadable_tasks: HashSet<&str> = parsed
+    let unreadable: HashSet<&str> = parsed
         .problems
         .iter()
         .filter_map(|p| p.task.as_deref())
         .collect();
-
-    let defaults = parsed
-        .header
-        .as_ref()
-        .map(|h| h.default_args.clone())
-        .unwrap_or_default();
     let header = parsed.header.as_ref();
-    let mut schedule = Schedule::Manual;
-    let mut timezone = chrono_tz::UTC;
-    let mut start_date = None;
-    let mut end_date = None;
-    if let Some(h) = header {
-        if let Err(e) = check_id(&h.dag_id) {
-            errors.push(None, format!("dag_id: {e}"));
-        }
-        if let Some(tz) = &h.timezone {
-            match parse_timezone(tz) {
-                Ok(tz) => timezone = tz,
-                Err(e) => errors.push(None, format!("timezone: {e}")),
-            }
-        }
-        if let Some(s) = &h.schedule {
-            match s.parse::<Schedule>() {
-                Ok(s) => schedule = s,
-                Err(e) => errors.push(None, format!("schedule: {e}")),
-            }
-        }
-        for (field, value, slot) in [
-            ("start_date", &h.start_date, &mut start_date),
-            ("end_date", &h.end_date, &mut end_date),
-        ] {
-            if let Some(text) = value {
-                match parse_instant(text, timezone) {
-                    Ok(t) => *slot = Some(t),
-                    Err(e) => errors.push(None, format!("{field}: {e}")),
-                }
-            }
-        }
-        if let (Some(start), Some(end)) = (start_date, end_date) {
-            if end < start {
-                errors.push(
-                    None,
-                    format!(
-                        "end_date: {} is before start_date {}",
-                        end.to_rfc3339(),
-                        start.to_rfc3339()
-                    ),
-                );
-            }
-        }
-        if let Schedule::Cron { .. } = &schedule {
-            // An expression like `0 0 31 2 *` parses but never fires.
-            if schedule
-                .fire_after(timezone, start_date.unwrap_or_else(chrono::Utc::now))
-                .is_none()
-            {
-                errors.push(None, format!("schedule: `{schedule}` never fires"));
-            }
-        }
-        if matches!(schedule, Schedule::Once) && start_date.is_none() {
-            errors.push(None, "start_date: a `@once` schedule needs a start_date");
-        }
-        for (field, value) in [
-            ("max_active_runs", h.max_active_runs),
-            ("max_active_tasks", h.max_active_tasks),
-        ] {
-            if value == Some(0) {
-                errors.push(None, format!("{field}: must be at least 1"));
-            }
-        }
-        if h.default_args
-            .execution_timeout
-            .is_some_and(|d| d.0.is_zero())
-        {
-            errors.push(
-                None,
-                "default_args.execution_timeout: must be longer than 0s",
-            );
-        }
-        if let (Some(delay), Some(max)) =
-            (h.default_args.retry_delay, h.default_args.max_retry_delay)
-        {
-            if max.0 < delay.0 {
-                errors.push(
-                    None,
-                    format!(
-                        "default_args.max_retry_delay: {max} is shorter than retry_delay {delay}"
-                    ),
-                );
-            }
-        }
-        if h.tasks.is_empty() {
-            errors.push(None, "tasks: a DAG needs at least one task");
-        }
-    }
+    let settings = header
+        .map(|h| check_header(h, &mut errors))
+        .unwrap_or_default();
+    let defaults = header.map(|h| h.default_args.clone()).unwrap_or_default();
 
-    // Tasks: ids, operators and their configs, templates.
-    let mut tasks: Vec<Task> = Vec::new();
-    let mut specs: Vec<&TaskSpec> = Vec::new();
+    let mut built: Vec<(Task, &TaskSpec)> = Vec::new();
     let mut first_index: HashMap<&str, usize> = HashMap::new();
     for (index, spec) in &parsed.tasks {
         let id = spec.id.as_str();
-        if let Err(e) = check_id(id) {
-            let label = if id.is_empty() {
-                format!("tasks[{index}]")
-            } else {
-                id.to_string()
-            };
-            errors.push(Some(&label), format!("id: {e}"));
-        }
         if let Some(first) = first_index.get(id) {
+            if let Err(e) = check_id(id) {
+                errors.push(Some(&task_label(id, *index)), format!("id: {e}"));
+            }
             errors.push(
                 Some(id),
                 format!("id: duplicate task id `{id}` (tasks[{first}] and tasks[{index}])"),
@@ -330,94 +238,271 @@ pub fn parse_dag(path: &Path, text: &str, registry: &Registry) -> Result<Dag, Ve
             continue;
         }
         first_index.insert(id, *index);
-        let config = spec.config.clone().unwrap_or_else(|| serde_json::json!({}));
-        let mut strings = Vec::new();
-        strings_in(&config, String::new(), &mut strings);
-        for (field, text) in strings {
-            if let Err(e) = template::check(text) {
-                errors.push(Some(id), format!("config.{field}: {}", e.message));
+        if let Some(task) = build_task(*index, spec, &defaults, registry, &mut errors) {
+            built.push((task, spec));
+        }
+    }
+    let graph = build_graph(&parsed.tasks, &first_index, &unreadable, &mut errors);
+    report_cycles(&graph, &mut errors);
+
+    let Some(header) = header else {
+        return Err(errors.errors);
+    };
+    if !errors.errors.is_empty() {
+        return Err(errors.errors);
+    }
+    let hash = Sha256::digest(text.as_bytes());
+    Ok(Dag {
+        dag_id: header.dag_id.clone(),
+        file: path.to_path_buf(),
+        hash: hash.iter().take(8).map(|b| format!("{b:02x}")).collect(),
+        description: header.description.clone(),
+        schedule: settings.schedule,
+        timezone: settings.timezone,
+        start_date: settings.start_date,
+        end_date: settings.end_date,
+        catchup: header.catchup.unwrap_or(false),
+        max_active_runs: header.max_active_runs.unwrap_or(DEFAULT_MAX_ACTIVE),
+        max_active_tasks: header.max_active_tasks.unwrap_or(DEFAULT_MAX_ACTIVE),
+        params: header
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        tags: header.tags.clone(),
+        tasks: wire(built, &graph),
+    })
+}
+
+/// The DAG-level settings that need parsing, checked.
+struct HeaderSettings {
+    schedule: Schedule,
+    timezone: chrono_tz::Tz,
+    start_date: Option<chrono::DateTime<chrono::Utc>>,
+    end_date: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Default for HeaderSettings {
+    fn default() -> Self {
+        Self {
+            schedule: Schedule::Manual,
+            timezone: chrono_tz::UTC,
+            start_date: None,
+            end_date: None,
+        }
+    }
+}
+
+/// Checks the DAG's own settings (id, timezone, schedule, dates, limits, default_args).
+fn check_header(h: &file::DagHeader, errors: &mut Collector<'_>) -> HeaderSettings {
+    let HeaderSettings {
+        mut schedule,
+        mut timezone,
+        mut start_date,
+        mut end_date,
+    } = HeaderSettings::default();
+    if let Err(e) = check_id(&h.dag_id) {
+        errors.push(None, format!("dag_id: {e}"));
+    }
+    if let Some(tz) = &h.timezone {
+        match parse_timezone(tz) {
+            Ok(tz) => timezone = tz,
+            Err(e) => errors.push(None, format!("timezone: {e}")),
+        }
+    }
+    if let Some(s) = &h.schedule {
+        match s.parse::<Schedule>() {
+            Ok(s) => schedule = s,
+            Err(e) => errors.push(None, format!("schedule: {e}")),
+        }
+    }
+    for (field, value, slot) in [
+        ("start_date", &h.start_date, &mut start_date),
+        ("end_date", &h.end_date, &mut end_date),
+    ] {
+        if let Some(text) = value {
+            match parse_instant(text, timezone) {
+                Ok(t) => *slot = Some(t),
+                Err(e) => errors.push(None, format!("{field}: {e}")),
             }
         }
-        if let Some(pool) = &spec.pool {
-            if let Err(e) = check_id(pool) {
-                errors.push(Some(id), format!("pool: {e}"));
-            }
-        }
-        let own = spec.retry_spec();
-        if own.execution_timeout.is_some_and(|d| d.0.is_zero()) {
-            errors.push(Some(id), "execution_timeout: must be longer than 0s");
-        }
-        let policy = retry_policy(&defaults, &own);
-        if (own.retry_delay.is_some() || own.max_retry_delay.is_some())
-            && policy.max_delay < policy.delay
-        {
+    }
+    if let (Some(start), Some(end)) = (start_date, end_date) {
+        if end < start {
             errors.push(
-                Some(id),
+                None,
                 format!(
-                    "max_retry_delay: {} is shorter than retry_delay {}",
-                    humantime::format_duration(policy.max_delay),
-                    humantime::format_duration(policy.delay)
+                    "end_date: {} is before start_date {}",
+                    end.to_rfc3339(),
+                    start.to_rfc3339()
                 ),
             );
         }
-        let built = match registry.get(&spec.operator) {
-            None => {
-                errors.push(
-                    Some(id),
-                    format!(
-                        "operator: unknown operator `{}`; known: {}",
-                        spec.operator,
-                        registry.names().join(", ")
-                    ),
-                );
-                continue;
-            }
-            Some(kind) => match kind.build(config.clone()) {
-                Ok(built) => built,
-                Err(e) => {
-                    errors.push(Some(id), e.to_string());
-                    continue;
-                }
-            },
-        };
-        tasks.push(Task {
-            id: spec.id.clone(),
-            operator_name: spec.operator.clone(),
-            config,
-            operator: built.operator,
-            files: built.files,
-            upstream: Vec::new(),
-            downstream: Vec::new(),
-            trigger_rule: spec.trigger_rule,
-            retry: policy,
-            execution_timeout: own
-                .execution_timeout
-                .or(defaults.execution_timeout)
-                .map(|d| d.0),
-            doc: spec.doc.clone(),
-            pool: spec.pool.clone(),
-        });
-        specs.push(spec);
     }
+    if let Schedule::Cron { .. } = &schedule {
+        // An expression like `0 0 31 2 *` parses but never fires.
+        if schedule
+            .fire_after(timezone, start_date.unwrap_or_else(chrono::Utc::now))
+            .is_none()
+        {
+            errors.push(None, format!("schedule: `{schedule}` never fires"));
+        }
+    }
+    if matches!(schedule, Schedule::Once) && start_date.is_none() {
+        errors.push(None, "start_date: a `@once` schedule needs a start_date");
+    }
+    for (field, value) in [
+        ("max_active_runs", h.max_active_runs),
+        ("max_active_tasks", h.max_active_tasks),
+    ] {
+        if value == Some(0) {
+            errors.push(None, format!("{field}: must be at least 1"));
+        }
+    }
+    if h.default_args
+        .execution_timeout
+        .is_some_and(|d| d.0.is_zero())
+    {
+        errors.push(
+            None,
+            "default_args.execution_timeout: must be longer than 0s",
+        );
+    }
+    if let (Some(delay), Some(max)) = (h.default_args.retry_delay, h.default_args.max_retry_delay) {
+        if max.0 < delay.0 {
+            errors.push(
+                None,
+                format!("default_args.max_retry_delay: {max} is shorter than retry_delay {delay}"),
+            );
+        }
+    }
+    if h.tasks.is_empty() {
+        errors.push(None, "tasks: a DAG needs at least one task");
+    }
+    HeaderSettings {
+        schedule,
+        timezone,
+        start_date,
+        end_date,
+    }
+}
 
-    // The graph, over every task with a readable id (even those whose config failed, so a
-    // cycle through them is still reported).
+/// How an error names a task whose id may be empty: its id, or its place in the file.
+fn task_label(id: &str, index: usize) -> String {
+    if id.is_empty() {
+        format!("tasks[{index}]")
+    } else {
+        id.to_string()
+    }
+}
+
+/// Checks one task (id, templates, pool, timeouts, retries) and builds its operator from its
+/// config. `None` when the operator is unknown or its config does not build.
+fn build_task(
+    index: usize,
+    spec: &TaskSpec,
+    defaults: &RetrySpec,
+    registry: &Registry,
+    errors: &mut Collector<'_>,
+) -> Option<Task> {
+    let id = spec.id.as_str();
+    if let Err(e) = check_id(id) {
+        errors.push(Some(&task_label(id, index)), format!("id: {e}"));
+    }
+    let config = spec.config.clone().unwrap_or_else(|| serde_json::json!({}));
+    let mut strings = Vec::new();
+    strings_in(&config, String::new(), &mut strings);
+    for (field, text) in strings {
+        if let Err(e) = template::check(text) {
+            errors.push(Some(id), format!("config.{field}: {}", e.message));
+        }
+    }
+    if let Some(pool) = &spec.pool {
+        if let Err(e) = check_id(pool) {
+            errors.push(Some(id), format!("pool: {e}"));
+        }
+    }
+    let own = spec.retry_spec();
+    if own.execution_timeout.is_some_and(|d| d.0.is_zero()) {
+        errors.push(Some(id), "execution_timeout: must be longer than 0s");
+    }
+    let policy = retry_policy(defaults, &own);
+    if (own.retry_delay.is_some() || own.max_retry_delay.is_some())
+        && policy.max_delay < policy.delay
+    {
+        errors.push(
+            Some(id),
+            format!(
+                "max_retry_delay: {} is shorter than retry_delay {}",
+                humantime::format_duration(policy.max_delay),
+                humantime::format_duration(policy.delay)
+            ),
+        );
+    }
+    let built = match registry.get(&spec.operator) {
+        None => {
+            errors.push(
+                Some(id),
+                format!(
+                    "operator: unknown operator `{}`; known: {}",
+                    spec.operator,
+                    registry.names().join(", ")
+                ),
+            );
+            return None;
+        }
+        Some(kind) => match kind.build(config.clone()) {
+            Ok(built) => built,
+            Err(e) => {
+                errors.push(Some(id), e.to_string());
+                return None;
+            }
+        },
+    };
+    Some(Task {
+        id: spec.id.clone(),
+        operator_name: spec.operator.clone(),
+        config,
+        operator: built.operator,
+        files: built.files,
+        upstream: Vec::new(),
+        downstream: Vec::new(),
+        trigger_rule: spec.trigger_rule,
+        retry: policy,
+        execution_timeout: own
+            .execution_timeout
+            .or(defaults.execution_timeout)
+            .map(|d| d.0),
+        doc: spec.doc.clone(),
+        pool: spec.pool.clone(),
+    })
+}
+
+/// The dependency graph over every task with a readable id (even those whose config failed,
+/// so a cycle through them is still reported), with errors for unknown and repeated
+/// dependencies.
+fn build_graph(
+    tasks: &[(usize, TaskSpec)],
+    first_index: &HashMap<&str, usize>,
+    unreadable: &HashSet<&str>,
+    errors: &mut Collector<'_>,
+) -> DiGraph<String, ()> {
     let mut graph: DiGraph<String, ()> = DiGraph::new();
     let mut node_of: BTreeMap<&str, NodeIndex> = BTreeMap::new();
-    for (_, spec) in &parsed.tasks {
+    for (_, spec) in tasks {
         node_of
             .entry(spec.id.as_str())
             .or_insert_with(|| graph.add_node(spec.id.clone()));
     }
     let mut seen_edges = HashSet::new();
-    let unreadable_note = if unreadable_tasks.is_empty() {
+    let unreadable_note = if unreadable.is_empty() {
         String::new()
     } else {
-        let mut labels: Vec<&str> = unreadable_tasks.iter().copied().collect();
+        let mut labels: Vec<&str> = unreadable.iter().copied().collect();
         labels.sort();
         format!(" ({} could not be read)", labels.join(", "))
     };
-    for (index, spec) in &parsed.tasks {
+    for (index, spec) in tasks {
         // A duplicated task's edges would only repeat errors about the first one.
         if first_index.get(spec.id.as_str()) != Some(index) {
             continue;
@@ -435,7 +520,7 @@ pub fn parse_dag(path: &Path, text: &str, registry: &Registry) -> Result<Dag, Ve
                         );
                     }
                 }
-                None if unreadable_tasks.contains(dep.as_str()) => {}
+                None if unreadable.contains(dep.as_str()) => {}
                 None => {
                     let mut known: Vec<&str> = node_of.keys().copied().collect();
                     known.retain(|k| *k != spec.id);
@@ -449,41 +534,43 @@ pub fn parse_dag(path: &Path, text: &str, registry: &Registry) -> Result<Dag, Ve
             }
         }
     }
-    for component in tarjan_scc(&graph) {
+    graph
+}
+
+/// One error per cycle (a self-dependency included), naming its path.
+fn report_cycles(graph: &DiGraph<String, ()>, errors: &mut Collector<'_>) {
+    for component in tarjan_scc(graph) {
         let self_loop = component.len() == 1 && graph.contains_edge(component[0], component[0]);
         if component.len() > 1 || self_loop {
-            let path = cycle_path(&graph, &component);
+            let path = cycle_path(graph, &component);
             errors.push(
                 Some(&path[0]),
                 format!("depends_on: cycle {}", path.join(" -> ")),
             );
         }
     }
+}
 
-    let Some(header) = header else {
-        return Err(errors.errors);
-    };
-    if !errors.errors.is_empty() {
-        return Err(errors.errors);
-    }
-
-    // Valid: order tasks topologically and wire indexes.
-    let order = file_order_toposort(&graph);
+/// The built tasks of a valid DAG in topological order (file order among equals), each with
+/// the indexes of its upstream and downstream tasks.
+fn wire(built: Vec<(Task, &TaskSpec)>, graph: &DiGraph<String, ()>) -> Vec<Task> {
+    let order = file_order_toposort(graph);
     let position: HashMap<&str, usize> = order
         .iter()
         .enumerate()
         .map(|(i, n)| (graph[*n].as_str(), i))
         .collect();
-    let mut ordered: Vec<Option<Task>> = (0..tasks.len()).map(|_| None).collect();
-    for (task, spec) in tasks.into_iter().zip(&specs) {
-        let at = position[spec.id.as_str()];
-        ordered[at] = Some(task);
+    let mut ordered: Vec<Option<Task>> = (0..built.len()).map(|_| None).collect();
+    let mut specs = Vec::with_capacity(built.len());
+    for (task, spec) in built {
+        ordered[position[spec.id.as_str()]] = Some(task);
+        specs.push(spec);
     }
     let mut tasks: Vec<Task> = ordered
         .into_iter()
         .map(|t| t.expect("every task has a position"))
         .collect();
-    for spec in &specs {
+    for spec in specs {
         let me = position[spec.id.as_str()];
         for dep in &spec.depends_on.0 {
             let up = position[dep.as_str()];
@@ -491,28 +578,7 @@ pub fn parse_dag(path: &Path, text: &str, registry: &Registry) -> Result<Dag, Ve
             tasks[up].downstream.push(me);
         }
     }
-
-    let hash = Sha256::digest(text.as_bytes());
-    Ok(Dag {
-        dag_id: header.dag_id.clone(),
-        file: path.to_path_buf(),
-        hash: hash.iter().take(8).map(|b| format!("{b:02x}")).collect(),
-        description: header.description.clone(),
-        schedule,
-        timezone,
-        start_date,
-        end_date,
-        catchup: header.catchup.unwrap_or(false),
-        max_active_runs: header.max_active_runs.unwrap_or(DEFAULT_MAX_ACTIVE),
-        max_active_tasks: header.max_active_tasks.unwrap_or(DEFAULT_MAX_ACTIVE),
-        params: header
-            .params
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        tags: header.tags.clone(),
-        tasks,
-    })
+    tasks
 }
 
 #[cfg(test)]

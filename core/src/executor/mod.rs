@@ -485,134 +485,66 @@ impl RunDriver<'_> {
             })
             .collect();
         self.apply_all(died).await?;
-        let mut cancelling = false;
+        let mut mode = Mode::Running;
         // The lease is renewed at a third of its length, so a slow store round trip never lets it lapse.
         let mut renew = tokio::time::interval(self.executor.lease / 3);
         renew.tick().await;
-        // Short of a global slot: wait in line on the semaphore (one waiter woken per release).
-        // Short of a DAG or pool slot: wait for any release.
-        let mut short_global = false;
-        let mut short_other = false;
+        // A global slot taken while waiting in line for it, kept for the next pass.
         let mut spare: Option<tokio::sync::OwnedSemaphorePermit> = None;
-        // Shutdown: no new tries; running ones get the grace period, then are interrupted.
         let shutdown = self.executor.shutdown.clone();
-        let mut grace_over: Option<tokio::time::Instant> = None;
         let mut interrupted: std::collections::HashSet<usize> = std::collections::HashSet::new();
         let slots = self.executor.slots.clone();
         let mut released = slots.subscribe();
         // Tries that ended and are not written yet: written with the pass they wake.
         let mut ended: Vec<Planned> = Vec::new();
         loop {
-            // A cancelled run may be noticed first through a try that stopped because of it.
-            if !cancelling && cancel.is_cancelled() {
-                cancelling = true;
+            let next = mode.next(cancel, &shutdown, self.executor.shutdown_grace);
+            if next == Mode::Cancelling && mode != Mode::Cancelling {
                 for token in running.values() {
                     token.cancel();
                 }
             }
-            let stopping = shutdown.is_cancelled() && !cancelling;
-            if stopping && grace_over.is_none() {
-                grace_over = Some(tokio::time::Instant::now() + self.executor.shutdown_grace);
-            }
-            if stopping {
-                self.apply_all(std::mem::take(&mut ended)).await?;
-                if running.is_empty() {
-                    // Leave the run `running`: whoever drives it next resumes it.
-                    let run = self
-                        .executor
-                        .store
-                        .run(&self.dag.dag_id, &self.run.run_id)
+            mode = next;
+            let mut short = Shortage::default();
+            match mode {
+                Mode::Stopping { .. } => {
+                    self.apply_all(std::mem::take(&mut ended)).await?;
+                    if running.is_empty() {
+                        // Leave the run `running`: whoever drives it next resumes it.
+                        let run = self
+                            .executor
+                            .store
+                            .run(&self.dag.dag_id, &self.run.run_id)
+                            .await?;
+                        return Ok(run.unwrap_or_else(|| self.run.clone()));
+                    }
+                }
+                Mode::Cancelling => self.cancel_pass(std::mem::take(&mut ended)).await?,
+                Mode::Running => {
+                    released.mark_unchanged();
+                    let plan = std::mem::take(&mut ended);
+                    short = self
+                        .start_pass(plan, &mut spare, done_tx, cancel, running)
                         .await?;
-                    return Ok(run.unwrap_or_else(|| self.run.clone()));
-                }
-            } else if cancelling {
-                let mut plan = std::mem::take(&mut ended);
-                plan.extend(
-                    (0..self.instances.len())
-                        .filter(|&task| {
-                            matches!(
-                                self.instances[task].state,
-                                TaskState::Pending | TaskState::Queued | TaskState::UpForRetry
-                            )
-                        })
-                        .map(|task| Planned {
-                            reason: Some("run cancelled".into()),
-                            ..Planned::to(task, TaskState::Cancelled)
-                        }),
-                );
-                self.apply_all(plan).await?;
-            } else {
-                // One write for the pass: the ends, the decisions they lead to, and the starts.
-                let mut plan = std::mem::take(&mut ended);
-                let mut view = self.views();
-                overlay(&mut view, &plan);
-                let decided: Vec<Planned> = decide(&self.dag, &view, Utc::now())
-                    .into_iter()
-                    .map(Planned::from)
-                    .collect();
-                overlay(&mut view, &decided);
-                plan.extend(decided);
-                // Start queued tasks in topological order while they get slots (global,
-                // this DAG's max_active_tasks across its runs, their pool).
-                short_global = false;
-                short_other = false;
-                released.mark_unchanged();
-                let mut starts = Vec::new();
-                for (task, v) in view.iter().enumerate() {
-                    if v.state != TaskState::Queued || running.contains_key(&task) {
-                        continue;
-                    }
-                    let pool = self.dag.tasks[task].pool.clone();
-                    if let Some(name) = pool.as_deref().filter(|p| !slots.has_pool(p)) {
-                        // It cannot start at all: a try that failed for good, so the run ends
-                        // instead of waiting forever.
-                        plan.push(Planned::to(task, TaskState::Running));
-                        plan.push(Planned {
-                            reason: Some(format!(
-                                "pool `{name}` is not defined (SLUICE_POOLS=name=size,…)"
-                            )),
-                            ..Planned::to(task, TaskState::Failed)
-                        });
-                        continue;
-                    }
-                    let guard = match slots.try_acquire(&self.dag, pool.as_deref(), &mut spare) {
-                        Ok(guard) => guard,
-                        Err(slots::Short::Global) => {
-                            short_global = true;
-                            break;
-                        }
-                        Err(slots::Short::DagOrPool) => {
-                            short_other = true;
-                            continue;
-                        }
-                    };
-                    plan.push(Planned::to(task, TaskState::Running));
-                    starts.push((task, guard));
-                }
-                // Written before any of these tries starts.
-                self.apply_all(plan).await?;
-                for (task, guard) in starts {
-                    let token = self.spawn_try(task, guard, done_tx, cancel);
-                    running.insert(task, token);
                 }
             }
             let all_finished = self.instances.iter().all(|ti| ti.state.is_finished());
             if all_finished && running.is_empty() {
                 break;
             }
-            let waiting = !cancelling && !stopping;
-            let short_global = short_global && waiting;
-            let short_other = short_other && waiting;
-            if !short_global {
+            if !short.global {
                 // A global slot kept while only DAG or pool limits block would sit idle.
                 spare = None;
             }
-            let wakeup = if cancelling || stopping {
-                None
-            } else {
-                next_wakeup(&self.views())
+            let wakeup = match mode {
+                Mode::Running => next_wakeup(&self.views()),
+                Mode::Cancelling | Mode::Stopping { .. } => None,
             };
             let sleep_for = wakeup.map(|at| (at - Utc::now()).to_std().unwrap_or_default());
+            let grace_over = match mode {
+                Mode::Stopping { grace_over } => Some(grace_over),
+                _ => None,
+            };
             tokio::select! {
                 Some(first) = done_rx.recv() => {
                     // Tries that ended meanwhile are recorded together, with the pass they wake.
@@ -620,11 +552,11 @@ impl RunDriver<'_> {
                     while let Ok(next) = done_rx.try_recv() {
                         done.push(next);
                     }
-                    for Finished { task, outcome, at, slot: permit } in done {
+                    for Finished { task, outcome, at, slot } in done {
                         running.remove(&task);
                         let ending = if interrupted.contains(&task) {
                             Ending::Interrupted
-                        } else if cancelling || cancel.is_cancelled() {
+                        } else if mode == Mode::Cancelling || cancel.is_cancelled() {
                             Ending::Cancelling
                         } else {
                             Ending::Normal
@@ -632,20 +564,20 @@ impl RunDriver<'_> {
                         ended.push(Planned { at: Some(at), ..try_ending(task, &self.instances[task], &self.dag.tasks[task].retry, outcome, ending, at) });
                         // The slot is free now: the end is written, with the time it happened,
                         // before (or with) the start of any try that takes the slot in this run.
-                        drop(permit);
+                        drop(slot);
                     }
                 }
-                _ = shutdown.cancelled(), if !stopping && !cancelling => {}
-                _ = tokio::time::sleep_until(grace_over.unwrap_or_else(tokio::time::Instant::now)), if stopping && interrupted.len() < running.len() => {
+                _ = shutdown.cancelled(), if mode == Mode::Running => {}
+                _ = tokio::time::sleep_until(grace_over.unwrap_or_else(tokio::time::Instant::now)), if grace_over.is_some() && interrupted.len() < running.len() => {
                     for (task, token) in running.iter() {
                         interrupted.insert(*task);
                         token.cancel();
                     }
                 }
-                permit = slots.global().acquire_owned(), if short_global && spare.is_none() => {
+                permit = slots.global().acquire_owned(), if short.global && spare.is_none() => {
                     spare = permit.ok();
                 }
-                _ = released.changed(), if short_other => {}
+                _ = released.changed(), if short.other => {}
                 _ = renew.tick() => {
                     let now = Utc::now();
                     let until = now + chrono::Duration::from_std(self.executor.lease).unwrap_or_default();
@@ -654,15 +586,10 @@ impl RunDriver<'_> {
                     }
                 }
                 _ = tokio::time::sleep(sleep_for.unwrap_or_default()), if sleep_for.is_some() => {}
-                _ = cancel.cancelled(), if !cancelling => {
-                    cancelling = true;
-                    for token in running.values() {
-                        token.cancel();
-                    }
-                }
+                _ = cancel.cancelled(), if mode != Mode::Cancelling => {}
             }
         }
-        let outcome = if cancelling {
+        let outcome = if mode == Mode::Cancelling {
             RunState::Cancelled
         } else {
             run_outcome(self.instances.iter().map(|ti| ti.state))
@@ -680,4 +607,131 @@ impl RunDriver<'_> {
             .await?;
         Ok(run)
     }
+
+    /// A pass of a cancelled run: the ends that came in, and every task that has not started
+    /// cancelled.
+    async fn cancel_pass(&mut self, mut plan: Vec<Planned>) -> Result<(), ExecutorError> {
+        plan.extend(
+            (0..self.instances.len())
+                .filter(|&task| {
+                    matches!(
+                        self.instances[task].state,
+                        TaskState::Pending | TaskState::Queued | TaskState::UpForRetry
+                    )
+                })
+                .map(|task| Planned {
+                    reason: Some("run cancelled".into()),
+                    ..Planned::to(task, TaskState::Cancelled)
+                }),
+        );
+        self.apply_all(plan).await
+    }
+
+    /// A pass of a running run, written as one request: the ends that came in (`plan`), the
+    /// decisions they lead to, and the starts of queued tasks in topological order while they
+    /// get slots (global, this DAG's max_active_tasks across its runs, their pool). Returns
+    /// which slots were short.
+    async fn start_pass(
+        &mut self,
+        mut plan: Vec<Planned>,
+        spare: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+        done_tx: &mpsc::UnboundedSender<Finished>,
+        cancel: &CancellationToken,
+        running: &mut HashMap<usize, CancellationToken>,
+    ) -> Result<Shortage, ExecutorError> {
+        let slots = self.executor.slots.clone();
+        let mut view = self.views();
+        overlay(&mut view, &plan);
+        let decided: Vec<Planned> = decide(&self.dag, &view, Utc::now())
+            .into_iter()
+            .map(Planned::from)
+            .collect();
+        overlay(&mut view, &decided);
+        plan.extend(decided);
+        let mut short = Shortage::default();
+        let mut starts = Vec::new();
+        for (task, v) in view.iter().enumerate() {
+            if v.state != TaskState::Queued || running.contains_key(&task) {
+                continue;
+            }
+            let pool = self.dag.tasks[task].pool.clone();
+            if let Some(name) = pool.as_deref().filter(|p| !slots.has_pool(p)) {
+                // It cannot start at all: a try that failed for good, so the run ends
+                // instead of waiting forever.
+                plan.push(Planned::to(task, TaskState::Running));
+                plan.push(Planned {
+                    reason: Some(format!(
+                        "pool `{name}` is not defined (SLUICE_POOLS=name=size,…)"
+                    )),
+                    ..Planned::to(task, TaskState::Failed)
+                });
+                continue;
+            }
+            let guard = match slots.try_acquire(&self.dag, pool.as_deref(), spare) {
+                Ok(guard) => guard,
+                Err(slots::Short::Global) => {
+                    // Wait in line on the semaphore (one waiter woken per release).
+                    short.global = true;
+                    break;
+                }
+                Err(slots::Short::DagOrPool) => {
+                    // Wait for any release.
+                    short.other = true;
+                    continue;
+                }
+            };
+            plan.push(Planned::to(task, TaskState::Running));
+            starts.push((task, guard));
+        }
+        // Written before any of these tries starts.
+        self.apply_all(plan).await?;
+        for (task, guard) in starts {
+            let token = self.spawn_try(task, guard, done_tx, cancel);
+            running.insert(task, token);
+        }
+        Ok(short)
+    }
+}
+
+/// What a run's loop is doing; it only moves forward (running → stopping → cancelling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Deciding and starting tries.
+    Running,
+    /// The process is shutting down: nothing new starts; running tries have until
+    /// `grace_over` to end, then are interrupted, and the run is left for a later resume.
+    Stopping { grace_over: tokio::time::Instant },
+    /// The run was cancelled: nothing new starts, running tries are stopped, the rest is
+    /// cancelled.
+    Cancelling,
+}
+
+impl Mode {
+    /// The mode after looking at the run's cancel signal and the process's shutdown signal
+    /// (a cancel wins over a shutdown).
+    fn next(
+        self,
+        cancel: &CancellationToken,
+        shutdown: &CancellationToken,
+        grace: std::time::Duration,
+    ) -> Self {
+        match self {
+            Mode::Cancelling => Mode::Cancelling,
+            _ if cancel.is_cancelled() => Mode::Cancelling,
+            Mode::Stopping { grace_over } => Mode::Stopping { grace_over },
+            Mode::Running if shutdown.is_cancelled() => Mode::Stopping {
+                grace_over: tokio::time::Instant::now() + grace,
+            },
+            Mode::Running => Mode::Running,
+        }
+    }
+}
+
+/// Which slots a pass was short of.
+#[derive(Debug, Clone, Copy, Default)]
+struct Shortage {
+    /// A global slot (`SLUICE_PARALLELISM`): wait in line on the semaphore.
+    global: bool,
+    /// A DAG (`max_active_tasks`) or pool slot: wait for any release.
+    other: bool,
 }

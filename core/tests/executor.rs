@@ -454,8 +454,8 @@ async fn templates_render_per_try_and_outputs_reach_the_store() {
         .await;
     let output = done.ti("say").output.clone().unwrap();
     let expected = format!("tmpl eu {} try=1", done.run.logical_date.format("%Y-%m-%d"));
-    assert_eq!(output["values"]["last_line"], expected.as_str());
-    assert_eq!(output["values"]["exit_code"], 0);
+    assert_eq!(output.values["last_line"], expected.as_str());
+    assert_eq!(output.values["exit_code"], 0);
 }
 
 /// Every try of every task in these runs, as (start, end).

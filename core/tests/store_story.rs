@@ -152,10 +152,10 @@ async fn story(store: Arc<dyn Store>) {
         TaskState::Running.to(TaskState::Success).unwrap(),
         at(6),
     );
-    ok.output = Some(r#"{"values":{"rows":42}}"#.into());
+    ok.output = Some(serde_json::from_str(r#"{"values":{"rows":42}}"#).unwrap());
     let done = checked(store, &ok).await;
     assert_eq!(done.state, TaskState::Success);
-    assert_eq!(done.output.unwrap()["values"]["rows"], 42);
+    assert_eq!(done.output.unwrap().values["rows"], 42);
 
     // Compare-and-set: a change from a state the row is not in is refused and changes nothing.
     let stale = TaskChange::new(
@@ -411,4 +411,34 @@ async fn store_errors_never_show_passwords() {
     let shown = format!("{err} {err:?}");
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains("127.0.0.1:1"), "{shown}");
+}
+
+#[tokio::test]
+async fn a_malformed_task_output_is_reported_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::sqlite_store(dir.path()).await;
+    let start = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    let run = store
+        .create_run(&new_run("d", start, &["a"]))
+        .await
+        .unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("sluice.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("UPDATE task_instance SET output = '{\"values\": [1, 2]}'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let error = store
+        .task_instances("d", &run.run_id)
+        .await
+        .expect_err("an output that is not a TaskOutput");
+    assert!(
+        matches!(error, StoreError::Corrupt { what: "output", .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("(output)"), "{error}");
 }

@@ -15,10 +15,10 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How a try ended.
 #[derive(Debug)]
 pub enum TryOutcome {
-    /// The operator succeeded; its output serialized (already size-checked).
+    /// The operator succeeded; its output is within the size limit.
     Success {
-        /// Output JSON.
-        output: String,
+        /// What it returned.
+        output: TaskOutput,
     },
     /// The operator failed, timed out or panicked.
     Failure {
@@ -112,7 +112,7 @@ pub async fn run_try(
 
 fn success(output: TaskOutput) -> TryOutcome {
     match output.to_json() {
-        Ok(output) => TryOutcome::Success { output },
+        Ok(_) => TryOutcome::Success { output },
         Err(OperatorError { kind, message }) => TryOutcome::Failure { kind, message },
     }
 }

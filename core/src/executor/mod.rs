@@ -360,11 +360,7 @@ impl RunDriver<'_> {
             .iter()
             .filter(|&&u| self.instances[u].state == TaskState::Success)
             .map(|&u| {
-                let output = self.instances[u]
-                    .output
-                    .clone()
-                    .and_then(|v| serde_json::from_value(v).ok())
-                    .unwrap_or_default();
+                let output = self.instances[u].output.clone().unwrap_or_default();
                 (dag.tasks[u].id.clone(), output)
             })
             .collect();

@@ -4,7 +4,7 @@
 //! writes them in one call.
 
 use chrono::{DateTime, Utc};
-use sluice_operator_api::FailureKind;
+use sluice_operator_api::{FailureKind, TaskOutput};
 
 use super::decide::{Decision, TaskView};
 use super::TryOutcome;
@@ -32,8 +32,8 @@ pub(super) struct Planned {
     pub to: TaskState,
     /// Why, for the history.
     pub reason: Option<String>,
-    /// Output JSON of a successful try.
-    pub output: Option<String>,
+    /// Output of a successful try.
+    pub output: Option<TaskOutput>,
     /// When an `up_for_retry` task may be queued again.
     pub next_retry_at: Option<DateTime<Utc>>,
     /// A new most tries allowed (an interrupted try does not use one up).

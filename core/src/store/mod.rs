@@ -18,6 +18,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use sluice_operator_api::TaskOutput;
+
 use crate::schedule::DataInterval;
 use crate::state::{IllegalRunTransition, RunState, TaskState, Transition};
 
@@ -133,8 +135,8 @@ pub struct TaskInstance {
     pub ended_at: Option<DateTime<Utc>>,
     /// When an `up_for_retry` instance may be queued again.
     pub next_retry_at: Option<DateTime<Utc>>,
-    /// Output of the successful try (JSON of `TaskOutput`).
-    pub output: Option<serde_json::Value>,
+    /// Output of the successful try.
+    pub output: Option<TaskOutput>,
     /// Error of the last failed try.
     pub error: Option<String>,
     /// Last change.
@@ -163,7 +165,7 @@ impl TaskInstance {
         if to == TaskState::Pending {
             self.output = None;
         } else if let Some(output) = &change.output {
-            self.output = serde_json::from_str(output).ok();
+            self.output = Some(output.clone());
         }
         // A new try or a clear drops the last error; a failure records its own.
         if starts || t.clears() {
@@ -262,8 +264,8 @@ pub struct TaskChange {
     pub at: DateTime<Utc>,
     /// Why, recorded in the history (and as the instance's error on failures).
     pub reason: Option<String>,
-    /// Output JSON on success.
-    pub output: Option<String>,
+    /// Output on success.
+    pub output: Option<TaskOutput>,
     /// For `up_for_retry`: when the next try may be queued.
     pub next_retry_at: Option<DateTime<Utc>>,
     /// For a clear: the new most tries allowed (tries so far + the task's retries + 1).

@@ -80,7 +80,11 @@ where
     })
 }
 
-fn json(what: &'static str, text: Option<String>) -> Result<Option<serde_json::Value>, StoreError> {
+/// A column holding JSON of a type: a row that does not parse is reported, never dropped.
+fn json<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    text: Option<String>,
+) -> Result<Option<T>, StoreError> {
     text.map(|t| {
         serde_json::from_str(&t).map_err(|e| StoreError::Corrupt {
             what,

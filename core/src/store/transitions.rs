@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 
+use sluice_operator_api::TaskOutput;
 use sqlx::pool::PoolConnection;
 use sqlx::{AnyConnection, AnyPool};
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -332,11 +333,17 @@ struct ChangeRow<'a> {
     v_started_at: Option<i64>,
     v_ended_at: Option<i64>,
     v_next_retry_at: Option<i64>,
-    v_output: Option<&'a str>,
+    v_output: Option<String>,
     v_set_error: i64,
     v_error: Option<&'a str>,
     v_max_tries: Option<i64>,
     v_reason: Option<&'a str>,
+}
+
+/// A task output as the store keeps it (the JSON of [`TaskOutput`]).
+pub(super) fn output_json(output: &TaskOutput) -> String {
+    // A map of JSON values and plain strings and numbers: serializing cannot fail.
+    serde_json::to_string(output).expect("a TaskOutput serializes")
 }
 
 impl<'a> ChangeRow<'a> {
@@ -361,7 +368,7 @@ impl<'a> ChangeRow<'a> {
             v_started_at: starts.then_some(at),
             v_ended_at: ends.then_some(at),
             v_next_retry_at: change.next_retry_at.map(|t| t.timestamp_micros()),
-            v_output: change.output.as_deref(),
+            v_output: change.output.as_ref().map(output_json),
             v_set_error: i64::from(set_error),
             v_error: if starts || t.clears() {
                 None

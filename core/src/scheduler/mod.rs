@@ -279,7 +279,7 @@ impl Scheduler {
         // every poll): it is done when a run ended, a deadline came, the queued runs changed,
         // or a while has passed (runs whose driver died are taken over).
         let mut list_runs = true;
-        let mut last_listed: Option<(tokio::time::Instant, (u64, i64))> = None;
+        let mut last_listed: Option<(tokio::time::Instant, crate::store::QueuedMarker)> = None;
         let mut last_beat: Option<tokio::time::Instant> = None;
         tracing::info!(folder = %self.dags_folder.display(), backend = ?self.store.backend(), "scheduler started");
         let outcome = loop {

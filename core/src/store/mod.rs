@@ -1,9 +1,11 @@
 //! The metadata store: every run, task instance and state change, durably.
 //!
-//! One [`Store`] trait, used as `Arc<dyn Store>`, with SQLite (embedded default) and
-//! PostgreSQL (several processes or machines) behind it. Invariants:
-//! - task state only changes through [`Store::transition`] or the batched
-//!   [`Store::transitions`], which take [`Transition`]s (so the state machine has approved
+//! One [`Store`], used as `Arc<dyn Store>`, with SQLite (embedded default) and PostgreSQL
+//! (several processes or machines) behind it. It is four traits by who uses them: the write
+//! path ([`RunStore`]), the read model of the UI and API ([`ReadModel`]), [`Metrics`] and
+//! [`Heartbeats`]. Invariants:
+//! - task state only changes through [`RunStore::transition`] or the batched
+//!   [`RunStore::transitions`], which take [`Transition`]s (so the state machine has approved
 //!   each), compare-and-set on the expected state and write each change's history row in
 //!   the same statement or transaction;
 //! - a run is unique per (DAG, logical date), so creating one twice is an error, never a
@@ -371,18 +373,16 @@ pub enum Backend {
     Postgres,
 }
 
-/// Durable records of runs, task instances and their history.
+/// The write path: what the scheduler, the executor and the domain modules (`runs`,
+/// `backfill`) read and change. Every task state change goes through `transition(s)`.
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait RunStore: Send + Sync + std::fmt::Debug {
     /// Which database this is.
     fn backend(&self) -> Backend;
-
     /// Creates a run and its task instances (all `pending`) in one transaction.
     async fn create_run(&self, run: &NewRun) -> Result<DagRun, StoreError>;
-
     /// One run.
     async fn run(&self, dag_id: &str, run_id: &str) -> Result<Option<DagRun>, StoreError>;
-
     /// Takes (or renews) the right to drive a run until `until`: succeeds if nobody holds it,
     /// `driver` already does, or the holder's lease ended before `now`. False if another
     /// live driver holds it.
@@ -394,11 +394,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
-
     /// Gives up driving a run (when it finished or this process stops).
     async fn release_run(&self, dag_id: &str, run_id: &str, driver: &str)
         -> Result<(), StoreError>;
-
     /// Adds pending instances for tasks a run does not have yet (its DAG gained tasks).
     async fn add_task_instances(
         &self,
@@ -407,40 +405,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         tasks: &[NewTaskInstance],
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
-
     /// The run of a DAG for a logical date, whatever its id.
     async fn run_for_date(
         &self,
         dag_id: &str,
         logical_date: DateTime<Utc>,
     ) -> Result<Option<DagRun>, StoreError>;
-
-    /// The latest `per_dag` runs of each DAG, newest first, in one query (the DAG list page).
-    async fn recent_runs(&self, per_dag: u32) -> Result<Vec<DagRun>, StoreError>;
-
-    /// The task instances of several runs of one DAG in one query (the grid page).
-    async fn task_instances_of_runs(
-        &self,
-        dag_id: &str,
-        run_ids: &[String],
-    ) -> Result<Vec<TaskInstance>, StoreError>;
-
-    /// How many runs match a filter (ignoring its limit and offset).
-    async fn count_runs(&self, filter: &RunFilter) -> Result<u64, StoreError>;
-
-    /// A value that changes whenever a run or task instance changes (live UI updates).
-    async fn change_marker(&self) -> Result<i64, StoreError>;
-
     /// How many runs are queued and when the newest was created (microseconds): the
     /// scheduler's cheap check, between full passes, for runs another process queued.
-    async fn queued_runs_marker(&self) -> Result<(u64, i64), StoreError>;
-
-    /// Runs and task instances by state, for metrics.
-    async fn state_counts(&self) -> Result<StateCounts, StoreError>;
-
-    /// Runs matching a filter, newest logical date first.
-    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<DagRun>, StoreError>;
-
+    async fn queued_runs_marker(&self) -> Result<QueuedMarker, StoreError>;
     /// Moves a run from `from` to `to` (compare-and-set, checked against the run state machine).
     async fn set_run_state(
         &self,
@@ -450,40 +423,31 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         to: RunState,
         at: DateTime<Utc>,
     ) -> Result<DagRun, StoreError>;
-
     /// The task instances of a run, by task id.
     async fn task_instances(
         &self,
         dag_id: &str,
         run_id: &str,
     ) -> Result<Vec<TaskInstance>, StoreError>;
-
     /// Persists one approved state change with its history row and returns the instance
     /// as it is now, or fails with `Conflict` (or `NotFound`) when the instance is not in
     /// the transition's `from` state.
     async fn transition(&self, change: &TaskChange) -> Result<TaskInstance, StoreError>;
-
     /// Persists approved changes of any instances, in one statement where it can (one
     /// round trip for a pass's ends, decisions and starts), each a compare-and-set with its
     /// own history row. Callers that hold the instances update them with
     /// [`TaskInstance::apply`]. Fails with `Conflict` naming an instance that was not in its
     /// expected state; the changes of the other instances are applied (each is atomic on its
-    /// own, as with [`Store::transition`]).
+    /// own, as with [`RunStore::transition`]).
     async fn transitions(&self, changes: &[TaskChange]) -> Result<(), StoreError>;
-
-    /// Every state change of a run, in order.
-    async fn history(&self, dag_id: &str, run_id: &str) -> Result<Vec<StateChange>, StoreError>;
-
     /// The run of a DAG with the latest logical date among runs of `run_type` (any type if `None`).
     async fn latest_run(
         &self,
         dag_id: &str,
         run_type: Option<RunType>,
     ) -> Result<Option<DagRun>, StoreError>;
-
     /// Every queued or running run, oldest logical date first.
     async fn active_runs(&self) -> Result<Vec<DagRun>, StoreError>;
-
     /// Pauses or unpauses a DAG (a paused DAG gets no new scheduled runs).
     async fn set_paused(
         &self,
@@ -491,15 +455,61 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         paused: bool,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
-
     /// Ids of paused DAGs.
     async fn paused_dags(&self) -> Result<Vec<String>, StoreError>;
+}
 
+/// The read model of the UI, the API and the CLI's listings: pages of runs and task
+/// instances, history, and the marker that tells when anything changed.
+#[async_trait]
+pub trait ReadModel: Send + Sync + std::fmt::Debug {
+    /// The latest `per_dag` runs of each DAG, newest first, in one query (the DAG list page).
+    async fn recent_runs(&self, per_dag: u32) -> Result<Vec<DagRun>, StoreError>;
+    /// The task instances of several runs of one DAG in one query (the grid page).
+    async fn task_instances_of_runs(
+        &self,
+        dag_id: &str,
+        run_ids: &[String],
+    ) -> Result<Vec<TaskInstance>, StoreError>;
+    /// How many runs match a filter (ignoring its limit and offset).
+    async fn count_runs(&self, filter: &RunFilter) -> Result<u64, StoreError>;
+    /// A value that changes whenever a run or task instance changes (live UI updates).
+    async fn change_marker(&self) -> Result<i64, StoreError>;
+    /// Runs matching a filter, newest logical date first.
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<DagRun>, StoreError>;
+    /// Every state change of a run, in order.
+    async fn history(&self, dag_id: &str, run_id: &str) -> Result<Vec<StateChange>, StoreError>;
+}
+
+/// What `/metrics` counts.
+#[async_trait]
+pub trait Metrics: Send + Sync + std::fmt::Debug {
+    /// Runs and task instances by state, for metrics.
+    async fn state_counts(&self) -> Result<StateCounts, StoreError>;
+}
+
+/// Signs of life of scheduler processes.
+#[async_trait]
+pub trait Heartbeats: Send + Sync + std::fmt::Debug {
     /// Records that a scheduler is alive.
     async fn scheduler_heartbeat(&self, beat: &SchedulerBeat) -> Result<(), StoreError>;
-
     /// The latest heartbeat of any scheduler, if one ever ran.
     async fn last_scheduler_heartbeat(&self) -> Result<Option<SchedulerBeat>, StoreError>;
+}
+
+/// The metadata store: all four parts, as one `Arc<dyn Store>` that front ends and the
+/// scheduler share. Code that needs one part can take `&dyn RunStore`, `&dyn ReadModel`, ….
+pub trait Store: RunStore + ReadModel + Metrics + Heartbeats {}
+
+impl<T: RunStore + ReadModel + Metrics + Heartbeats + ?Sized> Store for T {}
+
+/// The queued runs at a glance: if neither field moved, no run was queued meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueuedMarker {
+    /// How many runs are queued.
+    pub count: u64,
+    /// When the newest of them was created (microseconds since the epoch; 0 if none).
+    pub newest_created_us: i64,
 }
 
 /// Runs and task instances by state.

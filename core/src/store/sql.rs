@@ -322,7 +322,7 @@ impl SqlStore {
 }
 
 #[async_trait]
-impl Store for SqlStore {
+impl RunStore for SqlStore {
     fn backend(&self) -> Backend {
         self.backend
     }
@@ -393,97 +393,17 @@ impl Store for SqlStore {
         .transpose()
     }
 
-    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<DagRun>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM dag_run
-             WHERE ($1 = '' OR dag_id = $1) AND ($2 = '' OR run_id = $2) AND ($3 = '' OR state = $3)
-             ORDER BY logical_date DESC, dag_id, run_id LIMIT $4 OFFSET $5"
-        ))
-        .bind(filter.dag_id.clone().unwrap_or_default())
-        .bind(filter.run_id.clone().unwrap_or_default())
-        .bind(filter.state.map(|s| s.as_str()).unwrap_or_default())
-        .bind(i64::from(if filter.limit == 0 {
-            100
-        } else {
-            filter.limit
-        }))
-        .bind(i64::from(filter.offset))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_error("list runs"))?;
-        rows.iter().map(run_from_row).collect()
-    }
-
-    async fn count_runs(&self, filter: &RunFilter) -> Result<u64, StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM dag_run
-             WHERE ($1 = '' OR dag_id = $1) AND ($2 = '' OR run_id = $2) AND ($3 = '' OR state = $3)",
-        )
-        .bind(filter.dag_id.clone().unwrap_or_default())
-        .bind(filter.run_id.clone().unwrap_or_default())
-        .bind(filter.state.map(|s| s.as_str()).unwrap_or_default())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(query_error("count runs"))?;
-        Ok(get::<i64>(&row, "n")? as u64)
-    }
-
-    async fn queued_runs_marker(&self) -> Result<(u64, i64), StoreError> {
+    async fn queued_runs_marker(&self) -> Result<QueuedMarker, StoreError> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS n, COALESCE(MAX(created_at), 0) AS latest FROM dag_run WHERE state = 'queued'",
         )
         .fetch_one(&self.pool)
         .await
         .map_err(query_error("read queued runs"))?;
-        Ok((get::<i64>(&row, "n")? as u64, get::<i64>(&row, "latest")?))
-    }
-
-    async fn change_marker(&self) -> Result<i64, StoreError> {
-        // Every task change bumps updated_at; run changes set created/started/ended; the
-        // history id grows with every transition. Their sum moves whenever anything does.
-        let row = sqlx::query(
-            "SELECT (SELECT COALESCE(MAX(id), 0) FROM task_state_history)
-                  + (SELECT COALESCE(MAX(created_at), 0) + COALESCE(MAX(ended_at), 0) + COALESCE(MAX(started_at), 0) FROM dag_run)
-                  + (SELECT COALESCE(MAX(updated_at), 0) FROM dag) AS marker",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(query_error("read change marker"))?;
-        get::<i64>(&row, "marker")
-    }
-
-    async fn state_counts(&self) -> Result<StateCounts, StoreError> {
-        let mut counts = StateCounts::default();
-        for (table, out) in [
-            ("dag_run", &mut counts.runs),
-            ("task_instance", &mut counts.task_instances),
-        ] {
-            let rows = sqlx::query(&format!(
-                "SELECT state, COUNT(*) AS n FROM {table} GROUP BY state ORDER BY state"
-            ))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error("count states"))?;
-            for row in &rows {
-                out.push((get::<String>(row, "state")?, get::<i64>(row, "n")? as u64));
-            }
-        }
-        // Durations of the last day's finished tries (the latest try of each instance).
-        let since = micros(Utc::now() - chrono::Duration::days(1));
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n, COALESCE(SUM(ended_at - started_at), 0) AS total, COALESCE(MAX(ended_at - started_at), 0) AS longest
-             FROM task_instance WHERE ended_at >= $1 AND started_at IS NOT NULL AND ended_at >= started_at",
-        )
-        .bind(since)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(query_error("read try durations"))?;
-        counts.try_durations = DurationSummary {
+        Ok(QueuedMarker {
             count: get::<i64>(&row, "n")? as u64,
-            total_seconds: get::<i64>(&row, "total")? as f64 / 1e6,
-            longest_seconds: get::<i64>(&row, "longest")? as f64 / 1e6,
-        };
-        Ok(counts)
+            newest_created_us: get::<i64>(&row, "latest")?,
+        })
     }
 
     async fn set_run_state(
@@ -572,33 +492,6 @@ impl Store for SqlStore {
         Err(self.conflict(changes, &moved).await)
     }
 
-    async fn history(&self, dag_id: &str, run_id: &str) -> Result<Vec<StateChange>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, dag_id, run_id, task_id, try_number, from_state, to_state, at, reason
-             FROM task_state_history WHERE dag_id = $1 AND run_id = $2 ORDER BY id",
-        )
-        .bind(dag_id)
-        .bind(run_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_error("read history"))?;
-        rows.iter()
-            .map(|row| {
-                Ok(StateChange {
-                    id: get(row, "id")?,
-                    dag_id: get(row, "dag_id")?,
-                    run_id: get(row, "run_id")?,
-                    task_id: get(row, "task_id")?,
-                    try_number: get::<i64>(row, "try_number")? as u32,
-                    from: parse("from_state", get::<String>(row, "from_state")?)?,
-                    to: parse("to_state", get::<String>(row, "to_state")?)?,
-                    at: instant("at", get(row, "at")?)?,
-                    reason: get(row, "reason")?,
-                })
-            })
-            .collect()
-    }
-
     async fn latest_run(
         &self,
         dag_id: &str,
@@ -653,42 +546,6 @@ impl Store for SqlStore {
             .await
             .map_err(query_error("read paused DAGs"))?;
         rows.iter().map(|r| get::<String>(r, "dag_id")).collect()
-    }
-
-    async fn scheduler_heartbeat(&self, beat: &SchedulerBeat) -> Result<(), StoreError> {
-        let _turn = self.write_turn().await;
-        sqlx::query(
-            "INSERT INTO scheduler_heartbeat (scheduler_id, hostname, pid, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (scheduler_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
-        )
-        .bind(&beat.scheduler_id)
-        .bind(&beat.hostname)
-        .bind(i64::from(beat.pid))
-        .bind(micros(beat.started_at))
-        .bind(micros(beat.heartbeat_at))
-        .execute(&self.pool)
-        .await
-        .map_err(query_error("scheduler heartbeat"))?;
-        Ok(())
-    }
-
-    async fn last_scheduler_heartbeat(&self) -> Result<Option<SchedulerBeat>, StoreError> {
-        let row = sqlx::query(
-            "SELECT scheduler_id, hostname, pid, started_at, heartbeat_at FROM scheduler_heartbeat ORDER BY heartbeat_at DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(query_error("read scheduler heartbeat"))?;
-        row.map(|r| {
-            Ok(SchedulerBeat {
-                scheduler_id: get(&r, "scheduler_id")?,
-                hostname: get(&r, "hostname")?,
-                pid: get::<i64>(&r, "pid")? as u32,
-                started_at: instant("started_at", get(&r, "started_at")?)?,
-                heartbeat_at: instant("heartbeat_at", get(&r, "heartbeat_at")?)?,
-            })
-        })
-        .transpose()
     }
 
     async fn add_task_instances(
@@ -747,6 +604,85 @@ impl Store for SqlStore {
             .map_err(query_error("release run"))?;
         Ok(())
     }
+}
+
+#[async_trait]
+impl ReadModel for SqlStore {
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<DagRun>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM dag_run
+             WHERE ($1 = '' OR dag_id = $1) AND ($2 = '' OR run_id = $2) AND ($3 = '' OR state = $3)
+             ORDER BY logical_date DESC, dag_id, run_id LIMIT $4 OFFSET $5"
+        ))
+        .bind(filter.dag_id.clone().unwrap_or_default())
+        .bind(filter.run_id.clone().unwrap_or_default())
+        .bind(filter.state.map(|s| s.as_str()).unwrap_or_default())
+        .bind(i64::from(if filter.limit == 0 {
+            100
+        } else {
+            filter.limit
+        }))
+        .bind(i64::from(filter.offset))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("list runs"))?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn count_runs(&self, filter: &RunFilter) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM dag_run
+             WHERE ($1 = '' OR dag_id = $1) AND ($2 = '' OR run_id = $2) AND ($3 = '' OR state = $3)",
+        )
+        .bind(filter.dag_id.clone().unwrap_or_default())
+        .bind(filter.run_id.clone().unwrap_or_default())
+        .bind(filter.state.map(|s| s.as_str()).unwrap_or_default())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("count runs"))?;
+        Ok(get::<i64>(&row, "n")? as u64)
+    }
+
+    async fn change_marker(&self) -> Result<i64, StoreError> {
+        // Every task change bumps updated_at; run changes set created/started/ended; the
+        // history id grows with every transition. Their sum moves whenever anything does.
+        let row = sqlx::query(
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM task_state_history)
+                  + (SELECT COALESCE(MAX(created_at), 0) + COALESCE(MAX(ended_at), 0) + COALESCE(MAX(started_at), 0) FROM dag_run)
+                  + (SELECT COALESCE(MAX(updated_at), 0) FROM dag) AS marker",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("read change marker"))?;
+        get::<i64>(&row, "marker")
+    }
+
+    async fn history(&self, dag_id: &str, run_id: &str) -> Result<Vec<StateChange>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, dag_id, run_id, task_id, try_number, from_state, to_state, at, reason
+             FROM task_state_history WHERE dag_id = $1 AND run_id = $2 ORDER BY id",
+        )
+        .bind(dag_id)
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("read history"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(StateChange {
+                    id: get(row, "id")?,
+                    dag_id: get(row, "dag_id")?,
+                    run_id: get(row, "run_id")?,
+                    task_id: get(row, "task_id")?,
+                    try_number: get::<i64>(row, "try_number")? as u32,
+                    from: parse("from_state", get::<String>(row, "from_state")?)?,
+                    to: parse("to_state", get::<String>(row, "to_state")?)?,
+                    at: instant("at", get(row, "at")?)?,
+                    reason: get(row, "reason")?,
+                })
+            })
+            .collect()
+    }
 
     async fn recent_runs(&self, per_dag: u32) -> Result<Vec<DagRun>, StoreError> {
         let rows = sqlx::query(&format!(
@@ -783,5 +719,81 @@ impl Store for SqlStore {
             .await
             .map_err(query_error("read task instances of runs"))?;
         rows.iter().map(ti_from_row).collect()
+    }
+}
+
+#[async_trait]
+impl Metrics for SqlStore {
+    async fn state_counts(&self) -> Result<StateCounts, StoreError> {
+        let mut counts = StateCounts::default();
+        for (table, out) in [
+            ("dag_run", &mut counts.runs),
+            ("task_instance", &mut counts.task_instances),
+        ] {
+            let rows = sqlx::query(&format!(
+                "SELECT state, COUNT(*) AS n FROM {table} GROUP BY state ORDER BY state"
+            ))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("count states"))?;
+            for row in &rows {
+                out.push((get::<String>(row, "state")?, get::<i64>(row, "n")? as u64));
+            }
+        }
+        // Durations of the last day's finished tries (the latest try of each instance).
+        let since = micros(Utc::now() - chrono::Duration::days(1));
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(ended_at - started_at), 0) AS total, COALESCE(MAX(ended_at - started_at), 0) AS longest
+             FROM task_instance WHERE ended_at >= $1 AND started_at IS NOT NULL AND ended_at >= started_at",
+        )
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("read try durations"))?;
+        counts.try_durations = DurationSummary {
+            count: get::<i64>(&row, "n")? as u64,
+            total_seconds: get::<i64>(&row, "total")? as f64 / 1e6,
+            longest_seconds: get::<i64>(&row, "longest")? as f64 / 1e6,
+        };
+        Ok(counts)
+    }
+}
+
+#[async_trait]
+impl Heartbeats for SqlStore {
+    async fn scheduler_heartbeat(&self, beat: &SchedulerBeat) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        sqlx::query(
+            "INSERT INTO scheduler_heartbeat (scheduler_id, hostname, pid, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (scheduler_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(&beat.scheduler_id)
+        .bind(&beat.hostname)
+        .bind(i64::from(beat.pid))
+        .bind(micros(beat.started_at))
+        .bind(micros(beat.heartbeat_at))
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("scheduler heartbeat"))?;
+        Ok(())
+    }
+
+    async fn last_scheduler_heartbeat(&self) -> Result<Option<SchedulerBeat>, StoreError> {
+        let row = sqlx::query(
+            "SELECT scheduler_id, hostname, pid, started_at, heartbeat_at FROM scheduler_heartbeat ORDER BY heartbeat_at DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("read scheduler heartbeat"))?;
+        row.map(|r| {
+            Ok(SchedulerBeat {
+                scheduler_id: get(&r, "scheduler_id")?,
+                hostname: get(&r, "hostname")?,
+                pid: get::<i64>(&r, "pid")? as u32,
+                started_at: instant("started_at", get(&r, "started_at")?)?,
+                heartbeat_at: instant("heartbeat_at", get(&r, "heartbeat_at")?)?,
+            })
+        })
+        .transpose()
     }
 }

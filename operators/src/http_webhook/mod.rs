@@ -6,119 +6,22 @@
 //! (honouring `Retry-After`); any other 4xx fails that value for good. The task reports
 //! delivered and failed counts, and fails if any value could not be delivered.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::{self, StreamExt};
-use serde::Deserialize;
 
 use crate::frame;
-use sluice_operator_api::OperatorConfig;
-use sluice_operator_api::{
-    template, ConfigError, HumanDuration, Operator, OperatorError, TaskContext, TaskOutput,
-};
+use sluice_operator_api::{template, Operator, OperatorError, TaskContext, TaskOutput};
 
-/// Which values to iterate over.
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ForEach {
-    /// A direct upstream task whose output has a table (its own, or the table it loaded).
-    pub task: String,
-    /// The column whose distinct non-null values are sent, one request each, as `{{ item }}`.
-    pub column: String,
-}
-
-fn default_method() -> String {
-    "POST".into()
-}
-fn default_concurrency() -> usize {
-    16
-}
-fn default_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(10))
-}
-fn default_attempts() -> u32 {
-    5
-}
-fn default_backoff() -> HumanDuration {
-    HumanDuration(Duration::from_millis(200))
-}
-
-/// Settings of `http_webhook`.
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct HttpWebhookConfig {
-    /// Connection id of the receiving service (`http(s)://host:port[/base]`).
-    pub conn: String,
-    /// HTTP method (default POST).
-    #[serde(default = "default_method")]
-    pub method: String,
-    /// Path appended to the connection's URL, e.g. `/invalidate`; may use templates.
-    pub path: String,
-    /// Send one request per distinct value of an upstream table's column; without it, one request.
-    #[serde(default)]
-    pub for_each: Option<ForEach>,
-    /// JSON body. Strings are templates; a string that is exactly `{{ expression }}` keeps the value's type.
-    #[serde(default)]
-    #[schemars(with = "Option<serde_json::Value>")]
-    pub json: Option<serde_json::Value>,
-    /// Request headers; values may use templates (e.g. `Idempotency-Key: "{{ run_id }}:{{ item }}"`).
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// Most requests in flight at once (default 16).
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
-    /// Timeout of one request (default 10s).
-    #[serde(default = "default_timeout")]
-    #[schemars(with = "String")]
-    pub timeout: HumanDuration,
-    /// Attempts per value, the first included (default 5).
-    #[serde(default = "default_attempts")]
-    pub max_attempts: u32,
-    /// Delay before the first retry of a value; doubles per attempt up to 30s (default 200ms).
-    #[serde(default = "default_backoff")]
-    #[schemars(with = "String")]
-    pub backoff: HumanDuration,
-}
+mod config;
+pub use config::{ForEach, HttpWebhookConfig};
 
 /// The built `http_webhook` operator.
 #[derive(Debug)]
 pub struct HttpWebhook {
     config: HttpWebhookConfig,
     method: reqwest::Method,
-}
-
-impl OperatorConfig for HttpWebhookConfig {
-    const NAME: &'static str = "http_webhook";
-    const SUMMARY: &'static str =
-        "Calls an HTTP endpoint once or per distinct value of an upstream column, with retries and bounded concurrency.";
-
-    fn build(self) -> Result<Arc<dyn Operator>, ConfigError> {
-        let method = reqwest::Method::from_bytes(self.method.to_ascii_uppercase().as_bytes())
-            .map_err(|_| {
-                ConfigError::field("method", format!("`{}` is not an HTTP method", self.method))
-            })?;
-        if self.concurrency == 0 {
-            return Err(ConfigError::field("concurrency", "must be at least 1"));
-        }
-        if self.max_attempts == 0 {
-            return Err(ConfigError::field("max_attempts", "must be at least 1"));
-        }
-        if self.timeout.0.is_zero() {
-            return Err(ConfigError::field("timeout", "must be longer than 0s"));
-        }
-        for name in self.headers.keys() {
-            reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                ConfigError::field(format!("headers.{name}"), "is not a valid header name")
-            })?;
-        }
-        Ok(Arc::new(HttpWebhook {
-            method,
-            config: self,
-        }))
-    }
 }
 
 /// How one value's delivery ended.

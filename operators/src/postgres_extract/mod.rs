@@ -7,12 +7,10 @@
 //! back with `current_setting(…)`, cast to the value's type: values never enter the SQL text.
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use serde::Deserialize;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Column, ConnectOptions, Connection, Executor, Statement, TypeInfo};
 
@@ -21,46 +19,15 @@ pub(crate) mod pg_binary;
 use crate::frame;
 use pg_binary::{CopyDecoder, PgKind};
 use sluice_operator_api::template::{self, BindValue};
-use sluice_operator_api::OperatorConfig;
-use sluice_operator_api::{
-    ConfigError, ConfigFile, Operator, OperatorError, TaskContext, TaskOutput,
-};
+use sluice_operator_api::{Operator, OperatorError, TaskContext, TaskOutput};
 
-/// Settings of `postgres_extract`.
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresExtractConfig {
-    /// Connection id of the source database (`SLUICE_CONN_<ID>=postgres://…`).
-    pub conn: String,
-    /// The query: inline SQL, or a path ending in `.sql` relative to the DAG file. Template
-    /// values (`{{ data_interval_start }}`, `{{ params.x }}`) reach PostgreSQL as bind parameters.
-    pub sql: String,
-}
+mod config;
+pub use config::PostgresExtractConfig;
 
 /// The built `postgres_extract` operator.
 #[derive(Debug)]
 pub struct PostgresExtract {
     config: PostgresExtractConfig,
-}
-
-impl OperatorConfig for PostgresExtractConfig {
-    const NAME: &'static str = "postgres_extract";
-    const SUMMARY: &'static str =
-        "Runs a query on PostgreSQL (binary COPY) and writes the result as an Arrow IPC table.";
-
-    fn build(self) -> Result<Arc<dyn Operator>, ConfigError> {
-        if self.conn.trim().is_empty() {
-            return Err(ConfigError::field("conn", "must name a connection"));
-        }
-        if self.sql.trim().is_empty() {
-            return Err(ConfigError::field("sql", "must not be empty"));
-        }
-        Ok(Arc::new(PostgresExtract { config: self }))
-    }
-
-    fn files(&self) -> Vec<ConfigFile> {
-        ConfigFile::sql_path("sql", &self.sql).into_iter().collect()
-    }
 }
 
 /// The SQL a bound value is read back with: the setting, cast to the value's type.

@@ -1,0 +1,47 @@
+//! The settings of `shell` and how they build the operator (pure: no I/O).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use sluice_operator_api::{ConfigError, Operator, OperatorConfig};
+
+use super::Shell;
+
+/// Settings of `shell`.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShellConfig {
+    /// The command, run with `sh -c`; may use templates such as `{{ ds }}`.
+    pub command: String,
+    /// Extra environment variables for the command; values may use templates.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; a relative path resolves against the DAG file's folder (the default).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Exit codes that mean "failed, do not retry"; other non-zero codes are retried while retries remain.
+    #[serde(default)]
+    pub fatal_exit_codes: Vec<i32>,
+}
+
+impl OperatorConfig for ShellConfig {
+    const NAME: &'static str = "shell";
+    const SUMMARY: &'static str =
+        "Runs a command with sh -c; output goes to the task log, a non-zero exit fails the try.";
+
+    fn build(self) -> Result<Arc<dyn Operator>, ConfigError> {
+        if self.command.trim().is_empty() {
+            return Err(ConfigError::field("command", "must not be empty"));
+        }
+        for name in self.env.keys() {
+            if name.is_empty() || name.contains('=') || name.contains('\0') {
+                return Err(ConfigError::field(
+                    format!("env.{name}"),
+                    "is not a valid environment variable name",
+                ));
+            }
+        }
+        Ok(Arc::new(Shell { config: self }))
+    }
+}

@@ -678,9 +678,66 @@ async fn every_operation_in_the_openapi_document_answers() {
                 "{method} {path}: {}",
                 response.status()
             );
+            // Where the document describes the answer, the answer has what it promises.
+            let schema = &doc["paths"][path][method]["responses"]["200"]["content"]
+                ["application/json"]["schema"];
+            if !schema.is_null() {
+                let answer: Value = response.json().await.unwrap();
+                conforms(&doc, schema, &answer, &format!("{method} {path}"));
+            }
         }
     }
     s.stop.cancel();
+}
+
+/// Checks `value` against the parts of an OpenAPI schema the API uses: `$ref` (resolved in
+/// the document), `allOf`, `nullable`, `type`, `enum`, `required`, `properties` and `items`.
+fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) {
+    if let Some(reference) = schema["$ref"].as_str() {
+        let name = reference
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("{at}: $ref {reference} outside components"));
+        let target = &doc["components"]["schemas"][name];
+        assert!(!target.is_null(), "{at}: $ref {reference} does not resolve");
+        return conforms(doc, target, value, at);
+    }
+    if value.is_null() && schema["nullable"] == true {
+        return;
+    }
+    for part in schema["allOf"].as_array().into_iter().flatten() {
+        conforms(doc, part, value, at);
+    }
+    if let Some(options) = schema["enum"].as_array() {
+        assert!(options.contains(value), "{at}: {value} not in {options:?}");
+    }
+    let kind_ok = match schema["type"].as_str() {
+        None => true,
+        Some("object") => value.is_object(),
+        Some("array") => value.is_array(),
+        Some("string") => value.is_string(),
+        Some("integer") => value.is_i64() || value.is_u64(),
+        Some("number") => value.is_number(),
+        Some("boolean") => value.is_boolean(),
+        Some(other) => panic!("{at}: type {other} is not OpenAPI 3.0"),
+    };
+    assert!(kind_ok, "{at}: {value} is not a {}", schema["type"]);
+    for field in schema["required"].as_array().into_iter().flatten() {
+        let field = field.as_str().unwrap();
+        assert!(
+            value.get(field).is_some(),
+            "{at}: missing `{field}` in {value}"
+        );
+    }
+    if let Some(properties) = schema["properties"].as_object() {
+        for (name, property) in properties {
+            if let Some(inner) = value.get(name) {
+                conforms(doc, property, inner, &format!("{at}.{name}"));
+            }
+        }
+    }
+    for item in value.as_array().into_iter().flatten() {
+        conforms(doc, &schema["items"], item, &format!("{at}[]"));
+    }
 }
 
 #[tokio::test]

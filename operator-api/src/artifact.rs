@@ -25,7 +25,7 @@ pub struct ArtifactKey {
 }
 
 /// A reference to a committed artifact, stored in the task's output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ArtifactRef {
     /// Store-specific location (a path relative to the store's root for the local store).
     pub location: String,

@@ -19,7 +19,7 @@ use crate::template::{self, TemplateVars};
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
 
 /// What a successful try returns: a table by reference and small values by value.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TaskOutput {
     /// The task's table output, if it produces one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

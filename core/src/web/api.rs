@@ -8,14 +8,14 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
 use crate::dag::Dag;
 use crate::runs::{start_run, StartError};
 use crate::schedule::{parse_instant, Schedule};
-use crate::state::RunState;
+use crate::state::{RunState, TaskState};
 use crate::store::{DagRun, RunFilter, RunType, TaskInstance, TaskKey};
 use crate::trylog::read_try_log;
 
@@ -115,45 +115,170 @@ fn find_dag(state: &AppState, dag_id: &str) -> Result<std::sync::Arc<Dag>, ApiEr
         .ok_or_else(|| ApiError::not_found(format!("DAG `{dag_id}` not found")))
 }
 
+/// An instant as the API writes it: RFC 3339, UTC, microseconds.
+fn instant(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// A DAG run (Airflow's `DAGRun`).
+#[derive(Debug, Serialize, JsonSchema)]
+struct DagRunJson {
+    /// The run's id: its type and logical date.
+    dag_run_id: String,
+    /// The DAG.
+    dag_id: String,
+    /// The start of the data interval (RFC 3339).
+    logical_date: String,
+    /// Airflow 2's name for `logical_date`.
+    execution_date: String,
+    /// Start of the data interval, inclusive.
+    data_interval_start: String,
+    /// End of the data interval, exclusive.
+    data_interval_end: String,
+    /// When the run started running.
+    start_date: Option<String>,
+    /// When it finished.
+    end_date: Option<String>,
+    /// `queued`, `running`, `success`, `failed` or `cancelled`.
+    state: RunState,
+    /// `scheduled`, `manual` or `backfill`.
+    run_type: String,
+    /// Whether anything but the schedule created it.
+    external_trigger: bool,
+    /// The run's config (overrides the DAG's params).
+    conf: Value,
+    /// The version (content hash) of the DAG file the run was created with.
+    dag_hash: String,
+}
+
+impl From<&DagRun> for DagRunJson {
+    fn from(run: &DagRun) -> Self {
+        Self {
+            dag_run_id: run.run_id.clone(),
+            dag_id: run.dag_id.clone(),
+            logical_date: instant(run.logical_date),
+            execution_date: instant(run.logical_date),
+            data_interval_start: instant(run.data_interval_start),
+            data_interval_end: instant(run.data_interval_end),
+            start_date: run.started_at.map(instant),
+            end_date: run.ended_at.map(instant),
+            state: run.state,
+            run_type: run.run_type.as_str().into(),
+            external_trigger: run.run_type != RunType::Scheduled,
+            conf: run.conf.clone(),
+            dag_hash: run.dag_hash.clone(),
+        }
+    }
+}
+
+/// A page of a DAG's runs.
+#[derive(Debug, Serialize, JsonSchema)]
+struct DagRunCollection {
+    /// Newest logical date first.
+    dag_runs: Vec<DagRunJson>,
+    /// How many runs match, over all pages.
+    total_entries: u64,
+}
+
+/// A task instance (Airflow's `TaskInstance`).
+#[derive(Debug, Serialize, JsonSchema)]
+struct TaskInstanceJson {
+    /// The task.
+    task_id: String,
+    /// The DAG.
+    dag_id: String,
+    /// The run.
+    dag_run_id: String,
+    /// Its state.
+    state: TaskState,
+    /// Tries started so far.
+    try_number: u32,
+    /// Most tries allowed.
+    max_tries: u32,
+    /// The operator's name.
+    operator: String,
+    /// When it was last queued.
+    queued_when: Option<String>,
+    /// When the current or last try started.
+    start_date: Option<String>,
+    /// When the last try ended.
+    end_date: Option<String>,
+    /// Seconds the last try took.
+    duration: Option<f64>,
+    /// When an `up_for_retry` instance may run again.
+    next_retry_at: Option<String>,
+    /// The last failed try's error.
+    error: Option<String>,
+    /// What the successful try returned: a table by reference, small values by value.
+    output: Option<sluice_operator_api::TaskOutput>,
+}
+
+impl From<&TaskInstance> for TaskInstanceJson {
+    fn from(ti: &TaskInstance) -> Self {
+        let duration = match (ti.started_at, ti.ended_at) {
+            (Some(s), Some(e)) if e >= s => {
+                Some((e - s).num_microseconds().unwrap_or(0) as f64 / 1e6)
+            }
+            _ => None,
+        };
+        Self {
+            task_id: ti.task_id.clone(),
+            dag_id: ti.dag_id.clone(),
+            dag_run_id: ti.run_id.clone(),
+            state: ti.state,
+            try_number: ti.try_number,
+            max_tries: ti.max_tries,
+            operator: ti.operator.clone(),
+            queued_when: ti.queued_at.map(instant),
+            start_date: ti.started_at.map(instant),
+            end_date: ti.ended_at.map(instant),
+            duration,
+            next_retry_at: ti.next_retry_at.map(instant),
+            error: ti.error.clone(),
+            output: ti.output.clone(),
+        }
+    }
+}
+
+/// A run's task instances.
+#[derive(Debug, Serialize, JsonSchema)]
+struct TaskInstanceCollection {
+    /// In the DAG's task order.
+    task_instances: Vec<TaskInstanceJson>,
+    /// How many.
+    total_entries: u64,
+}
+
+/// An error answer (RFC 9457 problem details).
+#[derive(Debug, Serialize, JsonSchema)]
+pub(super) struct ProblemJson {
+    /// Always `about:blank`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// The status's reason phrase.
+    title: String,
+    /// The HTTP status.
+    status: u16,
+    /// What was wrong with the request, safe to show; never internals.
+    detail: String,
+}
+
+/// The answer for an error.
+pub(super) fn problem(title: &str, status: axum::http::StatusCode, detail: &str) -> ProblemJson {
+    ProblemJson {
+        kind: "about:blank".into(),
+        title: title.into(),
+        status: status.as_u16(),
+        detail: detail.into(),
+    }
+}
+
 fn run_json(run: &DagRun) -> Value {
-    json!({
-        "dag_run_id": run.run_id,
-        "dag_id": run.dag_id,
-        "logical_date": time(Some(run.logical_date)),
-        "execution_date": time(Some(run.logical_date)),
-        "data_interval_start": time(Some(run.data_interval_start)),
-        "data_interval_end": time(Some(run.data_interval_end)),
-        "start_date": time(run.started_at),
-        "end_date": time(run.ended_at),
-        "state": run.state.as_str(),
-        "run_type": run.run_type.as_str(),
-        "external_trigger": run.run_type != RunType::Scheduled,
-        "conf": run.conf,
-        "dag_hash": run.dag_hash,
-    })
+    serde_json::to_value(DagRunJson::from(run)).expect("a run serializes")
 }
 
 fn task_instance_json(ti: &TaskInstance) -> Value {
-    let duration = match (ti.started_at, ti.ended_at) {
-        (Some(s), Some(e)) if e >= s => json!((e - s).num_microseconds().unwrap_or(0) as f64 / 1e6),
-        _ => Value::Null,
-    };
-    json!({
-        "task_id": ti.task_id,
-        "dag_id": ti.dag_id,
-        "dag_run_id": ti.run_id,
-        "state": ti.state.as_str(),
-        "try_number": ti.try_number,
-        "max_tries": ti.max_tries,
-        "operator": ti.operator,
-        "queued_when": time(ti.queued_at),
-        "start_date": time(ti.started_at),
-        "end_date": time(ti.ended_at),
-        "duration": duration,
-        "next_retry_at": time(ti.next_retry_at),
-        "error": ti.error,
-        "output": ti.output,
-    })
+    serde_json::to_value(TaskInstanceJson::from(ti)).expect("a task instance serializes")
 }
 
 fn dag_json(dag: &Dag, paused: bool, recent: &[DagRun]) -> Value {
@@ -346,7 +471,7 @@ async fn list_runs(
     State(state): State<AppState>,
     Path(dag_id): Path<String>,
     Query(paging): Query<Paging>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DagRunCollection>, ApiError> {
     let (limit, offset) = paging.bounds()?;
     let run_state = paging
         .state
@@ -365,9 +490,10 @@ async fn list_runs(
     };
     let runs = state.store.list_runs(&filter).await?;
     let total = state.store.count_runs(&filter).await?;
-    Ok(Json(
-        json!({"dag_runs": runs.iter().map(run_json).collect::<Vec<_>>(), "total_entries": total}),
-    ))
+    Ok(Json(DagRunCollection {
+        dag_runs: runs.iter().map(DagRunJson::from).collect(),
+        total_entries: total,
+    }))
 }
 
 /// `POST /dags/{dag_id}/dagRuns`.
@@ -458,16 +584,17 @@ async fn get_run(
 async fn list_task_instances(
     State(state): State<AppState>,
     Path((dag_id, run_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskInstanceCollection>, ApiError> {
     let tis = state.store.task_instances(&dag_id, &run_id).await?;
     if tis.is_empty() {
         return Err(ApiError::not_found(format!(
             "run `{run_id}` of DAG `{dag_id}` not found"
         )));
     }
-    Ok(Json(
-        json!({"task_instances": tis.iter().map(task_instance_json).collect::<Vec<_>>(), "total_entries": tis.len()}),
-    ))
+    Ok(Json(TaskInstanceCollection {
+        task_instances: tis.iter().map(TaskInstanceJson::from).collect(),
+        total_entries: tis.len() as u64,
+    }))
 }
 
 async fn task_log(
@@ -761,9 +888,12 @@ pub struct Operation {
     pub summary: &'static str,
     /// The request body's JSON schema, derived from the type the handler reads it into.
     pub body: Option<fn() -> Value>,
+    /// The answer's JSON schema, derived from the type the handler answers with (where the
+    /// answer has one).
+    pub answer: Option<fn() -> Value>,
 }
 
-/// The OpenAPI 3.0 schema of a request type, from its serde shape and doc comments.
+/// The OpenAPI 3.0 schema of a request or answer type, from its serde shape and doc comments.
 fn schema<T: JsonSchema>() -> Value {
     let mut schema = schemars::generate::SchemaSettings::openapi3()
         .into_generator()
@@ -772,7 +902,47 @@ fn schema<T: JsonSchema>() -> Value {
     if let Some(object) = schema.as_object_mut() {
         object.remove("$schema");
     }
+    as_openapi3(&mut schema);
     schema
+}
+
+/// Rewrites JSON Schema that OpenAPI 3.0 does not take into what it does: `"type": [T,
+/// "null"]` and `anyOf: [X, {"type": "null"}]` become `nullable: true`, `const` becomes a
+/// one-value `enum`, and a `$ref` with siblings moves into `allOf`. schemars' OpenAPI settings
+/// rewrite the root schema but not every subschema, so this walks them all.
+fn as_openapi3(schema: &mut Value) {
+    match schema {
+        Value::Object(object) => {
+            if let Some(value) = object.remove("const") {
+                object.insert("enum".into(), Value::Array(vec![value]));
+            }
+            if let Some(Value::Array(types)) = object.get("type") {
+                let named: Vec<Value> = types.iter().filter(|t| *t != "null").cloned().collect();
+                if named.len() == 1 && named.len() < types.len() {
+                    object.insert("type".into(), named[0].clone());
+                    object.insert("nullable".into(), Value::Bool(true));
+                }
+            }
+            if let Some(Value::Array(options)) = object.get("anyOf") {
+                let null = json!({"type": "null"});
+                if options.len() == 2 && options.contains(&null) {
+                    let other: Vec<Value> =
+                        options.iter().filter(|o| **o != null).cloned().collect();
+                    object.remove("anyOf");
+                    object.insert("allOf".into(), Value::Array(other));
+                    object.insert("nullable".into(), Value::Bool(true));
+                }
+            }
+            if object.len() > 1 {
+                if let Some(reference) = object.remove("$ref") {
+                    object.insert("allOf".into(), json!([{ "$ref": reference }]));
+                }
+            }
+            object.values_mut().for_each(as_openapi3);
+        }
+        Value::Array(items) => items.iter_mut().for_each(as_openapi3),
+        _ => {}
+    }
 }
 
 const fn op(
@@ -786,6 +956,17 @@ const fn op(
         path,
         summary,
         body,
+        answer: None,
+    }
+}
+
+impl Operation {
+    /// The same operation, documenting its answer as `T`.
+    const fn answers(self, answer: fn() -> Value) -> Self {
+        Self {
+            answer: Some(answer),
+            ..self
+        }
     }
 }
 
@@ -821,25 +1002,29 @@ pub const OPERATIONS: &[Operation] = &[
         "/dags/{dag_id}/dagRuns",
         "A DAG's runs, newest first (limit, offset, state)",
         None,
-    ),
+    )
+    .answers(schema::<DagRunCollection>),
     op(
         "post",
         "/dags/{dag_id}/dagRuns",
         "Trigger a run (a new attempt if the logical date already ran)",
         Some(schema::<TriggerBody>),
-    ),
+    )
+    .answers(schema::<DagRunJson>),
     op(
         "get",
         "/dags/{dag_id}/dagRuns/{dag_run_id}",
         "One run",
         None,
-    ),
+    )
+    .answers(schema::<DagRunJson>),
     op(
         "get",
         "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances",
         "A run's task instances",
         None,
-    ),
+    )
+    .answers(schema::<TaskInstanceCollection>),
     op(
         "patch",
         "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}",
@@ -880,8 +1065,25 @@ pub const OPERATIONS: &[Operation] = &[
     op("get", "/openapi.json", "This document", None),
 ];
 
-/// `GET /openapi.json`, generated from [`OPERATIONS`].
+/// `GET /openapi.json`, generated from [`OPERATIONS`]: request and answer schemas come from
+/// the types the handlers read and write; types they share sit under `components/schemas`.
 async fn openapi() -> Json<Value> {
+    let mut components = serde_json::Map::new();
+    // A schema's own subschemas move to the document's components (their `$ref`s point there).
+    let mut hoist = |mut schema: Value| {
+        if let Some(defs) = schema
+            .pointer_mut("/components/schemas")
+            .map(Value::take)
+            .and_then(|d| d.as_object().cloned())
+        {
+            components.extend(defs);
+        }
+        if let Some(object) = schema.as_object_mut() {
+            object.remove("components");
+        }
+        schema
+    };
+    let problem = hoist(schema::<ProblemJson>());
     let mut paths = serde_json::Map::new();
     for operation in OPERATIONS {
         let params: Vec<Value> = operation
@@ -890,10 +1092,20 @@ async fn openapi() -> Json<Value> {
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
-        let mut op = json!({"summary": operation.summary, "parameters": params, "responses": {"200": {"description": "OK"}, "4XX": {"description": "A JSON error with `detail`"}}});
+        let mut ok = json!({"description": "OK"});
+        if let Some(answer) = operation.answer {
+            ok["content"] = json!({"application/json": {"schema": hoist(answer())}});
+        }
+        let mut op = json!({
+            "summary": operation.summary,
+            "parameters": params,
+            "responses": {
+                "200": ok,
+                "4XX": {"description": "A problem with the request", "content": {"application/json": {"schema": problem}}},
+            },
+        });
         if let Some(body) = operation.body {
-            op["requestBody"] =
-                json!({"required": true, "content": {"application/json": {"schema": body()}}});
+            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": hoist(body())}}});
             op["security"] = json!([{"bearer": []}]);
         }
         paths
@@ -904,7 +1116,10 @@ async fn openapi() -> Json<Value> {
         "openapi": "3.0.3",
         "info": {"title": "sluice REST API", "version": env!("CARGO_PKG_VERSION")},
         "servers": [{"url": "/api/v1"}],
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": components,
+        },
         "paths": paths,
     }))
 }

@@ -197,12 +197,19 @@ impl IntoResponse for ApiError {
         let title = self.status.canonical_reason().unwrap_or("Error");
         if self.status.is_server_error() {
             let cause = InternalCause(Arc::new(self.detail));
-            let body = json!({"type": "about:blank", "title": title, "status": self.status.as_u16(), "detail": "internal error; the server log has the cause"});
+            let body = api::problem(
+                title,
+                self.status,
+                "internal error; the server log has the cause",
+            );
             let mut response = (self.status, Json(body)).into_response();
             response.extensions_mut().insert(cause);
             return response;
         }
-        (self.status, Json(json!({"type": "about:blank", "title": title, "status": self.status.as_u16(), "detail": self.detail})))
+        (
+            self.status,
+            Json(api::problem(title, self.status, &self.detail)),
+        )
             .into_response()
     }
 }

@@ -49,7 +49,7 @@ pub fn routes() -> Router<AppState> {
             "/dags/{dag_id}/backfills",
             axum::routing::post(create_backfill),
         )
-        .route("/openapi.json", get(openapi))
+        .route("/openapi.json", get(super::openapi::openapi))
         .route("/importErrors", get(import_errors))
         .route("/operators", get(operators))
 }
@@ -122,7 +122,7 @@ fn instant(t: DateTime<Utc>) -> String {
 
 /// A DAG run (Airflow's `DAGRun`).
 #[derive(Debug, Serialize, JsonSchema)]
-struct DagRunJson {
+pub(super) struct DagRunJson {
     /// The run's id: its type and logical date.
     dag_run_id: String,
     /// The DAG.
@@ -173,7 +173,7 @@ impl From<&DagRun> for DagRunJson {
 
 /// A page of a DAG's runs.
 #[derive(Debug, Serialize, JsonSchema)]
-struct DagRunCollection {
+pub(super) struct DagRunCollection {
     /// Newest logical date first.
     dag_runs: Vec<DagRunJson>,
     /// How many runs match, over all pages.
@@ -182,7 +182,7 @@ struct DagRunCollection {
 
 /// A task instance (Airflow's `TaskInstance`).
 #[derive(Debug, Serialize, JsonSchema)]
-struct TaskInstanceJson {
+pub(super) struct TaskInstanceJson {
     /// The task.
     task_id: String,
     /// The DAG.
@@ -242,7 +242,7 @@ impl From<&TaskInstance> for TaskInstanceJson {
 
 /// A run's task instances.
 #[derive(Debug, Serialize, JsonSchema)]
-struct TaskInstanceCollection {
+pub(super) struct TaskInstanceCollection {
     /// In the DAG's task order.
     task_instances: Vec<TaskInstanceJson>,
     /// How many.
@@ -444,7 +444,7 @@ async fn grid(
 /// `PATCH /dags/{dag_id}`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct DagPatch {
+pub(super) struct DagPatch {
     /// A paused DAG gets no new scheduled runs; runs already going finish.
     is_paused: bool,
 }
@@ -499,7 +499,7 @@ async fn list_runs(
 /// `POST /dags/{dag_id}/dagRuns`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct TriggerBody {
+pub(super) struct TriggerBody {
     /// The run covers the schedule interval starting at the latest fire time at or before
     /// this (RFC 3339 or YYYY-MM-DD in the DAG's timezone); default: the latest complete one.
     logical_date: Option<String>,
@@ -664,7 +664,7 @@ async fn operators(State(state): State<AppState>) -> Json<Value> {
 /// `PATCH …/taskInstances/{task_id}`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct MarkBody {
+pub(super) struct MarkBody {
     /// `success` or `failed`.
     new_state: String,
     /// Answer with what would change, change nothing.
@@ -714,7 +714,7 @@ async fn mark_task_instance(
 /// `POST /dags/{dag_id}/clearTaskInstances`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ClearBody {
+pub(super) struct ClearBody {
     /// The finished run whose tasks run again.
     dag_run_id: String,
     /// The tasks to clear.
@@ -775,7 +775,7 @@ async fn clear_task_instances(
 /// `POST /dags/{dag_id}/backfills` (Airflow 3's backfill fields).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct BackfillBody {
+pub(super) struct BackfillBody {
     /// First logical date (RFC 3339 or YYYY-MM-DD in the DAG's timezone).
     from_date: String,
     /// Last logical date: intervals starting at or before it are included.
@@ -794,7 +794,7 @@ struct BackfillBody {
 /// Which intervals that already have a run a backfill runs again.
 #[derive(Debug, Default, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-enum Reprocess {
+pub(super) enum Reprocess {
     /// None: every existing run is skipped.
     #[default]
     None,
@@ -876,250 +876,4 @@ async fn create_backfill(
             "logical_date": time(Some(q.logical_date)),
         })).collect::<Vec<_>>(),
     })))
-}
-
-/// One operation of the API, for the OpenAPI document.
-pub struct Operation {
-    /// HTTP method, lower case.
-    pub method: &'static str,
-    /// Path under `/api/v1`, with `{parameters}`.
-    pub path: &'static str,
-    /// What it does.
-    pub summary: &'static str,
-    /// The request body's JSON schema, derived from the type the handler reads it into.
-    pub body: Option<fn() -> Value>,
-    /// The answer's JSON schema, derived from the type the handler answers with (where the
-    /// answer has one).
-    pub answer: Option<fn() -> Value>,
-}
-
-/// The OpenAPI 3.0 schema of a request or answer type, from its serde shape and doc comments.
-fn schema<T: JsonSchema>() -> Value {
-    let mut schema = schemars::generate::SchemaSettings::openapi3()
-        .into_generator()
-        .into_root_schema_for::<T>()
-        .to_value();
-    if let Some(object) = schema.as_object_mut() {
-        object.remove("$schema");
-    }
-    as_openapi3(&mut schema);
-    schema
-}
-
-/// Rewrites JSON Schema that OpenAPI 3.0 does not take into what it does: `"type": [T,
-/// "null"]` and `anyOf: [X, {"type": "null"}]` become `nullable: true`, `const` becomes a
-/// one-value `enum`, and a `$ref` with siblings moves into `allOf`. schemars' OpenAPI settings
-/// rewrite the root schema but not every subschema, so this walks them all.
-fn as_openapi3(schema: &mut Value) {
-    match schema {
-        Value::Object(object) => {
-            if let Some(value) = object.remove("const") {
-                object.insert("enum".into(), Value::Array(vec![value]));
-            }
-            if let Some(Value::Array(types)) = object.get("type") {
-                let named: Vec<Value> = types.iter().filter(|t| *t != "null").cloned().collect();
-                if named.len() == 1 && named.len() < types.len() {
-                    object.insert("type".into(), named[0].clone());
-                    object.insert("nullable".into(), Value::Bool(true));
-                }
-            }
-            if let Some(Value::Array(options)) = object.get("anyOf") {
-                let null = json!({"type": "null"});
-                if options.len() == 2 && options.contains(&null) {
-                    let other: Vec<Value> =
-                        options.iter().filter(|o| **o != null).cloned().collect();
-                    object.remove("anyOf");
-                    object.insert("allOf".into(), Value::Array(other));
-                    object.insert("nullable".into(), Value::Bool(true));
-                }
-            }
-            if object.len() > 1 {
-                if let Some(reference) = object.remove("$ref") {
-                    object.insert("allOf".into(), json!([{ "$ref": reference }]));
-                }
-            }
-            object.values_mut().for_each(as_openapi3);
-        }
-        Value::Array(items) => items.iter_mut().for_each(as_openapi3),
-        _ => {}
-    }
-}
-
-const fn op(
-    method: &'static str,
-    path: &'static str,
-    summary: &'static str,
-    body: Option<fn() -> Value>,
-) -> Operation {
-    Operation {
-        method,
-        path,
-        summary,
-        body,
-        answer: None,
-    }
-}
-
-impl Operation {
-    /// The same operation, documenting its answer as `T`.
-    const fn answers(self, answer: fn() -> Value) -> Self {
-        Self {
-            answer: Some(answer),
-            ..self
-        }
-    }
-}
-
-/// Every operation of the API (a test calls each one).
-pub const OPERATIONS: &[Operation] = &[
-    op(
-        "get",
-        "/dags",
-        "List DAGs with schedule, paused flag, last and next run and recent run states",
-        None,
-    ),
-    op("get", "/dags/{dag_id}", "A DAG with its tasks", None),
-    op(
-        "patch",
-        "/dags/{dag_id}",
-        "Pause or unpause a DAG",
-        Some(schema::<DagPatch>),
-    ),
-    op(
-        "get",
-        "/dags/{dag_id}/tasks",
-        "A DAG's tasks with dependencies and trigger rules",
-        None,
-    ),
-    op(
-        "get",
-        "/dags/{dag_id}/grid",
-        "The latest runs of a DAG with all their task instances (the UI grid)",
-        None,
-    ),
-    op(
-        "get",
-        "/dags/{dag_id}/dagRuns",
-        "A DAG's runs, newest first (limit, offset, state)",
-        None,
-    )
-    .answers(schema::<DagRunCollection>),
-    op(
-        "post",
-        "/dags/{dag_id}/dagRuns",
-        "Trigger a run (a new attempt if the logical date already ran)",
-        Some(schema::<TriggerBody>),
-    )
-    .answers(schema::<DagRunJson>),
-    op(
-        "get",
-        "/dags/{dag_id}/dagRuns/{dag_run_id}",
-        "One run",
-        None,
-    )
-    .answers(schema::<DagRunJson>),
-    op(
-        "get",
-        "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances",
-        "A run's task instances",
-        None,
-    )
-    .answers(schema::<TaskInstanceCollection>),
-    op(
-        "patch",
-        "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}",
-        "Mark a finished task success or failed",
-        Some(schema::<MarkBody>),
-    ),
-    op(
-        "get",
-        "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/logs/{try_number}",
-        "A try's log (JSON, or text with Accept: text/plain)",
-        None,
-    ),
-    op(
-        "post",
-        "/dags/{dag_id}/clearTaskInstances",
-        "Clear tasks of a finished run so they run again",
-        Some(schema::<ClearBody>),
-    ),
-    op(
-        "post",
-        "/dags/{dag_id}/backfills",
-        "Queue a run per schedule interval in a date range (or only plan it, with dry_run)",
-        Some(schema::<BackfillBody>),
-    ),
-    op("get", "/importErrors", "Errors in DAG files", None),
-    op(
-        "get",
-        "/operators",
-        "Operators with their config schemas",
-        None,
-    ),
-    op(
-        "get",
-        "/events",
-        "Server-sent events: `change` whenever runs or tasks change",
-        None,
-    ),
-    op("get", "/openapi.json", "This document", None),
-];
-
-/// `GET /openapi.json`, generated from [`OPERATIONS`]: request and answer schemas come from
-/// the types the handlers read and write; types they share sit under `components/schemas`.
-async fn openapi() -> Json<Value> {
-    let mut components = serde_json::Map::new();
-    // A schema's own subschemas move to the document's components (their `$ref`s point there).
-    let mut hoist = |mut schema: Value| {
-        if let Some(defs) = schema
-            .pointer_mut("/components/schemas")
-            .map(Value::take)
-            .and_then(|d| d.as_object().cloned())
-        {
-            components.extend(defs);
-        }
-        if let Some(object) = schema.as_object_mut() {
-            object.remove("components");
-        }
-        schema
-    };
-    let problem = hoist(schema::<ProblemJson>());
-    let mut paths = serde_json::Map::new();
-    for operation in OPERATIONS {
-        let params: Vec<Value> = operation
-            .path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
-            .collect();
-        let mut ok = json!({"description": "OK"});
-        if let Some(answer) = operation.answer {
-            ok["content"] = json!({"application/json": {"schema": hoist(answer())}});
-        }
-        let mut op = json!({
-            "summary": operation.summary,
-            "parameters": params,
-            "responses": {
-                "200": ok,
-                "4XX": {"description": "A problem with the request", "content": {"application/json": {"schema": problem}}},
-            },
-        });
-        if let Some(body) = operation.body {
-            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": hoist(body())}}});
-            op["security"] = json!([{"bearer": []}]);
-        }
-        paths
-            .entry(operation.path.to_string())
-            .or_insert_with(|| json!({}))[operation.method] = op;
-    }
-    Json(json!({
-        "openapi": "3.0.3",
-        "info": {"title": "sluice REST API", "version": env!("CARGO_PKG_VERSION")},
-        "servers": [{"url": "/api/v1"}],
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": components,
-        },
-        "paths": paths,
-    }))
 }

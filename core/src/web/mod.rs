@@ -11,6 +11,7 @@ mod api;
 mod catalog;
 mod events;
 mod health;
+mod openapi;
 mod ui;
 
 use std::sync::Arc;

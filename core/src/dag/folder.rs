@@ -74,8 +74,19 @@ fn check_files(dag: Dag, file: &Path) -> Result<Dag, Vec<DagError>> {
     }
 }
 
+/// What a folder's file looked like when it was read.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FileStamp {
+    /// The file.
+    pub path: PathBuf,
+    /// Its modification time, where the file system keeps one.
+    pub modified: Option<std::time::SystemTime>,
+    /// Its size in bytes.
+    pub len: u64,
+}
+
 /// Names, sizes and modification times of a folder's files: a cheap change detector.
-pub type Fingerprint = Vec<(PathBuf, Option<std::time::SystemTime>, u64)>;
+pub type Fingerprint = Vec<FileStamp>;
 
 impl DagBag {
     /// The folder's current [`Fingerprint`]; a DAG bag loaded under another one is stale.
@@ -90,7 +101,11 @@ impl DagBag {
                 if meta.is_dir() {
                     walk(&path, out);
                 } else {
-                    out.push((path, meta.modified().ok(), meta.len()));
+                    out.push(FileStamp {
+                        path,
+                        modified: meta.modified().ok(),
+                        len: meta.len(),
+                    });
                 }
             }
         }

@@ -696,21 +696,81 @@ async fn the_reference_pipeline_loads_exactly_the_contract() {
         assert_eq!(body["window_end"], "2026-11-23T10:15:00Z");
         assert_eq!(
             body["idempotency_key"],
-            format!("manual__2026-11-23T10:00:00+00:00:{user}")
+            format!("manual__2026-11-23T10:00:00+00:00:{version}:{user}"),
+            "the key names the load's version"
         );
     }
     assert!(users.contains(&(i64::MAX as u64)) && users.contains(&9_007_199_254_740_993));
 
-    // The same window again (a new attempt of the run): same rows under FINAL, a larger version.
+    // A row written with a version far ahead of the clock (a host whose clock ran ahead, or
+    // a clock stepped back since): the next load must still win under FINAL.
+    let ahead = version + 1_000_000_000;
+    common::clickhouse(&format!(
+        "INSERT INTO {db}.user_prosthesis_stats SELECT user_id, chip_id, model_name, region, \
+         window_start, window_end, toUInt64(999999), errors, cycles, error_rate, utilization, \
+         avg_battery_pct, p95_latency_ms, last_event_at, health, toUInt64({ahead}), _deleted \
+         FROM {db}.user_prosthesis_stats FINAL ORDER BY chip_id LIMIT 1",
+        db = p.ch_db
+    ))
+    .await;
+
+    // The same window again (a new attempt of the run): same rows under FINAL, a larger
+    // version, and an invalidation per user with a key the first load did not use.
     let again = p.run("first", &[]).await;
     assert!(again.status.success(), "{}", text(&again));
     let second_version = check_stats(&p.rows("user_prosthesis_stats", true).await, &want);
-    assert!(second_version > version, "{second_version} > {version}");
+    assert_eq!(
+        second_version,
+        ahead + 1,
+        "the load writes above every version it found"
+    );
+    let log = p
+        .sluice(
+            "first",
+            &[
+                "tasks",
+                "logs",
+                "prosthesis_stats",
+                "manual__2026-11-23T10:00:00+00:00",
+                "load_stats",
+            ],
+            &[],
+        )
+        .await;
+    assert!(
+        text(&log).contains("is not past the table's latest _version"),
+        "the try log says why the version is not the clock: {}",
+        text(&log)
+    );
     assert_eq!(
         p.rows("user_prosthesis_stats", false).await.len(),
-        want.len() * 2,
-        "both loads are stored, FINAL keeps the latest"
+        want.len() * 2 + 1,
+        "every load is stored, FINAL keeps the latest"
     );
+    let stats: Value = reqwest::get(format!("{}/stats", p.reports))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stats["duplicates"], 0,
+        "a re-load is never taken for a retry: {stats}"
+    );
+    let sent: Vec<Value> = reqwest::get(format!("{}/invalidations", p.reports))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sent.len(), users.len() * 2, "{sent:#?}");
+    for user in &users {
+        let key = format!("manual__2026-11-23T10:00:00+00:00:{second_version}:{user}");
+        assert!(
+            sent.iter().any(|b| b["idempotency_key"] == key.as_str()),
+            "{key} missing"
+        );
+    }
     assert_eq!(
         p.rows("etl_quarantine", true).await.len(),
         quarantined.len()

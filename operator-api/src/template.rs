@@ -25,6 +25,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "try_number",
     "params",
     "conf",
+    "upstream",
     "item",
 ];
 
@@ -63,6 +64,10 @@ pub struct TemplateVars {
     pub params: serde_json::Value,
     /// The run's conf as given at trigger time (`{}` when none).
     pub conf: serde_json::Value,
+    /// The small values of each direct upstream task that succeeded, by task id
+    /// (`{{ upstream.load_stats.version }}`): how an effect names the version of the data it
+    /// announces.
+    pub upstream: std::collections::BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
 }
 
 impl TemplateVars {
@@ -92,8 +97,45 @@ impl TemplateVars {
             try_number,
             params,
             conf,
+            upstream: Default::default(),
         }
     }
+
+    /// The same values with the outputs of the direct upstream tasks.
+    pub fn with_upstream<'a>(
+        mut self,
+        outputs: impl IntoIterator<Item = (&'a String, &'a crate::TaskOutput)>,
+    ) -> Self {
+        self.upstream = outputs
+            .into_iter()
+            .map(|(task, output)| (task.clone(), output.values.clone()))
+            .collect();
+        self
+    }
+}
+
+/// The upstream tasks a template reads values of (`upstream.<task>…`), sorted, so a DAG can
+/// check at parse time that each is a direct upstream task. Empty for plain strings and
+/// templates that do not compile (those fail [`check`]).
+pub fn upstream_references(source: &str) -> Vec<String> {
+    if !is_template(source) {
+        return Vec::new();
+    }
+    let env = environment();
+    let Ok(template) = env.template_from_str(source) else {
+        return Vec::new();
+    };
+    let mut tasks: Vec<String> = template
+        .undeclared_variables(true)
+        .into_iter()
+        .filter_map(|path| {
+            let rest = path.strip_prefix("upstream.")?;
+            Some(rest.split('.').next().unwrap_or(rest).to_string())
+        })
+        .collect();
+    tasks.sort();
+    tasks.dedup();
+    tasks
 }
 
 fn environment() -> Environment<'static> {
@@ -405,5 +447,27 @@ mod tests {
     fn strict_undefined_fails_render() {
         let err = render("{{ params.missing.deeper }}", &vars()).unwrap_err();
         assert!(err.message.contains("render"), "{}", err.message);
+    }
+
+    #[test]
+    fn upstream_values_render_and_references_are_found() {
+        let mut output = crate::TaskOutput::default();
+        output
+            .values
+            .insert("version".into(), 1_764_000_000_123u64.into());
+        let load = "load_stats".to_string();
+        let with = vars().with_upstream([(&load, &output)]);
+        assert_eq!(
+            render("{{ upstream.load_stats.version }}", &with).unwrap(),
+            "1764000000123"
+        );
+        let missing = render("{{ upstream.extract.rows }}", &with).unwrap_err();
+        assert!(missing.message.contains("undefined"), "{}", missing.message);
+        assert!(check("{{ upstream.load_stats.version }}").is_ok());
+        assert_eq!(
+            upstream_references("{{ upstream.b.x }}-{{ upstream.a.y }}{{ upstream.b.z }} {{ ds }}"),
+            ["a", "b"]
+        );
+        assert!(upstream_references("no template").is_empty());
     }
 }

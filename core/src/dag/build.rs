@@ -416,6 +416,17 @@ fn build_task(
         if let Err(e) = template::check(text) {
             errors.push(Some(id), format!("config.{field}: {}", e.message));
         }
+        for task in template::upstream_references(text) {
+            if !spec.depends_on.0.contains(&task) {
+                errors.push(
+                    Some(id),
+                    format!(
+                        "config.{field}: `upstream.{task}`: `{task}` is not a direct upstream task of `{id}` (depends_on: {})",
+                        if spec.depends_on.0.is_empty() { "none".to_string() } else { spec.depends_on.0.join(", ") }
+                    ),
+                );
+            }
+        }
     }
     if let Some(pool) = &spec.pool {
         if let Err(e) = check_id(pool) {

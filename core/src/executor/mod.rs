@@ -345,16 +345,6 @@ impl RunDriver<'_> {
     ) -> TaskContext {
         let dag = &self.dag;
         let run = &self.run;
-        let vars = TemplateVars::new(
-            &dag.dag_id,
-            &run.run_id,
-            &dag.tasks[task].id,
-            try_number,
-            run.logical_date,
-            (run.data_interval_start, run.data_interval_end),
-            dag.params_with(&run.conf),
-            run.conf.clone(),
-        );
         let upstream: BTreeMap<String, TaskOutput> = dag.tasks[task]
             .upstream
             .iter()
@@ -364,6 +354,17 @@ impl RunDriver<'_> {
                 (dag.tasks[u].id.clone(), output)
             })
             .collect();
+        let vars = TemplateVars::new(
+            &dag.dag_id,
+            &run.run_id,
+            &dag.tasks[task].id,
+            try_number,
+            run.logical_date,
+            (run.data_interval_start, run.data_interval_end),
+            dag.params_with(&run.conf),
+            run.conf.clone(),
+        )
+        .with_upstream(&upstream);
         TaskContext {
             vars,
             dag_dir: dag

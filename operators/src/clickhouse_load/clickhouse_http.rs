@@ -216,6 +216,28 @@ impl ClickHouse {
         Ok((!columns.is_empty()).then_some(columns))
     }
 
+    /// The largest value of an unsigned integer `column` of `table` (0 when it is empty).
+    pub async fn max_u64(&self, table: &str, column: &str) -> Result<u64, OperatorError> {
+        let sql = format!(
+            "SELECT max({}) FROM {}.{} FORMAT TabSeparated",
+            quote_ident(column),
+            quote_ident(&self.database),
+            quote_ident(table)
+        );
+        let text = self
+            .send(
+                &format!("reading the latest {column} of {table}"),
+                self.request(None).body(sql),
+            )
+            .await?;
+        text.trim().parse().map_err(|e| {
+            OperatorError::fatal(format!(
+                "the latest {column} of {table} is not an unsigned integer ({:?}): {e}",
+                text.trim()
+            ))
+        })
+    }
+
     /// Streams RowBinary rows into `table` (`columns` in row order).
     pub async fn insert<S>(
         &self,

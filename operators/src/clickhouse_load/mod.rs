@@ -115,11 +115,17 @@ fn plan(
     }
 }
 
+/// A load's version: the wall clock in ms, or one above the table's latest version when the
+/// clock is not past it (a clock stepped back, or loads within the same millisecond).
+fn next_version(now_ms: u64, latest: u64) -> u64 {
+    now_ms.max(latest.saturating_add(1))
+}
+
 #[async_trait]
 impl Operator for ClickhouseLoad {
     async fn execute(&self, ctx: &TaskContext) -> Result<TaskOutput, OperatorError> {
         let started = Instant::now();
-        let version = chrono::Utc::now().timestamp_millis() as u64;
+        let now_ms = chrono::Utc::now().timestamp_millis() as u64;
         let conn = ctx.connection(&self.config.conn)?;
         let ch = ClickHouse::new(conn, self.config.timeout.0)?;
         let table = &self.config.table;
@@ -186,6 +192,22 @@ impl Operator for ClickhouseLoad {
             ))
         })?;
 
+        // The load's version: the start time in ms, but always above every version the table
+        // holds already, so this load wins under FINAL even if the clock stepped back.
+        let version = match &self.config.version_column {
+            Some(column) if columns.iter().any(|c| &c.name == column) => {
+                let latest = ch.max_u64(table, column).await?;
+                let version = next_version(now_ms, latest);
+                if version != now_ms {
+                    ctx.log.warn(&format!(
+                        "the clock ({now_ms} ms) is not past the table's latest {column} ({latest}): this load writes {version}"
+                    ));
+                }
+                version
+            }
+            _ => now_ms,
+        };
+
         // Check everything before sending anything.
         let config = self.config.clone();
         let source = source_task.clone();
@@ -247,5 +269,19 @@ impl Operator for ClickhouseLoad {
             table: Some(artifact),
             values,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_version;
+
+    #[test]
+    fn versions_only_go_up() {
+        assert_eq!(next_version(1_000, 0), 1_000, "an empty table: the clock");
+        assert_eq!(next_version(1_000, 999), 1_000);
+        assert_eq!(next_version(1_000, 1_000), 1_001, "same millisecond");
+        assert_eq!(next_version(1_000, 5_000), 5_001, "the clock stepped back");
+        assert_eq!(next_version(0, u64::MAX), u64::MAX);
     }
 }

@@ -812,6 +812,88 @@ async fn a_receiver_that_is_unavailable_at_first_still_gets_every_user() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_is_down_fails_fast_and_a_retry_delivers_once_it_is_back() {
+    let p = Pipeline::new(reports::Behaviour::default(), |d| {
+        d.replace("retry_delay: 30s", "retry_delay: 1s").replace(
+            "backoff: 200ms",
+            "backoff: 200ms\n      breaker_cooldown: 1s",
+        )
+    })
+    .await;
+    let src = sources();
+    seed(&p.crm, &p.telemetry, &src).await;
+    // A port nobody listens on yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = [("SLUICE_CONN_REPORTS", format!("http://127.0.0.1:{port}"))];
+    let first_try = p.home.path().join(
+        "home/logs/prosthesis_stats/manual__2026-11-23T10:00:00+00:00/invalidate_reports/1.log",
+    );
+    let receiver = async {
+        // Once the first try has failed, the receiver comes back on that port.
+        let waited = std::time::Instant::now();
+        while !std::fs::read_to_string(&first_try)
+            .unwrap_or_default()
+            .contains("deliveries failed")
+        {
+            assert!(
+                waited.elapsed() < std::time::Duration::from_secs(60),
+                "the first try never ended"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let service = reports::Reports::new(reports::Behaviour::default());
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let router = service.clone().router();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        service
+    };
+    let (out, service) = tokio::join!(p.run("home", &down), receiver);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The first try: failed within seconds, naming the connection, without using every attempt.
+    let log = std::fs::read_to_string(&first_try).unwrap();
+    assert!(
+        log.contains("connection `reports`: circuit breaker open after 5 consecutive failures"),
+        "{log}"
+    );
+    assert!(
+        log.contains("the circuit breaker of connection `reports` is open"),
+        "{log}"
+    );
+    let stamp =
+        |line: &str| chrono::DateTime::parse_from_rfc3339(line.split(' ').next().unwrap()).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    let took = stamp(lines.last().unwrap()) - stamp(lines[0]);
+    assert!(
+        took < chrono::Duration::seconds(10),
+        "the first try took {took}: {log}"
+    );
+
+    // A later try delivered every user exactly once.
+    let _ = service;
+    let stats: Value = reqwest::get(format!("http://127.0.0.1:{port}/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let users: HashSet<u64> = expected(&src).0.iter().map(|w| w.user_id).collect();
+    assert_eq!(stats["invalidations"], users.len(), "{stats}");
+    assert_eq!(stats["duplicates"], 0, "{stats}");
+    assert_eq!(
+        stats["requests"],
+        users.len(),
+        "one request per user once it was back: {stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_rejects_a_user_fails_the_task_with_the_counts() {
     let behaviour = reports::Behaviour {
         reject_users: [42u64].into_iter().collect(),

@@ -34,6 +34,12 @@ fn default_attempts() -> u32 {
 fn default_backoff() -> HumanDuration {
     HumanDuration(Duration::from_millis(200))
 }
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_cooldown() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
 
 /// Settings of `http_webhook`.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -70,6 +76,15 @@ pub struct HttpWebhookConfig {
     #[serde(default = "default_backoff")]
     #[schemars(with = "String")]
     pub backoff: HumanDuration,
+    /// Consecutive transient failures (refused, timed out, 5xx, 408, 429) against the
+    /// connection after which its circuit breaker opens and the remaining requests fail fast
+    /// (default 5; 0 never opens it).
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open breaker waits before one request probes the receiver again (default 5s).
+    #[serde(default = "default_breaker_cooldown")]
+    #[schemars(with = "String")]
+    pub breaker_cooldown: HumanDuration,
 }
 
 impl OperatorConfig for HttpWebhookConfig {

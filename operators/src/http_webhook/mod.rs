@@ -3,8 +3,10 @@
 //!
 //! Bounded concurrency over one connection pool; per-request timeout; 5xx, 408, 429,
 //! timeouts and connection errors are retried with exponential backoff and jitter
-//! (honouring `Retry-After`); any other 4xx fails that value for good. The task reports
-//! delivered and failed counts, and fails if any value could not be delivered.
+//! (honouring `Retry-After`); any other 4xx fails that value for good. A circuit breaker per
+//! connection ([`breaker`]) makes the remaining values fail fast while the receiver is down.
+//! The try log shows progress every few seconds. The task reports delivered and failed
+//! counts, and fails if any value could not be delivered.
 
 use std::time::Duration;
 
@@ -14,8 +16,14 @@ use futures::stream::{self, StreamExt};
 use crate::frame;
 use sluice_operator_api::{template, Operator, OperatorError, TaskContext, TaskOutput};
 
+mod breaker;
 mod config;
 pub use config::{ForEach, HttpWebhookConfig};
+
+use breaker::Breaker;
+
+/// How often the try log shows delivery progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// The built `http_webhook` operator.
 #[derive(Debug)]
@@ -113,10 +121,12 @@ impl HttpWebhook {
         &self,
         client: &reqwest::Client,
         base: &url::Url,
+        breaker: &std::sync::Mutex<Breaker>,
         ctx: &TaskContext,
         item: Option<sluice_operator_api::template::Value>,
         seed: u64,
     ) -> Delivery {
+        let lock = || breaker.lock().unwrap_or_else(|p| p.into_inner());
         let (url, body, headers) = match self.prepare(base, ctx, item.as_ref()) {
             Ok(request) => (request.url, request.body, request.headers),
             Err(reason) => {
@@ -129,6 +139,34 @@ impl HttpWebhook {
         };
         let mut attempt = 0;
         loop {
+            // While one request probes a receiver that was down, the others wait for its
+            // answer; while the breaker is open, they fail fast.
+            let refused = loop {
+                match lock().admit(std::time::Instant::now()) {
+                    Ok(()) => break None,
+                    Err(refused) if refused.retry_in.is_zero() => {}
+                    Err(refused) => break Some(refused),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    _ = ctx.cancel.cancelled() => {
+                        return Delivery::Failed { attempts: attempt, permanent: false, reason: "cancelled".into() };
+                    }
+                }
+            };
+            if let Some(refused) = refused {
+                return Delivery::Failed {
+                    attempts: attempt,
+                    permanent: false,
+                    reason: format!(
+                        "not sent: the circuit breaker of connection `{}` is open after {} consecutive failures (last: {}); it probes again in {}",
+                        self.config.conn,
+                        refused.failures,
+                        refused.last_error,
+                        humantime::format_duration(Duration::from_secs(refused.retry_in.as_secs().max(1)))
+                    ),
+                };
+            }
             attempt += 1;
             let mut request = client
                 .request(self.method.clone(), url.clone())
@@ -143,7 +181,8 @@ impl HttpWebhook {
             }
             let (reason, retry_after) = match request.send().await {
                 Ok(response) if response.status().is_success() => {
-                    return Delivery::Delivered { attempts: attempt }
+                    lock().succeeded();
+                    return Delivery::Delivered { attempts: attempt };
                 }
                 Ok(response) => {
                     let status = response.status();
@@ -164,6 +203,8 @@ impl HttpWebhook {
                         }
                     );
                     if !retryable_status(status) {
+                        // The receiver is there and answered: not a reason to stop sending.
+                        lock().succeeded();
                         return Delivery::Failed {
                             attempts: attempt,
                             permanent: true,
@@ -174,6 +215,12 @@ impl HttpWebhook {
                 }
                 Err(e) => (describe_error(&e), None),
             };
+            if lock().failed(std::time::Instant::now(), &reason) {
+                ctx.log.warn(&format!(
+                    "connection `{}`: circuit breaker open after {} consecutive failures (last: {reason}); the remaining requests fail fast",
+                    self.config.conn, self.config.breaker_failures
+                ));
+            }
             if attempt >= self.config.max_attempts {
                 return Delivery::Failed {
                     attempts: attempt,
@@ -250,21 +297,50 @@ impl Operator for HttpWebhook {
             self.config.concurrency
         ));
         let started = std::time::Instant::now();
-        let results: Vec<(Option<sluice_operator_api::template::Value>, Delivery)> =
-            stream::iter(items.into_iter().enumerate())
-                .map(|(i, item)| {
-                    let client = &client;
-                    let base = &base;
-                    async move {
-                        let delivery = self
-                            .deliver(client, base, ctx, item.clone(), i as u64)
-                            .await;
-                        (item, delivery)
-                    }
-                })
-                .buffer_unordered(self.config.concurrency)
-                .collect()
-                .await;
+        let breaker = breaker::for_connection(
+            &format!("{}={}", self.config.conn, base),
+            self.config.breaker_failures,
+            self.config.breaker_cooldown.0,
+        );
+        let total = items.len();
+        let done_ok = std::sync::atomic::AtomicUsize::new(0);
+        let done_failed = std::sync::atomic::AtomicUsize::new(0);
+        let deliveries = stream::iter(items.into_iter().enumerate())
+            .map(|(i, item)| {
+                let (client, base, breaker) = (&client, &base, &breaker);
+                let (done_ok, done_failed) = (&done_ok, &done_failed);
+                async move {
+                    let delivery = self
+                        .deliver(client, base, breaker, ctx, item.clone(), i as u64)
+                        .await;
+                    let counter = match delivery {
+                        Delivery::Delivered { .. } => done_ok,
+                        Delivery::Failed { .. } => done_failed,
+                    };
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    (item, delivery)
+                }
+            })
+            .buffer_unordered(self.config.concurrency)
+            .collect::<Vec<_>>();
+        tokio::pin!(deliveries);
+        // Progress every few seconds, so a slow or failing receiver shows in the log.
+        let mut progress = tokio::time::interval(PROGRESS_EVERY);
+        progress.tick().await;
+        let results: Vec<(Option<sluice_operator_api::template::Value>, Delivery)> = loop {
+            tokio::select! {
+                results = &mut deliveries => break results,
+                _ = progress.tick() => {
+                    let ok = done_ok.load(std::sync::atomic::Ordering::Relaxed);
+                    let failed = done_failed.load(std::sync::atomic::Ordering::Relaxed);
+                    ctx.log.info(&format!(
+                        "progress after {:.0}s: delivered {ok}, failed {failed}, remaining {}",
+                        started.elapsed().as_secs_f64(),
+                        total - ok - failed
+                    ));
+                }
+            }
+        };
         let mut delivered = 0u64;
         let mut failed = 0u64;
         let mut attempts = 0u64;

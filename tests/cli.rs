@@ -52,7 +52,7 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-const ETL: &str = "dag_id: etl\nschedule: '*/15 * * * *'\nparams: {region: eu}\ndefault_args: {retries: 1, retry_delay: 10ms}\ntasks:\n  - {id: extract, operator: shell, config: {command: 'echo extracting {{ params.region }} from {{ data_interval_start }}'}}\n  - {id: transform, operator: sleep, depends_on: extract, config: {duration: 10ms}}\n  - {id: load, operator: noop, depends_on: transform}\n";
+const ETL: &str = "dag_id: etl\nschedule: '*/15 * * * *'\nparams: {region: eu}\ndefault_args: {retries: 1, retry_delay: 10ms}\ntasks:\n  - {id: extract, operator: shell, config: {command: 'echo extracting {{ params.region }} from {{ data_interval_start }} in attempt {{ attempt }}'}}\n  - {id: transform, operator: sleep, depends_on: extract, config: {duration: 10ms}}\n  - {id: load, operator: noop, depends_on: transform}\n";
 const REPORT: &str = "dag_id: report\nschedule: '@daily'\ntasks:\n  - {id: fail, operator: shell, config: {command: 'echo about to fail >&2; exit 4'}}\n  - {id: after, operator: noop, depends_on: fail}\n";
 const BROKEN: &str = "dag_id: broken\nschedule: '99 * * * *'\ntasks:\n  - {id: a, operator: sleeep}\n  - {id: b, operator: shell, depends_on: [a, ghost], config: {command: 'echo {{ oops }}'}}\n  - {id: c, operator: shell, config: {comand: ls}}\n";
 
@@ -195,17 +195,20 @@ fn dags_test_story(home: &Home) {
         stdout(&out)
     );
 
-    // The same logical date again is a new attempt of the same run, not a duplicate run.
+    // The same logical date again is a new attempt of the same run, not a duplicate run,
+    // and it runs with its own conf.
     let out = home.sluice(&[
         "dags",
         "test",
         "etl",
         "--logical-date",
         "2026-11-23T10:14:59Z",
+        "--conf",
+        r#"{"region": "ap"}"#,
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("starting a new attempt"),
+        stdout(&out).contains("starting attempt 2"),
         "{}",
         stdout(&out)
     );
@@ -236,8 +239,42 @@ fn dags_test_story(home: &Home) {
     );
     let out = home.sluice(&["tasks", "logs", "etl", &run_id, "extract", "--try", "1"]);
     assert!(
-        stdout(&out).contains("extracting us"),
-        "the first attempt's log is kept"
+        stdout(&out).contains("extracting us") && stdout(&out).contains("in attempt 1"),
+        "the first attempt's log is kept: {}",
+        stdout(&out)
+    );
+    let out = home.sluice(&["tasks", "logs", "etl", &run_id, "extract"]);
+    assert!(
+        stdout(&out).contains("extracting ap") && stdout(&out).contains("in attempt 2"),
+        "the second attempt ran with its own conf: {}",
+        stdout(&out)
+    );
+    assert_eq!(shown["run"]["attempt"], 2);
+    assert_eq!(shown["run"]["conf"], serde_json::json!({"region": "ap"}));
+    let attempts: Vec<(u64, String, String)> = shown["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_u64().unwrap(),
+                a["state"].as_str().unwrap().to_string(),
+                a["conf"]["region"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            (1, "success".to_string(), "us".to_string()),
+            (2, "success".to_string(), "ap".to_string())
+        ]
+    );
+    let out = home.sluice(&["runs", "show", &run_id]);
+    assert!(
+        stdout(&out).contains("attempt 2") && stdout(&out).contains("attempts:"),
+        "{}",
+        stdout(&out)
     );
 }
 

@@ -246,7 +246,7 @@ pub async fn queue(
                     Some(current)
                         if matches!(decide(Some(&current), true), Action::Rerun { .. }) =>
                     {
-                        clear_run(store, dag, &current, now).await?
+                        clear_run(store, dag, &current, None, now).await?
                     }
                     _ => continue,
                 }

@@ -93,7 +93,8 @@ pub async fn start_run(
                         logical_date: interval.start,
                     }
                 })?;
-            let run = clear_run(store, dag, &existing, now).await?;
+            // The new attempt runs with the conf it was started with, not the last one's.
+            let run = clear_run(store, dag, &existing, Some(&new_run.conf), now).await?;
             Ok((run, Start::NewAttempt))
         }
         Err(e) => Err(e.into()),
@@ -101,15 +102,16 @@ pub async fn start_run(
 }
 
 /// Clears every finished task of a finished run back to pending (each keeps its try count and
-/// gets its retries again) and queues the run for a new attempt.
+/// gets its retries again) and queues the run's next attempt, with `conf` if one is given.
 pub async fn clear_run(
     store: &Arc<dyn Store>,
     dag: &Dag,
     run: &DagRun,
+    conf: Option<&serde_json::Value>,
     now: DateTime<Utc>,
 ) -> Result<DagRun, StartError> {
     let all: Vec<String> = dag.tasks.iter().map(|t| t.id.clone()).collect();
-    clear_tasks(store, dag, run, &all, now)
+    clear_tasks(store, dag, run, &all, conf, now)
         .await
         .map(|(run, _)| run)
 }
@@ -123,13 +125,15 @@ pub struct ClearedTask {
     pub previous_state: TaskState,
 }
 
-/// Clears the named tasks of a finished run (those that have finished) and queues the run;
-/// returns the run and the tasks cleared with the state they had.
+/// Clears the named tasks of a finished run (those that have finished) and queues the run's
+/// next attempt (with `conf` if one is given, else the last attempt's); returns the run and
+/// the tasks cleared with the state they had.
 pub async fn clear_tasks(
     store: &Arc<dyn Store>,
     dag: &Dag,
     run: &DagRun,
     task_ids: &[String],
+    conf: Option<&serde_json::Value>,
     now: DateTime<Utc>,
 ) -> Result<(DagRun, Vec<ClearedTask>), StartError> {
     if !run.state.is_finished() {
@@ -154,7 +158,10 @@ pub async fn clear_tasks(
             task_id: ti.task_id.clone(),
         };
         let mut change = TaskChange::new(key, transition, now);
-        change.reason = Some("cleared for a new attempt of the run".into());
+        change.reason = Some(format!(
+            "cleared for attempt {} of the run",
+            run.attempt + 1
+        ));
         change.max_tries = Some(ti.try_number + retries + 1);
         store.transition(&change).await?;
         cleared.push(ClearedTask {
@@ -163,7 +170,7 @@ pub async fn clear_tasks(
         });
     }
     let run = store
-        .set_run_state(&run.dag_id, &run.run_id, run.state, RunState::Queued, now)
+        .new_attempt(&run.dag_id, &run.run_id, run.state, conf, now)
         .await?;
     Ok((run, cleared))
 }

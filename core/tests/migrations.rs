@@ -20,12 +20,14 @@ const LANDED: &[(&str, &str)] = &[
     ("postgres/0004_backfill_limit.sql", "af7530e5a9958309"),
     ("postgres/0005_run_driver.sql", "2ffba3b96f4c1975"),
     ("postgres/0006_batch_write_marker.sql", "a61e20afb3e9425e"),
+    ("postgres/0007_run_attempts.sql", "ef049a28b9aed2eb"),
     ("sqlite/0001_core.sql", "9ca712b191ce86b1"),
     ("sqlite/0002_scheduler.sql", "b5ec939731a48592"),
     ("sqlite/0003_history_trigger.sql", "7168ac0d5082f7f9"),
     ("sqlite/0004_backfill_limit.sql", "af7530e5a9958309"),
     ("sqlite/0005_run_driver.sql", "2ffba3b96f4c1975"),
     ("sqlite/0006_batch_write_marker.sql", "f9dfb3bec71b0598"),
+    ("sqlite/0007_run_attempts.sql", "ef049a28b9aed2eb"),
 ];
 
 fn migrations_dir() -> std::path::PathBuf {
@@ -97,6 +99,17 @@ async fn assert_migrated(url: &str) {
     assert_eq!(run.state, RunState::Failed);
     assert_eq!(run.conf, serde_json::json!({"k": 1}));
     assert_eq!(run.backfill_max_active_runs, None);
+    assert_eq!(
+        run.attempt, 1,
+        "a run from before attempts is its first attempt"
+    );
+    let attempts = store.attempts("old", &run.run_id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(
+        (attempts[0].attempt, attempts[0].state, &attempts[0].conf),
+        (1, RunState::Failed, &serde_json::json!({"k": 1}))
+    );
+    assert_eq!(attempts[0].ended_at, run.ended_at);
     let tis = store.task_instances("old", &run.run_id).await.unwrap();
     let states: Vec<(String, TaskState, u32)> = tis
         .iter()

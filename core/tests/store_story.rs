@@ -268,13 +268,29 @@ async fn story(store: Arc<dyn Store>) {
         ),
         (None, None, None)
     );
+    let conf = serde_json::json!({"region": "us"});
     let requeued = store
-        .set_run_state("etl", &run_id, RunState::Success, RunState::Queued, at(11))
+        .new_attempt("etl", &run_id, RunState::Success, Some(&conf), at(11))
         .await
         .unwrap();
     assert_eq!(
-        (requeued.state, requeued.ended_at, requeued.started_at),
-        (RunState::Queued, None, Some(at(1)))
+        (
+            requeued.state,
+            requeued.attempt,
+            requeued.ended_at,
+            requeued.started_at,
+            &requeued.conf
+        ),
+        (RunState::Queued, 2, None, None, &conf),
+        "a new attempt: queued, numbered, its own conf and times"
+    );
+    let conflict = store
+        .new_attempt("etl", &run_id, RunState::Success, None, at(11))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(conflict, StoreError::Conflict { .. }),
+        "{conflict}"
     );
     assert_eq!(
         store
@@ -301,6 +317,40 @@ async fn story(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(finished.ended_at, Some(at(13)));
+    let attempts = store.attempts("etl", &run_id).await.unwrap();
+    let summary: Vec<_> = attempts
+        .iter()
+        .map(|a| {
+            (
+                a.attempt,
+                a.state,
+                a.started_at,
+                a.ended_at,
+                a.conf["region"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                1,
+                RunState::Success,
+                Some(at(1)),
+                attempts[0].ended_at,
+                serde_json::json!("eu")
+            ),
+            (
+                2,
+                RunState::Success,
+                Some(at(12)),
+                Some(at(13)),
+                serde_json::json!("us")
+            ),
+        ],
+        "each attempt keeps its own record"
+    );
+    assert_eq!(attempts[1].queued_at, at(11));
 
     // Listing: newest logical date first, filtered by DAG and state, limited.
     for minute in [15, 30, 45] {

@@ -142,7 +142,8 @@ const sluice = (() => {
         const head = el("tr", {}, el("th", { text: "task" }));
         const tis = {};
         for (const run of runs) {
-          head.append(el("th", { title: run.dag_run_id }, cell(run.state, run.dag_run_id + ": " + run.state + " (click: show in the graph)", () => { selectedRun = run.dag_run_id; refresh(); })));
+          const attempt = run.attempt > 1 ? " · attempt " + run.attempt : "";
+          head.append(el("th", { title: run.dag_run_id + attempt }, cell(run.state, run.dag_run_id + attempt + ": " + run.state + " (click: show in the graph)", () => { selectedRun = run.dag_run_id; refresh(); })));
           tis[run.dag_run_id] = [];
         }
         for (const ti of grid.task_instances) (tis[ti.dag_run_id] = tis[ti.dag_run_id] || []).push(ti);

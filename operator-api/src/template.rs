@@ -20,6 +20,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "ds_nodash",
     "ts",
     "run_id",
+    "attempt",
     "dag_id",
     "task_id",
     "try_number",
@@ -54,6 +55,8 @@ pub struct TemplateVars {
     pub ts: String,
     /// The run id.
     pub run_id: String,
+    /// Which attempt of the run this is, from 1 (a re-run of a finished run is the next one).
+    pub attempt: u32,
     /// The DAG id.
     pub dag_id: String,
     /// The task id.
@@ -92,6 +95,7 @@ impl TemplateVars {
             ds_nodash: logical_date.format("%Y%m%d").to_string(),
             ts: rfc(logical_date),
             run_id: run_id.to_string(),
+            attempt: 1,
             dag_id: dag_id.to_string(),
             task_id: task_id.to_string(),
             try_number,
@@ -99,6 +103,12 @@ impl TemplateVars {
             conf,
             upstream: Default::default(),
         }
+    }
+
+    /// The same values for attempt `attempt` of the run.
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
     }
 
     /// The same values with the outputs of the direct upstream tasks.

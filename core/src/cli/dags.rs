@@ -334,7 +334,10 @@ async fn test(
     let (run, start) = start_run(&store, &dag, interval, RunType::Manual, conf, now).await?;
     let run_id = run.run_id.clone();
     if start == Start::NewAttempt {
-        println!("run {run_id} already ran: starting a new attempt (tries continue, retries start afresh)");
+        println!(
+            "run {run_id} already ran: starting attempt {} (tries continue, retries start afresh)",
+            run.attempt
+        );
     }
     println!("run {run_id} of {}: data interval {interval}", dag.dag_id);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

@@ -163,16 +163,20 @@ async fn show(
     let run = find_run(store, run_id, dag).await?;
     let tis = store.task_instances(&run.dag_id, &run.run_id).await?;
     let history = store.history(&run.dag_id, &run.run_id).await?;
+    let attempts = store.attempts(&run.dag_id, &run.run_id).await?;
     if as_json {
-        print_json(&json!({ "run": run, "task_instances": tis, "history": history }))?;
+        print_json(
+            &json!({ "run": run, "attempts": attempts, "task_instances": tis, "history": history }),
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{} / {}: {} ({})",
+        "{} / {}: {} ({}, attempt {})",
         run.dag_id,
         run.run_id,
         run.state,
-        run.run_type.as_str()
+        run.run_type.as_str(),
+        run.attempt
     );
     println!("  data interval {}", run.interval());
     println!(
@@ -197,6 +201,21 @@ async fn show(
         ]);
     }
     print!("{}", table.render());
+    if attempts.len() > 1 {
+        println!("\nattempts:");
+        let mut table = Table::new(&["attempt", "state", "queued", "started", "ended", "conf"]);
+        for a in &attempts {
+            table.row(vec![
+                a.attempt.to_string(),
+                a.state.to_string(),
+                show_time(Some(a.queued_at)),
+                show_time(a.started_at),
+                show_time(a.ended_at),
+                a.conf.to_string(),
+            ]);
+        }
+        print!("{}", table.render());
+    }
     println!("\nhistory:");
     for change in &history {
         let reason = change
@@ -302,7 +321,7 @@ async fn clear(
         .await?
         .ok_or_else(|| anyhow!("no run `{run_id}` for DAG `{dag_id}`"))?;
     let (_, cleared) =
-        crate::runs::clear_tasks(&store, &dag, &run, &ids, chrono::Utc::now()).await?;
+        crate::runs::clear_tasks(&store, &dag, &run, &ids, None, chrono::Utc::now()).await?;
     let cleared: Vec<String> = cleared
         .iter()
         .map(|c| format!("{} (was {})", c.task_id, c.previous_state))

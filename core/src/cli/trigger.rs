@@ -141,8 +141,8 @@ pub async fn trigger(
             run.run_id, dag.dag_id
         ),
         Start::NewAttempt => println!(
-            "queued a new attempt of run {} of {} (data interval {interval})",
-            run.run_id, dag.dag_id
+            "queued attempt {} of run {} of {} (data interval {interval})",
+            run.attempt, run.run_id, dag.dag_id
         ),
     }
     if !alive {

@@ -364,6 +364,7 @@ impl RunDriver<'_> {
             dag.params_with(&run.conf),
             run.conf.clone(),
         )
+        .with_attempt(run.attempt)
         .with_upstream(&upstream);
         TaskContext {
             vars,

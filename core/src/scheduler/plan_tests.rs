@@ -149,6 +149,7 @@ fn run(logical: &str, state: RunState) -> DagRun {
         started_at: None,
         ended_at: None,
         backfill_max_active_runs: None,
+        attempt: 1,
     }
 }
 

@@ -100,6 +100,25 @@ pub struct DagRun {
     pub ended_at: Option<DateTime<Utc>>,
     /// For backfill runs: most runs of the backfill active at once, when capped.
     pub backfill_max_active_runs: Option<u32>,
+    /// Which attempt of the run this is, from 1: a re-run of a finished run is a new attempt.
+    pub attempt: u32,
+}
+
+/// One attempt of a run: the first, and each re-run of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunAttempt {
+    /// From 1.
+    pub attempt: u32,
+    /// The conf it ran with.
+    pub conf: serde_json::Value,
+    /// How it stands or ended.
+    pub state: RunState,
+    /// When it was queued.
+    pub queued_at: DateTime<Utc>,
+    /// When it started running.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it finished.
+    pub ended_at: Option<DateTime<Utc>>,
 }
 
 impl DagRun {
@@ -423,6 +442,18 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
         to: RunState,
         at: DateTime<Utc>,
     ) -> Result<DagRun, StoreError>;
+    /// Starts a new attempt of a finished run (`from` is its state now, compare-and-set): the
+    /// run is queued again with the next attempt number, and with `conf` if one is given
+    /// (otherwise the last attempt's), and the attempt is recorded.
+    async fn new_attempt(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        from: RunState,
+        conf: Option<&serde_json::Value>,
+        at: DateTime<Utc>,
+    ) -> Result<DagRun, StoreError>;
+
     /// The task instances of a run, by task id.
     async fn task_instances(
         &self,
@@ -477,6 +508,9 @@ pub trait ReadModel: Send + Sync + std::fmt::Debug {
     async fn change_marker(&self) -> Result<i64, StoreError>;
     /// Runs matching a filter, newest logical date first.
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<DagRun>, StoreError>;
+    /// Every attempt of a run, first to last.
+    async fn attempts(&self, dag_id: &str, run_id: &str) -> Result<Vec<RunAttempt>, StoreError>;
+
     /// Every state change of a run, in order.
     async fn history(&self, dag_id: &str, run_id: &str) -> Result<Vec<StateChange>, StoreError>;
 }

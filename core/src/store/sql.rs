@@ -21,7 +21,9 @@ use super::*;
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
-const RUN_COLUMNS: &str = "dag_id, run_id, logical_date, data_interval_start, data_interval_end, run_type, state, conf, dag_hash, created_at, started_at, ended_at, backfill_max_active_runs";
+const RUN_COLUMNS: &str = "dag_id, run_id, logical_date, data_interval_start, data_interval_end, run_type, state, conf, dag_hash, created_at, started_at, ended_at, backfill_max_active_runs, attempt";
+/// The columns a new run is inserted with (`attempt` starts at its default, 1).
+const NEW_RUN_COLUMNS: &str = "dag_id, run_id, logical_date, data_interval_start, data_interval_end, run_type, state, conf, dag_hash, created_at, started_at, ended_at, backfill_max_active_runs";
 const TI_COLUMNS: &str = "dag_id, run_id, task_id, operator, state, try_number, max_tries, queued_at, started_at, ended_at, next_retry_at, output, error, updated_at";
 /// Rows per multi-row INSERT: well under both backends' bind-parameter limits.
 const INSERT_CHUNK: usize = 500;
@@ -110,6 +112,18 @@ fn run_from_row(row: &AnyRow) -> Result<DagRun, StoreError> {
         ended_at: opt_instant("ended_at", get(row, "ended_at")?)?,
         backfill_max_active_runs: get::<Option<i64>>(row, "backfill_max_active_runs")?
             .map(|n| n as u32),
+        attempt: get::<i64>(row, "attempt")? as u32,
+    })
+}
+
+fn attempt_from_row(row: &AnyRow) -> Result<RunAttempt, StoreError> {
+    Ok(RunAttempt {
+        attempt: get::<i64>(row, "attempt")? as u32,
+        conf: json("attempt conf", Some(get(row, "conf")?))?.unwrap_or_default(),
+        state: parse("attempt state", get::<String>(row, "state")?)?,
+        queued_at: instant("queued_at", get(row, "queued_at")?)?,
+        started_at: opt_instant("started_at", get(row, "started_at")?)?,
+        ended_at: opt_instant("ended_at", get(row, "ended_at")?)?,
     })
 }
 
@@ -332,7 +346,7 @@ impl RunStore for SqlStore {
         let mut tx = self.pool.begin().await.map_err(query_error("begin"))?;
         let at = micros(run.at);
         let inserted = sqlx::query(&format!(
-            "INSERT INTO dag_run ({RUN_COLUMNS}) VALUES ($1, $2, $3, $3, $4, $5, 'queued', $6, $7, $8, NULL, NULL, $9) RETURNING {RUN_COLUMNS}"
+            "INSERT INTO dag_run ({NEW_RUN_COLUMNS}) VALUES ($1, $2, $3, $3, $4, $5, 'queued', $6, $7, $8, NULL, NULL, $9) RETURNING {RUN_COLUMNS}"
         ))
         .bind(&run.dag_id)
         .bind(&run.run_id)
@@ -357,6 +371,16 @@ impl RunStore for SqlStore {
             Err(e) => return Err(query_error("create run")(e)),
         };
         insert_task_instances(&mut tx, &run.dag_id, &run.run_id, &run.tasks, at).await?;
+        sqlx::query(
+            "INSERT INTO dag_run_attempt (dag_id, run_id, attempt, conf, state, queued_at) VALUES ($1, $2, 1, $3, 'queued', $4)",
+        )
+        .bind(&run.dag_id)
+        .bind(&run.run_id)
+        .bind(run.conf.to_string())
+        .bind(at)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error("record the run's first attempt"))?;
         tx.commit().await.map_err(query_error("commit run"))?;
         run_from_row(&row)
     }
@@ -418,6 +442,7 @@ impl RunStore for SqlStore {
         from.check(to)?;
         let started = (to == RunState::Running).then_some(micros(at));
         let ended = to.is_finished().then_some(micros(at));
+        let mut tx = self.pool.begin().await.map_err(query_error("begin"))?;
         let row = sqlx::query(&format!(
             "UPDATE dag_run SET state = $1, started_at = COALESCE($2, started_at),
                  ended_at = CASE WHEN $1 = 'queued' THEN NULL ELSE COALESCE($3, ended_at) END
@@ -429,20 +454,88 @@ impl RunStore for SqlStore {
         .bind(dag_id)
         .bind(run_id)
         .bind(from.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(query_error("set run state"))?;
-        match row {
-            Some(row) => run_from_row(&row),
-            None => match self.run(dag_id, run_id).await? {
+        let Some(row) = row else {
+            drop(tx);
+            return match self.run(dag_id, run_id).await? {
                 Some(current) => Err(StoreError::Conflict {
                     what: format!("run {dag_id}/{run_id}"),
                     expected: from.to_string(),
                     found: current.state.to_string(),
                 }),
                 None => Err(StoreError::NotFound(format!("run {dag_id}/{run_id}"))),
-            },
-        }
+            };
+        };
+        let run = run_from_row(&row)?;
+        sqlx::query(
+            "UPDATE dag_run_attempt SET state = $1, started_at = $2, ended_at = $3
+             WHERE dag_id = $4 AND run_id = $5 AND attempt = $6",
+        )
+        .bind(run.state.as_str())
+        .bind(run.started_at.map(micros))
+        .bind(run.ended_at.map(micros))
+        .bind(dag_id)
+        .bind(run_id)
+        .bind(i64::from(run.attempt))
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error("record the attempt's state"))?;
+        tx.commit().await.map_err(query_error("commit run state"))?;
+        Ok(run)
+    }
+
+    async fn new_attempt(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        from: RunState,
+        conf: Option<&serde_json::Value>,
+        at: DateTime<Utc>,
+    ) -> Result<DagRun, StoreError> {
+        let _turn = self.write_turn().await;
+        from.check(RunState::Queued)?;
+        let mut tx = self.pool.begin().await.map_err(query_error("begin"))?;
+        let row = sqlx::query(&format!(
+            "UPDATE dag_run SET state = 'queued', attempt = attempt + 1, started_at = NULL,
+                 ended_at = NULL, conf = COALESCE($1, conf)
+             WHERE dag_id = $2 AND run_id = $3 AND state = $4 RETURNING {RUN_COLUMNS}"
+        ))
+        .bind(conf.map(|c| c.to_string()))
+        .bind(dag_id)
+        .bind(run_id)
+        .bind(from.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(query_error("start a new attempt"))?;
+        let Some(row) = row else {
+            drop(tx);
+            return match self.run(dag_id, run_id).await? {
+                Some(current) => Err(StoreError::Conflict {
+                    what: format!("run {dag_id}/{run_id}"),
+                    expected: from.to_string(),
+                    found: current.state.to_string(),
+                }),
+                None => Err(StoreError::NotFound(format!("run {dag_id}/{run_id}"))),
+            };
+        };
+        let run = run_from_row(&row)?;
+        sqlx::query(
+            "INSERT INTO dag_run_attempt (dag_id, run_id, attempt, conf, state, queued_at) VALUES ($1, $2, $3, $4, 'queued', $5)",
+        )
+        .bind(dag_id)
+        .bind(run_id)
+        .bind(i64::from(run.attempt))
+        .bind(run.conf.to_string())
+        .bind(micros(at))
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error("record the new attempt"))?;
+        tx.commit()
+            .await
+            .map_err(query_error("commit new attempt"))?;
+        Ok(run)
     }
 
     async fn task_instances(
@@ -655,6 +748,19 @@ impl ReadModel for SqlStore {
         .await
         .map_err(query_error("read change marker"))?;
         get::<i64>(&row, "marker")
+    }
+
+    async fn attempts(&self, dag_id: &str, run_id: &str) -> Result<Vec<RunAttempt>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT attempt, conf, state, queued_at, started_at, ended_at
+             FROM dag_run_attempt WHERE dag_id = $1 AND run_id = $2 ORDER BY attempt",
+        )
+        .bind(dag_id)
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("read attempts"))?;
+        rows.iter().map(attempt_from_row).collect()
     }
 
     async fn history(&self, dag_id: &str, run_id: &str) -> Result<Vec<StateChange>, StoreError> {

@@ -34,6 +34,10 @@ pub fn routes() -> Router<AppState> {
             get(list_task_instances),
         )
         .route(
+            "/dags/{dag_id}/dagRuns/{dag_run_id}/attempts",
+            get(list_attempts),
+        )
+        .route(
             "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/logs/{try_number}",
             get(task_log),
         )
@@ -149,6 +153,8 @@ pub(super) struct DagRunJson {
     conf: Value,
     /// The version (content hash) of the DAG file the run was created with.
     dag_hash: String,
+    /// Which attempt of the run this is, from 1: a re-run of a finished run is a new attempt.
+    attempt: u32,
 }
 
 impl From<&DagRun> for DagRunJson {
@@ -167,8 +173,62 @@ impl From<&DagRun> for DagRunJson {
             external_trigger: run.run_type != RunType::Scheduled,
             conf: run.conf.clone(),
             dag_hash: run.dag_hash.clone(),
+            attempt: run.attempt,
         }
     }
+}
+
+/// One attempt of a run.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(super) struct RunAttemptJson {
+    /// From 1.
+    attempt: u32,
+    /// Its state.
+    state: RunState,
+    /// The conf it ran with.
+    conf: Value,
+    /// When it was queued.
+    queued_at: String,
+    /// When it started running.
+    start_date: Option<String>,
+    /// When it finished.
+    end_date: Option<String>,
+}
+
+/// Every attempt of a run, first to last.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(super) struct RunAttemptCollection {
+    /// First to last.
+    attempts: Vec<RunAttemptJson>,
+    /// How many.
+    total_entries: u64,
+}
+
+/// `GET /dags/{dag_id}/dagRuns/{dag_run_id}/attempts`.
+async fn list_attempts(
+    State(state): State<AppState>,
+    Path((dag_id, run_id)): Path<(String, String)>,
+) -> Result<Json<RunAttemptCollection>, ApiError> {
+    let attempts = state.store.attempts(&dag_id, &run_id).await?;
+    if attempts.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "run `{run_id}` of DAG `{dag_id}` not found"
+        )));
+    }
+    Ok(Json(RunAttemptCollection {
+        total_entries: attempts.len() as u64,
+        attempts: attempts
+            .into_iter()
+            .map(|a| RunAttemptJson {
+                attempt: a.attempt,
+                state: a.state,
+                conf: a.conf,
+                queued_at: instant(a.queued_at),
+                start_date: a.started_at.map(instant),
+                end_date: a.ended_at.map(instant),
+            })
+            .collect(),
+    }))
 }
 
 /// A page of a DAG's runs.
@@ -758,7 +818,7 @@ async fn clear_task_instances(
             .collect();
         return Ok(Json(json!({"task_instances": would, "dry_run": true})));
     }
-    match crate::runs::clear_tasks(&state.store, &dag, &run, &ids, Utc::now()).await {
+    match crate::runs::clear_tasks(&state.store, &dag, &run, &ids, None, Utc::now()).await {
         Ok((run, cleared)) => Ok(Json(json!({
             "task_instances": cleared.iter().map(|c| json!({"task_id": c.task_id, "dag_run_id": run.run_id, "previous_state": c.previous_state.as_str()})).collect::<Vec<_>>(),
             "dag_run": run_json(&run),

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::api::{
     BackfillBody, ClearBody, DagPatch, DagRunCollection, DagRunJson, MarkBody, ProblemJson,
-    TaskInstanceCollection, TriggerBody,
+    RunAttemptCollection, TaskInstanceCollection, TriggerBody,
 };
 
 /// One operation of the API, for the OpenAPI document.
@@ -159,6 +159,13 @@ pub const OPERATIONS: &[Operation] = &[
         None,
     )
     .answers(schema::<TaskInstanceCollection>),
+    op(
+        "get",
+        "/dags/{dag_id}/dagRuns/{dag_run_id}/attempts",
+        "A run's attempts: the first and each re-run, with conf, state and times",
+        None,
+    )
+    .answers(schema::<RunAttemptCollection>),
     op(
         "patch",
         "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}",

@@ -894,6 +894,100 @@ async fn a_receiver_that_is_down_fails_fast_and_a_retry_delivers_once_it_is_back
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_sends_only_the_users_this_attempt_has_not_delivered() {
+    // User 42 is refused (503) 8 times: more than one try's 6 attempts per user.
+    let behaviour = reports::Behaviour {
+        flaky_users: [(42u64, 8u64)].into_iter().collect(),
+        ..Default::default()
+    };
+    let p = Pipeline::new(behaviour, |d| {
+        fast_retries(d).replace("backoff: 200ms", "backoff: 10ms\n      breaker_failures: 0")
+    })
+    .await;
+    let src = sources();
+    seed(&p.crm, &p.telemetry, &src).await;
+    let out = p.run("home", &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let stats: Value = reqwest::get(format!("{}/stats", p.reports))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let per_user = &stats["requests_per_user"];
+    assert_eq!(
+        per_user["42"], 9,
+        "6 refused in try 1, 2 refused and 1 taken in try 2: {stats}"
+    );
+    let others: Vec<u64> = per_user
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(user, _)| *user != "42")
+        .map(|(_, n)| n.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        others,
+        [1, 1],
+        "the retry did not send the delivered users again: {stats}"
+    );
+    assert_eq!(stats["duplicates"], 0, "{stats}");
+
+    // The ledger says what happened, from the CLI and the API's shape alike.
+    let run = "manual__2026-11-23T10:00:00+00:00";
+    let ledger = p
+        .sluice(
+            "home",
+            &[
+                "tasks",
+                "deliveries",
+                "prosthesis_stats",
+                run,
+                "invalidate_reports",
+                "--json",
+            ],
+            &[],
+        )
+        .await;
+    let ledger: Value = serde_json::from_slice(&ledger.stdout).unwrap();
+    assert_eq!(
+        (&ledger["attempt"], &ledger["delivered"], &ledger["failed"]),
+        (&Value::from(1), &Value::from(3), &Value::from(0)),
+        "{ledger}"
+    );
+    let log = p
+        .sluice(
+            "home",
+            &[
+                "tasks",
+                "logs",
+                "prosthesis_stats",
+                run,
+                "invalidate_reports",
+            ],
+            &[],
+        )
+        .await;
+    assert!(
+        text(&log).contains("2 of 3 item(s) were delivered by an earlier try of this attempt"),
+        "{}",
+        text(&log)
+    );
+
+    // A new attempt of the run sends to everyone again (with new keys: a new load).
+    let again = p.run("home", &[]).await;
+    assert!(again.status.success(), "{}", text(&again));
+    let stats: Value = reqwest::get(format!("{}/stats", p.reports))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["invalidations"], 6, "{stats}");
+    assert_eq!(stats["duplicates"], 0, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_rejects_a_user_fails_the_task_with_the_counts() {
     let behaviour = reports::Behaviour {
         reject_users: [42u64].into_iter().collect(),

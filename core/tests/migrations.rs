@@ -21,6 +21,7 @@ const LANDED: &[(&str, &str)] = &[
     ("postgres/0005_run_driver.sql", "2ffba3b96f4c1975"),
     ("postgres/0006_batch_write_marker.sql", "a61e20afb3e9425e"),
     ("postgres/0007_run_attempts.sql", "ef049a28b9aed2eb"),
+    ("postgres/0008_deliveries.sql", "bbe4f0f0456399fd"),
     ("sqlite/0001_core.sql", "9ca712b191ce86b1"),
     ("sqlite/0002_scheduler.sql", "b5ec939731a48592"),
     ("sqlite/0003_history_trigger.sql", "7168ac0d5082f7f9"),
@@ -28,6 +29,7 @@ const LANDED: &[(&str, &str)] = &[
     ("sqlite/0005_run_driver.sql", "2ffba3b96f4c1975"),
     ("sqlite/0006_batch_write_marker.sql", "f9dfb3bec71b0598"),
     ("sqlite/0007_run_attempts.sql", "ef049a28b9aed2eb"),
+    ("sqlite/0008_deliveries.sql", "bbe4f0f0456399fd"),
 ];
 
 fn migrations_dir() -> std::path::PathBuf {

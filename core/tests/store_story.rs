@@ -6,6 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use sluice_core::operator_api::DeliveryOutcome;
 use sluice_core::schedule::DataInterval;
 use sluice_core::state::{RunState, TaskState};
 use sluice_core::store::{
@@ -351,6 +352,49 @@ async fn story(store: Arc<dyn Store>) {
         "each attempt keeps its own record"
     );
     assert_eq!(attempts[1].queued_at, at(11));
+
+    // The delivery ledger: outcomes per attempt; a later outcome replaces the state and adds
+    // to the request count; each attempt has its own.
+    let outcome = |item: &str, delivered: bool, attempts: u32| DeliveryOutcome {
+        item: item.into(),
+        delivered,
+        attempts,
+        detail: (!delivered).then(|| "HTTP 503".to_string()),
+    };
+    store
+        .record_deliveries(
+            &k,
+            2,
+            &[
+                outcome("7", true, 1),
+                outcome("42", false, 6),
+                outcome("9223372036854775807", true, 2),
+            ],
+            at(12),
+        )
+        .await
+        .unwrap();
+    store
+        .record_deliveries(&k, 2, &[outcome("42", true, 3)], at(13))
+        .await
+        .unwrap();
+    let delivered = store.delivered_items(&k, 2).await.unwrap();
+    assert_eq!(delivered.len(), 3);
+    assert!(
+        store.delivered_items(&k, 1).await.unwrap().is_empty(),
+        "per attempt"
+    );
+    let ledger = store.deliveries(&k, 2).await.unwrap();
+    let user_42 = ledger.iter().find(|d| d.item == "42").unwrap();
+    assert_eq!(
+        (
+            user_42.delivered,
+            user_42.attempts,
+            user_42.detail.clone(),
+            user_42.updated_at
+        ),
+        (true, 9, None, at(13))
+    );
 
     // Listing: newest logical date first, filtered by DAG and state, limited.
     for minute in [15, 30, 45] {

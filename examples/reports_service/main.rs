@@ -32,6 +32,7 @@ async fn main() -> anyhow::Result<()> {
     let behaviour = service::Behaviour {
         fail_first: args.fail_first,
         reject_users: args.reject_user.into_iter().collect(),
+        ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
     println!(

@@ -22,6 +22,8 @@ pub struct Behaviour {
     pub fail_first: u64,
     /// Answer 400 for these user ids.
     pub reject_users: HashSet<u64>,
+    /// Answer 503 to this many requests for a user before taking one.
+    pub flaky_users: BTreeMap<u64, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -33,6 +35,8 @@ struct Inner {
     keys: HashSet<String>,
     invalidations: Vec<Value>,
     per_user: BTreeMap<String, u64>,
+    /// Every request per user, refused ones included.
+    requests_per_user: BTreeMap<String, u64>,
     cached_reports: HashSet<u64>,
 }
 
@@ -83,6 +87,26 @@ async fn invalidate(
             Json(json!({"error": "user_id must be an unsigned integer"})),
         );
     };
+    let requests = {
+        let n = inner
+            .requests_per_user
+            .entry(user_id.to_string())
+            .or_default();
+        *n += 1;
+        *n
+    };
+    if reports
+        .behaviour
+        .flaky_users
+        .get(&user_id)
+        .is_some_and(|fails| requests <= *fails)
+    {
+        inner.unavailable += 1;
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": format!("user {user_id}: try again")})),
+        );
+    }
     if reports.behaviour.reject_users.contains(&user_id) {
         inner.rejected += 1;
         return (
@@ -124,6 +148,7 @@ async fn stats(State(reports): State<Reports>) -> Json<Value> {
         "unavailable": inner.unavailable,
         "rejected": inner.rejected,
         "per_user": inner.per_user,
+        "requests_per_user": inner.requests_per_user,
     }))
 }
 

@@ -238,6 +238,8 @@ pub struct TaskContext {
     pub artifacts: Arc<dyn ArtifactStore>,
     /// This try's log.
     pub log: TaskLog,
+    /// Where item-by-item deliveries are recorded (see [`crate::ledger`]).
+    pub deliveries: Arc<dyn crate::DeliveryLedger>,
     /// Cancelled when the try must stop (timeout, run cancelled, shutdown).
     pub cancel: CancellationToken,
 }

@@ -13,6 +13,7 @@ pub mod connection;
 pub mod context;
 pub mod duration;
 pub mod error;
+pub mod ledger;
 pub mod registry;
 pub mod template;
 
@@ -23,6 +24,7 @@ pub use connection::{Connection, Connections};
 pub use context::{LogStream, TaskContext, TaskLog, TaskOutput};
 pub use duration::HumanDuration;
 pub use error::{ConfigError, FailureKind, OperatorError};
+pub use ledger::{DeliveryLedger, DeliveryOutcome, NoLedger};
 pub use registry::{Built, ConfigFile, OperatorConfig, OperatorKind, Registry};
 pub use template::TemplateVars;
 

@@ -74,6 +74,22 @@ pub enum TasksCommand {
         #[arg(long = "try")]
         try_number: Option<u32>,
     },
+    /// Show the delivery ledger of an item-by-item task (http_webhook's for_each): how many
+    /// items were delivered and which failed, with their last error.
+    Deliveries {
+        /// The DAG id.
+        dag_id: String,
+        /// The run id.
+        run_id: String,
+        /// The task id.
+        task_id: String,
+        /// Which attempt of the run (default: the current one).
+        #[arg(long)]
+        attempt: Option<u32>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs a `runs` subcommand.
@@ -250,6 +266,21 @@ pub async fn run_tasks(
             task_id,
             downstream,
         } => return clear(settings, registry, &dag_id, &run_id, &task_id, downstream).await,
+        TasksCommand::Deliveries {
+            dag_id,
+            run_id,
+            task_id,
+            attempt,
+            json,
+        } => {
+            let store = store::open(&settings.database_url).await?;
+            let key = TaskKey {
+                dag_id,
+                run_id,
+                task_id,
+            };
+            return deliveries(store.as_ref(), &key, attempt, json).await;
+        }
         TasksCommand::Logs {
             dag_id,
             run_id,
@@ -291,6 +322,49 @@ pub async fn run_tasks(
         )
     })?;
     print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tasks deliveries`.
+async fn deliveries(
+    store: &dyn Store,
+    key: &TaskKey,
+    attempt: Option<u32>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let run = store
+        .run(&key.dag_id, &key.run_id)
+        .await?
+        .ok_or_else(|| anyhow!("no run `{}` for DAG `{}`", key.run_id, key.dag_id))?;
+    let attempt = attempt.unwrap_or(run.attempt);
+    let items = store.deliveries(key, attempt).await?;
+    let delivered = items.iter().filter(|d| d.delivered).count();
+    let failed: Vec<_> = items.iter().filter(|d| !d.delivered).collect();
+    if as_json {
+        print_json(&json!({
+            "attempt": attempt,
+            "delivered": delivered,
+            "failed": failed.len(),
+            "failed_items": failed,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{key}, attempt {attempt}: {delivered} delivered, {} failed",
+        failed.len()
+    );
+    if !failed.is_empty() {
+        let mut table = Table::new(&["item", "requests", "last error", "at"]);
+        for d in failed {
+            table.row(vec![
+                d.item.clone(),
+                d.attempts.to_string(),
+                d.detail.clone().unwrap_or_default(),
+                show_time(Some(d.updated_at)),
+            ]);
+        }
+        print!("{}", table.render());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,6 +9,7 @@
 
 mod attempt;
 pub mod decide;
+mod ledger;
 mod plan;
 pub mod slots;
 
@@ -377,6 +378,11 @@ impl RunDriver<'_> {
             connections: self.executor.connections.clone(),
             artifacts: self.executor.artifacts.clone(),
             log,
+            deliveries: Arc::new(ledger::StoreLedger {
+                store: self.executor.store.clone(),
+                key: self.key(task),
+                attempt: run.attempt,
+            }),
             cancel,
         }
     }

@@ -104,6 +104,21 @@ pub struct DagRun {
     pub attempt: u32,
 }
 
+/// One item of an item-by-item task, as the delivery ledger has it for one attempt of a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Delivery {
+    /// The item's key (its value as text).
+    pub item: String,
+    /// Whether the receiver took it.
+    pub delivered: bool,
+    /// Requests made for it over the attempt's tries.
+    pub attempts: u32,
+    /// The last status or error of a failed item.
+    pub detail: Option<String>,
+    /// When its last outcome was recorded.
+    pub updated_at: DateTime<Utc>,
+}
+
 /// One attempt of a run: the first, and each re-run of it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunAttempt {
@@ -454,6 +469,23 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
         at: DateTime<Utc>,
     ) -> Result<DagRun, StoreError>;
 
+    /// The items of `attempt` of a task already delivered (the ledger of item-by-item tasks).
+    async fn delivered_items(
+        &self,
+        key: &TaskKey,
+        attempt: u32,
+    ) -> Result<std::collections::HashSet<String>, StoreError>;
+
+    /// Records item outcomes of `attempt` of a task: a later outcome of an item replaces its
+    /// state and detail and adds to its request count.
+    async fn record_deliveries(
+        &self,
+        key: &TaskKey,
+        attempt: u32,
+        outcomes: &[sluice_operator_api::DeliveryOutcome],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
     /// The task instances of a run, by task id.
     async fn task_instances(
         &self,
@@ -508,6 +540,9 @@ pub trait ReadModel: Send + Sync + std::fmt::Debug {
     async fn change_marker(&self) -> Result<i64, StoreError>;
     /// Runs matching a filter, newest logical date first.
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<DagRun>, StoreError>;
+    /// The delivery ledger of `attempt` of a task: failed items first, then by item.
+    async fn deliveries(&self, key: &TaskKey, attempt: u32) -> Result<Vec<Delivery>, StoreError>;
+
     /// Every attempt of a run, first to last.
     async fn attempts(&self, dag_id: &str, run_id: &str) -> Result<Vec<RunAttempt>, StoreError>;
 

@@ -538,6 +538,81 @@ impl RunStore for SqlStore {
         Ok(run)
     }
 
+    async fn delivered_items(
+        &self,
+        key: &TaskKey,
+        attempt: u32,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT item FROM delivery
+             WHERE dag_id = $1 AND run_id = $2 AND attempt = $3 AND task_id = $4 AND state = 'delivered'",
+        )
+        .bind(&key.dag_id)
+        .bind(&key.run_id)
+        .bind(i64::from(attempt))
+        .bind(&key.task_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("read delivered items"))?;
+        rows.iter().map(|row| get::<String>(row, "item")).collect()
+    }
+
+    async fn record_deliveries(
+        &self,
+        key: &TaskKey,
+        attempt: u32,
+        outcomes: &[sluice_operator_api::DeliveryOutcome],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        let mut tx = self.pool.begin().await.map_err(query_error("begin"))?;
+        for chunk in outcomes.chunks(INSERT_CHUNK / 2) {
+            let mut sql = String::from(
+                "INSERT INTO delivery (dag_id, run_id, attempt, task_id, updated_at, item, state, attempts, detail) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let p = i * 4 + 6;
+                sql.push_str(&format!(
+                    "{}($1, $2, $3, $4, $5, ${p}, ${}, ${}, ${})",
+                    if i > 0 { ", " } else { "" },
+                    p + 1,
+                    p + 2,
+                    p + 3
+                ));
+            }
+            sql.push_str(
+                " ON CONFLICT (dag_id, run_id, attempt, task_id, item) DO UPDATE SET
+                   state = excluded.state, attempts = delivery.attempts + excluded.attempts,
+                   detail = excluded.detail, updated_at = excluded.updated_at",
+            );
+            let mut query = sqlx::query(&sql)
+                .bind(&key.dag_id)
+                .bind(&key.run_id)
+                .bind(i64::from(attempt))
+                .bind(&key.task_id)
+                .bind(micros(at));
+            for outcome in chunk {
+                query = query
+                    .bind(&outcome.item)
+                    .bind(if outcome.delivered {
+                        "delivered"
+                    } else {
+                        "failed"
+                    })
+                    .bind(i64::from(outcome.attempts))
+                    .bind(&outcome.detail);
+            }
+            query
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error("record deliveries"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(query_error("commit deliveries"))?;
+        Ok(())
+    }
+
     async fn task_instances(
         &self,
         dag_id: &str,
@@ -748,6 +823,32 @@ impl ReadModel for SqlStore {
         .await
         .map_err(query_error("read change marker"))?;
         get::<i64>(&row, "marker")
+    }
+
+    async fn deliveries(&self, key: &TaskKey, attempt: u32) -> Result<Vec<Delivery>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT item, state, attempts, detail, updated_at FROM delivery
+             WHERE dag_id = $1 AND run_id = $2 AND attempt = $3 AND task_id = $4
+             ORDER BY CASE WHEN state = 'delivered' THEN 1 ELSE 0 END, item",
+        )
+        .bind(&key.dag_id)
+        .bind(&key.run_id)
+        .bind(i64::from(attempt))
+        .bind(&key.task_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("read deliveries"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(Delivery {
+                    item: get(row, "item")?,
+                    delivered: get::<String>(row, "state")? == "delivered",
+                    attempts: get::<i64>(row, "attempts")? as u32,
+                    detail: get(row, "detail")?,
+                    updated_at: instant("updated_at", get(row, "updated_at")?)?,
+                })
+            })
+            .collect()
     }
 
     async fn attempts(&self, dag_id: &str, run_id: &str) -> Result<Vec<RunAttempt>, StoreError> {

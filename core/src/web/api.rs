@@ -38,6 +38,10 @@ pub fn routes() -> Router<AppState> {
             get(list_attempts),
         )
         .route(
+            "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/deliveries",
+            get(task_deliveries),
+        )
+        .route(
             "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/logs/{try_number}",
             get(task_log),
         )
@@ -226,6 +230,76 @@ async fn list_attempts(
                 queued_at: instant(a.queued_at),
                 start_date: a.started_at.map(instant),
                 end_date: a.ended_at.map(instant),
+            })
+            .collect(),
+    }))
+}
+
+/// One item of the delivery ledger.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(super) struct DeliveryJson {
+    /// The item (its value as text).
+    item: String,
+    /// Whether the receiver took it.
+    delivered: bool,
+    /// Requests made for it over the attempt's tries.
+    requests: u32,
+    /// The last status or error of a failed item.
+    detail: Option<String>,
+    /// When its last outcome was recorded.
+    updated_at: String,
+}
+
+/// The delivery ledger of a task in one attempt of its run.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(super) struct DeliveryLedgerJson {
+    /// Which attempt of the run.
+    attempt: u32,
+    /// Items delivered.
+    delivered: u64,
+    /// Items that failed.
+    failed: u64,
+    /// The failed items (with their last error), then the delivered ones; `limit` items at most.
+    items: Vec<DeliveryJson>,
+}
+
+/// `?attempt=&limit=` of the ledger.
+#[derive(Debug, Deserialize)]
+struct LedgerQuery {
+    attempt: Option<u32>,
+    limit: Option<usize>,
+}
+
+/// `GET …/taskInstances/{task_id}/deliveries`.
+async fn task_deliveries(
+    State(state): State<AppState>,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    Query(query): Query<LedgerQuery>,
+) -> Result<Json<DeliveryLedgerJson>, ApiError> {
+    let run = state.store.run(&dag_id, &run_id).await?.ok_or_else(|| {
+        ApiError::not_found(format!("run `{run_id}` of DAG `{dag_id}` not found"))
+    })?;
+    let attempt = query.attempt.unwrap_or(run.attempt);
+    let key = TaskKey {
+        dag_id,
+        run_id,
+        task_id,
+    };
+    let all = state.store.deliveries(&key, attempt).await?;
+    let delivered = all.iter().filter(|d| d.delivered).count() as u64;
+    Ok(Json(DeliveryLedgerJson {
+        attempt,
+        delivered,
+        failed: all.len() as u64 - delivered,
+        items: all
+            .into_iter()
+            .take(query.limit.unwrap_or(100).min(10_000))
+            .map(|d| DeliveryJson {
+                item: d.item,
+                delivered: d.delivered,
+                requests: d.attempts,
+                detail: d.detail,
+                updated_at: instant(d.updated_at),
             })
             .collect(),
     }))

@@ -8,8 +8,8 @@ use schemars::JsonSchema;
 use serde_json::{json, Value};
 
 use super::api::{
-    BackfillBody, ClearBody, DagPatch, DagRunCollection, DagRunJson, MarkBody, ProblemJson,
-    RunAttemptCollection, TaskInstanceCollection, TriggerBody,
+    BackfillBody, ClearBody, DagPatch, DagRunCollection, DagRunJson, DeliveryLedgerJson, MarkBody,
+    ProblemJson, RunAttemptCollection, TaskInstanceCollection, TriggerBody,
 };
 
 /// One operation of the API, for the OpenAPI document.
@@ -166,6 +166,13 @@ pub const OPERATIONS: &[Operation] = &[
         None,
     )
     .answers(schema::<RunAttemptCollection>),
+    op(
+        "get",
+        "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/deliveries",
+        "The delivery ledger of an item-by-item task: delivered and failed counts, failed items with their last error (attempt, limit)",
+        None,
+    )
+    .answers(schema::<DeliveryLedgerJson>),
     op(
         "patch",
         "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}",

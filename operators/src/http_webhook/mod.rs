@@ -14,7 +14,9 @@ use async_trait::async_trait;
 use futures::stream::{self, StreamExt};
 
 use crate::frame;
-use sluice_operator_api::{template, Operator, OperatorError, TaskContext, TaskOutput};
+use sluice_operator_api::{
+    template, DeliveryOutcome, Operator, OperatorError, TaskContext, TaskOutput,
+};
 
 mod breaker;
 mod config;
@@ -24,6 +26,16 @@ use breaker::Breaker;
 
 /// How often the try log shows delivery progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Most outcomes written to the delivery ledger at once.
+const LEDGER_BATCH: usize = 512;
+
+/// An item's key in the delivery ledger: its value as text (`-` for a single request).
+fn item_key(item: &Option<sluice_operator_api::template::Value>) -> String {
+    item.as_ref()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "-".into())
+}
 
 /// The built `http_webhook` operator.
 #[derive(Debug)]
@@ -43,6 +55,28 @@ enum Delivery {
         permanent: bool,
         reason: String,
     },
+}
+
+impl Delivery {
+    /// What the ledger records of it.
+    fn outcome(&self, item: String) -> DeliveryOutcome {
+        match self {
+            Delivery::Delivered { attempts } => DeliveryOutcome {
+                item,
+                delivered: true,
+                attempts: *attempts,
+                detail: None,
+            },
+            Delivery::Failed {
+                attempts, reason, ..
+            } => DeliveryOutcome {
+                item,
+                delivered: false,
+                attempts: *attempts,
+                detail: Some(reason.clone()),
+            },
+        }
+    }
 }
 
 fn retryable_status(status: reqwest::StatusCode) -> bool {
@@ -286,6 +320,19 @@ impl Operator for HttpWebhook {
                 values.into_iter().map(Some).collect()
             }
         };
+        // What earlier tries of this attempt delivered is not sent again.
+        let already = ctx.deliveries.delivered().await?;
+        let before = items.len();
+        let items: Vec<_> = items
+            .into_iter()
+            .filter(|item| !already.contains(&item_key(item)))
+            .collect();
+        let skipped = before - items.len();
+        if skipped > 0 {
+            ctx.log.info(&format!(
+                "{skipped} of {before} item(s) were delivered by an earlier try of this attempt: not sent again"
+            ));
+        }
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(self.config.concurrency)
             .connect_timeout(self.config.timeout.0)
@@ -322,14 +369,25 @@ impl Operator for HttpWebhook {
                 }
             })
             .buffer_unordered(self.config.concurrency)
-            .collect::<Vec<_>>();
+            // Outcomes go to the ledger in batches of what has finished.
+            .ready_chunks(LEDGER_BATCH);
         tokio::pin!(deliveries);
         // Progress every few seconds, so a slow or failing receiver shows in the log.
         let mut progress = tokio::time::interval(PROGRESS_EVERY);
         progress.tick().await;
-        let results: Vec<(Option<sluice_operator_api::template::Value>, Delivery)> = loop {
+        let mut results: Vec<(Option<sluice_operator_api::template::Value>, Delivery)> =
+            Vec::with_capacity(total);
+        loop {
             tokio::select! {
-                results = &mut deliveries => break results,
+                chunk = deliveries.next() => {
+                    let Some(chunk) = chunk else { break };
+                    let outcomes: Vec<DeliveryOutcome> = chunk
+                        .iter()
+                        .map(|(item, delivery)| delivery.outcome(item_key(item)))
+                        .collect();
+                    ctx.deliveries.record(&outcomes).await?;
+                    results.extend(chunk);
+                }
                 _ = progress.tick() => {
                     let ok = done_ok.load(std::sync::atomic::Ordering::Relaxed);
                     let failed = done_failed.load(std::sync::atomic::Ordering::Relaxed);
@@ -340,7 +398,7 @@ impl Operator for HttpWebhook {
                     ));
                 }
             }
-        };
+        }
         let mut delivered = 0u64;
         let mut failed = 0u64;
         let mut attempts = 0u64;
@@ -392,6 +450,7 @@ impl Operator for HttpWebhook {
         values.insert("delivered".into(), delivered.into());
         values.insert("failed".into(), failed.into());
         values.insert("requests".into(), attempts.into());
+        values.insert("skipped".into(), (skipped as u64).into());
         Ok(TaskOutput::values(values))
     }
 }

@@ -28,6 +28,7 @@ fn context(dir: &std::path::Path) -> TaskContext {
         connections: Arc::new(Connections::default()),
         artifacts: Arc::new(LocalArtifactStore::new(dir.join("artifacts"))),
         log: TaskLog::to_file(&dir.join("try.log")),
+        deliveries: Arc::new(sluice_operator_api::NoLedger),
         cancel: Default::default(),
     }
 }

@@ -369,9 +369,24 @@ impl Operator for HttpWebhook {
                 }
             })
             .buffer_unordered(self.config.concurrency)
-            // Outcomes go to the ledger in batches of what has finished.
             .ready_chunks(LEDGER_BATCH);
         tokio::pin!(deliveries);
+        // Outcomes go to the ledger from a writer of its own, so requests keep flowing while
+        // a batch is written; the writer merges what piled up meanwhile into one write.
+        let (to_ledger, mut batches) = tokio::sync::mpsc::channel::<Vec<DeliveryOutcome>>(8);
+        let ledger = ctx.deliveries.clone();
+        let writer = tokio::spawn(async move {
+            while let Some(mut batch) = batches.recv().await {
+                while batch.len() < LEDGER_BATCH {
+                    match batches.try_recv() {
+                        Ok(more) => batch.extend(more),
+                        Err(_) => break,
+                    }
+                }
+                ledger.record(&batch).await?;
+            }
+            Ok::<(), OperatorError>(())
+        });
         // Progress every few seconds, so a slow or failing receiver shows in the log.
         let mut progress = tokio::time::interval(PROGRESS_EVERY);
         progress.tick().await;
@@ -385,8 +400,11 @@ impl Operator for HttpWebhook {
                         .iter()
                         .map(|(item, delivery)| delivery.outcome(item_key(item)))
                         .collect();
-                    ctx.deliveries.record(&outcomes).await?;
                     results.extend(chunk);
+                    if to_ledger.send(outcomes).await.is_err() {
+                        // The writer stopped on an error: it is reported below.
+                        break;
+                    }
                 }
                 _ = progress.tick() => {
                     let ok = done_ok.load(std::sync::atomic::Ordering::Relaxed);
@@ -399,6 +417,10 @@ impl Operator for HttpWebhook {
                 }
             }
         }
+        drop(to_ledger);
+        writer
+            .await
+            .map_err(|e| OperatorError::retryable(format!("delivery ledger writer: {e}")))??;
         let mut delivered = 0u64;
         let mut failed = 0u64;
         let mut attempts = 0u64;

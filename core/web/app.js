@@ -123,9 +123,16 @@ const sluice = (() => {
       clearInterval(follow);
       if (state === "running") follow = setInterval(() => showLog(...followed), 1000);
       try {
-        const text = await api("/dags/" + encodeURIComponent(dagId) + "/dagRuns/" + encodeURIComponent(runId) + "/taskInstances/" + encodeURIComponent(taskId) + "/logs/" + tryNumber, { raw: true, headers: { Accept: "text/plain" } });
+        const text = await api(ti + "/logs/" + tryNumber, { raw: true, headers: { Accept: "text/plain" } });
         $("log").textContent = text || "(empty)";
       } catch (e) { $("log").textContent = e.message; }
+      // Item-by-item tasks (a webhook per user) have a delivery ledger: what this attempt delivered and what failed.
+      try {
+        const ledger = await api(ti + "/deliveries?limit=5");
+        const failed = ledger.items.filter((d) => !d.delivered).map((d) => d.item + ": " + (d.detail || "failed"));
+        $("deliveries").hidden = ledger.delivered + ledger.failed === 0;
+        $("deliveries").textContent = "deliveries of attempt " + ledger.attempt + ": " + ledger.delivered + " delivered, " + ledger.failed + " failed" + (failed.length ? " · " + failed.join(" · ") : "");
+      } catch (e) { $("deliveries").hidden = true; }
     }
     async function refresh() {
       try {

@@ -89,8 +89,11 @@ impl ReadCache {
 /// changes made through this server clear the cache at once.
 async fn cache_reads(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    let cacheable =
-        request.method() == Method::GET && !path.ends_with("/events") && !path.contains("/logs/");
+    // Logs and the delivery ledger grow while a try runs, without a state change to mark it.
+    let cacheable = request.method() == Method::GET
+        && !path.ends_with("/events")
+        && !path.contains("/logs/")
+        && !path.ends_with("/deliveries");
     if !cacheable {
         let mutating = request.method() != Method::GET && request.method() != Method::HEAD;
         let response = next.run(request).await;

@@ -24,6 +24,8 @@ pub struct Behaviour {
     pub reject_users: HashSet<u64>,
     /// Answer 503 to this many requests for a user before taking one.
     pub flaky_users: BTreeMap<u64, u64>,
+    /// Take this long to answer each request (a slow receiver).
+    pub delay: std::time::Duration,
 }
 
 #[derive(Debug, Default)]
@@ -71,6 +73,9 @@ async fn invalidate(
     headers: HeaderMap,
     body: Json<Value>,
 ) -> (StatusCode, Json<Value>) {
+    if !reports.behaviour.delay.is_zero() {
+        tokio::time::sleep(reports.behaviour.delay).await;
+    }
     let mut inner = reports.inner.lock().unwrap();
     inner.requests += 1;
     if inner.requests <= reports.behaviour.fail_first {

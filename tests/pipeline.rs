@@ -534,6 +534,16 @@ impl Pipeline {
         .await
     }
 
+    /// The reports service's counters.
+    async fn stats(&self) -> Value {
+        reqwest::get(format!("{}/stats", self.reports))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     async fn rows(&self, table: &str, final_: bool) -> Vec<Value> {
         let text = common::clickhouse(&format!(
             "SELECT * FROM {}.{table} {} ORDER BY chip_id FORMAT JSONEachRow",
@@ -747,12 +757,7 @@ async fn the_reference_pipeline_loads_exactly_the_contract() {
         want.len() * 2 + 1,
         "every load is stored, FINAL keeps the latest"
     );
-    let stats: Value = reqwest::get(format!("{}/stats", p.reports))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = p.stats().await;
     assert_eq!(
         stats["duplicates"], 0,
         "a re-load is never taken for a retry: {stats}"
@@ -792,12 +797,7 @@ async fn a_receiver_that_is_unavailable_at_first_still_gets_every_user() {
     seed(&p.crm, &p.telemetry, &src).await;
     let out = p.run("home", &[]).await;
     assert!(out.status.success(), "{}", text(&out));
-    let stats: Value = reqwest::get(format!("{}/stats", p.reports))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = p.stats().await;
     assert_eq!(stats["unavailable"], 3);
     assert_eq!(stats["users"], 3, "{stats}");
     assert_eq!(stats["invalidations"], 3, "each user exactly once: {stats}");
@@ -908,12 +908,7 @@ async fn a_retry_sends_only_the_users_this_attempt_has_not_delivered() {
     seed(&p.crm, &p.telemetry, &src).await;
     let out = p.run("home", &[]).await;
     assert!(out.status.success(), "{}", text(&out));
-    let stats: Value = reqwest::get(format!("{}/stats", p.reports))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = p.stats().await;
     let per_user = &stats["requests_per_user"];
     assert_eq!(
         per_user["42"], 9,
@@ -977,12 +972,7 @@ async fn a_retry_sends_only_the_users_this_attempt_has_not_delivered() {
     // A new attempt of the run sends to everyone again (with new keys: a new load).
     let again = p.run("home", &[]).await;
     assert!(again.status.success(), "{}", text(&again));
-    let stats: Value = reqwest::get(format!("{}/stats", p.reports))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = p.stats().await;
     assert_eq!(stats["invalidations"], 6, "{stats}");
     assert_eq!(stats["duplicates"], 0, "{stats}");
 }
@@ -1004,12 +994,7 @@ async fn a_receiver_that_rejects_a_user_fails_the_task_with_the_counts() {
         "{log}"
     );
     assert!(log.contains("not retryable"), "a 400 is not retried: {log}");
-    let stats: Value = reqwest::get(format!("{}/stats", p.reports))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = p.stats().await;
     assert_eq!(
         stats["rejected"], 1,
         "the rejected user was tried once: {stats}"

@@ -202,6 +202,20 @@ async fn insert_task_instances(
 }
 
 impl SqlStore {
+    /// Why a compare-and-set on a run's state `from` matched no row: the run is in another
+    /// state, or does not exist.
+    async fn run_not_in(&self, dag_id: &str, run_id: &str, from: RunState) -> StoreError {
+        match self.run(dag_id, run_id).await {
+            Ok(Some(current)) => StoreError::Conflict {
+                what: format!("run {dag_id}/{run_id}"),
+                expected: from.to_string(),
+                found: current.state.to_string(),
+            },
+            Ok(None) => StoreError::NotFound(format!("run {dag_id}/{run_id}")),
+            Err(e) => e,
+        }
+    }
+
     /// Serializes writers on SQLite; PostgreSQL handles concurrent writers itself.
     async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         match self.backend {
@@ -459,14 +473,7 @@ impl RunStore for SqlStore {
         .map_err(query_error("set run state"))?;
         let Some(row) = row else {
             drop(tx);
-            return match self.run(dag_id, run_id).await? {
-                Some(current) => Err(StoreError::Conflict {
-                    what: format!("run {dag_id}/{run_id}"),
-                    expected: from.to_string(),
-                    found: current.state.to_string(),
-                }),
-                None => Err(StoreError::NotFound(format!("run {dag_id}/{run_id}"))),
-            };
+            return Err(self.run_not_in(dag_id, run_id, from).await);
         };
         let run = run_from_row(&row)?;
         sqlx::query(
@@ -511,14 +518,7 @@ impl RunStore for SqlStore {
         .map_err(query_error("start a new attempt"))?;
         let Some(row) = row else {
             drop(tx);
-            return match self.run(dag_id, run_id).await? {
-                Some(current) => Err(StoreError::Conflict {
-                    what: format!("run {dag_id}/{run_id}"),
-                    expected: from.to_string(),
-                    found: current.state.to_string(),
-                }),
-                None => Err(StoreError::NotFound(format!("run {dag_id}/{run_id}"))),
-            };
+            return Err(self.run_not_in(dag_id, run_id, from).await);
         };
         let run = run_from_row(&row)?;
         sqlx::query(

@@ -48,7 +48,7 @@ pub enum Command {
     /// Inspect DAG runs.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
-    /// Read a try's log; clear tasks to run them again.
+    /// Read a try's log, see a task's delivery ledger, clear tasks to run them again.
     #[command(subcommand)]
     Tasks(runs::TasksCommand),
     /// List and describe operators.

@@ -130,45 +130,34 @@ async fn assert_migrated(url: &str) {
     assert_eq!(history[0].to, TaskState::Failed);
 }
 
+/// A store at `url` with only the oldest migration of `backend` applied, holding [`OLD_ROWS`].
+async fn oldest_store(backend: &str, url: &str) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let oldest = oldest_only(backend);
+    Migrator::new(oldest.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    for row in OLD_ROWS {
+        sqlx::query(row).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+}
+
 #[tokio::test]
 async fn a_sqlite_store_of_the_oldest_schema_migrates_to_the_newest() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("old.db").display());
-    {
-        let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc"))
-            .await
-            .unwrap();
-        let oldest = oldest_only("sqlite");
-        Migrator::new(oldest.path())
-            .await
-            .unwrap()
-            .run(&pool)
-            .await
-            .unwrap();
-        for row in OLD_ROWS {
-            sqlx::query(row).execute(&pool).await.unwrap();
-        }
-        pool.close().await;
-    }
+    oldest_store("sqlite", &format!("{url}?mode=rwc")).await;
     assert_migrated(&url).await;
 }
 
 #[tokio::test]
 async fn a_postgres_store_of_the_oldest_schema_migrates_to_the_newest() {
     let url = common::fresh_pg_database().await;
-    {
-        let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        let oldest = oldest_only("postgres");
-        Migrator::new(oldest.path())
-            .await
-            .unwrap()
-            .run(&pool)
-            .await
-            .unwrap();
-        for row in OLD_ROWS {
-            sqlx::query(row).execute(&pool).await.unwrap();
-        }
-        pool.close().await;
-    }
+    oldest_store("postgres", &url).await;
     assert_migrated(&url).await;
 }

@@ -948,6 +948,19 @@ fn backfill_error(error: crate::backfill::BackfillError) -> ApiError {
     }
 }
 
+/// One interval of a backfill's plan and what the backfill does with it.
+#[derive(Debug, Serialize)]
+struct BackfillIntervalJson {
+    logical_date: String,
+    data_interval_start: String,
+    data_interval_end: String,
+    /// The run that covers the interval already, if any.
+    dag_run_id: Option<String>,
+    /// `action`: create, rerun or skip (with the existing run's `state`).
+    #[serde(flatten)]
+    action: crate::backfill::Action,
+}
+
 /// `POST /dags/{dag_id}/backfills`: plans a run per schedule interval starting in
 /// `[from_date, to_date]` and queues it (or, with `dry_run`, only answers with the plan).
 async fn create_backfill(
@@ -961,33 +974,28 @@ async fn create_backfill(
         body,
         r#"{"from_date": "2026-11-01", "to_date": "2026-11-02", "dry_run": true}"#,
     )?;
-    let instant = |field: &str, text: &str| {
+    let parse_date = |field: &str, text: &str| {
         parse_instant(text, dag.timezone)
             .map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
     };
     let request = BackfillRequest {
-        from: instant("from_date", &body.from_date)?,
-        to: instant("to_date", &body.to_date)?,
+        from: parse_date("from_date", &body.from_date)?,
+        to: parse_date("to_date", &body.to_date)?,
         rerun_failed: matches!(body.reprocess_behavior, Reprocess::Failed),
         max_active_runs: body.max_active_runs,
     };
     let plan = backfill::plan(state.store.as_ref(), &dag, request)
         .await
         .map_err(backfill_error)?;
-    let intervals: Vec<Value> = plan
+    let intervals: Vec<BackfillIntervalJson> = plan
         .runs
         .iter()
-        .map(|p| {
-            let mut item = json!({
-                "logical_date": time(Some(p.interval.start)),
-                "data_interval_start": time(Some(p.interval.start)),
-                "data_interval_end": time(Some(p.interval.end)),
-                "dag_run_id": p.existing_run_id,
-            });
-            if let Ok(Value::Object(action)) = serde_json::to_value(p.action) {
-                item.as_object_mut().unwrap().extend(action);
-            }
-            item
+        .map(|p| BackfillIntervalJson {
+            logical_date: instant(p.interval.start),
+            data_interval_start: instant(p.interval.start),
+            data_interval_end: instant(p.interval.end),
+            dag_run_id: p.existing_run_id.clone(),
+            action: p.action,
         })
         .collect();
     let queued = if body.dry_run {

@@ -545,15 +545,28 @@ impl Pipeline {
     }
 
     async fn rows(&self, table: &str, final_: bool) -> Vec<Value> {
+        self.select(table, if final_ { "FINAL" } else { "" }).await
+    }
+
+    /// Rows of `table` with a clause after its name (`FINAL WHERE …`), by chip.
+    async fn select(&self, table: &str, clause: &str) -> Vec<Value> {
         let text = common::clickhouse(&format!(
-            "SELECT * FROM {}.{table} {} ORDER BY chip_id FORMAT JSONEachRow",
+            "SELECT * FROM {}.{table} {clause} ORDER BY chip_id FORMAT JSONEachRow",
             self.ch_db,
-            if final_ { "FINAL" } else { "" }
         ))
         .await;
         text.lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    async fn invalidations(&self) -> Vec<Value> {
+        reqwest::get(format!("{}/invalidations", self.reports))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 }
 
@@ -781,6 +794,162 @@ async fn the_reference_pipeline_loads_exactly_the_contract() {
         quarantined.len()
     );
     let _ = &p.receiver;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_tombstones_what_the_window_no_longer_has_and_invalidates_its_users() {
+    let p = Pipeline::new(reports::Behaviour::default(), |d| d).await;
+    let mut src = sources();
+    seed(&p.crm, &p.telemetry, &src).await;
+    let (mut first, _) = expected(&src);
+    first.sort_by(|a, b| a.chip_id.cmp(&b.chip_id));
+    let out = p.run("first", &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let first_version = check_stats(
+        &p.select("user_prosthesis_stats", "FINAL WHERE _deleted = 0")
+            .await,
+        &first,
+    );
+    let first_keys: HashSet<String> = p
+        .invalidations()
+        .await
+        .iter()
+        .map(|b| b["idempotency_key"].as_str().unwrap().to_string())
+        .collect();
+
+    // Since then: both chips of user i64::MAX were deactivated, and D-third reported errors.
+    let gone = ["C-ok", "G-just-ok"];
+    let mut crm = PgConnection::connect(&p.crm).await.unwrap();
+    for chip in gone {
+        sqlx::query("UPDATE prostheses SET active = false WHERE chip_id = $1")
+            .bind(chip)
+            .execute(&mut crm)
+            .await
+            .unwrap();
+        src.prostheses
+            .iter_mut()
+            .find(|x| x.chip == chip)
+            .unwrap()
+            .active = false;
+    }
+    let mut tel = PgConnection::connect(&p.telemetry).await.unwrap();
+    for i in 0..5 {
+        let ev = Event {
+            chip: "D-third".into(),
+            ts: window().0 + Duration::seconds(600 + i),
+            is_error: true,
+            cycles: 3,
+            battery: None,
+            latency: Some(120.0),
+        };
+        sqlx::query(
+            "INSERT INTO telemetry_events VALUES ($1, $2, 'step', $3, 'E_MOTOR', $4, $5, $6)",
+        )
+        .bind(&ev.chip)
+        .bind(ev.ts)
+        .bind(ev.is_error)
+        .bind(ev.cycles)
+        .bind(ev.battery)
+        .bind(ev.latency)
+        .execute(&mut tel)
+        .await
+        .unwrap();
+        src.events.push(ev);
+    }
+    let (mut second, quarantined) = expected(&src);
+    second.sort_by(|a, b| a.chip_id.cmp(&b.chip_id));
+    let d_before = first.iter().find(|w| w.chip_id == "D-third").unwrap();
+    let d_after = second.iter().find(|w| w.chip_id == "D-third").unwrap();
+    assert_eq!(
+        d_after.errors,
+        d_before.errors + 5,
+        "the new errors are in the window"
+    );
+    assert_eq!(second.len(), first.len() - 2);
+
+    // The same window again: the live rows are the window's current truth.
+    let again = p.run("first", &[]).await;
+    assert!(again.status.success(), "{}", text(&again));
+    let live = p
+        .select("user_prosthesis_stats", "FINAL WHERE _deleted = 0")
+        .await;
+    let second_version = check_stats(&live, &second);
+    assert!(second_version > first_version);
+
+    // The deactivated chips' keys have a tombstone at the new version, with their last values.
+    let dead = p
+        .select("user_prosthesis_stats", "FINAL WHERE _deleted = 1")
+        .await;
+    let dead_chips: Vec<&str> = dead
+        .iter()
+        .map(|r| r["chip_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(dead_chips, gone, "{dead:#?}");
+    for row in &dead {
+        let was = first.iter().find(|w| w.chip_id == row["chip_id"]).unwrap();
+        assert_eq!(as_u64(&row["_version"]), second_version, "{row}");
+        assert_eq!(as_u64(&row["user_id"]), was.user_id, "{row}");
+        assert_eq!(
+            as_u64(&row["events"]),
+            was.events,
+            "the tombstone keeps the row it ends: {row}"
+        );
+        assert_eq!(seconds(&row["window_start"]), window().0.timestamp());
+    }
+    // ... and they are quarantined as inactive in the same window.
+    let q = p.select("etl_quarantine", "FINAL").await;
+    for chip in gone {
+        assert_eq!(quarantined.get(chip), Some(&"inactive_chip"));
+        assert!(
+            q.iter()
+                .any(|r| r["chip_id"] == chip && r["reason"] == "inactive_chip"),
+            "{chip} not quarantined: {q:#?}"
+        );
+    }
+
+    // Every user with a row or a tombstone got an invalidation with a key the first run did not use.
+    let sent = p.invalidations().await;
+    let users: HashSet<u64> = first.iter().map(|w| w.user_id).collect();
+    assert!(users.contains(&(i64::MAX as u64)));
+    assert!(
+        !second.iter().any(|w| w.user_id == i64::MAX as u64),
+        "only tombstones left for this user"
+    );
+    for user in &users {
+        let key = format!("manual__2026-11-23T10:00:00+00:00:{second_version}:{user}");
+        assert!(!first_keys.contains(&key));
+        assert!(
+            sent.iter().any(|b| b["idempotency_key"] == key.as_str()),
+            "{key} missing from {sent:#?}"
+        );
+    }
+    assert_eq!(sent.len(), users.len() * 2, "{sent:#?}");
+
+    // Once more without a change: no new tombstone, the old ones stay, and their user is still told.
+    let third = p.run("first", &[]).await;
+    assert!(third.status.success(), "{}", text(&third));
+    let third_version = check_stats(
+        &p.select("user_prosthesis_stats", "FINAL WHERE _deleted = 0")
+            .await,
+        &second,
+    );
+    let all_dead = p
+        .select("user_prosthesis_stats", "WHERE _deleted = 1")
+        .await;
+    assert_eq!(
+        all_dead.len(),
+        2,
+        "a tombstone is written once: {all_dead:#?}"
+    );
+    let sent = p.invalidations().await;
+    let key = format!(
+        "manual__2026-11-23T10:00:00+00:00:{third_version}:{}",
+        i64::MAX
+    );
+    assert!(
+        sent.iter().any(|b| b["idempotency_key"] == key.as_str()),
+        "{key}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

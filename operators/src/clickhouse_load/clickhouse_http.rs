@@ -44,6 +44,8 @@ pub struct TableColumn {
     pub ty: String,
     /// True when the column has a DEFAULT/MATERIALIZED/ALIAS expression.
     pub has_default: bool,
+    /// False for MATERIALIZED and ALIAS columns, which an INSERT cannot name.
+    pub insertable: bool,
 }
 
 /// Error codes of failures that another try may not repeat (timeouts, network, memory, too many parts).
@@ -143,6 +145,15 @@ impl ClickHouse {
         what: &str,
         request: reqwest::RequestBuilder,
     ) -> Result<String, OperatorError> {
+        let body = self.send_bytes(what, request).await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn send_bytes(
+        &self,
+        what: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Bytes, OperatorError> {
         let response = request.send().await.map_err(|e| {
             // reqwest's message can include the URL; ours never carries the password.
             OperatorError::retryable(format!(
@@ -152,7 +163,7 @@ impl ClickHouse {
             ))
         })?;
         let status = response.status();
-        let body = response.text().await.map_err(|e| {
+        let body = response.bytes().await.map_err(|e| {
             OperatorError::retryable(format!(
                 "ClickHouse {}: {what}: reading the answer: {}",
                 self.shown,
@@ -162,6 +173,7 @@ impl ClickHouse {
         if status.is_success() {
             return Ok(body);
         }
+        let body = String::from_utf8_lossy(&body);
         let message = body.trim().lines().next().unwrap_or("").to_string();
         let code = message
             .strip_prefix("Code: ")
@@ -188,6 +200,16 @@ impl ClickHouse {
         .await
     }
 
+    /// Runs `sql`, which reads a table with FINAL, and returns the raw answer. Filters then
+    /// apply to the merged rows: the server must not move them to PREWHERE, which some
+    /// versions apply before FINAL's merge (an old version of a key would pass a filter that
+    /// its newest version fails).
+    pub async fn after_final(&self, what: &str, sql: &str) -> Result<Bytes, OperatorError> {
+        let mut request = self.request(None);
+        request = request.query(&[("optimize_move_to_prewhere", "0")]);
+        self.send_bytes(what, request.body(sql.to_string())).await
+    }
+
     /// The columns of `table` in this database, or `None` if it does not exist.
     pub async fn columns(&self, table: &str) -> Result<Option<Vec<TableColumn>>, OperatorError> {
         let sql = format!(
@@ -206,10 +228,14 @@ impl ClickHouse {
             .filter(|l| !l.is_empty())
             .map(|line| {
                 let mut parts = line.split('\t');
+                let name = parts.next().unwrap_or_default().to_string();
+                let ty = parts.next().unwrap_or_default().to_string();
+                let kind = parts.next().unwrap_or_default();
                 TableColumn {
-                    name: parts.next().unwrap_or_default().to_string(),
-                    ty: parts.next().unwrap_or_default().to_string(),
-                    has_default: !parts.next().unwrap_or_default().is_empty(),
+                    name,
+                    ty,
+                    has_default: !kind.is_empty(),
+                    insertable: !matches!(kind, "MATERIALIZED" | "ALIAS"),
                 }
             })
             .collect();

@@ -15,10 +15,11 @@ use bytes::Bytes;
 
 mod clickhouse_http;
 mod rowbinary;
+mod tombstones;
 
 use crate::frame;
 use clickhouse_http::ClickHouse;
-use rowbinary::{prepare, Prepared};
+use rowbinary::{prepare, ChType, Prepared};
 use sluice_operator_api::{Operator, OperatorError, TaskContext, TaskOutput};
 
 mod config;
@@ -208,22 +209,27 @@ impl Operator for ClickhouseLoad {
             _ => now_ms,
         };
 
+        // The slice this load owns, as literals of the columns' types.
+        let scope = self.scope(ctx, &columns)?;
+
         // Check everything before sending anything.
         let config = self.config.clone();
         let source = source_task.clone();
         let table_name = table.clone();
-        let (names, prepared, rows) =
+        let table_columns = columns.clone();
+        let read_from = path.clone();
+        let (names, prepared, rows, schema) =
             tokio::task::spawn_blocking(move || -> Result<_, OperatorError> {
-                let mut data = frame::read_ipc(&path)?;
+                let mut data = frame::read_ipc(&read_from)?;
                 data.rechunk_mut();
                 let rows = data.height();
-                let (names, prepared) =
-                    plan(&config, &columns, &data, &source, version).map_err(|e| {
+                let (names, prepared) = plan(&config, &table_columns, &data, &source, version)
+                    .map_err(|e| {
                         OperatorError::fatal(format!(
                             "the table of `{source}` does not fit {table_name}: {e}"
                         ))
                     })?;
-                Ok((names, prepared, rows))
+                Ok((names, prepared, rows, data.schema().as_ref().clone()))
             })
             .await
             .map_err(|e| OperatorError::fatal(format!("checking the table panicked: {e}")))??;
@@ -264,11 +270,156 @@ impl Operator for ClickhouseLoad {
         values.insert("rows".into(), (rows as u64).into());
         values.insert("version".into(), version.into());
         values.insert("table".into(), format!("{}.{table}", ch.database()).into());
-        // The loaded table is passed on: downstream tasks (invalidations) see exactly what was loaded.
+        if scope.is_empty() {
+            // The loaded table is passed on: downstream tasks (invalidations) see exactly what was loaded.
+            return Ok(TaskOutput {
+                table: Some(artifact),
+                values,
+            });
+        }
+        let (output, tombstones) = self
+            .tombstone(ctx, &ch, &columns, &scope, version, path, schema)
+            .await?;
+        values.insert("tombstones".into(), tombstones.into());
         Ok(TaskOutput {
-            table: Some(artifact),
+            table: Some(output),
             values,
         })
+    }
+}
+
+impl ClickhouseLoad {
+    fn flags(&self) -> Option<tombstones::Flags<'_>> {
+        Some(tombstones::Flags {
+            version: self.config.version_column.as_deref()?,
+            deleted: self.config.deleted_column.as_deref()?,
+        })
+    }
+
+    /// `replace_scope` rendered, each value a literal of its column's type (a mistake is fatal:
+    /// a retry renders the same).
+    fn scope(
+        &self,
+        ctx: &TaskContext,
+        columns: &[clickhouse_http::TableColumn],
+    ) -> Result<Vec<tombstones::ScopeTerm>, OperatorError> {
+        let mut terms = Vec::new();
+        for (name, value) in &self.config.replace_scope {
+            let column = columns.iter().find(|c| &c.name == name).ok_or_else(|| {
+                OperatorError::fatal(format!(
+                    "replace_scope.{name}: the table {} has no such column",
+                    self.config.table
+                ))
+            })?;
+            let rendered = ctx.render(value)?;
+            terms.push(
+                tombstones::literal(name, &column.ty, &rendered).map_err(OperatorError::fatal)?,
+            );
+        }
+        Ok(terms)
+    }
+
+    /// Writes the slice's tombstones at `version` and returns the task's output table: the
+    /// loaded rows (deleted = 0) and every tombstone of the slice (deleted = 1), with the
+    /// number of keys this load tombstoned.
+    #[allow(clippy::too_many_arguments)]
+    async fn tombstone(
+        &self,
+        ctx: &TaskContext,
+        ch: &ClickHouse,
+        columns: &[clickhouse_http::TableColumn],
+        scope: &[tombstones::ScopeTerm],
+        version: u64,
+        loaded: std::path::PathBuf,
+        schema: polars::prelude::Schema,
+    ) -> Result<(sluice_operator_api::ArtifactRef, u64), OperatorError> {
+        use polars::prelude::*;
+        let table = &self.config.table;
+        let flags = self
+            .flags()
+            .expect("build() requires both columns for replace_scope");
+        ch.after_final(
+            &format!("writing tombstones into {table}"),
+            &tombstones::insert_sql(ch.database(), table, columns, scope, flags, version),
+        )
+        .await?;
+
+        // Read back every tombstone of the slice, in the loaded table's columns and types.
+        let names: Vec<String> = schema.iter_names().map(|n| n.to_string()).collect();
+        let mut types = Vec::new();
+        for name in names.iter().map(String::as_str).chain([flags.version]) {
+            let column = columns.iter().find(|c| c.name == name).ok_or_else(|| {
+                OperatorError::fatal(format!("column `{name}` is not in the table {table}"))
+            })?;
+            types.push(ChType::parse(&column.ty).ok_or_else(|| {
+                OperatorError::fatal(format!(
+                    "column `{name}`: type {} is not supported",
+                    column.ty
+                ))
+            })?);
+        }
+        let answer = ch
+            .after_final(
+                &format!("reading the tombstones of {table}"),
+                &tombstones::read_sql(ch.database(), table, &names, scope, flags),
+            )
+            .await?;
+        let deleted_name = flags.deleted.to_string();
+        let fail = |e: String| {
+            OperatorError::fatal(format!("reading the tombstones of {table} back: {e}"))
+        };
+        let dead_flag = deleted_name.clone();
+        let decoded = tokio::task::spawn_blocking(move || -> Result<_, String> {
+            let mut cells = rowbinary::decode(&types, &answer)?;
+            let versions: Vec<Option<u64>> = match cells.pop() {
+                Some(rowbinary::Cells::UInt(v)) => v,
+                Some(rowbinary::Cells::Int(v)) => {
+                    v.into_iter().map(|x| x.map(|x| x as u64)).collect()
+                }
+                other => return Err(format!("the version column read back as {other:?}")),
+            };
+            let mut dead = Vec::with_capacity(cells.len() + 1);
+            for ((name, dtype), cells) in schema.iter().zip(cells) {
+                dead.push(cells.into_column(name, dtype)?);
+            }
+            dead.push(Column::new(
+                dead_flag.as_str().into(),
+                vec![1u32; versions.len()],
+            ));
+            let dead = DataFrame::new(versions.len(), dead).map_err(|e| e.to_string())?;
+            let written = versions.iter().filter(|v| **v == Some(version)).count() as u64;
+            Ok((dead, written))
+        })
+        .await
+        .map_err(|e| fail(format!("panicked: {e}")))?
+        .map_err(fail)?;
+        let (dead, written) = decoded;
+        let total = dead.height();
+
+        let (output, rows) = ctx
+            .write_table("arrow", move |out| {
+                let mut live = frame::read_ipc(&loaded)?;
+                let height = live.height();
+                live.with_column(Column::new(
+                    deleted_name.as_str().into(),
+                    vec![0u32; height],
+                ))
+                .and_then(|live| live.vstack(&dead))
+                .and_then(|mut both| {
+                    frame::write_ipc(&mut both, out)
+                        .map(|()| both.height() as u64)
+                        .map_err(|e| PolarsError::ComputeError(e.to_string().into()))
+                })
+                .map_err(|e| {
+                    OperatorError::fatal(format!("writing the loaded rows and tombstones: {e}"))
+                })
+            })
+            .await?;
+        ctx.log.info(&format!(
+            "tombstones: {written} key(s) of the slice no longer loaded were marked {deleted}=1 at version {version}; the output has {rows} rows ({total} tombstone(s))",
+            deleted = flags.deleted
+        ));
+        Ok((output, written))
     }
 }
 

@@ -85,6 +85,15 @@ pub struct HttpWebhookConfig {
     #[serde(default = "default_breaker_cooldown")]
     #[schemars(with = "String")]
     pub breaker_cooldown: HumanDuration,
+    /// Records each item's delivery in the metadata store (default true), so a retry sends
+    /// only what this attempt has not delivered. `false` re-sends every item on a retry: for
+    /// receivers where a repeat costs nothing.
+    #[serde(default = "default_ledger")]
+    pub ledger: bool,
+}
+
+fn default_ledger() -> bool {
+    true
 }
 
 impl OperatorConfig for HttpWebhookConfig {

@@ -321,7 +321,13 @@ impl Operator for HttpWebhook {
             }
         };
         // What earlier tries of this attempt delivered is not sent again.
-        let already = ctx.deliveries.delivered().await?;
+        let ledger: std::sync::Arc<dyn sluice_operator_api::DeliveryLedger> = if self.config.ledger
+        {
+            ctx.deliveries.clone()
+        } else {
+            std::sync::Arc::new(sluice_operator_api::NoLedger)
+        };
+        let already = ledger.delivered().await?;
         let before = items.len();
         let items: Vec<_> = items
             .into_iter()
@@ -374,7 +380,6 @@ impl Operator for HttpWebhook {
         // Outcomes go to the ledger from a writer of its own, so requests keep flowing while
         // a batch is written; the writer merges what piled up meanwhile into one write.
         let (to_ledger, mut batches) = tokio::sync::mpsc::channel::<Vec<DeliveryOutcome>>(8);
-        let ledger = ctx.deliveries.clone();
         let writer = tokio::spawn(async move {
             while let Some(mut batch) = batches.recv().await {
                 while batch.len() < LEDGER_BATCH {

@@ -168,6 +168,22 @@ impl Connections {
         }
     }
 
+    /// The password of every defined connection (as written and percent-decoded), for masking.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for conn in self.by_id.values().flatten() {
+            if let Some(password) = conn.uri.password() {
+                out.push(password.to_string());
+                out.push(
+                    percent_encoding::percent_decode_str(password)
+                        .decode_utf8_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+        out
+    }
+
     /// Every defined connection id, sorted.
     pub fn ids(&self) -> impl Iterator<Item = &str> {
         self.by_id.keys().map(String::as_str)

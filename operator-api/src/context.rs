@@ -89,6 +89,8 @@ impl LogStream {
 #[derive(Debug, Clone)]
 pub struct TaskLog {
     sink: Option<Arc<Mutex<Sink>>>,
+    /// Secrets are masked in every line before it is written.
+    masker: crate::Masker,
 }
 
 #[derive(Debug)]
@@ -134,7 +136,14 @@ fn report_unwritable(failed: Option<String>) {
     }
 }
 
-fn format_lines(stream: LogStream, text: &str) -> String {
+fn format_lines(masker: &crate::Masker, stream: LogStream, text: &str) -> String {
+    let masked;
+    let text = if masker.is_empty() {
+        text
+    } else {
+        masked = masker.mask(text);
+        masked.as_str()
+    };
     let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
     let mut out = String::new();
     for line in text.trim_end_matches(['\n', '\r']).split('\n') {
@@ -162,12 +171,22 @@ impl TaskLog {
                 file: None,
                 preamble: String::new(),
             }))),
+            masker: crate::Masker::default(),
         }
+    }
+
+    /// The same log, masking these secrets in every line.
+    pub fn masked(mut self, masker: crate::Masker) -> Self {
+        self.masker = masker;
+        self
     }
 
     /// A log that drops every line (for unit tests of operators).
     pub fn discard() -> Self {
-        Self { sink: None }
+        Self {
+            sink: None,
+            masker: crate::Masker::default(),
+        }
     }
 
     fn sink(&self) -> Option<std::sync::MutexGuard<'_, Sink>> {
@@ -180,7 +199,7 @@ impl TaskLog {
     pub fn line(&self, stream: LogStream, text: &str) {
         let failed = self
             .sink()
-            .and_then(|mut sink| sink.write(&format_lines(stream, text)));
+            .and_then(|mut sink| sink.write(&format_lines(&self.masker, stream, text)));
         report_unwritable(failed);
     }
 
@@ -188,7 +207,7 @@ impl TaskLog {
     /// header of a try).
     pub fn preamble(&self, text: &str) {
         let failed = self.sink().and_then(|mut sink| {
-            let lines = format_lines(LogStream::Info, text);
+            let lines = format_lines(&self.masker, LogStream::Info, text);
             match &sink.file {
                 Some(_) => sink.write(&lines),
                 None => {
@@ -206,7 +225,7 @@ impl TaskLog {
         let failed = self.sink().and_then(|mut sink| {
             sink.file
                 .is_some()
-                .then(|| sink.write(&format_lines(LogStream::Info, text)))
+                .then(|| sink.write(&format_lines(&self.masker, LogStream::Info, text)))
                 .flatten()
         });
         report_unwritable(failed);

@@ -15,6 +15,7 @@ pub mod duration;
 pub mod error;
 pub mod ledger;
 pub mod registry;
+pub mod secrets;
 pub mod template;
 
 use async_trait::async_trait;
@@ -26,6 +27,7 @@ pub use duration::HumanDuration;
 pub use error::{ConfigError, FailureKind, OperatorError};
 pub use ledger::{DeliveryLedger, DeliveryOutcome, NoLedger};
 pub use registry::{Built, ConfigFile, OperatorConfig, OperatorKind, Registry};
+pub use secrets::Masker;
 pub use template::TemplateVars;
 
 /// A built, checked task action. Built once per DAG parse; `execute` runs once per try.

@@ -356,6 +356,123 @@ pub fn render_sql(
     Ok(BoundSql { sql, params })
 }
 
+/// A shell command rendered from a template: the script refers to each value through an
+/// environment variable, and the values travel as data (see [`render_shell`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShellCommand {
+    /// The script for `sh -c`, with `${SLUICE_ARG_<n>}` where the template had `{{ … }}`.
+    pub script: String,
+    /// `(SLUICE_ARG_<n>, value)` for the command's environment, in order.
+    pub args: Vec<(String, String)>,
+}
+
+/// Where a position of a shell script is, for quoting what is put there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quoting {
+    /// Outside quotes (also inside `$( … )` and backticks).
+    Bare,
+    /// Inside `"…"`.
+    Double,
+    /// Inside `'…'`.
+    Single,
+}
+
+/// Marks a value's place during rendering; NUL cannot occur in a template's own text.
+const ARG_MARK: char = '\u{0}';
+
+/// Renders a shell command template so that no value ever becomes shell code: every
+/// `{{ expression }}` becomes a reference to an environment variable that holds the value,
+/// quoted for where it stands (`"${SLUICE_ARG_1}"` outside quotes, `${SLUICE_ARG_1}` inside
+/// double quotes, `'"${SLUICE_ARG_1}"'` inside single quotes), so quotes, `$( )`, backticks,
+/// newlines and globs in a value arrive intact as one word. Control flow (`{% if %}`)
+/// renders normally. A value with a NUL byte cannot be an environment variable: an error.
+pub fn render_shell(source: &str, vars: &TemplateVars) -> Result<ShellCommand, TemplateError> {
+    use std::sync::{Arc, Mutex};
+    if source.contains(ARG_MARK) {
+        return Err(TemplateError {
+            message: "the command contains a NUL byte".into(),
+        });
+    }
+    if !is_template(source) {
+        return Ok(ShellCommand {
+            script: source.to_string(),
+            args: Vec::new(),
+        });
+    }
+    let values: Arc<Mutex<Vec<String>>> = Arc::default();
+    let collected = values.clone();
+    let mut env = environment();
+    env.set_formatter(move |out, _state, value| {
+        let text = match value.as_str() {
+            Some(s) => s.to_string(),
+            None => value.to_string(),
+        };
+        if text.contains('\0') {
+            return Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                "a value with a NUL byte cannot be passed to a command",
+            ));
+        }
+        let mut values = collected.lock().unwrap_or_else(|p| p.into_inner());
+        values.push(text);
+        out.write_str(&format!("{ARG_MARK}{}{ARG_MARK}", values.len()))
+            .map_err(minijinja::Error::from)
+    });
+    let marked = env.render_str(source, vars).map_err(|e| TemplateError {
+        message: format!("template failed to render: {}", describe(&e)),
+    })?;
+    drop(env);
+    let values = std::mem::take(&mut *values.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut script = String::with_capacity(marked.len());
+    let mut quoting = Vec::<Quoting>::new(); // innermost last; empty = bare
+    let mut chars = marked.chars().peekable();
+    while let Some(c) = chars.next() {
+        let here = quoting.last().copied().unwrap_or(Quoting::Bare);
+        if c == ARG_MARK {
+            let n: String = chars.by_ref().take_while(|&d| d != ARG_MARK).collect();
+            let var = format!("${{SLUICE_ARG_{n}}}");
+            match here {
+                Quoting::Bare => script.push_str(&format!("\"{var}\"")),
+                Quoting::Double => script.push_str(&var),
+                Quoting::Single => script.push_str(&format!("'\"{var}\"'")),
+            }
+            continue;
+        }
+        script.push(c);
+        match (here, c) {
+            (Quoting::Single, '\'') => {
+                quoting.pop();
+            }
+            (Quoting::Single, _) => {}
+            (_, '\\') => {
+                // An escaped character is literal text, whatever it is.
+                if let Some(next) = chars.next_if(|&n| n != ARG_MARK) {
+                    script.push(next);
+                }
+            }
+            (Quoting::Bare, '\'') => quoting.push(Quoting::Single),
+            (Quoting::Bare, '"') => quoting.push(Quoting::Double),
+            (Quoting::Double, '"') => {
+                quoting.pop();
+            }
+            (_, '$') if chars.peek() == Some(&'(') => {
+                script.push(chars.next().expect("peeked"));
+                quoting.push(Quoting::Bare);
+            }
+            (Quoting::Bare, ')') if !quoting.is_empty() => {
+                quoting.pop();
+            }
+            _ => {}
+        }
+    }
+    let args = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (format!("SLUICE_ARG_{}", i + 1), v))
+        .collect();
+    Ok(ShellCommand { script, args })
+}
+
 fn describe(e: &minijinja::Error) -> String {
     match (e.detail(), e.line()) {
         (Some(detail), Some(line)) => format!("{} (line {line}): {detail}", e.kind()),
@@ -479,5 +596,81 @@ mod tests {
             ["a", "b"]
         );
         assert!(upstream_references("no template").is_empty());
+    }
+
+    fn run_shell(command: &ShellCommand) -> String {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&command.script)
+            .env_clear()
+            .envs(command.args.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn shell_values_arrive_intact_and_never_run() {
+        let marker = std::env::temp_dir().join(format!("sluice-injected-{}", std::process::id()));
+        let hostile = [
+            format!("$(touch {})", marker.display()),
+            format!("`touch {}`", marker.display()),
+            format!("x; touch {} #", marker.display()),
+            "it's \"quoted\" \\ back\\slash".to_string(),
+            "two\nlines\ttab".to_string(),
+            "* ? [a-z] ~ $HOME ${PATH} $1 !! %s".to_string(),
+            "Zoë 北京 🚀".to_string(),
+            "   ".to_string(),
+            String::new(),
+        ];
+        for value in hostile {
+            let mut v = vars();
+            v.conf = serde_json::json!({ "v": value });
+            // Outside quotes, in double quotes, in single quotes, inside $( ) in double quotes.
+            let command = render_shell(
+                r#"printf '%s|' {{ conf.v }} "<{{ conf.v }}>" '[{{ conf.v }}]' "$(printf '%s' {{ conf.v }})"{% if conf.v %} ok{% endif %}"#,
+                &v,
+            )
+            .unwrap();
+            if value.len() > 3 {
+                assert!(!command.script.contains(&value), "{command:?}");
+            }
+            let printed = run_shell(&command);
+            let tail = if value.is_empty() { "" } else { "ok|" };
+            assert_eq!(
+                printed,
+                format!("{value}|<{value}>|[{value}]|{value}|{tail}"),
+                "{command:?}"
+            );
+            assert!(!marker.exists(), "a value ran as code: {value}");
+        }
+    }
+
+    #[test]
+    fn shell_templates_keep_their_own_syntax() {
+        let command = render_shell(
+            r#"echo "{{ ds }}" 'lit''{{ params.region }}' \"{{ try_number }}"#,
+            &vars(),
+        )
+        .unwrap();
+        assert_eq!(
+            command.script,
+            r#"echo "${SLUICE_ARG_1}" 'lit'''"${SLUICE_ARG_2}"'' \""${SLUICE_ARG_3}""#
+        );
+        assert_eq!(
+            command.args,
+            [
+                ("SLUICE_ARG_1".to_string(), "2026-11-23".to_string()),
+                ("SLUICE_ARG_2".to_string(), "eu".to_string()),
+                ("SLUICE_ARG_3".to_string(), "2".to_string()),
+            ]
+        );
+        let plain = render_shell("echo hi", &vars()).unwrap();
+        assert_eq!(plain.script, "echo hi");
+        assert!(plain.args.is_empty());
+        let mut v = vars();
+        v.conf = serde_json::json!({"v": "a\u{0}b"});
+        assert!(render_shell("echo {{ conf.v }}", &v).is_err());
     }
 }

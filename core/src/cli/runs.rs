@@ -111,6 +111,13 @@ pub async fn run(cmd: RunsCommand, settings: &Settings) -> anyhow::Result<ExitCo
                     offset: 0,
                 })
                 .await?;
+            let runs: Vec<_> = runs
+                .into_iter()
+                .map(|mut run| {
+                    run.conf = sluice_operator_api::secrets::with_keys_masked(&run.conf);
+                    run
+                })
+                .collect();
             if json {
                 print_json(&runs)?;
             } else if runs.is_empty() {
@@ -179,7 +186,12 @@ async fn show(
     let run = find_run(store, run_id, dag).await?;
     let tis = store.task_instances(&run.dag_id, &run.run_id).await?;
     let history = store.history(&run.dag_id, &run.run_id).await?;
-    let attempts = store.attempts(&run.dag_id, &run.run_id).await?;
+    let mut run = run;
+    run.conf = sluice_operator_api::secrets::with_keys_masked(&run.conf);
+    let mut attempts = store.attempts(&run.dag_id, &run.run_id).await?;
+    for attempt in &mut attempts {
+        attempt.conf = sluice_operator_api::secrets::with_keys_masked(&attempt.conf);
+    }
     if as_json {
         print_json(
             &json!({ "run": run, "attempts": attempts, "task_instances": tis, "history": history }),

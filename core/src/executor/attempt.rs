@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use sluice_operator_api::{FailureKind, Operator, OperatorError, TaskContext, TaskOutput};
+use sluice_operator_api::{FailureKind, Masker, Operator, OperatorError, TaskContext, TaskOutput};
 
 /// How long an operator gets to stop by itself after its timeout or a cancellation,
 /// before its future is dropped (which kills child processes).
@@ -29,6 +29,30 @@ pub enum TryOutcome {
     },
     /// The run was cancelled while the try ran.
     Cancelled,
+}
+
+impl TryOutcome {
+    /// The outcome with secrets masked in its output values and error message.
+    pub fn masked(self, masker: &Masker) -> Self {
+        if masker.is_empty() {
+            return self;
+        }
+        match self {
+            TryOutcome::Success { mut output } => {
+                let mut values = serde_json::Value::Object(std::mem::take(&mut output.values));
+                masker.mask_json(&mut values);
+                if let serde_json::Value::Object(values) = values {
+                    output.values = values;
+                }
+                TryOutcome::Success { output }
+            }
+            TryOutcome::Failure { kind, message } => TryOutcome::Failure {
+                kind,
+                message: masker.mask(&message),
+            },
+            TryOutcome::Cancelled => TryOutcome::Cancelled,
+        }
+    }
 }
 
 /// Runs `operator` once with `ctx`, stopping it after `timeout`.
@@ -114,5 +138,41 @@ fn success(output: TaskOutput) -> TryOutcome {
     match output.to_json() {
         Ok(_) => TryOutcome::Success { output },
         Err(OperatorError { kind, message }) => TryOutcome::Failure { kind, message },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_and_errors_leave_a_try_masked() {
+        let masker = Masker::new(["hunter2-pass".to_string()]);
+        let mut values = serde_json::Map::new();
+        values.insert(
+            "last_line".into(),
+            "dsn postgres://u:hunter2-pass@h/db".into(),
+        );
+        values.insert("api_token".into(), "anything".into());
+        values.insert("rows".into(), 3.into());
+        let TryOutcome::Success { output } = (TryOutcome::Success {
+            output: TaskOutput::values(values),
+        })
+        .masked(&masker) else {
+            panic!("still a success")
+        };
+        assert_eq!(
+            serde_json::Value::Object(output.values),
+            serde_json::json!({"last_line": "dsn postgres://u:***@h/db", "api_token": "***", "rows": 3})
+        );
+        let failure = TryOutcome::Failure {
+            kind: FailureKind::Fatal,
+            message: "cannot log in with hunter2-pass".into(),
+        }
+        .masked(&masker);
+        assert!(
+            matches!(failure, TryOutcome::Failure { ref message, .. } if message == "cannot log in with ***"),
+            "{failure:?}"
+        );
     }
 }

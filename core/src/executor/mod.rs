@@ -19,9 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sluice_operator_api::secrets::{secrets_of_env, sensitive_values};
 use sluice_operator_api::{
-    ArtifactStore, Connections, FailureKind, LocalArtifactStore, TaskContext, TaskLog, TaskOutput,
-    TemplateVars,
+    ArtifactStore, Connections, FailureKind, LocalArtifactStore, Masker, TaskContext, TaskLog,
+    TaskOutput, TemplateVars,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -102,6 +103,9 @@ pub struct Executor {
     driver: String,
     /// How long a claim lasts without renewal.
     lease: Duration,
+    /// The process's secrets (connection passwords, tokens, the store's password), masked in
+    /// try logs, outputs and errors.
+    masker: Masker,
 }
 
 /// A name unique to this executor: host, process and a per-process counter.
@@ -140,6 +144,7 @@ struct RunDriver<'a> {
 impl Executor {
     /// An executor over `store`, with logs and artifacts under the settings' home.
     pub fn new(store: Arc<dyn Store>, settings: &Settings, connections: Arc<Connections>) -> Self {
+        let connections_for_masker = connections.clone();
         Self {
             store,
             connections,
@@ -154,6 +159,11 @@ impl Executor {
             shutdown_grace: Duration::from_secs(30),
             driver: driver_id(),
             lease: settings.run_lease,
+            masker: Masker::new(
+                secrets_of_env(std::env::vars())
+                    .into_iter()
+                    .chain(connections_for_masker.secrets()),
+            ),
         }
     }
 
@@ -398,8 +408,14 @@ impl RunDriver<'_> {
         let ti = &self.instances[task];
         let key = self.key(task);
         let path = try_log_path(&self.executor.logs_dir, &key, ti.try_number);
-        let log = TaskLog::to_file(&path);
         let spec = &self.dag.tasks[task];
+        // Values under sensitive keys of the run's conf and the DAG's params are secrets too.
+        let masker = self.executor.masker.with(
+            sensitive_values(&self.run.conf)
+                .into_iter()
+                .chain(sensitive_values(&self.dag.params_with(&self.run.conf))),
+        );
+        let log = TaskLog::to_file(&path).masked(masker.clone());
         log.preamble(&format!(
             "try {} of {} of {} (operator {}) in run {}",
             ti.try_number, ti.max_tries, key.task_id, spec.operator_name, key.run_id
@@ -413,7 +429,7 @@ impl RunDriver<'_> {
         let done = done.clone();
         tokio::spawn(
             async move {
-                let outcome = run_try(operator, ctx, timeout).await;
+                let outcome = run_try(operator, ctx, timeout).await.masked(&masker);
                 drop(route);
                 // The slot stays taken until the executor has persisted the try's end.
                 let _ = done.send(Finished {

@@ -175,7 +175,7 @@ impl From<&DagRun> for DagRunJson {
             state: run.state,
             run_type: run.run_type.as_str().into(),
             external_trigger: run.run_type != RunType::Scheduled,
-            conf: run.conf.clone(),
+            conf: sluice_operator_api::secrets::with_keys_masked(&run.conf),
             dag_hash: run.dag_hash.clone(),
             attempt: run.attempt,
         }
@@ -226,7 +226,7 @@ async fn list_attempts(
             .map(|a| RunAttemptJson {
                 attempt: a.attempt,
                 state: a.state,
-                conf: a.conf,
+                conf: sluice_operator_api::secrets::with_keys_masked(&a.conf),
                 queued_at: instant(a.queued_at),
                 start_date: a.started_at.map(instant),
                 end_date: a.ended_at.map(instant),

@@ -12,11 +12,16 @@ use super::Shell;
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShellConfig {
-    /// The command, run with `sh -c`; may use templates such as `{{ ds }}`.
+    /// The command, run with `sh -c`; may use templates such as `{{ ds }}`. Each value reaches
+    /// the command as data (an environment variable `$SLUICE_ARG_<n>`), never as shell code.
     pub command: String,
     /// Extra environment variables for the command; values may use templates.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Connections the command may use, by id: each arrives as `SLUICE_CONN_<ID>` (its URI).
+    /// No other connection, and none of sluice's own settings, reach the command.
+    #[serde(default)]
+    pub connections: Vec<String>,
     /// Working directory; a relative path resolves against the DAG file's folder (the default).
     #[serde(default)]
     pub cwd: Option<String>,
@@ -39,6 +44,14 @@ impl OperatorConfig for ShellConfig {
                 return Err(ConfigError::field(
                     format!("env.{name}"),
                     "is not a valid environment variable name",
+                ));
+            }
+        }
+        for id in &self.connections {
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(ConfigError::field(
+                    "connections",
+                    format!("`{id}` is not a connection id (letters, digits, _)"),
                 ));
             }
         }

@@ -1,6 +1,11 @@
 //! `shell`: runs a command with `sh -c` (Airflow's BashOperator). Its stdout and stderr go
 //! to the try's log line by line; a non-zero exit fails the try.
 //!
+//! Template values never become shell code: each `{{ … }}` reaches the command as an
+//! environment variable (`template::render_shell`). The command starts with a scrubbed
+//! environment: the locale and paths it needs, its run context, its own `env:` and the
+//! connections it names (`connections:`), never sluice's secrets.
+//!
 //! The command runs in its own process group, so a timeout or cancellation stops the whole
 //! tree it started (pipelines, subshells), not only `sh`.
 
@@ -44,29 +49,75 @@ impl Drop for ProcessGroup {
     }
 }
 
+/// The longest line kept from a command's output; the rest of a longer line is counted, not
+/// kept, so a command that writes without newlines cannot fill memory.
+const MAX_LINE: usize = 64 * 1024;
+
+fn emit_line(log: &TaskLog, stream: LogStream, line: &[u8], dropped: usize) -> String {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // Bytes that are not UTF-8 are kept lossily: never a reason to stop reading.
+    let mut text = String::from_utf8_lossy(line).into_owned();
+    if dropped > 0 {
+        text.push_str(&format!(" … [{dropped} more bytes of this line not kept]"));
+    }
+    log.line(stream, &text);
+    text
+}
+
 async fn pump(reader: impl AsyncRead + Unpin, log: TaskLog, stream: LogStream) -> Option<String> {
-    let mut lines = BufReader::new(reader).lines();
+    let mut reader = BufReader::with_capacity(64 * 1024, reader);
+    let mut line: Vec<u8> = Vec::new();
+    let mut dropped = 0usize;
     let mut last = None;
-    while let Ok(Some(line)) = lines.next_line().await {
-        log.line(stream, &line);
-        if stream == LogStream::Stdout && !line.trim().is_empty() {
-            last = Some(line);
+    loop {
+        let buf = match reader.fill_buf().await {
+            Ok(buf) if !buf.is_empty() => buf,
+            _ => break,
+        };
+        let end = buf.iter().position(|&b| b == b'\n');
+        let chunk = &buf[..end.unwrap_or(buf.len())];
+        let keep = chunk.len().min(MAX_LINE - line.len());
+        line.extend_from_slice(&chunk[..keep]);
+        dropped += chunk.len() - keep;
+        let consumed = chunk.len() + usize::from(end.is_some());
+        reader.consume(consumed);
+        if end.is_some() {
+            let text = emit_line(&log, stream, &line, dropped);
+            if stream == LogStream::Stdout && !text.trim().is_empty() {
+                last = Some(text);
+            }
+            line.clear();
+            dropped = 0;
+        }
+    }
+    if !line.is_empty() || dropped > 0 {
+        let text = emit_line(&log, stream, &line, dropped);
+        if stream == LogStream::Stdout && !text.trim().is_empty() {
+            last = Some(text);
         }
     }
     last
 }
 
+/// Variables a command inherits from sluice's own environment; everything else (the API
+/// token, the metadata store's URL, connections the task does not name) stays out.
+const INHERITED: &[&str] = &[
+    "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME",
+];
+
 #[async_trait]
 impl Operator for Shell {
     async fn execute(&self, ctx: &TaskContext) -> Result<TaskOutput, OperatorError> {
-        let command = ctx.render(&self.config.command)?;
+        let command = template::render_shell(&self.config.command, &ctx.vars)
+            .map_err(|e| OperatorError::fatal(format!("command: {}", e.message)))?;
         let cwd = match &self.config.cwd {
             Some(dir) => ctx.resolve_path(&ctx.render(dir)?),
             None => ctx.dag_dir.clone(),
         };
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
-            .arg(&command)
+            .arg(&command.script)
+            .env_clear()
             .current_dir(&cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -85,6 +136,24 @@ impl Operator for Shell {
             cmd.env(name, value);
         }
         cmd.env("SLUICE_TRY_NUMBER", vars.try_number.to_string());
+        cmd.env("SLUICE_ATTEMPT", vars.attempt.to_string());
+        for name in INHERITED {
+            if let Some(value) = std::env::var_os(name) {
+                cmd.env(name, value);
+            }
+        }
+        for id in &self.config.connections {
+            let conn = ctx.connection(id)?;
+            cmd.env(
+                format!(
+                    "{}{}",
+                    sluice_operator_api::connection::ENV_PREFIX,
+                    id.to_uppercase()
+                ),
+                conn.uri().as_str(),
+            );
+        }
+        cmd.envs(command.args.iter().map(|(k, v)| (k, v)));
         for (name, value) in &self.config.env {
             let value = if template::is_template(value) {
                 ctx.render(value)?
@@ -94,8 +163,15 @@ impl Operator for Shell {
             cmd.env(name, value);
         }
 
-        ctx.log
-            .info(&format!("running in {}: {command}", cwd.display()));
+        let passed = match command.args.len() {
+            0 => String::new(),
+            n => format!(" ({n} template value(s) passed as $SLUICE_ARG_1…)"),
+        };
+        ctx.log.info(&format!(
+            "running in {}: {}{passed}",
+            cwd.display(),
+            command.script
+        ));
         let mut child = cmd.spawn().map_err(|e| {
             OperatorError::fatal(format!("could not start sh in {}: {e}", cwd.display()))
         })?;

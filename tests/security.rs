@@ -1,0 +1,203 @@
+//! Attacks on sluice as an API caller or a DAG's task would try them; each must fail.
+//! (Tests of the web server's own defences are in the second half.)
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Home {
+    dir: tempfile::TempDir,
+}
+
+/// Secrets the process is started with; none may show anywhere a user can read.
+const API_TOKEN: &str = "tok-sekret-4f9a1c";
+const CRM_PASSWORD: &str = "crm-pa$$-7b2e";
+const OTHER_PASSWORD: &str = "other-pass-93d1";
+const AWS_SECRET: &str = "aws-secret-55e0";
+const CONF_PASSWORD: &str = "conf-pass-c3a8";
+
+impl Home {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("dags")).unwrap();
+        Self { dir }
+    }
+
+    fn dags(&self) -> PathBuf {
+        self.dir.path().join("dags")
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    fn write(&self, name: &str, yaml: &str) {
+        std::fs::write(self.dags().join(name), yaml).unwrap();
+    }
+
+    fn sluice(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("SLUICE_HOME", self.home())
+            .env("SLUICE_DAGS_FOLDER", self.dags())
+            .env_remove("SLUICE_LOG")
+            .env_remove("SLUICE_DATABASE_URL")
+            .env("SLUICE_API_TOKEN", API_TOKEN)
+            .env(
+                "SLUICE_CONN_CRM",
+                format!(
+                    "postgres://etl:{}@127.0.0.1:1/crm",
+                    CRM_PASSWORD.replace('$', "%24")
+                ),
+            )
+            .env(
+                "SLUICE_CONN_OTHER",
+                format!("postgres://etl:{OTHER_PASSWORD}@127.0.0.1:1/other"),
+            )
+            .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+            .output()
+            .unwrap()
+    }
+
+    fn logs(&self, dag: &str, run_id: &str, task: &str) -> String {
+        let out = self.sluice(&["tasks", "logs", dag, run_id, task]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Every file under `dir` (try logs, artifacts) as text.
+fn all_text_under(dir: &Path) -> String {
+    let mut out = String::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.push_str(&all_text_under(&path));
+        } else if path.extension().is_some_and(|e| e == "log") {
+            out.push_str(&String::from_utf8_lossy(&std::fs::read(&path).unwrap()));
+        }
+    }
+    out
+}
+
+fn assert_no_secret(what: &str, haystack: &str) {
+    for secret in [
+        API_TOKEN,
+        CRM_PASSWORD,
+        OTHER_PASSWORD,
+        AWS_SECRET,
+        CONF_PASSWORD,
+    ] {
+        assert!(
+            !haystack.contains(secret),
+            "{what} shows the secret {secret}:\n{haystack}"
+        );
+    }
+    assert!(
+        !haystack.contains(&CRM_PASSWORD.replace('$', "%24")),
+        "{what} shows the encoded password"
+    );
+}
+
+#[test]
+fn a_runs_conf_reaches_a_shell_command_as_data_never_as_code() {
+    let home = Home::new();
+    // The pattern dags/example_fan_in.yaml ships with, and a value outside quotes.
+    home.write(
+        "echo.yaml",
+        "dag_id: echo\ntasks:\n  - {id: say, operator: shell, config: {command: 'echo \"region {{ params.region }}\" && echo {{ params.region }}'}}\n",
+    );
+    let marker = home.dir.path().join("pwned");
+    let hostile = format!(
+        "$(touch {m}) `touch {m}`; touch {m} ' \" \\ \n ok",
+        m = marker.display()
+    );
+    let conf = serde_json::json!({ "region": hostile }).to_string();
+    let out = home.sluice(&[
+        "dags",
+        "test",
+        "echo",
+        "--logical-date",
+        "2026-11-23T10:00:00Z",
+        "--conf",
+        &conf,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!marker.exists(), "the conf ran as shell code");
+    let log = home.logs("echo", "manual__2026-11-23T10:00:00+00:00", "say");
+    let first_line = hostile.lines().next().unwrap();
+    assert!(
+        log.contains(&format!("region {first_line}")),
+        "the value arrives intact: {log}"
+    );
+    assert!(
+        log.matches(first_line).count() >= 2,
+        "both uses print it: {log}"
+    );
+}
+
+#[test]
+fn a_task_sees_only_its_context_and_what_it_names_and_secrets_are_masked() {
+    let home = Home::new();
+    home.write(
+        "spy.yaml",
+        "dag_id: spy\ntasks:\n  - id: env\n    operator: shell\n    config:\n      command: env; echo \"conf says {{ conf.db_password }}\"; echo \"$SLUICE_CONN_CRM\"\n      env: {MINE: declared}\n      connections: [crm]\n",
+    );
+    let conf = serde_json::json!({ "db_password": CONF_PASSWORD, "region": "eu" }).to_string();
+    let out = home.sluice(&[
+        "dags",
+        "test",
+        "spy",
+        "--logical-date",
+        "2026-11-23T10:00:00Z",
+        "--conf",
+        &conf,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_no_secret("the CLI's output", &text(&out));
+    let run_id = "manual__2026-11-23T10:00:00+00:00";
+    let log = home.logs("spy", run_id, "env");
+    for wanted in [
+        "SLUICE_DAG_ID=spy",
+        "SLUICE_RUN_ID=manual__2026-11-23T10:00:00+00:00",
+        "SLUICE_TASK_ID=env",
+        "SLUICE_TRY_NUMBER=1",
+        "SLUICE_ATTEMPT=1",
+        "MINE=declared",
+        "PATH=",
+        "SLUICE_CONN_CRM=postgres://etl:***@127.0.0.1:1/crm",
+        "conf says ***",
+    ] {
+        assert!(log.contains(wanted), "missing {wanted}:\n{log}");
+    }
+    for absent in [
+        "SLUICE_API_TOKEN",
+        "SLUICE_CONN_OTHER",
+        "AWS_SECRET_ACCESS_KEY",
+        "SLUICE_HOME",
+        "SLUICE_DAGS_FOLDER",
+    ] {
+        assert!(!log.contains(absent), "{absent} reached the task:\n{log}");
+    }
+    assert_no_secret("the try log", &log);
+    assert_no_secret("the logs folder", &all_text_under(&home.home()));
+
+    // The run as the CLI shows it: conf masked under its sensitive key, outputs masked.
+    let shown = home.sluice(&["runs", "show", run_id, "--json"]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    let shown_text = text(&shown);
+    assert_no_secret("runs show", &shown_text);
+    let run: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(run["run"]["conf"]["db_password"], "***", "{run}");
+    assert_eq!(run["run"]["conf"]["region"], "eu");
+}

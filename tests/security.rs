@@ -201,3 +201,36 @@ fn a_task_sees_only_its_context_and_what_it_names_and_secrets_are_masked() {
     assert_eq!(run["run"]["conf"]["db_password"], "***", "{run}");
     assert_eq!(run["run"]["conf"]["region"], "eu");
 }
+
+#[test]
+fn a_command_that_writes_100_mb_without_a_newline_keeps_the_log_small() {
+    let home = Home::new();
+    home.write(
+        "flood.yaml",
+        "dag_id: flood\ntasks:\n  - id: flood\n    operator: shell\n    config:\n      command: |\n        head -c 100000000 /dev/zero | tr '\\0' a\n        printf '\\n\\377 not utf-8\\n'\n        echo done\n",
+    );
+    let out = home.sluice(&[
+        "dags",
+        "test",
+        "flood",
+        "--logical-date",
+        "2026-11-23T10:00:00Z",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let log_file = home
+        .home()
+        .join("logs/flood/manual__2026-11-23T10:00:00+00:00/flood/1.log");
+    let size = std::fs::metadata(&log_file).unwrap().len();
+    assert!(size < 200_000, "the try log holds {size} bytes");
+    let log = String::from_utf8_lossy(&std::fs::read(&log_file).unwrap()).into_owned();
+    assert!(
+        log.contains("more bytes of this line not kept"),
+        "{}",
+        &log[log.len().saturating_sub(500)..]
+    );
+    assert!(
+        log.contains("\u{fffd} not utf-8"),
+        "bytes that are not UTF-8 are kept lossily"
+    );
+    assert!(log.contains("done"), "the command ran to its end");
+}

@@ -53,7 +53,7 @@ impl TaskOutput {
 }
 
 /// Longest log line kept; longer lines are cut (a binary blob on stdout must not fill the disk line by line).
-const MAX_LINE_BYTES: usize = 64 * 1024;
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
 /// Which stream a log line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

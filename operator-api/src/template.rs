@@ -223,6 +223,49 @@ pub fn render_with_item(
         })
 }
 
+/// Renders a string with every `{{ … }}` value passed through `escape` (for the place the
+/// text goes, e.g. a URL path segment), so a value cannot change the text's structure.
+/// `escape` refuses a value with an error message.
+pub fn render_escaped(
+    source: &str,
+    vars: &TemplateVars,
+    item: Option<&minijinja::Value>,
+    escape: impl Fn(&str) -> Result<String, String> + Send + Sync + 'static,
+) -> Result<String, TemplateError> {
+    if !is_template(source) {
+        return Ok(source.to_string());
+    }
+    let mut env = environment();
+    env.set_formatter(move |out, _state, value| {
+        let text = match value.as_str() {
+            Some(s) => s.to_string(),
+            None => value.to_string(),
+        };
+        let escaped = escape(&text)
+            .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e))?;
+        out.write_str(&escaped).map_err(minijinja::Error::from)
+    });
+    env.render_str(source, context(vars, item))
+        .map_err(|e| TemplateError {
+            message: format!("template failed to render: {}", describe(&e)),
+        })
+}
+
+/// Escapes a value for one URL path segment: everything but unreserved characters is
+/// percent-encoded (`/`, `?`, `#`, `%` included), and `.` or `..` alone, which would move
+/// through the path, are refused.
+pub fn url_path_segment(value: &str) -> Result<String, String> {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    if value == "." || value == ".." {
+        return Err(format!("`{value}` cannot be a URL path segment"));
+    }
+    Ok(percent_encoding::utf8_percent_encode(value, SEGMENT).to_string())
+}
+
 /// Renders every string inside a JSON value. A string that is exactly one `{{ expression }}`
 /// keeps the expression's type (`"{{ item }}"` with a 64-bit id stays an exact number).
 pub fn render_json(
@@ -672,5 +715,24 @@ mod tests {
         let mut v = vars();
         v.conf = serde_json::json!({"v": "a\u{0}b"});
         assert!(render_shell("echo {{ conf.v }}", &v).is_err());
+    }
+
+    #[test]
+    fn escaped_values_cannot_change_the_text_around_them() {
+        let mut v = vars();
+        v.conf = serde_json::json!({"v": "a/../b?c=1 é"});
+        assert_eq!(
+            render_escaped(
+                "/x/{{ conf.v }}/{{ try_number }}",
+                &v,
+                None,
+                url_path_segment
+            )
+            .unwrap(),
+            "/x/a%2F..%2Fb%3Fc%3D1%20%C3%A9/2"
+        );
+        v.conf = serde_json::json!({"v": ".."});
+        let e = render_escaped("/x/{{ conf.v }}", &v, None, url_path_segment).unwrap_err();
+        assert!(e.message.contains("path segment"), "{}", e.message);
     }
 }

@@ -22,6 +22,9 @@ pub mod polars_sql;
 #[cfg(feature = "etl")]
 pub mod postgres_extract;
 
+#[cfg(test)]
+mod test_support;
+
 use sluice_operator_api::Registry;
 
 /// The built-ins every build has, whatever its features: `noop`, `sleep` and `shell`. The

@@ -182,7 +182,14 @@ impl Operator for ClickhouseLoad {
                     ch.database(),
                     ddl_path.display()
                 ));
-                ch.execute(&ctx.render(&text)?).await?;
+                if sluice_operator_api::template::is_template(&text) {
+                    // DDL is code: a value rendered into it would become code too.
+                    return Err(OperatorError::fatal(format!(
+                        "ddl: {} uses template syntax; DDL files run as written",
+                        ddl_path.display()
+                    )));
+                }
+                ch.execute(&text).await?;
                 columns = ch.columns(table).await?;
             }
         }

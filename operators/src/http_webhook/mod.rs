@@ -125,8 +125,14 @@ impl HttpWebhook {
         ctx: &TaskContext,
         item: Option<&sluice_operator_api::template::Value>,
     ) -> Result<PreparedRequest, String> {
-        let path = template::render_with_item(&self.config.path, &ctx.vars, item)
-            .map_err(|e| e.message)?;
+        // Values are path segments, percent-encoded: `../admin` or `x?y=1` stay one segment.
+        let path = template::render_escaped(
+            &self.config.path,
+            &ctx.vars,
+            item,
+            template::url_path_segment,
+        )
+        .map_err(|e| format!("path: {}", e.message))?;
         let mut url = base.clone();
         let joined = format!(
             "{}/{}",
@@ -143,10 +149,15 @@ impl HttpWebhook {
         };
         let mut headers = Vec::new();
         for (name, value) in &self.config.headers {
-            headers.push((
-                name.clone(),
-                template::render_with_item(value, &ctx.vars, item).map_err(|e| e.message)?,
-            ));
+            let value = template::render_with_item(value, &ctx.vars, item)
+                .map_err(|e| format!("header {name}: {}", e.message))?;
+            if value.contains(['\r', '\n', '\0']) {
+                // A line break would end the header and start another one of the value's choosing.
+                return Err(format!(
+                    "header {name}: the rendered value contains a line break or NUL (refused)"
+                ));
+            }
+            headers.push((name.clone(), value));
         }
         Ok(PreparedRequest { url, body, headers })
     }
@@ -479,5 +490,45 @@ impl Operator for HttpWebhook {
         values.insert("requests".into(), attempts.into());
         values.insert("skipped".into(), (skipped as u64).into());
         Ok(TaskOutput::values(values))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_operator_api::OperatorConfig;
+
+    fn webhook(config: serde_json::Value) -> HttpWebhook {
+        let config: HttpWebhookConfig = serde_json::from_value(config).unwrap();
+        let method = reqwest::Method::from_bytes(config.method.as_bytes()).unwrap();
+        assert!(config.clone().build().is_ok());
+        HttpWebhook { config, method }
+    }
+
+    #[test]
+    fn values_stay_inside_their_path_segment_and_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let hook = webhook(serde_json::json!({
+            "conn": "reports", "path": "/users/{{ conf.user }}/invalidate",
+            "headers": {"X-User": "{{ conf.user }}"}
+        }));
+        let base = url::Url::parse("http://127.0.0.1:1/api/").unwrap();
+        let prepare = |user: &str| {
+            let ctx = crate::test_support::context(dir.path(), serde_json::json!({"user": user}));
+            hook.prepare(&base, &ctx, None)
+        };
+        let ok = prepare("../../admin?drop=1#x %2F").unwrap();
+        assert_eq!(
+            ok.url.as_str(),
+            "http://127.0.0.1:1/api/users/..%2F..%2Fadmin%3Fdrop%3D1%23x%20%252F/invalidate"
+        );
+        assert_eq!(ok.url.query(), None);
+        let e = prepare("..").err().unwrap();
+        assert!(e.starts_with("path: ") && e.contains("path segment"), "{e}");
+        let e = prepare("x\r\nX-Admin: yes").err().unwrap();
+        assert!(
+            e.contains("header X-User") && e.contains("line break"),
+            "{e}"
+        );
     }
 }

@@ -50,8 +50,9 @@ impl Drop for ProcessGroup {
 }
 
 /// The longest line kept from a command's output; the rest of a longer line is counted, not
-/// kept, so a command that writes without newlines cannot fill memory.
-const MAX_LINE: usize = 64 * 1024;
+/// kept, so a command that writes without newlines cannot fill memory. Room is left for the
+/// note that says so within the log's own line limit.
+const MAX_LINE: usize = sluice_operator_api::context::MAX_LINE_BYTES - 128;
 
 fn emit_line(log: &TaskLog, stream: LogStream, line: &[u8], dropped: usize) -> String {
     let line = line.strip_suffix(b"\r").unwrap_or(line);

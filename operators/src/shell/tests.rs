@@ -3,34 +3,11 @@
 use std::sync::Arc;
 
 use super::*;
-use chrono::{TimeZone, Utc};
-use sluice_operator_api::template::TemplateVars;
-use sluice_operator_api::Connections;
 use sluice_operator_api::FailureKind;
-use sluice_operator_api::LocalArtifactStore;
 use sluice_operator_api::OperatorConfig;
 
 fn context(dir: &std::path::Path) -> TaskContext {
-    let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 0, 0).unwrap();
-    TaskContext {
-        vars: TemplateVars::new(
-            "dag",
-            "run",
-            "task",
-            1,
-            t,
-            (t, t),
-            serde_json::json!({}),
-            serde_json::json!({}),
-        ),
-        dag_dir: dir.to_path_buf(),
-        upstream: Default::default(),
-        connections: Arc::new(Connections::default()),
-        artifacts: Arc::new(LocalArtifactStore::new(dir.join("artifacts"))),
-        log: TaskLog::to_file(&dir.join("try.log")),
-        deliveries: Arc::new(sluice_operator_api::NoLedger),
-        cancel: Default::default(),
-    }
+    crate::test_support::context(dir, serde_json::json!({}))
 }
 
 fn shell(json: serde_json::Value) -> Arc<dyn Operator> {

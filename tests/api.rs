@@ -4,10 +4,7 @@
 #[path = "../core/tests/common/mod.rs"]
 mod common;
 
-use std::sync::Arc;
-
 use serde_json::{json, Value};
-use sluice_core::web::{router, serve, AppState, DagCatalog};
 use tokio_util::sync::CancellationToken;
 
 const ETL: &str = "dag_id: etl\nschedule: '*/15 * * * *'\ntags: [core]\ntasks:\n  - {id: extract, operator: shell, config: {command: \"echo 'hello <b>world</b>'\"}}\n  - {id: load, operator: noop, depends_on: extract}\n";
@@ -15,6 +12,8 @@ const ETL: &str = "dag_id: etl\nschedule: '*/15 * * * *'\ntags: [core]\ntasks:\n
 struct Server {
     dir: tempfile::TempDir,
     base: String,
+    /// Sent with every read (reads need a token when one is configured).
+    token: Option<String>,
     client: reqwest::Client,
     stop: CancellationToken,
 }
@@ -29,27 +28,21 @@ async fn server(token: Option<&str>) -> Server {
     )
     .unwrap();
     let store = common::sqlite_store(dir.path()).await;
-    let state = AppState {
-        cache: Default::default(),
-        changes: sluice_core::web::watch_changes(
-            store.clone(),
-            std::time::Duration::from_millis(50),
-        ),
+    let tokens = token
+        .map(sluice_core::web::auth::Tokens::admin)
+        .unwrap_or_default();
+    let (base, stop) = common::serve_web(
+        &dir.path().join("dags"),
+        &dir.path().join("logs"),
         store,
-        dags: Arc::new(DagCatalog::new(
-            dir.path().join("dags"),
-            sluice_operators::registry(),
-        )),
-        token: token.map(Arc::from),
-        logs: dir.path().join("logs"),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    tokio::spawn(serve(listener, router(state), stop.clone()));
+        sluice_operators::registry(),
+        tokens,
+    )
+    .await;
     Server {
         dir,
         base,
+        token: token.map(str::to_string),
         client: reqwest::Client::new(),
         stop,
     }
@@ -57,12 +50,15 @@ async fn server(token: Option<&str>) -> Server {
 
 impl Server {
     async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
+        self.get_as(path, self.token.as_deref()).await
+    }
+
+    async fn get_as(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.client.get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let r = request.send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -97,6 +93,15 @@ async fn dags_runs_and_the_auth_rule() {
         health["scheduler"]["status"], "unhealthy",
         "no scheduler has run"
     );
+
+    // Reads need the token too; /health does not.
+    for path in ["/api/v1/dags", "/api/v1/dags/etl/dagRuns", "/api/v1/events"] {
+        let (status, refused) = s.get_as(path, None).await;
+        assert_eq!(status, 401, "{path}: {refused}");
+        let (status, _) = s.get_as(path, Some("not-the-token")).await;
+        assert_eq!(status, 401, "{path}");
+    }
+    assert_eq!(s.get_as("/health", None).await.0, 200);
 
     let (status, dags) = s.get("/api/v1/dags").await;
     assert_eq!(status, 200);
@@ -400,7 +405,7 @@ fn the_server_refuses_a_public_address_without_a_token() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("without SLUICE_API_TOKEN"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without an API token"));
 }
 
 #[tokio::test]

@@ -234,3 +234,294 @@ fn a_command_that_writes_100_mb_without_a_newline_keeps_the_log_small() {
     );
     assert!(log.contains("done"), "the command ran to its end");
 }
+
+// ---- The web server, as an API caller on this machine or a web page in a browser sees it.
+
+#[path = "../core/tests/common/mod.rs"]
+mod common;
+
+use sluice_core::web::auth::{Role, Tokens};
+
+const VIEWER: &str = "viewer-token-0a1b2c3d4e";
+const OPERATOR: &str = "operator-token-5f6a7b8c";
+const ADMIN: &str = "admin-token-9d0e1f2a3b4c";
+
+struct Web {
+    _dir: tempfile::TempDir,
+    base: String,
+    stop: tokio_util::sync::CancellationToken,
+    client: reqwest::Client,
+}
+
+impl Drop for Web {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn web() -> Web {
+    let dir = tempfile::tempdir().unwrap();
+    let dags = dir.path().join("dags");
+    std::fs::create_dir_all(&dags).unwrap();
+    std::fs::write(
+        dags.join("etl.yaml"),
+        "dag_id: etl\ntasks:\n  - {id: a, operator: noop}\n",
+    )
+    .unwrap();
+    let store = common::sqlite_store(dir.path()).await;
+    let tokens = Tokens::default()
+        .with(Role::Viewer, "grafana", VIEWER)
+        .with(Role::Operator, "oncall", OPERATOR)
+        .with(Role::Admin, "root", ADMIN);
+    let (base, stop) = common::serve_web(
+        &dags,
+        &dir.path().join("logs"),
+        store,
+        sluice_operators::basic(),
+        tokens,
+    )
+    .await;
+    Web {
+        _dir: dir,
+        base,
+        stop,
+        client: reqwest::Client::new(),
+    }
+}
+
+impl Web {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn status(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> u16 {
+        self.call(method, path, token, body).await.status().as_u16()
+    }
+}
+
+#[tokio::test]
+async fn each_role_does_what_it_may_and_every_mutation_is_audited() {
+    use reqwest::Method;
+    let w = web().await;
+    let pause = || Some(serde_json::json!({"is_paused": true}));
+
+    // Nothing without a token, except /health.
+    assert_eq!(w.status(Method::GET, "/api/v1/dags", None, None).await, 401);
+    assert_eq!(
+        w.status(Method::GET, "/api/v1/dags/etl/dagRuns", None, None)
+            .await,
+        401
+    );
+    assert_eq!(
+        w.status(Method::GET, "/api/v1/events", None, None).await,
+        401
+    );
+    assert_eq!(w.status(Method::GET, "/health", None, None).await, 200);
+    assert_eq!(
+        w.status(Method::PATCH, "/api/v1/dags/etl", None, pause())
+            .await,
+        401
+    );
+
+    // A viewer reads, and is refused every change.
+    assert_eq!(
+        w.status(Method::GET, "/api/v1/dags", Some(VIEWER), None)
+            .await,
+        200
+    );
+    let refused = w
+        .call(Method::PATCH, "/api/v1/dags/etl", Some(VIEWER), pause())
+        .await;
+    assert_eq!(refused.status().as_u16(), 403);
+    let detail: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        detail["detail"]
+            .as_str()
+            .unwrap()
+            .contains("needs operator"),
+        "{detail}"
+    );
+    let trigger = || Some(serde_json::json!({"conf": {}}));
+    assert_eq!(
+        w.status(
+            Method::POST,
+            "/api/v1/dags/etl/dagRuns",
+            Some(VIEWER),
+            trigger()
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        w.status(Method::GET, "/api/v1/auditLog", Some(VIEWER), None)
+            .await,
+        403
+    );
+
+    // An operator changes things, but does not read the audit log.
+    assert_eq!(
+        w.status(Method::PATCH, "/api/v1/dags/etl", Some(OPERATOR), pause())
+            .await,
+        200
+    );
+    assert_eq!(
+        w.status(
+            Method::POST,
+            "/api/v1/dags/etl/dagRuns",
+            Some(OPERATOR),
+            trigger()
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        w.status(Method::GET, "/api/v1/auditLog", Some(OPERATOR), None)
+            .await,
+        403
+    );
+
+    // The admin reads who did what, from where, newest first; never a token.
+    let answer = w
+        .call(Method::GET, "/api/v1/auditLog", Some(ADMIN), None)
+        .await;
+    assert_eq!(answer.status().as_u16(), 200);
+    let text = answer.text().await.unwrap();
+    for token in [VIEWER, OPERATOR, ADMIN] {
+        assert!(!text.contains(token), "the audit log shows a token: {text}");
+    }
+    let log: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let seen: Vec<(String, String, String, u64)> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert!(
+                e["remote"].as_str().unwrap().starts_with("127.0.0.1:"),
+                "{e}"
+            );
+            (
+                e["actor"].as_str().unwrap().to_string(),
+                e["method"].as_str().unwrap().to_string(),
+                e["path"].as_str().unwrap().to_string(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let entry = |actor: &str, method: &str, path: &str, status: u64| {
+        (
+            actor.to_string(),
+            method.to_string(),
+            path.to_string(),
+            status,
+        )
+    };
+    assert_eq!(
+        seen,
+        [
+            entry("oncall", "POST", "/api/v1/dags/etl/dagRuns", 200),
+            entry("oncall", "PATCH", "/api/v1/dags/etl", 200),
+            entry("grafana", "POST", "/api/v1/dags/etl/dagRuns", 403),
+            entry("grafana", "PATCH", "/api/v1/dags/etl", 403),
+            entry("anonymous", "PATCH", "/api/v1/dags/etl", 401),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_host_is_refused_and_answers_carry_security_headers() {
+    let w = web().await;
+    // DNS rebinding: a page on evil.example whose name now points at 127.0.0.1.
+    for path in ["/", "/api/v1/dags", "/static/app.js"] {
+        let r = w
+            .client
+            .get(format!("{}{path}", w.base))
+            .header("Host", "evil.example:8080")
+            .bearer_auth(VIEWER)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 421, "{path}");
+    }
+    let health = w
+        .client
+        .get(format!("{}/health", w.base))
+        .header("Host", "10.0.0.7:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        health.status().as_u16(),
+        200,
+        "probes call /health by address"
+    );
+
+    for path in ["/", "/api/v1/dags", "/api/v1/nothing"] {
+        let r = w.call(reqwest::Method::GET, path, Some(VIEWER), None).await;
+        let h = r.headers();
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            "{path}: {csp}"
+        );
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn oversized_bodies_and_slow_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = web().await;
+    let huge = "x".repeat(2 << 20);
+    let status = w
+        .status(
+            reqwest::Method::POST,
+            "/api/v1/dags/etl/dagRuns",
+            Some(OPERATOR),
+            Some(serde_json::json!({"conf": {"blob": huge}})),
+        )
+        .await;
+    assert_eq!(status, 413);
+
+    // A client that never finishes its headers is disconnected (slowloris).
+    let addr = w.base.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        sluice_core::web::hardening::HEADER_TIMEOUT + std::time::Duration::from_secs(5),
+        slow.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "the connection stayed open past the header timeout"
+    );
+    assert!(
+        started.elapsed()
+            >= sluice_core::web::hardening::HEADER_TIMEOUT - std::time::Duration::from_secs(1)
+    );
+}

@@ -95,10 +95,11 @@ async fn main() {
     );
     let state = AppState {
         cache: Default::default(),
+        guards: Default::default(),
         changes: watch_changes(store.clone(), Duration::from_millis(500)),
         store,
         dags: Arc::new(DagCatalog::new(dags_dir, registry)),
-        token: None,
+        tokens: Default::default(),
         logs: dir.path().join("logs"),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -73,23 +73,21 @@ async fn bind_web(
     store: Arc<dyn Store>,
     registry: Registry,
 ) -> anyhow::Result<(tokio::net::TcpListener, crate::web::AppState)> {
-    let token = std::env::var("SLUICE_API_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty());
+    let tokens = crate::web::auth::Tokens::from_env()?;
     let loopback = web.host == "localhost"
         || web
             .host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
-    if token.is_none() && !loopback {
-        anyhow::bail!("refusing to listen on {} without SLUICE_API_TOKEN: set a token or use --host 127.0.0.1", web.host);
+    if tokens.is_empty() && !loopback {
+        anyhow::bail!("refusing to listen on {} without an API token: set SLUICE_API_TOKEN (or SLUICE_API_TOKENS_FILE) or use --host 127.0.0.1", web.host);
     }
     let listener = tokio::net::TcpListener::bind((web.host.as_str(), web.port))
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", web.host, web.port))?;
     eprintln!("web server on http://{}", listener.local_addr()?);
-    if token.is_none() {
-        eprintln!("no SLUICE_API_TOKEN: API mutations are open to anyone on this machine, so the server listens on loopback only");
+    if tokens.is_empty() {
+        eprintln!("no SLUICE_API_TOKEN: the API is open to anyone on this machine, so the server listens on loopback only");
     }
     let state = crate::web::AppState {
         store: store.clone(),
@@ -97,7 +95,11 @@ async fn bind_web(
             settings.dags_folder.clone(),
             registry,
         )),
-        token: token.map(Arc::from),
+        tokens: Arc::new(tokens),
+        guards: Arc::new(crate::web::hardening::Guards {
+            allowed_hosts: crate::web::hardening::AllowedHosts::from_env(&web.host),
+            ..Default::default()
+        }),
         logs: settings.logs_dir(),
         cache: Default::default(),
         changes: crate::web::watch_changes(store.clone(), Duration::from_millis(500)),

@@ -566,11 +566,40 @@ pub trait Heartbeats: Send + Sync + std::fmt::Debug {
     async fn last_scheduler_heartbeat(&self) -> Result<Option<SchedulerBeat>, StoreError>;
 }
 
-/// The metadata store: all four parts, as one `Arc<dyn Store>` that front ends and the
-/// scheduler share. Code that needs one part can take `&dyn RunStore`, `&dyn ReadModel`, ….
-pub trait Store: RunStore + ReadModel + Metrics + Heartbeats {}
+/// Who changed what through the API.
+#[async_trait]
+pub trait AuditLog: Send + Sync + std::fmt::Debug {
+    /// Records one mutating request.
+    async fn record_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// The newest entries first.
+    async fn audit_entries(&self, limit: u32, offset: u32) -> Result<Vec<AuditEntry>, StoreError>;
+}
 
-impl<T: RunStore + ReadModel + Metrics + Heartbeats + ?Sized> Store for T {}
+/// One mutating API request, granted or refused.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct AuditEntry {
+    /// When it was answered (RFC 3339).
+    #[schemars(with = "String")]
+    pub at: DateTime<Utc>,
+    /// The name of the caller's token (`anonymous` when the server has no tokens).
+    pub actor: String,
+    /// The caller's role (`viewer`, `operator`, `admin`; `none` for an unknown token).
+    pub role: String,
+    /// HTTP method.
+    pub method: String,
+    /// Path (and query) of the request.
+    pub path: String,
+    /// The answer's HTTP status.
+    pub status: u16,
+    /// The client's address, when known.
+    pub remote: Option<String>,
+}
+
+/// The metadata store: all its parts, as one `Arc<dyn Store>` that front ends and the
+/// scheduler share. Code that needs one part can take `&dyn RunStore`, `&dyn ReadModel`, ….
+pub trait Store: RunStore + ReadModel + Metrics + Heartbeats + AuditLog {}
+
+impl<T: RunStore + ReadModel + Metrics + Heartbeats + AuditLog + ?Sized> Store for T {}
 
 /// The queued runs at a glance: if neither field moved, no run was queued meanwhile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -967,6 +967,52 @@ impl Metrics for SqlStore {
 }
 
 #[async_trait]
+impl AuditLog for SqlStore {
+    async fn record_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor, role, method, path, status, remote) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(micros(entry.at))
+        .bind(&entry.actor)
+        .bind(&entry.role)
+        .bind(&entry.method)
+        .bind(&entry.path)
+        .bind(i64::from(entry.status))
+        .bind(&entry.remote)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("record an audit entry"))?;
+        Ok(())
+    }
+
+    async fn audit_entries(&self, limit: u32, offset: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, actor, role, method, path, status, remote FROM audit_log
+             ORDER BY id DESC LIMIT $1 OFFSET $2",
+        )
+        .bind(i64::from(limit))
+        .bind(i64::from(offset))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("read the audit log"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditEntry {
+                    at: instant("at", get(row, "at")?)?,
+                    actor: get(row, "actor")?,
+                    role: get(row, "role")?,
+                    method: get(row, "method")?,
+                    path: get(row, "path")?,
+                    status: get::<i64>(row, "status")? as u16,
+                    remote: get(row, "remote")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
 impl Heartbeats for SqlStore {
     async fn scheduler_heartbeat(&self, beat: &SchedulerBeat) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;

@@ -22,7 +22,6 @@ use crate::trylog::read_try_log;
 /// The API routes (mounted under `/api/v1`).
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .merge(super::events::routes())
         .route("/dags", get(list_dags))
         .route("/dags/{dag_id}", get(get_dag).patch(patch_dag))
         .route("/dags/{dag_id}/tasks", get(list_tasks))
@@ -57,6 +56,7 @@ pub fn routes() -> Router<AppState> {
             "/dags/{dag_id}/backfills",
             axum::routing::post(create_backfill),
         )
+        .route("/auditLog", get(audit_log))
         .route("/openapi.json", get(super::openapi::openapi))
         .route("/importErrors", get(import_errors))
         .route("/operators", get(operators))
@@ -268,6 +268,24 @@ pub(super) struct DeliveryLedgerJson {
 struct LedgerQuery {
     attempt: Option<u32>,
     limit: Option<usize>,
+}
+
+/// The audit log, newest first (admins only).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AuditLogJson {
+    /// The entries of this page.
+    pub entries: Vec<crate::store::AuditEntry>,
+}
+
+/// `GET /auditLog?limit&offset`.
+async fn audit_log(
+    State(state): State<AppState>,
+    Query(paging): Query<Paging>,
+) -> Result<Json<AuditLogJson>, ApiError> {
+    let (limit, offset) = paging.bounds()?;
+    Ok(Json(AuditLogJson {
+        entries: state.store.audit_entries(limit, offset).await?,
+    }))
 }
 
 /// `GET …/taskInstances/{task_id}/deliveries`.

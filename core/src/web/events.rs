@@ -12,7 +12,7 @@ use axum::Router;
 use futures::Stream;
 use tokio::sync::watch;
 
-use super::AppState;
+use super::{ApiError, AppState};
 use crate::store::Store;
 
 /// Starts the poller: a cheap query every `every`, whoever is watching. It stops when the
@@ -43,16 +43,25 @@ pub fn routes() -> Router<AppState> {
 
 async fn events(
     State(state): State<AppState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    // One permit per open stream, held by the stream: a flood of streams gets 503.
+    let permit = state
+        .guards
+        .event_streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::unavailable("too many event streams are open; poll the API instead")
+        })?;
     let mut changes = state.changes.clone();
     changes.mark_unchanged();
-    let stream = futures::stream::unfold(changes, |mut changes| async move {
+    let stream = futures::stream::unfold((changes, permit), |(mut changes, permit)| async move {
         changes.changed().await.ok()?;
         let marker = *changes.borrow_and_update();
         Some((
             Ok(Event::default().event("change").data(marker.to_string())),
-            changes,
+            (changes, permit),
         ))
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -8,8 +8,10 @@
 //! loopback.
 
 mod api;
+pub mod auth;
 mod catalog;
 mod events;
+pub mod hardening;
 mod health;
 mod openapi;
 mod ui;
@@ -22,7 +24,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use crate::store::{Store, StoreError};
 pub use catalog::DagCatalog;
@@ -34,53 +35,73 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// The DAGs of the folder, re-read when files change.
     pub dags: Arc<DagCatalog>,
-    /// The token mutations must carry, if one is configured.
-    pub token: Option<Arc<str>>,
+    /// The API's tokens and their roles (none: the API is open, on loopback only).
+    pub tokens: Arc<auth::Tokens>,
     /// Where try logs are (`$SLUICE_HOME/logs`).
     pub logs: std::path::PathBuf,
     /// Moves whenever runs or task instances change (see [`watch_changes`]).
     pub changes: tokio::sync::watch::Receiver<i64>,
     /// Answers to reads, valid while nothing changed (see [`cache_reads`]).
     pub cache: Arc<ReadCache>,
+    /// Host allow-list and event stream permits (see [`hardening`]).
+    pub guards: Arc<hardening::Guards>,
 }
 
 /// Serialized answers to API reads, keyed by URI and tagged with the change marker and DAG
 /// catalog they were computed from: a hundred browsers watching a busy scheduler cost one
-/// computation per change, not one per request.
+/// computation per change, not one per request. Bounded in bytes, not entries.
 #[derive(Debug, Default)]
 pub struct ReadCache {
-    entries: std::sync::Mutex<std::collections::HashMap<String, (CacheVersion, axum::body::Bytes)>>,
+    entries: std::sync::Mutex<CacheEntries>,
+}
+
+#[derive(Debug, Default)]
+struct CacheEntries {
+    by_uri: std::collections::HashMap<String, (CacheVersion, axum::body::Bytes)>,
+    bytes: usize,
 }
 
 /// What a cached answer was computed from: the store's change marker and the DAG catalog.
 type CacheVersion = (i64, usize);
 
-/// Most cached answers kept (they are small; the cache is cleared when full).
-const CACHE_ENTRIES: usize = 2048;
+/// Most bytes of answers (and URIs) the cache holds; it is cleared when full.
+const CACHE_BYTES: usize = 32 << 20;
+/// Answers larger than this are not cached (a full page of runs is far smaller).
+const CACHE_LARGEST: usize = 1 << 20;
 
 impl ReadCache {
     fn get(&self, key: &str, version: CacheVersion) -> Option<axum::body::Bytes> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
+            .by_uri
             .get(key)
             .filter(|(v, _)| *v == version)
             .map(|(_, body)| body.clone())
     }
 
     fn put(&self, key: String, version: CacheVersion, body: axum::body::Bytes) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= CACHE_ENTRIES {
-            entries.clear();
+        let size = key.len() + body.len();
+        if size > CACHE_LARGEST {
+            return;
         }
-        entries.insert(key, (version, body));
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.bytes + size > CACHE_BYTES {
+            *entries = CacheEntries::default();
+        }
+        if let Some((_, old)) = entries.by_uri.insert(key.clone(), (version, body)) {
+            entries.bytes -= key.len() + old.len();
+        }
+        entries.bytes += size;
     }
 
     /// Forgets everything (after a mutation through this server).
     pub fn clear(&self) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        *self.entries.lock().unwrap_or_else(|p| p.into_inner()) = CacheEntries::default();
+    }
+
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).bytes
     }
 }
 
@@ -168,6 +189,14 @@ impl ApiError {
         }
     }
 
+    /// 503: the server is at a limit; try later.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            detail: detail.into(),
+        }
+    }
+
     /// 409: the request conflicts with the current state.
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self {
@@ -199,7 +228,7 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let title = self.status.canonical_reason().unwrap_or("Error");
-        if self.status.is_server_error() {
+        if self.status == StatusCode::INTERNAL_SERVER_ERROR {
             let cause = InternalCause(Arc::new(self.detail));
             let body = api::problem(
                 title,
@@ -232,10 +261,10 @@ async fn log_errors(request: Request, next: Next) -> Response {
     response
 }
 
-/// Mutations need the configured token, and a JSON body type: a page on another site cannot
-/// send `application/json` across origins without a preflight this server never grants, so
-/// it cannot trigger runs through a user's browser.
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Mutations need a JSON body type: a page on another site cannot send `application/json`
+/// across origins without a preflight this server never grants, so it cannot trigger runs
+/// through a user's browser.
+async fn require_json(request: Request, next: Next) -> Response {
     let mutating = !matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
@@ -245,29 +274,6 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().starts_with("application/json"));
-    if let (true, Some(token)) = (mutating, &state.token) {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        // Compare without an early exit, so timing does not reveal a matching prefix.
-        let matches = given.len() == token.len()
-            && given
-                .bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if !matches {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                Json(json!({"type": "about:blank", "title": "Unauthorized", "status": 401, "detail": "this request changes state: send Authorization: Bearer <SLUICE_API_TOKEN>"})),
-            )
-                .into_response();
-        }
-    }
     if mutating && !json {
         return (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -282,23 +288,32 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
 pub fn router(state: AppState) -> Router {
     let api = api::routes()
         .layer(middleware::from_fn_with_state(state.clone(), cache_reads))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
+        .layer(middleware::from_fn(require_json))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            hardening::MAX_BODY_BYTES,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            hardening::REQUEST_TIMEOUT,
+        ))
+        // The event stream is long-lived: outside the request timeout, inside the auth check.
+        .merge(events::routes())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ));
+    let app = Router::new()
         .nest("/api/v1", api)
         .merge(health::routes())
         .merge(ui::routes())
         .fallback(|| async { ApiError::not_found("no such page or endpoint") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            hardening::check_host,
+        ))
         .layer(middleware::from_fn(log_errors))
-        .with_state(state)
+        .with_state(state);
+    hardening::security_headers(app)
 }
 
-/// Serves `router` on `listener` until `shutdown` fires.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-}
+pub use hardening::serve;

@@ -8,8 +8,9 @@ use schemars::JsonSchema;
 use serde_json::{json, Value};
 
 use super::api::{
-    BackfillBody, ClearBody, DagPatch, DagRunCollection, DagRunJson, DeliveryLedgerJson, MarkBody,
-    ProblemJson, RunAttemptCollection, TaskInstanceCollection, TriggerBody,
+    AuditLogJson, BackfillBody, ClearBody, DagPatch, DagRunCollection, DagRunJson,
+    DeliveryLedgerJson, MarkBody, ProblemJson, RunAttemptCollection, TaskInstanceCollection,
+    TriggerBody,
 };
 
 /// One operation of the API, for the OpenAPI document.
@@ -173,6 +174,13 @@ pub const OPERATIONS: &[Operation] = &[
         None,
     )
     .answers(schema::<DeliveryLedgerJson>),
+    op(
+        "get",
+        "/auditLog",
+        "Who changed what, when and from where: every mutating request with its outcome, newest first (admin; limit, offset)",
+        None,
+    )
+    .answers(schema::<AuditLogJson>),
     op(
         "patch",
         "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}",

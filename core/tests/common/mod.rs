@@ -86,3 +86,32 @@ pub async fn fresh_clickhouse_database() -> String {
     clickhouse(&format!("CREATE DATABASE {name}")).await;
     name
 }
+
+/// The web server over `store` and the DAGs in `dags` on an ephemeral loopback port, as
+/// `sluice webserver` builds it; returns its base URL and the token that stops it.
+pub async fn serve_web(
+    dags: &std::path::Path,
+    logs: &std::path::Path,
+    store: Arc<dyn Store>,
+    registry: sluice_operator_api::Registry,
+    tokens: sluice_core::web::auth::Tokens,
+) -> (String, tokio_util::sync::CancellationToken) {
+    use sluice_core::web::{router, serve, AppState, DagCatalog};
+    let state = AppState {
+        cache: Default::default(),
+        changes: sluice_core::web::watch_changes(
+            store.clone(),
+            std::time::Duration::from_millis(50),
+        ),
+        store,
+        dags: Arc::new(DagCatalog::new(dags.to_path_buf(), registry)),
+        tokens: Arc::new(tokens),
+        logs: logs.to_path_buf(),
+        guards: Default::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(serve(listener, router(state), stop.clone()));
+    (base, stop)
+}

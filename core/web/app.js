@@ -11,31 +11,50 @@ const sluice = (() => {
     for (const child of children) node.append(child);
     return node;
   };
+  // The token lives in this tab only (sessionStorage): closing the tab forgets it, and no
+  // other page of the origin can read it later from disk.
   const tokenInput = () => $("token");
-  function setupToken() {
+  const TOKEN_KEY = "sluice-token";
+  let onToken = () => {};
+  function setupToken(refresh) {
+    localStorage.removeItem(TOKEN_KEY); // earlier versions kept it on disk
     const input = tokenInput();
-    input.value = localStorage.getItem("sluice-token") || "";
-    input.addEventListener("change", () => localStorage.setItem("sluice-token", input.value));
+    input.value = sessionStorage.getItem(TOKEN_KEY) || "";
+    onToken = refresh || (() => {});
+    input.addEventListener("change", () => {
+      sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+      show("");
+      onToken();
+    });
   }
+  const authHeaders = () => {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    return token ? { "Authorization": "Bearer " + token } : {};
+  };
   async function api(path, options = {}) {
-    const headers = Object.assign({ "Accept": "application/json" }, options.headers || {});
+    const headers = Object.assign({ "Accept": "application/json" }, authHeaders(), options.headers || {});
     if (options.body) headers["Content-Type"] = "application/json";
-    const token = tokenInput().value;
-    if (token && options.method && options.method !== "GET") headers["Authorization"] = "Bearer " + token;
     const response = await fetch("/api/v1" + path, Object.assign({}, options, { headers }));
     if (!response.ok) {
       let detail = response.statusText;
       try { detail = (await response.json()).detail || detail; } catch (_) {}
-      throw new Error(response.status + ": " + detail);
+      if (response.status === 401) {
+        // Ask once: the field is in the header; the page reloads its data when it is filled.
+        tokenInput().focus();
+        detail = "this server needs an API token: enter it above (" + detail + ")";
+      }
+      const error = new Error(response.status + ": " + detail);
+      error.status = response.status;
+      throw error;
     }
     return options.raw ? response.text() : response.json();
   }
   const show = (message) => { $("message").textContent = message || ""; };
   const cell = (state, title, onclick) => el("span", { class: "cell " + (state || ""), title: title, onclick: onclick || (() => {}) });
+  const readable = (path) => { try { return decodeURIComponent(path); } catch (_) { return path; } };
   const when = (t) => t ? t.replace("T", " ").replace(/\.\d+Z$/, "Z") : "-";
 
   async function dagList() {
-    setupToken();
     async function refresh() {
       try {
         const data = await api("/dags?limit=1000");
@@ -60,8 +79,21 @@ const sluice = (() => {
         }
         const errors = await api("/importErrors");
         $("errors").textContent = errors.total_entries ? errors.total_entries + " error(s) in DAG files: " + errors.import_errors.map((e) => e.filename + ": " + e.stack_trace).join("; ") : "";
+        await audit();
       } catch (e) { show(e.message); }
     }
+    // Who changed what: shown to admins only (others get 403 and see nothing).
+    async function audit() {
+      try {
+        const log = await api("/auditLog?limit=20");
+        const body = $("audit").querySelector("tbody");
+        body.replaceChildren(...log.entries.map((e) => el("tr", {},
+          el("td", { text: when(e.at) }), el("td", { text: e.actor + " (" + e.role + ")" }),
+          el("td", { text: e.method + " " + readable(e.path) }), el("td", { text: String(e.status) }), el("td", { text: e.remote || "-" }))));
+        $("audit-section").hidden = false;
+      } catch (e) { $("audit-section").hidden = true; }
+    }
+    setupToken(refresh);
     await refresh();
     live(refresh);
   }
@@ -100,7 +132,6 @@ const sluice = (() => {
   }
 
   async function dagPage() {
-    setupToken();
     const dagId = decodeURIComponent(location.pathname.split("/").pop());
     $("title").textContent = dagId;
     $("crumb").textContent = "DAGs / " + dagId;
@@ -189,16 +220,41 @@ const sluice = (() => {
         show(""); $("summary").textContent = "queued " + run.dag_run_id; refresh();
       } catch (e) { show("Trigger refused: " + e.message); }
     });
+    setupToken(refresh);
     await refresh();
     live(refresh);
   }
   // Server-sent events say when something changed; a slow timer only covers a lost stream.
+  // Read with fetch, not EventSource, which cannot send the Authorization header.
   function live(refresh) {
     let pending = false;
     const later = () => { if (!pending) { pending = true; setTimeout(() => { pending = false; refresh(); }, 150); } };
-    const source = new EventSource("/api/v1/events");
-    source.addEventListener("change", later);
+    async function follow() {
+      try {
+        const response = await fetch("/api/v1/events", { headers: Object.assign({ "Accept": "text/event-stream" }, authHeaders()) });
+        if (response.ok && response.body) {
+          const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+          let buffer = "";
+          for (;;) {
+            const { value, done } = await reader.read();
+            if (done) break;
+            buffer += value;
+            const events = buffer.split("\n\n");
+            buffer = events.pop();
+            if (events.some((e) => e.split("\n").includes("event: change"))) later();
+          }
+        }
+      } catch (_) {}
+      setTimeout(follow, 3000); // the stream ended or was refused (no token yet): try again
+    }
+    follow();
     setInterval(refresh, 30000);
   }
-  return { dagList, dagPage };
+  // Each page says which view it is (no inline scripts: the content security policy forbids them).
+  const views = { dagList, dagPage };
+  document.addEventListener("DOMContentLoaded", () => {
+    const view = views[document.body.dataset.view];
+    if (view) view();
+  });
+  return views;
 })();

@@ -1,12 +1,14 @@
-// The status UI in a real headless Chromium, against a running `sluice standalone`:
-// the DAG list loads, a trigger without the API token is refused and says why, a trigger
-// with it queues a run that turns green in the grid without a reload, and a task's log opens.
-// Usage: node ui.test.mjs <base-url> <token> <screenshot-dir>
+// The status UI in a real headless Chromium, against a running `sluice standalone` with an
+// admin token and a viewer token: without a token the page asks for one, a viewer sees the
+// DAGs but a trigger is refused and says why, the admin's trigger queues a run that turns
+// green in the grid without a reload, a task's log opens, the token stays in the tab only,
+// and the admin sees the audit log.
+// Usage: node ui.test.mjs <base-url> <admin-token> <screenshot-dir> <viewer-token>
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 
-const [base, token, shots] = process.argv.slice(2);
+const [base, token, shots, viewer] = process.argv.slice(2);
 mkdirSync(shots, { recursive: true });
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -15,26 +17,39 @@ const browser = await chromium.launch({
 const page = await browser.newPage({ viewport: { width: 1300, height: 900 } });
 const errors = [];
 page.on("pageerror", (e) => errors.push(String(e)));
+// A page that breaks the content security policy (an inline script) says so on the console.
+page.on("console", (m) => { if (m.type() === "error" && m.text().includes("Content Security Policy")) errors.push(m.text()); });
 let failed = false;
 const step = async (name, body) => {
   try { await body(); console.log("ok   " + name); }
   catch (e) { failed = true; console.log("FAIL " + name + "\n     " + e.message); await page.screenshot({ path: `${shots}/failed-${name.replace(/\W+/g, "-")}.png`, fullPage: true }); }
 };
 
-await step("the DAG list shows the DAG", async () => {
+await step("without a token the page asks for one", async () => {
   await page.goto(base + "/");
+  await page.waitForFunction(() => document.getElementById("message").textContent.includes("needs an API token"), null, { timeout: 10000 });
+  assert.equal(await page.locator("#dags tbody tr").count(), 0, "nothing is shown without a token");
+  assert.equal(await page.evaluate(() => document.activeElement.id), "token", "the token field has the focus");
+  await page.screenshot({ path: `${shots}/0-asks-for-token.png`, fullPage: true });
+});
+
+await step("with a viewer token the DAG list shows the DAG", async () => {
+  await page.fill("#token", viewer);
+  await page.dispatchEvent("#token", "change");
   await page.waitForSelector("#dags tbody tr a", { timeout: 10000 });
   assert.deepEqual(await page.locator("#dags tbody tr a").allTextContents(), ["ui_demo"]);
+  assert.ok(await page.locator("#audit-section").isHidden(), "a viewer does not see the audit log");
   await page.screenshot({ path: `${shots}/1-dag-list.png`, fullPage: true });
 });
 
-await step("a trigger without the token is refused", async () => {
+await step("a viewer's trigger is refused and says why", async () => {
   await page.click("text=ui_demo");
   await page.waitForSelector("#trigger");
   await page.fill("#logical_date", "2026-01-01T00:00:00Z");
   await page.click("#trigger button[type=submit]");
-  await page.waitForFunction(() => document.getElementById("message").textContent.includes("401"), null, { timeout: 10000 });
-  await page.screenshot({ path: `${shots}/2-refused-without-token.png`, fullPage: true });
+  await page.waitForFunction(() => document.getElementById("message").textContent.includes("403"), null, { timeout: 10000 });
+  assert.ok((await page.textContent("#message")).includes("needs operator"));
+  await page.screenshot({ path: `${shots}/2-refused-for-a-viewer.png`, fullPage: true });
 });
 
 await step("bad conf JSON is caught before sending", async () => {
@@ -66,6 +81,24 @@ await step("marking a task failed turns it red and fails the run", async () => {
   await page.waitForFunction(() => document.querySelectorAll("#grid tbody span.cell.failed").length === 1, null, { timeout: 10000 });
   await page.waitForFunction(() => document.querySelectorAll("#grid thead span.cell.failed").length === 1, null, { timeout: 10000 });
   await page.screenshot({ path: `${shots}/5-marked-failed.png`, fullPage: true });
+});
+
+await step("the token stays in this tab only", async () => {
+  assert.equal(await page.evaluate(() => localStorage.getItem("sluice-token")), null, "never on disk");
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("sluice-token")), token);
+  const other = await browser.newPage();
+  await other.goto(base + "/");
+  await other.waitForFunction(() => document.getElementById("message").textContent.includes("needs an API token"), null, { timeout: 10000 });
+  await other.close();
+});
+
+await step("the admin sees the audit log with the trigger in it", async () => {
+  await page.goto(base + "/");
+  await page.waitForSelector("#audit-section:not([hidden]) #audit tbody tr", { timeout: 10000 });
+  const rows = await page.locator("#audit tbody tr").allTextContents();
+  assert.ok(rows.some((r) => r.includes("admin (admin)") && r.includes("POST /api/v1/dags/ui_demo/dagRuns") && r.includes("200")), rows.join("\n"));
+  assert.ok(rows.some((r) => r.includes("dashboard (viewer)") && r.includes("403")), rows.join("\n"));
+  await page.screenshot({ path: `${shots}/6-audit-log.png`, fullPage: true });
 });
 
 await step("no script errors on the pages", async () => {

@@ -247,7 +247,7 @@ const OPERATOR: &str = "operator-token-5f6a7b8c";
 const ADMIN: &str = "admin-token-9d0e1f2a3b4c";
 
 struct Web {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     base: String,
     stop: tokio_util::sync::CancellationToken,
     client: reqwest::Client,
@@ -282,7 +282,7 @@ async fn web() -> Web {
     )
     .await;
     Web {
-        _dir: dir,
+        dir,
         base,
         stop,
         client: reqwest::Client::new(),
@@ -404,11 +404,11 @@ async fn each_role_does_what_it_may_and_every_mutation_is_audited() {
         .call(Method::GET, "/api/v1/auditLog", Some(ADMIN), None)
         .await;
     assert_eq!(answer.status().as_u16(), 200);
-    let text = answer.text().await.unwrap();
+    let body = answer.text().await.unwrap();
     for token in [VIEWER, OPERATOR, ADMIN] {
-        assert!(!text.contains(token), "the audit log shows a token: {text}");
+        assert!(!body.contains(token), "the audit log shows a token: {body}");
     }
-    let log: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let log: serde_json::Value = serde_json::from_str(&body).unwrap();
     let seen: Vec<(String, String, String, u64)> = log["entries"]
         .as_array()
         .unwrap()
@@ -444,6 +444,20 @@ async fn each_role_does_what_it_may_and_every_mutation_is_audited() {
             entry("anonymous", "PATCH", "/api/v1/dags/etl", 401),
         ]
     );
+
+    // The same log from the command line.
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["audit", "--json", "--limit", "2"])
+        .env("SLUICE_HOME", w.dir.path())
+        .env_remove("SLUICE_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let cli: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cli.as_array().unwrap().len(), 2);
+    assert_eq!(cli[0]["actor"], "oncall");
+    assert_eq!(cli[0]["path"], "/api/v1/dags/etl/dagRuns");
+    assert_eq!(cli[1]["method"], "PATCH");
 }
 
 #[tokio::test]

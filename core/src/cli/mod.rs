@@ -1,6 +1,7 @@
 //! The command line (clap). The binary's edge: errors here are `anyhow` and become a
 //! message and an exit code; everything below returns typed errors.
 
+mod audit;
 mod dags;
 mod operators;
 mod runs;
@@ -54,6 +55,8 @@ pub enum Command {
     /// List and describe operators.
     #[command(subcommand)]
     Operators(operators::OperatorsCommand),
+    /// Who changed what through the API (every mutation, granted or refused), newest first.
+    Audit(audit::AuditArgs),
 }
 
 impl Cli {
@@ -122,6 +125,7 @@ pub async fn run(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
         Command::Runs(cmd) => runs::run(cmd, &settings).await,
         Command::Tasks(cmd) => runs::run_tasks(cmd, &settings, &registry).await,
         Command::Operators(cmd) => operators::run(cmd, &registry),
+        Command::Audit(args) => audit::run(args, &settings).await,
     }
 }
 

@@ -279,7 +279,10 @@ async fn bad_input_gets_clear_4xx_answers() {
     let (status, body) = post(json!({"conf": [1, 2]})).await;
     assert_eq!(
         (status, body["detail"].as_str()),
-        (400, Some("conf must be a JSON object"))
+        (
+            400,
+            Some("conf must be a JSON object, like {\"key\": \"value\"}")
+        )
     );
     let (status, body) = post(json!({"logical_date": "someday"})).await;
     assert_eq!(status, 400);

@@ -539,3 +539,79 @@ async fn oversized_bodies_and_slow_headers_are_cut_off() {
             >= sluice_core::web::hardening::HEADER_TIMEOUT - std::time::Duration::from_secs(1)
     );
 }
+
+#[test]
+fn a_bad_file_is_reported_and_never_stops_the_good_ones() {
+    let home = Home::new();
+    home.write(
+        "good.yaml",
+        "dag_id: good\ntasks:\n  - {id: a, operator: noop}\n",
+    );
+    // Nested aliases: a few hundred bytes that expand to a billion strings.
+    let mut bomb = String::from("dag_id: lol\na0: &a0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*a{}", i - 1); 9].join(",");
+        bomb.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+    }
+    bomb.push_str("tasks:\n  - {id: x, operator: noop}\n");
+    home.write("bomb.yaml", &bomb);
+    // 5 MB of YAML.
+    home.write(
+        "huge.yaml",
+        &format!(
+            "dag_id: huge\ndescription: \"{}\"\ntasks:\n  - {{id: x, operator: noop}}\n",
+            "x".repeat(5 << 20)
+        ),
+    );
+    home.write(
+        "forever.yaml",
+        "dag_id: forever\ndefault_args: {retries: 1, retry_delay: 99999999999999h}\ntasks:\n  - {id: x, operator: noop}\n",
+    );
+    let started = std::time::Instant::now();
+    let out = home.sluice(&["dags", "list", "--json"]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(out.status.success(), "{}", text(&out));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["dag_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["good"]);
+    let out = home.sluice(&["dags", "validate"]);
+    let report = text(&out);
+    for (file, problem) in [
+        ("bomb.yaml", "repetition limit exceeded"),
+        ("huge.yaml", "larger than 1024 KiB"),
+        ("forever.yaml", "longer than the longest allowed duration"),
+    ] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.contains(file) && l.contains(problem)),
+            "{file}: {problem}\n{report}"
+        );
+    }
+}
+
+#[test]
+fn a_conf_that_is_too_big_or_too_deep_is_refused() {
+    let home = Home::new();
+    home.write("c.yaml", "dag_id: c\ntasks:\n  - {id: a, operator: noop}\n");
+    let deep = format!("{}1{}", "{\"a\":".repeat(100), "}".repeat(100));
+    let big = format!("{{\"blob\": \"{}\"}}", "x".repeat(100_000));
+    for (conf, problem) in [(deep, "levels deep"), (big, "bytes; at most")] {
+        let out = home.sluice(&[
+            "dags",
+            "test",
+            "c",
+            "--logical-date",
+            "2026-11-23T10:00:00Z",
+            "--conf",
+            &conf,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(text(&out).contains(problem), "{}", text(&out));
+    }
+}

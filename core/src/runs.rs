@@ -30,6 +30,41 @@ pub enum StartError {
     },
 }
 
+/// The largest conf a run takes, serialized: a conf is parameters, not data.
+pub const MAX_CONF_BYTES: usize = 64 * 1024;
+/// The deepest nesting of objects and arrays a conf may have.
+pub const MAX_CONF_DEPTH: usize = 32;
+
+/// Checks a run's conf: a JSON object within [`MAX_CONF_BYTES`] and [`MAX_CONF_DEPTH`].
+/// The message says what is wrong, for the CLI and the API alike.
+pub fn check_conf(conf: &serde_json::Value) -> Result<(), String> {
+    fn depth(value: &serde_json::Value) -> usize {
+        match value {
+            serde_json::Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+            serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    if !conf.is_object() {
+        return Err("conf must be a JSON object, like {\"key\": \"value\"}".into());
+    }
+    let size = serde_json::to_string(conf)
+        .map(|s| s.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_CONF_BYTES {
+        return Err(format!(
+            "conf is {size} bytes; at most {MAX_CONF_BYTES} (pass data through tasks, not conf)"
+        ));
+    }
+    let nesting = depth(conf);
+    if nesting > MAX_CONF_DEPTH {
+        return Err(format!(
+            "conf nests {nesting} levels deep; at most {MAX_CONF_DEPTH}"
+        ));
+    }
+    Ok(())
+}
+
 /// Whether the run is new or a new attempt of an existing one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
@@ -239,4 +274,24 @@ pub async fn mark_task(
         run.clone()
     };
     Ok((marked, run))
+}
+
+#[cfg(test)]
+mod conf_tests {
+    use super::*;
+
+    #[test]
+    fn a_conf_is_a_small_shallow_object() {
+        assert!(check_conf(&serde_json::json!({"region": "eu", "n": [1, {"x": 2}]})).is_ok());
+        assert!(check_conf(&serde_json::json!([1]))
+            .unwrap_err()
+            .contains("JSON object"));
+        let big = serde_json::json!({"blob": "x".repeat(MAX_CONF_BYTES)});
+        assert!(check_conf(&big).unwrap_err().contains("at most 65536"));
+        let mut deep = serde_json::json!(1);
+        for _ in 0..40 {
+            deep = serde_json::json!({ "a": deep });
+        }
+        assert!(check_conf(&deep).unwrap_err().contains("40 levels deep"));
+    }
 }

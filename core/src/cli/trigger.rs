@@ -29,9 +29,7 @@ pub fn parse_conf(conf: Option<&str>) -> anyhow::Result<serde_json::Value> {
         Some(text) => serde_json::from_str(text).context("--conf is not valid JSON")?,
         None => serde_json::json!({}),
     };
-    if !conf.is_object() {
-        bail!("--conf must be a JSON object, like '{{\"key\": \"value\"}}'");
-    }
+    crate::runs::check_conf(&conf).map_err(|e| anyhow::anyhow!("--conf: {e}"))?;
     Ok(conf)
 }
 

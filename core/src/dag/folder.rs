@@ -57,7 +57,7 @@ fn check_files(dag: Dag, file: &Path) -> Result<Dag, Vec<DagError>> {
                 task: Some(task.id.clone()),
                 message: format!("config.{}: {message}", named.field),
             };
-            match std::fs::read_to_string(&path) {
+            match read_bounded(&path) {
                 Ok(text) => {
                     if let Err(e) = template::check(&text) {
                         errors.push(error(format!("{}: {}", path.display(), e.message)));
@@ -133,7 +133,7 @@ impl DagBag {
         let mut defined_in: BTreeMap<String, PathBuf> = BTreeMap::new();
         for file in files {
             bag.files += 1;
-            let text = match std::fs::read_to_string(&file) {
+            let text = match read_bounded(&file) {
                 Ok(text) => text,
                 Err(e) => {
                     bag.errors.push(DagError {
@@ -178,4 +178,24 @@ impl DagBag {
         files.dedup();
         files
     }
+}
+
+/// The largest DAG file or SQL file read (a DAG is a page of YAML; a 100 MB file is a mistake
+/// or an attack, and is reported instead of parsed).
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads a text file of at most [`MAX_FILE_BYTES`].
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "the file is larger than {} KiB",
+            MAX_FILE_BYTES / 1024
+        )));
+    }
+    Ok(text)
 }

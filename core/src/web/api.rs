@@ -691,9 +691,7 @@ async fn trigger_run(
     }
     let _ = body.note;
     let conf = body.conf.unwrap_or_else(|| json!({}));
-    if !conf.is_object() {
-        return Err(ApiError::bad_request("conf must be a JSON object"));
-    }
+    crate::runs::check_conf(&conf).map_err(ApiError::bad_request)?;
     let interval = match body.logical_date.or(body.execution_date) {
         Some(text) => dag.interval_for(
             parse_instant(&text, dag.timezone)

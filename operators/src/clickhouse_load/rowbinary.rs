@@ -657,4 +657,48 @@ mod tests {
         let truncated = decode(&parsed, &bytes[..bytes.len() - 1]).unwrap_err();
         assert!(truncated.contains("ends"), "{truncated}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+        /// An answer that is not what the types say gets an error, never a panic.
+        #[test]
+        fn arbitrary_answers_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            pick in proptest::collection::vec(0usize..8, 1..6),
+        ) {
+            let all = ["UInt8", "Int64", "Float32", "String", "DateTime", "Date", "Nullable(UInt64)", "Nullable(String)"];
+            let types: Vec<ChType> = pick.iter().map(|&i| ChType::parse(all[i]).unwrap()).collect();
+            if let Ok(cells) = decode(&types, &bytes) {
+                for (i, cells) in cells.into_iter().enumerate() {
+                    let _ = cells.into_column(&format!("c{i}"), &DataType::Int64);
+                }
+            }
+        }
+
+        /// Whatever the values, what is encoded reads back the same.
+        #[test]
+        fn values_read_back_as_written(
+            ids in proptest::collection::vec(proptest::prelude::any::<Option<u64>>(), 1..20),
+            words in proptest::collection::vec(proptest::prelude::any::<String>(), 1..20),
+        ) {
+            let n = ids.len().min(words.len());
+            let ids = Column::new("id".into(), ids[..n].to_vec());
+            let words = Column::new("w".into(), words[..n].to_vec());
+            let prepared = [
+                prepare("id", &ids, "Nullable(UInt64)").unwrap(),
+                prepare("w", &words, "String").unwrap(),
+            ];
+            let mut bytes = Vec::new();
+            for row in 0..n {
+                for p in &prepared {
+                    p.encode(row, &mut bytes);
+                }
+            }
+            let types = [ChType::parse("Nullable(UInt64)").unwrap(), ChType::String];
+            let mut cells = decode(&types, &bytes).unwrap().into_iter();
+            proptest::prop_assert_eq!(cells.next().unwrap().into_column("id", ids.dtype()).unwrap(), ids);
+            proptest::prop_assert_eq!(cells.next().unwrap().into_column("w", words.dtype()).unwrap(), words);
+        }
+    }
 }

@@ -142,7 +142,9 @@ fn numeric_to_f64(b: &[u8]) -> Result<f64, DecodeError> {
     if b.len() < 8 {
         return Err(DecodeError("numeric value too short".into()));
     }
-    let ndigits = be_i16(&b[0..]) as usize;
+    // A negative digit count is a corrupt value, not a huge one.
+    let ndigits = usize::try_from(be_i16(&b[0..]))
+        .map_err(|_| DecodeError("numeric value has a negative digit count".into()))?;
     let weight = be_i16(&b[2..]) as i32;
     let sign = u16::from_be_bytes([b[4], b[5]]);
     if sign == 0xC000 {
@@ -436,5 +438,30 @@ mod tests {
         assert!(d.finish().unwrap_err().0.contains("before its trailer"));
         let mut wrong = CopyDecoder::new(vec![("id".into(), PgKind::Int8)]);
         assert!(wrong.feed(&bytes).unwrap_err().0.contains("6 fields"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+        /// A server that sends garbage (or a stream cut anywhere) gets an error, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            keep in 0usize..400,
+            flip in proptest::prelude::any::<(usize, u8)>(),
+        ) {
+            let mut d = decoder();
+            let _ = d.feed(&noise);
+            let _ = d.finish();
+            // A valid stream, cut short or with one byte changed.
+            let mut bytes = stream();
+            let i = flip.0 % bytes.len();
+            bytes[i] ^= flip.1;
+            bytes.truncate(keep.min(bytes.len()));
+            let mut d = decoder();
+            if d.feed(&bytes).is_ok() {
+                let _ = d.finish();
+            }
+        }
     }
 }

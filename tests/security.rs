@@ -615,3 +615,114 @@ fn a_conf_that_is_too_big_or_too_deep_is_refused() {
         assert!(text(&out).contains(problem), "{}", text(&out));
     }
 }
+
+#[tokio::test]
+async fn a_conf_posted_to_the_api_reaches_the_shell_as_data() {
+    let home = Home::new();
+    home.write(
+        "echo.yaml",
+        "dag_id: echo\nschedule: null\ntasks:\n  - {id: say, operator: shell, config: {command: 'echo \"region {{ params.region }}\"'}}\n  - {id: env, operator: shell, config: {command: 'env; echo {{ conf.db_password }}', connections: [crm]}}\n",
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["standalone", "--port", &port.to_string()])
+        .env("SLUICE_HOME", home.home())
+        .env("SLUICE_DAGS_FOLDER", home.dags())
+        .env_remove("SLUICE_DATABASE_URL")
+        .env("SLUICE_API_TOKEN", API_TOKEN)
+        .env(
+            "SLUICE_CONN_CRM",
+            format!(
+                "postgres://etl:{}@127.0.0.1:1/crm",
+                CRM_PASSWORD.replace('$', "%24")
+            ),
+        )
+        .env(
+            "SLUICE_CONN_OTHER",
+            format!("postgres://etl:{OTHER_PASSWORD}@127.0.0.1:1/other"),
+        )
+        .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        if client.get(format!("{base}/health")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let marker = home.dir.path().join("pwned-by-api");
+    let hostile = format!("$(touch {m}); `touch {m}`", m = marker.display());
+    let answer: serde_json::Value = client
+        .post(format!("{base}/api/v1/dags/echo/dagRuns"))
+        .bearer_auth(API_TOKEN)
+        .json(&serde_json::json!({"conf": {"region": hostile, "db_password": CONF_PASSWORD}, "logical_date": "2026-11-23T10:00:00Z"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run_id = answer["dag_run_id"].as_str().unwrap().to_string();
+    let mut state = String::new();
+    for _ in 0..200 {
+        let run: serde_json::Value = client
+            .get(format!("{base}/api/v1/dags/echo/dagRuns/{run_id}"))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        state = run["state"].as_str().unwrap_or_default().to_string();
+        if state == "success" || state == "failed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "success");
+    assert!(!marker.exists(), "the API's conf ran as shell code");
+    let log = home.logs("echo", &run_id, "say");
+    assert!(log.contains(&format!("region {hostile}")), "{log}");
+
+    // Everything the API shows of this run, the environment-printing task included.
+    let run_path = format!(
+        "/api/v1/dags/echo/dagRuns/{}",
+        run_id.replace('+', "%2B").replace(':', "%3A")
+    );
+    let mut shown = String::new();
+    for path in [
+        run_path.clone(),
+        format!("{run_path}/taskInstances"),
+        format!("{run_path}/attempts"),
+        format!("{run_path}/taskInstances/env/logs/1"),
+        format!("{run_path}/taskInstances/say/logs/1"),
+        "/api/v1/dags/echo/grid".to_string(),
+        "/api/v1/dags/echo/dagRuns".to_string(),
+    ] {
+        let answer = client
+            .get(format!("{base}{path}"))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 200, "{path}");
+        shown.push_str(&answer.text().await.unwrap());
+    }
+    assert!(
+        shown.contains("SLUICE_CONN_CRM=postgres://etl:***@"),
+        "the env task ran: {shown}"
+    );
+    assert_no_secret("the API's answers", &shown);
+    assert_no_secret("the logs folder", &all_text_under(&home.home()));
+    let _ = server.kill().await;
+}

@@ -162,7 +162,13 @@ impl Executor {
             masker: Masker::new(
                 secrets_of_env(std::env::vars())
                     .into_iter()
-                    .chain(connections_for_masker.secrets()),
+                    .chain(connections_for_masker.secrets())
+                    // The API's tokens file: its tokens are secrets like SLUICE_API_TOKEN.
+                    .chain(
+                        crate::web::auth::Tokens::from_env()
+                            .map(|t| t.secrets())
+                            .unwrap_or_default(),
+                    ),
             ),
         }
     }

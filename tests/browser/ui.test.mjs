@@ -25,6 +25,16 @@ const step = async (name, body) => {
   catch (e) { failed = true; console.log("FAIL " + name + "\n     " + e.message); await page.screenshot({ path: `${shots}/failed-${name.replace(/\W+/g, "-")}.png`, fullPage: true }); }
 };
 
+// The list re-renders on every change event: a click can land on a row just replaced, so a
+// navigation is retried until the URL changes.
+const navigateBy = async (selector, url) => {
+  for (let i = 0; i < 5; i++) {
+    await page.click(selector);
+    try { await page.waitForURL(url, { timeout: 3000 }); return; } catch (_) {}
+  }
+  throw new Error("clicking " + selector + " never reached " + url);
+};
+
 await step("without a token the page asks for one", async () => {
   await page.goto(base + "/");
   await page.waitForFunction(() => document.getElementById("message").textContent.includes("needs an API token"), null, { timeout: 10000 });
@@ -43,7 +53,7 @@ await step("with a viewer token the DAG list shows the DAG", async () => {
 });
 
 await step("a viewer's trigger is refused and says why", async () => {
-  await page.click("text=ui_demo");
+  await navigateBy("#dags tbody tr a", /\/dags\/ui_demo$/);
   await page.waitForSelector("#trigger");
   await page.fill("#logical_date", "2026-01-01T00:00:00Z");
   await page.click("#trigger button[type=submit]");
@@ -73,6 +83,10 @@ await step("a task's log opens", async () => {
   await page.waitForFunction(() => document.getElementById("log").textContent.includes("try succeeded"), null, { timeout: 10000 });
   const log = await page.textContent("#log");
   assert.ok(log.includes("hello from the UI test"), log);
+  // The task printed its environment: the page shows no token of this server.
+  assert.ok(log.includes("SLUICE_DAG_ID=ui_demo"), log);
+  const page_text = await page.textContent("body");
+  for (const secret of [token, viewer]) assert.ok(!page_text.includes(secret), "the page shows a token");
   await page.screenshot({ path: `${shots}/4-task-log.png`, fullPage: true });
 });
 

@@ -345,11 +345,23 @@ impl ClickhouseLoad {
         let flags = self
             .flags()
             .expect("build() requires both columns for replace_scope");
-        ch.after_final(
-            &format!("writing tombstones into {table}"),
-            &tombstones::insert_sql(ch.database(), table, columns, scope, flags, version),
-        )
-        .await?;
+        let earlier = ch
+            .execute(&tombstones::earlier_rows_sql(
+                ch.database(),
+                table,
+                scope,
+                flags,
+                version,
+            ))
+            .await?;
+        let first_load = earlier.trim() == "0";
+        if !first_load {
+            ch.after_final(
+                &format!("writing tombstones into {table}"),
+                &tombstones::insert_sql(ch.database(), table, columns, scope, flags, version),
+            )
+            .await?;
+        }
 
         // Read back every tombstone of the slice, in the loaded table's columns and types.
         let names: Vec<String> = schema.iter_names().map(|n| n.to_string()).collect();
@@ -365,12 +377,15 @@ impl ClickhouseLoad {
                 ))
             })?);
         }
-        let answer = ch
-            .after_final(
+        let answer = if first_load {
+            bytes::Bytes::new()
+        } else {
+            ch.after_final(
                 &format!("reading the tombstones of {table}"),
                 &tombstones::read_sql(ch.database(), table, &names, scope, flags),
             )
-            .await?;
+            .await?
+        };
         let deleted_name = flags.deleted.to_string();
         let fail = |e: String| {
             OperatorError::fatal(format!("reading the tombstones of {table} back: {e}"))

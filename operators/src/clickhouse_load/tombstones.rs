@@ -128,6 +128,24 @@ pub fn insert_sql(
     )
 }
 
+/// `SELECT count()` of the slice's rows older than this load, without FINAL (cheap): when
+/// there are none, this is the slice's first load and there is nothing to tombstone or read.
+pub fn earlier_rows_sql(
+    database: &str,
+    table: &str,
+    scope: &[ScopeTerm],
+    flags: Flags<'_>,
+    version: u64,
+) -> String {
+    format!(
+        "SELECT count() FROM {db}.{t} WHERE {scope} AND {v} < {version} FORMAT TabSeparated",
+        db = quote_ident(database),
+        t = quote_ident(table),
+        scope = filter(scope),
+        v = quote_ident(flags.version),
+    )
+}
+
 /// `SELECT <columns>, <version> … FORMAT RowBinary` of the slice's tombstones under FINAL.
 pub fn read_sql(
     database: &str,
@@ -231,6 +249,10 @@ mod tests {
             "INSERT INTO `db`.`t` (`user_id`, `window_start`, `_version`, `_deleted`) \
              SELECT `user_id`, `window_start`, CAST(42 AS UInt64), CAST(1 AS UInt8) FROM `db`.`t` FINAL \
              WHERE `window_start` = toDateTime(1795428000) AND `_version` < 42 AND `_deleted` = 0"
+        );
+        assert_eq!(
+            earlier_rows_sql("db", "t", &scope, flags, 42),
+            "SELECT count() FROM `db`.`t` WHERE `window_start` = toDateTime(1795428000) AND `_version` < 42 FORMAT TabSeparated"
         );
         assert_eq!(
             read_sql("db", "t", &["user_id".into()], &scope, flags),

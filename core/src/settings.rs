@@ -3,6 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+/// How long artifacts of finished runs are kept unless `SLUICE_ARTIFACT_RETENTION` says.
+pub const DEFAULT_ARTIFACT_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(7 * 86_400);
+
 /// Settings shared by every command.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -19,6 +23,12 @@ pub struct Settings {
     /// `SLUICE_RUN_LEASE` (default 15s): how long a run stays claimed by a driver that stopped
     /// renewing (a process that died); another process resumes it after that.
     pub run_lease: std::time::Duration,
+    /// `SLUICE_RETENTION` (e.g. `30d`; default: forever): the scheduler removes finished runs
+    /// older than this with their history, logs, artifacts and ledgers.
+    pub retention: Option<std::time::Duration>,
+    /// `SLUICE_ARTIFACT_RETENTION` (default `7d`; `never` keeps them): the scheduler removes
+    /// the artifacts of finished runs older than this.
+    pub artifact_retention: Option<std::time::Duration>,
 }
 
 impl Settings {
@@ -43,6 +53,18 @@ impl Settings {
             .and_then(|v| humantime::parse_duration(&v).ok())
             .filter(|d| !d.is_zero())
             .unwrap_or(std::time::Duration::from_secs(15));
+        let duration = |name: &str| {
+            lookup(name)
+                .filter(|v| v != "never")
+                .and_then(|v| humantime::parse_duration(&v).ok())
+                .filter(|d| !d.is_zero())
+        };
+        let retention = duration("SLUICE_RETENTION");
+        let artifact_retention = match lookup("SLUICE_ARTIFACT_RETENTION").as_deref() {
+            Some("never") => None,
+            Some(_) => duration("SLUICE_ARTIFACT_RETENTION"),
+            None => Some(DEFAULT_ARTIFACT_RETENTION),
+        };
         Self {
             home,
             dags_folder,
@@ -50,6 +72,8 @@ impl Settings {
             parallelism,
             pools,
             run_lease,
+            retention,
+            artifact_retention,
         }
     }
 
@@ -62,6 +86,8 @@ impl Settings {
             parallelism: 32,
             pools: String::new(),
             run_lease: std::time::Duration::from_secs(15),
+            retention: None,
+            artifact_retention: Some(DEFAULT_ARTIFACT_RETENTION),
         }
     }
 

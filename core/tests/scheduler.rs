@@ -64,6 +64,7 @@ impl Running {
             poll: Duration::from_millis(20),
             dag_refresh: Duration::from_millis(100),
             heartbeat: Duration::from_secs(1),
+            retention: None,
         };
         let scheduler = Scheduler::new(
             self.store.clone(),

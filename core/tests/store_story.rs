@@ -10,7 +10,8 @@ use sluice_core::operator_api::DeliveryOutcome;
 use sluice_core::schedule::DataInterval;
 use sluice_core::state::{RunState, TaskState};
 use sluice_core::store::{
-    Backend, NewRun, NewTaskInstance, RunFilter, RunType, Store, StoreError, TaskChange, TaskKey,
+    Backend, NewRun, NewTaskInstance, RunFilter, RunRef, RunType, Store, StoreError, TaskChange,
+    TaskKey,
 };
 
 fn at(minute: u32) -> DateTime<Utc> {
@@ -466,6 +467,49 @@ async fn story(store: Arc<dyn Store>) {
             .len(),
         1200
     );
+
+    // Retention: only finished runs are listed and deleted, with everything recorded of them.
+    let far = at(0) + Duration::days(3650);
+    let finished = store.runs_ended_before(far, Some("etl")).await.unwrap();
+    assert_eq!(
+        finished
+            .iter()
+            .map(|r| r.run_id.as_str())
+            .collect::<Vec<_>>(),
+        [run_id.as_str()]
+    );
+    assert!(store
+        .runs_ended_before(at(0), Some("etl"))
+        .await
+        .unwrap()
+        .is_empty());
+    let etl = RunRef {
+        dag_id: "etl".into(),
+        run_id: run_id.clone(),
+    };
+    let unfinished = RunRef {
+        dag_id: "wide".into(),
+        run_id: big.run_id.clone(),
+    };
+    let deleted = store.delete_runs(&[etl.clone(), unfinished]).await.unwrap();
+    assert_eq!(deleted, [etl], "the queued run stays");
+    assert!(store.run("etl", &run_id).await.unwrap().is_none());
+    assert!(store
+        .task_instances("etl", &run_id)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.history("etl", &run_id).await.unwrap().is_empty());
+    assert!(store.attempts("etl", &run_id).await.unwrap().is_empty());
+    assert!(store.deliveries(&k, 2).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .task_instances("wide", &big.run_id)
+            .await
+            .unwrap()
+            .len(),
+        1200
+    );
 }
 
 #[tokio::test]
@@ -483,7 +527,7 @@ async fn store_story_on_sqlite() {
         })
         .await
         .unwrap();
-    assert_eq!(runs.len(), 4);
+    assert_eq!(runs.len(), 3, "four runs, one removed by retention");
     assert!(
         dir.path().join("sluice.db-wal").exists(),
         "SQLite runs in WAL mode"

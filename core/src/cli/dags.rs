@@ -88,7 +88,11 @@ pub async fn run(
     let bag = DagBag::load(&settings.dags_folder, registry);
     match cmd {
         DagsCommand::List { json } => list(&bag, json),
-        DagsCommand::Show { dag_id, json } => show(find(&bag, &dag_id)?, json),
+        DagsCommand::Show { dag_id, json } => show(
+            find(&bag, &dag_id)?,
+            json,
+            &crate::retention::Places::of(settings),
+        ),
         DagsCommand::Validate => Ok(validate(&bag)),
         DagsCommand::Trigger {
             dag_id,
@@ -196,7 +200,11 @@ fn list(bag: &DagBag, as_json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn show(dag: &Dag, as_json: bool) -> anyhow::Result<ExitCode> {
+fn show(dag: &Dag, as_json: bool, places: &crate::retention::Places) -> anyhow::Result<ExitCode> {
+    let disk = crate::retention::disk_usage(places, &dag.dag_id);
+    let params = sluice_operator_api::secrets::with_keys_masked(&serde_json::Value::Object(
+        dag.params.clone(),
+    ));
     let upstream_ids = |t: &crate::dag::Task| {
         t.upstream
             .iter()
@@ -234,9 +242,10 @@ fn show(dag: &Dag, as_json: bool) -> anyhow::Result<ExitCode> {
             "catchup": dag.catchup,
             "max_active_runs": dag.max_active_runs,
             "max_active_tasks": dag.max_active_tasks,
-            "params": dag.params,
+            "params": params,
             "tags": dag.tags,
             "tasks": tasks,
+            "disk_usage": disk,
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -253,11 +262,13 @@ fn show(dag: &Dag, as_json: bool) -> anyhow::Result<ExitCode> {
         dag.max_active_runs, dag.max_active_tasks
     );
     if !dag.params.is_empty() {
-        println!(
-            "  params: {}",
-            serde_json::Value::Object(dag.params.clone())
-        );
+        println!("  params: {params}");
     }
+    println!(
+        "  disk: {} of try logs, {} of artifacts",
+        human_bytes(disk.log_bytes),
+        human_bytes(disk.artifact_bytes)
+    );
     println!();
     let mut table = Table::new(&[
         "task",
@@ -410,4 +421,20 @@ async fn test(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `12.3 MiB`-style sizes.
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }

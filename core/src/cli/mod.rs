@@ -3,6 +3,7 @@
 
 mod audit;
 mod dags;
+mod db;
 mod operators;
 mod runs;
 mod serve;
@@ -57,6 +58,9 @@ pub enum Command {
     Operators(operators::OperatorsCommand),
     /// Who changed what through the API (every mutation, granted or refused), newest first.
     Audit(audit::AuditArgs),
+    /// The metadata store's upkeep: `db clean` removes old finished runs and their files.
+    #[command(subcommand)]
+    Db(db::DbCommand),
 }
 
 impl Cli {
@@ -126,6 +130,7 @@ pub async fn run(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
         Command::Tasks(cmd) => runs::run_tasks(cmd, &settings, &registry).await,
         Command::Operators(cmd) => operators::run(cmd, &registry),
         Command::Audit(args) => audit::run(args, &settings).await,
+        Command::Db(cmd) => db::run(cmd, &settings).await,
     }
 }
 

@@ -150,7 +150,14 @@ pub async fn run(
         Arc::new(SystemClock),
         settings.dags_folder.clone(),
         registry,
-        SchedulerOptions::default(),
+        SchedulerOptions {
+            retention: Some(crate::retention::Policy {
+                places: crate::retention::Places::of(settings),
+                runs: settings.retention,
+                artifacts: settings.artifact_retention,
+            }),
+            ..SchedulerOptions::default()
+        },
     );
     eprintln!(
         "sluice scheduler: DAGs from {}, metadata in {}, parallelism {}",

@@ -36,6 +36,8 @@ pub struct SchedulerOptions {
     pub dag_refresh: Duration,
     /// How often the scheduler records that it is alive.
     pub heartbeat: Duration,
+    /// What old runs and artifacts the scheduler removes (hourly), if anything.
+    pub retention: Option<crate::retention::Policy>,
 }
 
 impl Default for SchedulerOptions {
@@ -44,6 +46,7 @@ impl Default for SchedulerOptions {
             poll: Duration::from_millis(50),
             dag_refresh: Duration::from_secs(2),
             heartbeat: Duration::from_secs(5),
+            retention: None,
         }
     }
 }
@@ -281,6 +284,7 @@ impl Scheduler {
         let mut list_runs = true;
         let mut last_listed: Option<(tokio::time::Instant, crate::store::QueuedMarker)> = None;
         let mut last_beat: Option<tokio::time::Instant> = None;
+        let mut last_retention: Option<tokio::time::Instant> = None;
         tracing::info!(folder = %self.dags_folder.display(), backend = ?self.store.backend(), "scheduler started");
         let outcome = loop {
             if shutdown.is_cancelled() {
@@ -298,6 +302,17 @@ impl Scheduler {
                     tracing::warn!(%error, "could not record the scheduler heartbeat");
                 }
                 last_beat = Some(tokio::time::Instant::now());
+            }
+            if let Some(policy) = &self.options.retention {
+                if last_retention.is_none_or(|t: tokio::time::Instant| {
+                    t.elapsed() >= crate::retention::Policy::EVERY
+                }) {
+                    // In the background: a large clean never delays a scheduling pass.
+                    let (policy, store, now) =
+                        (policy.clone(), self.store.clone(), self.clock.now());
+                    tokio::spawn(async move { policy.apply(store.as_ref(), now).await });
+                    last_retention = Some(tokio::time::Instant::now());
+                }
             }
             // A driver that ended without reporting (a panic) frees its run for the next pass.
             self.driving.retain(|key, handle| {

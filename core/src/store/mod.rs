@@ -575,6 +575,31 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
     async fn audit_entries(&self, limit: u32, offset: u32) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
+/// What retention (`sluice db clean`) reads and removes.
+#[async_trait]
+pub trait Retention: Send + Sync + std::fmt::Debug {
+    /// Finished runs (success, failed, cancelled) that ended before `cutoff`, of one DAG or
+    /// all, oldest first.
+    async fn runs_ended_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        dag_id: Option<&str>,
+    ) -> Result<Vec<DagRun>, StoreError>;
+    /// Deletes these runs with everything recorded of them (task instances, attempts,
+    /// history, deliveries) in one transaction, each only if it is still finished (a run
+    /// re-triggered meanwhile stays); returns the runs deleted.
+    async fn delete_runs(&self, runs: &[RunRef]) -> Result<Vec<RunRef>, StoreError>;
+}
+
+/// A run by its ids.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct RunRef {
+    /// The DAG.
+    pub dag_id: String,
+    /// The run.
+    pub run_id: String,
+}
+
 /// One mutating API request, granted or refused.
 #[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct AuditEntry {
@@ -597,9 +622,9 @@ pub struct AuditEntry {
 
 /// The metadata store: all its parts, as one `Arc<dyn Store>` that front ends and the
 /// scheduler share. Code that needs one part can take `&dyn RunStore`, `&dyn ReadModel`, ….
-pub trait Store: RunStore + ReadModel + Metrics + Heartbeats + AuditLog {}
+pub trait Store: RunStore + ReadModel + Metrics + Heartbeats + AuditLog + Retention {}
 
-impl<T: RunStore + ReadModel + Metrics + Heartbeats + AuditLog + ?Sized> Store for T {}
+impl<T: RunStore + ReadModel + Metrics + Heartbeats + AuditLog + Retention + ?Sized> Store for T {}
 
 /// The queued runs at a glance: if neither field moved, no run was queued meanwhile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -967,6 +967,67 @@ impl Metrics for SqlStore {
 }
 
 #[async_trait]
+impl Retention for SqlStore {
+    async fn runs_ended_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        dag_id: Option<&str>,
+    ) -> Result<Vec<DagRun>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM dag_run
+             WHERE state IN ('success', 'failed', 'cancelled') AND ended_at IS NOT NULL AND ended_at < $1
+               AND ($2 = '' OR dag_id = $2)
+             ORDER BY ended_at, dag_id, run_id"
+        ))
+        .bind(micros(cutoff))
+        .bind(dag_id.unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("list runs to clean"))?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn delete_runs(&self, runs: &[RunRef]) -> Result<Vec<RunRef>, StoreError> {
+        let _turn = self.write_turn().await;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_error("begin a clean"))?;
+        let mut deleted = Vec::new();
+        for run in runs {
+            // The history has no foreign key (it outlives nothing else): deleted explicitly,
+            // and only for a run that is still finished.
+            sqlx::query(
+                "DELETE FROM task_state_history WHERE dag_id = $1 AND run_id = $2
+                   AND EXISTS (SELECT 1 FROM dag_run WHERE dag_id = $1 AND run_id = $2
+                               AND state IN ('success', 'failed', 'cancelled'))",
+            )
+            .bind(&run.dag_id)
+            .bind(&run.run_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error("clean history"))?;
+            // Task instances, attempts and deliveries go with the run (ON DELETE CASCADE).
+            let done = sqlx::query(
+                "DELETE FROM dag_run WHERE dag_id = $1 AND run_id = $2
+                   AND state IN ('success', 'failed', 'cancelled')",
+            )
+            .bind(&run.dag_id)
+            .bind(&run.run_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error("clean a run"))?;
+            if done.rows_affected() > 0 {
+                deleted.push(run.clone());
+            }
+        }
+        tx.commit().await.map_err(query_error("commit a clean"))?;
+        Ok(deleted)
+    }
+}
+
+#[async_trait]
 impl AuditLog for SqlStore {
     async fn record_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;

@@ -1,0 +1,265 @@
+//! Retention: what `sluice db clean` and the scheduler's retention settings remove, and the
+//! disk a DAG uses (Airflow's `db clean`).
+//!
+//! Only finished runs are ever touched. A clean is planned first (what a dry run prints) and
+//! then carried out run by run: the run's rows go in one transaction (task instances,
+//! attempts, history, deliveries), and only then its try logs and artifacts, so a run that
+//! was re-triggered between the plan and the clean keeps everything.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::store::{RunRef, Store, StoreError};
+
+/// Where a run's files live.
+#[derive(Debug, Clone)]
+pub struct Places {
+    /// `$SLUICE_HOME/logs`: `<dag>/<run>/<task>/<try>.log`.
+    pub logs: PathBuf,
+    /// `$SLUICE_HOME/artifacts`: `<dag>/<run>/<task>.<ext>`.
+    pub artifacts: PathBuf,
+}
+
+impl Places {
+    /// The places under `settings.home`.
+    pub fn of(settings: &crate::settings::Settings) -> Self {
+        Self {
+            logs: settings.logs_dir(),
+            artifacts: settings.artifacts_dir(),
+        }
+    }
+
+    fn run_dir(root: &Path, run: &RunRef) -> Option<PathBuf> {
+        // Ids become path components: one that is not a plain name is never followed.
+        let plain = |s: &str| !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\\']);
+        (plain(&run.dag_id) && plain(&run.run_id)).then(|| root.join(&run.dag_id).join(&run.run_id))
+    }
+
+    fn run_logs(&self, run: &RunRef) -> Option<PathBuf> {
+        Self::run_dir(&self.logs, run)
+    }
+
+    fn run_artifacts(&self, run: &RunRef) -> Option<PathBuf> {
+        Self::run_dir(&self.artifacts, run)
+    }
+}
+
+/// What the scheduler removes by itself, and how often it looks.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Where files are.
+    pub places: Places,
+    /// Finished runs older than this are removed with their rows, logs and artifacts
+    /// (`SLUICE_RETENTION`; none: kept forever).
+    pub runs: Option<std::time::Duration>,
+    /// Artifacts of finished runs older than this are removed (`SLUICE_ARTIFACT_RETENTION`,
+    /// default 7 days; `never` keeps them).
+    pub artifacts: Option<std::time::Duration>,
+}
+
+impl Policy {
+    /// How often the scheduler applies the policy.
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+    /// Applies the policy once at `now`; errors are logged, never fatal.
+    pub async fn apply(&self, store: &dyn Store, now: DateTime<Utc>) {
+        let before = |keep: std::time::Duration| {
+            now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX)
+        };
+        if let Some(keep) = self.runs {
+            let cutoff = before(keep);
+            let outcome = match plan(store, &self.places, cutoff, None).await {
+                Ok(plan) if plan.runs.is_empty() => Ok(None),
+                Ok(plan) => clean(store, &self.places, &plan).await.map(Some),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(Some(report)) => {
+                    tracing::info!(runs = report.runs.len(), bytes = report.bytes, %cutoff, "retention: removed finished runs")
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "retention: could not remove old runs"),
+            }
+        }
+        if let Some(keep) = self.artifacts {
+            match expire_artifacts(store, &self.places, before(keep)).await {
+                Ok(0) => {}
+                Ok(bytes) => tracing::info!(bytes, "retention: removed artifacts of finished runs"),
+                Err(error) => tracing::warn!(%error, "retention: could not expire artifacts"),
+            }
+        }
+    }
+}
+
+/// One run a clean removes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlannedRun {
+    /// The DAG.
+    pub dag_id: String,
+    /// The run.
+    pub run_id: String,
+    /// When it ended.
+    pub ended_at: DateTime<Utc>,
+    /// Bytes of its try logs.
+    pub log_bytes: u64,
+    /// Bytes of its artifacts.
+    pub artifact_bytes: u64,
+}
+
+/// What a clean removes (a dry run prints this and stops).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CleanPlan {
+    /// Runs that ended before this are removed.
+    pub cutoff: DateTime<Utc>,
+    /// The runs, oldest first.
+    pub runs: Vec<PlannedRun>,
+}
+
+impl CleanPlan {
+    /// Bytes of logs and artifacts the clean frees.
+    pub fn bytes(&self) -> u64 {
+        self.runs
+            .iter()
+            .map(|r| r.log_bytes + r.artifact_bytes)
+            .sum()
+    }
+}
+
+/// What a clean did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CleanReport {
+    /// Runs removed with their rows and files.
+    pub runs: Vec<RunRef>,
+    /// Bytes of files removed.
+    pub bytes: u64,
+    /// Planned runs that were not finished any more (re-triggered meanwhile): kept.
+    pub kept: u64,
+}
+
+/// Bytes under `path` (0 when it does not exist).
+pub fn bytes_under(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .map(|entries| entries.flatten().map(|e| bytes_under(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+/// The finished runs (of `dag_id`, or all) that ended before `cutoff`, with their files' sizes.
+pub async fn plan(
+    store: &dyn Store,
+    places: &Places,
+    cutoff: DateTime<Utc>,
+    dag_id: Option<&str>,
+) -> Result<CleanPlan, StoreError> {
+    let runs = store.runs_ended_before(cutoff, dag_id).await?;
+    let runs = runs
+        .into_iter()
+        .map(|run| {
+            let at = RunRef {
+                dag_id: run.dag_id.clone(),
+                run_id: run.run_id.clone(),
+            };
+            PlannedRun {
+                log_bytes: places.run_logs(&at).map_or(0, |p| bytes_under(&p)),
+                artifact_bytes: places.run_artifacts(&at).map_or(0, |p| bytes_under(&p)),
+                dag_id: run.dag_id,
+                run_id: run.run_id,
+                ended_at: run.ended_at.unwrap_or(cutoff),
+            }
+        })
+        .collect();
+    Ok(CleanPlan { cutoff, runs })
+}
+
+/// Carries out `plan`: the runs still finished lose their rows, then their logs and
+/// artifacts. A file that cannot be removed is logged and the clean goes on.
+pub async fn clean(
+    store: &dyn Store,
+    places: &Places,
+    plan: &CleanPlan,
+) -> Result<CleanReport, StoreError> {
+    let wanted: Vec<RunRef> = plan
+        .runs
+        .iter()
+        .map(|r| RunRef {
+            dag_id: r.dag_id.clone(),
+            run_id: r.run_id.clone(),
+        })
+        .collect();
+    let mut report = CleanReport {
+        runs: Vec::new(),
+        bytes: 0,
+        kept: 0,
+    };
+    // In chunks, so one transaction never holds the store for long.
+    for chunk in wanted.chunks(200) {
+        let deleted = store.delete_runs(chunk).await?;
+        report.kept += (chunk.len() - deleted.len()) as u64;
+        for run in deleted {
+            for dir in [places.run_logs(&run), places.run_artifacts(&run)]
+                .into_iter()
+                .flatten()
+            {
+                report.bytes += remove_dir(&dir);
+            }
+            report.runs.push(run);
+        }
+    }
+    Ok(report)
+}
+
+/// Removes the artifacts of finished runs that ended before `cutoff`, keeping the runs'
+/// rows and logs (artifacts are the bulk: a table per task and run). Returns the bytes freed.
+pub async fn expire_artifacts(
+    store: &dyn Store,
+    places: &Places,
+    cutoff: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let mut freed = 0;
+    for run in store.runs_ended_before(cutoff, None).await? {
+        let at = RunRef {
+            dag_id: run.dag_id,
+            run_id: run.run_id,
+        };
+        if let Some(dir) = places.run_artifacts(&at) {
+            freed += remove_dir(&dir);
+        }
+    }
+    Ok(freed)
+}
+
+fn remove_dir(dir: &Path) -> u64 {
+    let bytes = bytes_under(dir);
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(error) => {
+            tracing::warn!(path = %dir.display(), %error, "could not remove files of a cleaned run");
+            0
+        }
+    }
+}
+
+/// Disk a DAG uses now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct DiskUsage {
+    /// Bytes of try logs.
+    pub log_bytes: u64,
+    /// Bytes of artifacts.
+    pub artifact_bytes: u64,
+}
+
+/// The disk `dag_id`'s runs use.
+pub fn disk_usage(places: &Places, dag_id: &str) -> DiskUsage {
+    DiskUsage {
+        log_bytes: bytes_under(&places.logs.join(dag_id)),
+        artifact_bytes: bytes_under(&places.artifacts.join(dag_id)),
+    }
+}

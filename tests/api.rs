@@ -338,6 +338,15 @@ async fn logs_of_a_try_and_the_ui_pages() {
         String::from_utf8_lossy(&out.stdout)
     );
     let run = "manual__2026-11-23T10:00:00+00:00";
+    // The DAG's disk use: the try log just written, no artifact.
+    let (_, dag) = s.get("/api/v1/dags/etl").await;
+    let log_file = s.dir.path().join(format!("logs/etl/{run}/extract/1.log"));
+    assert_eq!(
+        dag["disk_usage"]["log_bytes"].as_u64(),
+        Some(std::fs::metadata(&log_file).unwrap().len()),
+        "{dag}"
+    );
+    assert_eq!(dag["disk_usage"]["artifact_bytes"], 0);
     let (status, log) = s
         .get(&format!(
             "/api/v1/dags/etl/dagRuns/{run}/taskInstances/extract/logs/1"

@@ -100,7 +100,10 @@ async fn main() {
         store,
         dags: Arc::new(DagCatalog::new(dags_dir, registry)),
         tokens: Default::default(),
-        logs: dir.path().join("logs"),
+        places: sluice_core::retention::Places {
+            logs: dir.path().join("logs"),
+            artifacts: dir.path().join("artifacts"),
+        },
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -100,7 +100,7 @@ async fn bind_web(
             allowed_hosts: crate::web::hardening::AllowedHosts::from_env(&web.host),
             ..Default::default()
         }),
-        logs: settings.logs_dir(),
+        places: crate::retention::Places::of(settings),
         cache: Default::default(),
         changes: crate::web::watch_changes(store.clone(), Duration::from_millis(500)),
     };

@@ -530,6 +530,11 @@ async fn get_dag(
     let paused = paused_set(&state).await?.contains(&dag_id);
     let mut value = dag_json(&dag, paused, &recent_of(&state, &dag_id).await?);
     value["tasks"] = tasks_json(&dag);
+    let places = state.places.clone();
+    let disk = tokio::task::spawn_blocking(move || crate::retention::disk_usage(&places, &dag_id))
+        .await
+        .map_err(|e| ApiError::internal(format!("measuring disk use: {e}")))?;
+    value["disk_usage"] = json!(disk);
     Ok(Json(value))
 }
 

@@ -37,8 +37,8 @@ pub struct AppState {
     pub dags: Arc<DagCatalog>,
     /// The API's tokens and their roles (none: the API is open, on loopback only).
     pub tokens: Arc<auth::Tokens>,
-    /// Where try logs are (`$SLUICE_HOME/logs`).
-    pub logs: std::path::PathBuf,
+    /// Where try logs and artifacts are (`$SLUICE_HOME/logs`, `$SLUICE_HOME/artifacts`).
+    pub places: crate::retention::Places,
     /// Moves whenever runs or task instances change (see [`watch_changes`]).
     pub changes: tokio::sync::watch::Receiver<i64>,
     /// Answers to reads, valid while nothing changed (see [`cache_reads`]).
@@ -153,7 +153,7 @@ pub use events::watch_changes;
 
 impl AppState {
     fn logs_dir(&self) -> std::path::PathBuf {
-        self.logs.clone()
+        self.places.logs.clone()
     }
 }
 

@@ -106,7 +106,10 @@ pub async fn serve_web(
         store,
         dags: Arc::new(DagCatalog::new(dags.to_path_buf(), registry)),
         tokens: Arc::new(tokens),
-        logs: logs.to_path_buf(),
+        places: sluice_core::retention::Places {
+            logs: logs.to_path_buf(),
+            artifacts: logs.with_file_name("artifacts"),
+        },
         guards: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

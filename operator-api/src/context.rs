@@ -259,6 +259,8 @@ pub struct TaskContext {
     pub log: TaskLog,
     /// Where item-by-item deliveries are recorded (see [`crate::ledger`]).
     pub deliveries: Arc<dyn crate::DeliveryLedger>,
+    /// Where process groups the try starts are recorded (see [`crate::processes`]).
+    pub processes: Arc<dyn crate::ProcessRegistry>,
     /// Cancelled when the try must stop (timeout, run cancelled, shutdown).
     pub cancel: CancellationToken,
 }

@@ -26,6 +26,7 @@ pub fn context(dir: &std::path::Path, conf: serde_json::Value) -> TaskContext {
         artifacts: Arc::new(LocalArtifactStore::new(dir.join("artifacts"))),
         log: TaskLog::to_file(&dir.join("try.log")),
         deliveries: Arc::new(sluice_operator_api::NoLedger),
+        processes: Arc::new(sluice_operator_api::NoProcesses),
         cancel: Default::default(),
     }
 }

@@ -11,6 +11,7 @@ mod attempt;
 pub mod decide;
 mod ledger;
 mod plan;
+mod processes;
 pub mod slots;
 
 use std::collections::{BTreeMap, HashMap};
@@ -394,6 +395,12 @@ impl RunDriver<'_> {
             connections: self.executor.connections.clone(),
             artifacts: self.executor.artifacts.clone(),
             log,
+            processes: Arc::new(processes::StoreProcesses {
+                store: self.executor.store.clone(),
+                key: self.key(task),
+                try_number,
+                host: processes::hostname(),
+            }),
             deliveries: Arc::new(ledger::StoreLedger {
                 store: self.executor.store.clone(),
                 key: self.key(task),
@@ -484,6 +491,32 @@ impl RunDriver<'_> {
         result
     }
 
+    /// Kills the process groups that tries of this run left when their process died, and
+    /// forgets them.
+    async fn stop_leftovers(&self) -> Result<(), ExecutorError> {
+        let store = &self.executor.store;
+        let leftovers = store.processes(&self.dag.dag_id, &self.run.run_id).await?;
+        let host = processes::hostname();
+        for process in leftovers {
+            let task_id = &process.key.task_id;
+            match processes::stop_leftover(&process, &host) {
+                processes::Leftover::Killed => {
+                    tracing::warn!(%task_id, pgid = process.pgid, try_number = process.try_number, "killed the process group a died try left running")
+                }
+                processes::Leftover::Gone => {}
+                processes::Leftover::Elsewhere => {
+                    tracing::warn!(%task_id, pgid = process.pgid, host = %process.host, "a died try's process group may still run on another machine")
+                }
+            }
+            if process.host == host {
+                store
+                    .forget_process(&process.key, &process.host, process.pgid)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn drive_loop(
         &mut self,
         cancel: &CancellationToken,
@@ -491,7 +524,10 @@ impl RunDriver<'_> {
         done_rx: &mut mpsc::UnboundedReceiver<Finished>,
         running: &mut HashMap<usize, CancellationToken>,
     ) -> Result<DagRun, ExecutorError> {
-        // Tries still `running` in the store belong to a process that died: count them as failed tries.
+        // Tries still `running` in the store belong to a process that died: first stop what
+        // they left running (a retry never runs next to the original), then count them as
+        // failed tries.
+        self.stop_leftovers().await?;
         let now = Utc::now();
         let died: Vec<Planned> = (0..self.instances.len())
             .filter(|&task| self.instances[task].state == TaskState::Running)

@@ -575,6 +575,35 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
     async fn audit_entries(&self, limit: u32, offset: u32) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
+/// Process groups of running tries (see `sluice_operator_api::processes`).
+#[async_trait]
+pub trait Processes: Send + Sync + std::fmt::Debug {
+    /// Records a process group a try started.
+    async fn record_process(&self, process: &TaskProcess) -> Result<(), StoreError>;
+    /// Forgets a process group that ended.
+    async fn forget_process(&self, key: &TaskKey, host: &str, pgid: i32) -> Result<(), StoreError>;
+    /// The process groups recorded for a run's tries.
+    async fn processes(&self, dag_id: &str, run_id: &str) -> Result<Vec<TaskProcess>, StoreError>;
+}
+
+/// A process group a try started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskProcess {
+    /// The task.
+    pub key: TaskKey,
+    /// Its try.
+    pub try_number: u32,
+    /// The machine it runs on (its hostname).
+    pub host: String,
+    /// The group's id (its leader's pid).
+    pub pgid: i32,
+    /// The leader's start time in clock ticks since boot: a later process with the same pid
+    /// is never taken for it.
+    pub start_ticks: u64,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+}
+
 /// What retention (`sluice db clean`) reads and removes.
 #[async_trait]
 pub trait Retention: Send + Sync + std::fmt::Debug {
@@ -622,9 +651,15 @@ pub struct AuditEntry {
 
 /// The metadata store: all its parts, as one `Arc<dyn Store>` that front ends and the
 /// scheduler share. Code that needs one part can take `&dyn RunStore`, `&dyn ReadModel`, ….
-pub trait Store: RunStore + ReadModel + Metrics + Heartbeats + AuditLog + Retention {}
+pub trait Store:
+    RunStore + ReadModel + Metrics + Heartbeats + AuditLog + Retention + Processes
+{
+}
 
-impl<T: RunStore + ReadModel + Metrics + Heartbeats + AuditLog + Retention + ?Sized> Store for T {}
+impl<T> Store for T where
+    T: RunStore + ReadModel + Metrics + Heartbeats + AuditLog + Retention + Processes + ?Sized
+{
+}
 
 /// The queued runs at a glance: if neither field moved, no run was queued meanwhile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -967,6 +967,75 @@ impl Metrics for SqlStore {
 }
 
 #[async_trait]
+impl Processes for SqlStore {
+    async fn record_process(&self, process: &TaskProcess) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        sqlx::query(
+            "INSERT INTO task_process (dag_id, run_id, task_id, try_number, host, pgid, start_ticks, started_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (dag_id, run_id, task_id, host, pgid) DO UPDATE
+             SET try_number = excluded.try_number, start_ticks = excluded.start_ticks, started_at = excluded.started_at",
+        )
+        .bind(&process.key.dag_id)
+        .bind(&process.key.run_id)
+        .bind(&process.key.task_id)
+        .bind(i64::from(process.try_number))
+        .bind(&process.host)
+        .bind(i64::from(process.pgid))
+        .bind(process.start_ticks as i64)
+        .bind(micros(process.started_at))
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("record a process"))?;
+        Ok(())
+    }
+
+    async fn forget_process(&self, key: &TaskKey, host: &str, pgid: i32) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        sqlx::query(
+            "DELETE FROM task_process WHERE dag_id = $1 AND run_id = $2 AND task_id = $3 AND host = $4 AND pgid = $5",
+        )
+        .bind(&key.dag_id)
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .bind(host)
+        .bind(i64::from(pgid))
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("forget a process"))?;
+        Ok(())
+    }
+
+    async fn processes(&self, dag_id: &str, run_id: &str) -> Result<Vec<TaskProcess>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT task_id, try_number, host, pgid, start_ticks, started_at FROM task_process
+             WHERE dag_id = $1 AND run_id = $2 ORDER BY task_id, pgid",
+        )
+        .bind(dag_id)
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("read processes"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(TaskProcess {
+                    key: TaskKey {
+                        dag_id: dag_id.to_string(),
+                        run_id: run_id.to_string(),
+                        task_id: get(row, "task_id")?,
+                    },
+                    try_number: get::<i64>(row, "try_number")? as u32,
+                    host: get(row, "host")?,
+                    pgid: get::<i64>(row, "pgid")? as i32,
+                    start_ticks: get::<i64>(row, "start_ticks")? as u64,
+                    started_at: instant("started_at", get(row, "started_at")?)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
 impl Retention for SqlStore {
     async fn runs_ended_before(
         &self,

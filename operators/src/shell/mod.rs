@@ -100,6 +100,10 @@ async fn pump(reader: impl AsyncRead + Unpin, log: TaskLog, stream: LogStream) -
     last
 }
 
+/// How long a cancelled command gets after SIGTERM before its group gets SIGKILL (within the
+/// executor's stop grace, after which the try is abandoned).
+const TERM_GRACE: std::time::Duration = std::time::Duration::from_secs(4);
+
 /// Variables a command inherits from sluice's own environment; everything else (the API
 /// token, the metadata store's URL, connections the task does not name) stays out.
 const INHERITED: &[&str] = &[
@@ -125,6 +129,15 @@ impl Operator for Shell {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        // The shell dies with the thread that started it (sluice's), instead of running on
+        // unsupervised; what it started is stopped by the resume (see `ctx.processes`).
+        // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let vars = &ctx.vars;
         for (name, value) in [
             ("SLUICE_DAG_ID", &vars.dag_id),
@@ -179,6 +192,10 @@ impl Operator for Shell {
         let group = ProcessGroup {
             pgid: child.id().map(|id| id as i32),
         };
+        // Recorded, so a resume after sluice dies stops the group before the retry starts.
+        if let Some(pgid) = group.pgid {
+            ctx.processes.started(pgid).await;
+        }
         let stdout = tokio::spawn(pump(
             child.stdout.take().expect("piped"),
             ctx.log.clone(),
@@ -195,11 +212,22 @@ impl Operator for Shell {
             _ = ctx.cancel.cancelled() => {
                 group.signal(libc::SIGTERM);
                 ctx.log.warn("cancelled: sent SIGTERM to the command's process group");
+                // A grace period to clean up; then dropping the group sends SIGKILL.
+                let stopped = tokio::time::timeout(TERM_GRACE, child.wait()).await.is_ok();
+                if !stopped {
+                    ctx.log.warn("the command did not stop within its grace period after SIGTERM: killing its process group");
+                }
+                if let Some(pgid) = group.pgid {
+                    ctx.processes.ended(pgid).await;
+                }
                 return Err(OperatorError::retryable("cancelled"));
             }
         };
         let last_line = stdout.await.ok().flatten();
         let _ = stderr.await;
+        if let Some(pgid) = group.pgid {
+            ctx.processes.ended(pgid).await;
+        }
 
         match status.code() {
             Some(0) => {

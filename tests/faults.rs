@@ -1,0 +1,145 @@
+//! Faults of the machine sluice runs on: a `kill -9` of the scheduler while shell tasks run
+//! must not leave their commands running next to their retries.
+
+#[path = "../core/tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_core::state::TaskState;
+use sluice_core::store::RunFilter;
+
+fn sluice(home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.env("SLUICE_HOME", home.join("home"))
+        .env("SLUICE_DAGS_FOLDER", home.join("dags"))
+        .env_remove("SLUICE_DATABASE_URL")
+        .env_remove("SLUICE_LOG")
+        .env("SLUICE_RUN_LEASE", "1s");
+    cmd
+}
+
+fn start_scheduler(home: &Path) -> Child {
+    sluice(home)
+        .arg("scheduler")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_schedulers_commands_do_not_outlive_it_next_to_their_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("dags")).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // Each task appends one line when its sleep ends: a command that outlived the kill would
+    // append a second one next to its retry's. A subshell in the background is the hard
+    // case: it is not the shell sluice started, only in its process group.
+    let dag = format!(
+        "dag_id: slow\ndefault_args: {{retries: 2, retry_delay: 100ms}}\ntasks:\n{}",
+        ["a", "b", "c"]
+            .iter()
+            .map(|t| {
+                let command = if *t == "c" {
+                    format!("(sleep 3; date >> {}/c) & wait", out.display())
+                } else {
+                    format!("sleep 3; date >> {}/{t}", out.display())
+                };
+                format!("  - {{id: {t}, operator: shell, config: {{command: '{command}'}}}}\n")
+            })
+            .collect::<String>()
+    );
+    std::fs::write(dir.path().join("dags/slow.yaml"), dag).unwrap();
+    let mut scheduler = start_scheduler(dir.path());
+    let trigger = sluice(dir.path())
+        .args([
+            "dags",
+            "trigger",
+            "slow",
+            "--logical-date",
+            "2026-01-01T00:00:00Z",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        trigger.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trigger.stderr)
+    );
+
+    // Kill -9 once every task is running.
+    let store = common::sqlite_store(&dir.path().join("home")).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let runs = store.list_runs(&RunFilter::default()).await.unwrap();
+        if let Some(run) = runs.first() {
+            let tis = store
+                .task_instances(&run.dag_id, &run.run_id)
+                .await
+                .unwrap();
+            if tis.len() == 3 && tis.iter().all(|t| t.state == TaskState::Running) {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the tasks never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    scheduler.kill().unwrap();
+    scheduler.wait().unwrap();
+
+    let mut restarted = start_scheduler(dir.path());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let run = loop {
+        let runs = store.list_runs(&RunFilter::default()).await.unwrap();
+        if runs.len() == 1 && runs[0].state.is_finished() {
+            break runs[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not finish after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Long enough for any command of the killed scheduler to have ended too.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    restarted.kill().unwrap();
+    restarted.wait().unwrap();
+
+    assert!(run.state.is_finished());
+    for task in ["a", "b", "c"] {
+        assert_eq!(
+            lines(&out.join(task)),
+            1,
+            "task {task}: one line per task, from its retry only"
+        );
+    }
+    let history = store.history(&run.dag_id, &run.run_id).await.unwrap();
+    let retried = history
+        .iter()
+        .filter(|h| {
+            h.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("process running this try died"))
+        })
+        .count();
+    assert_eq!(retried, 3, "each task was found dead once and retried");
+    assert!(
+        store
+            .processes(&run.dag_id, &run.run_id)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no process group is left recorded"
+    );
+}

@@ -300,21 +300,31 @@ impl TaskContext {
         F: FnOnce(&Path) -> Result<u64, OperatorError> + Send + 'static,
     {
         let key = self.artifact_key(extension);
+        // Disk errors (a full disk, a quota) are retryable: the next try may find space.
         let staged = self
             .artifacts
             .staging_path(&key)
             .await
-            .map_err(|e| OperatorError::fatal(e.to_string()))?;
+            .map_err(|e| OperatorError::retryable(e.to_string()))?;
         let path = staged.clone();
-        let rows = tokio::task::spawn_blocking(move || write(&path))
+        let written = tokio::task::spawn_blocking(move || write(&path))
             .await
-            .map_err(|e| OperatorError::fatal(format!("writing the table panicked: {e}")))??;
-        let table = self
-            .artifacts
-            .commit(&key, &staged, Some(rows))
-            .await
-            .map_err(|e| OperatorError::fatal(e.to_string()))?;
-        Ok((table, rows))
+            .map_err(|e| OperatorError::fatal(format!("writing the table panicked: {e}")))
+            .and_then(|rows| rows);
+        let committed = match written {
+            Ok(rows) => self
+                .artifacts
+                .commit(&key, &staged, Some(rows))
+                .await
+                .map(|table| (table, rows))
+                .map_err(|e| OperatorError::retryable(e.to_string())),
+            Err(e) => Err(e),
+        };
+        if committed.is_err() {
+            // No half-written file stays behind.
+            let _ = tokio::fs::remove_file(&staged).await;
+        }
+        committed
     }
 
     /// Resolves a path from config against the DAG file's folder.
@@ -358,5 +368,70 @@ mod tests {
             text.lines().last().unwrap().ends_with("INFO  closing"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_table_that_fails_to_write_leaves_no_file_and_can_be_retried() {
+        use chrono::TimeZone;
+        let dir = tempfile::tempdir().unwrap();
+        let t = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 0, 0).unwrap();
+        let ctx = TaskContext {
+            vars: TemplateVars::new(
+                "d",
+                "r",
+                "t",
+                1,
+                t,
+                (t, t),
+                serde_json::json!({}),
+                serde_json::json!({}),
+            ),
+            dag_dir: dir.path().to_path_buf(),
+            upstream: Default::default(),
+            connections: Arc::new(Connections::default()),
+            artifacts: Arc::new(crate::LocalArtifactStore::new(dir.path().join("artifacts"))),
+            log: TaskLog::discard(),
+            deliveries: Arc::new(crate::NoLedger),
+            processes: Arc::new(crate::NoProcesses),
+            cancel: Default::default(),
+        };
+        // Half a table, then the disk is full.
+        let failed = ctx
+            .write_table("arrow", |path| {
+                std::fs::write(path, b"half a table").unwrap();
+                Err(OperatorError::retryable(format!(
+                    "writing {}: No space left on device",
+                    path.display()
+                )))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(failed.kind, crate::FailureKind::Retryable);
+        let left: Vec<_> = walk(&dir.path().join("artifacts"));
+        assert!(left.is_empty(), "no partial file stays: {left:?}");
+        // The next try writes the table.
+        let (table, rows) = ctx
+            .write_table("arrow", |path| {
+                std::fs::write(path, b"a table").unwrap();
+                Ok(1)
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, 1);
+        assert_eq!(walk(&dir.path().join("artifacts")).len(), 1);
+        assert_eq!(table.location, "d/r/t.arrow");
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files.extend(walk(&path));
+            } else {
+                files.push(path);
+            }
+        }
+        files
     }
 }

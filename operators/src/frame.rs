@@ -45,13 +45,28 @@ pub fn write_columns(
     Ok(frame.height())
 }
 
-/// Writes a frame as an Arrow IPC file.
+/// An I/O error writing `path`: retryable (a full disk, a quota, a flaky mount may be fixed
+/// by the next try), and it names the path.
+fn disk_error(path: &Path, e: impl std::fmt::Display) -> OperatorError {
+    OperatorError::retryable(format!("writing {}: {e}", path.display()))
+}
+
+/// Writes a frame as an Arrow IPC file. I/O errors (a full disk) are retryable and name the
+/// file; the caller removes what was written.
 pub fn write_ipc(frame: &mut DataFrame, path: &Path) -> Result<(), OperatorError> {
-    let file = File::create(path)
-        .map_err(|e| OperatorError::fatal(format!("creating {}: {e}", path.display())))?;
-    IpcWriter::new(BufWriter::new(file))
+    let file = File::create(path).map_err(|e| disk_error(path, e))?;
+    let mut out = BufWriter::new(file);
+    IpcWriter::new(&mut out)
         .finish(frame)
-        .map_err(polars_error("writing the table"))
+        .map_err(|e| match e {
+            PolarsError::IO { .. } => disk_error(path, e),
+            other => OperatorError::fatal(format!("writing the table: {other}")),
+        })?;
+    // The last buffered bytes: an error here (ENOSPC) must not be lost in a drop.
+    out.into_inner()
+        .map_err(|e| disk_error(path, e.error()))?
+        .sync_data()
+        .map_err(|e| disk_error(path, e))
 }
 
 /// Reads an Arrow IPC file.
@@ -136,4 +151,23 @@ pub fn distinct_values(
         }
     };
     Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_a_retryable_error_that_names_the_file() {
+        // /dev/full answers every write with ENOSPC, as a full disk does.
+        let mut frame = df!("id" => (0..100_000i64).collect::<Vec<_>>()).unwrap();
+        let e = write_ipc(&mut frame, Path::new("/dev/full")).unwrap_err();
+        assert_eq!(e.kind, sluice_operator_api::FailureKind::Retryable, "{e:?}");
+        assert!(e.message.contains("/dev/full"), "{}", e.message);
+        assert!(
+            e.message.contains("No space left on device"),
+            "{}",
+            e.message
+        );
+    }
 }

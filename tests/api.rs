@@ -360,6 +360,28 @@ async fn logs_of_a_try_and_the_ui_pages() {
             .contains("OUT   hello <b>world</b>"),
         "{log}"
     );
+    // Read in pieces: the continuation token (Airflow's) is where the next piece starts.
+    let size = std::fs::metadata(&log_file).unwrap().len();
+    assert_eq!(log["next_offset"], size);
+    assert_eq!(log["continuation_token"], size.to_string());
+    let logs = format!("/api/v1/dags/etl/dagRuns/{run}/taskInstances/extract/logs/1");
+    let (_, rest) = s.get(&format!("{logs}?token={size}")).await;
+    assert_eq!(rest["content"], "", "nothing new after the end");
+    let (_, first) = s.get(&format!("{logs}?offset=0&limit=150")).await;
+    let first_text = first["content"].as_str().unwrap();
+    assert!(
+        first_text.len() <= 150 && first_text.ends_with('\n'),
+        "{first}"
+    );
+    let (_, second) = s
+        .get(&format!("{logs}?offset={}", first["next_offset"]))
+        .await;
+    assert_eq!(
+        format!("{first_text}{}", second["content"].as_str().unwrap()),
+        log["content"].as_str().unwrap(),
+        "two pieces make the whole log"
+    );
+    assert_eq!(s.get(&format!("{logs}?token=abc")).await.0, 400);
     let text = s
         .client
         .get(format!(

@@ -42,6 +42,71 @@ pub fn read_try_log(logs_dir: &Path, key: &TaskKey, try_number: u32) -> std::io:
     }
 }
 
+/// A piece of a try's log, in whole lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogChunk {
+    /// The text (bytes that are not UTF-8 are replaced).
+    pub content: String,
+    /// Byte offset of `content` in the file.
+    pub offset: u64,
+    /// Where the next read continues (the file's size when this chunk reaches its end).
+    pub next_offset: u64,
+    /// The file's size when it was read.
+    pub size: u64,
+}
+
+/// At most `limit` bytes of a try's log, whole lines only: from `offset` on, or, without one,
+/// the tail of the file. Memory stays bounded by `limit` whatever the log's size; a line
+/// longer than `limit` comes in pieces.
+pub fn read_try_log_range(
+    logs_dir: &Path,
+    key: &TaskKey,
+    try_number: u32,
+    offset: Option<u64>,
+    limit: u64,
+) -> std::io::Result<LogChunk> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = try_log_path(logs_dir, key, try_number);
+    let mut file = match std::fs::File::open(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(LogChunk {
+                content: read_try_log(logs_dir, key, try_number)?,
+                offset: 0,
+                next_offset: 0,
+                size: 0,
+            })
+        }
+        other => other?,
+    };
+    let size = file.metadata()?.len();
+    let limit = limit.max(1);
+    let start = match offset {
+        Some(offset) => offset.min(size),
+        None => size.saturating_sub(limit),
+    };
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::with_capacity(limit.min(size - start) as usize);
+    file.take(limit).read_to_end(&mut bytes)?;
+    let mut begin = 0;
+    if offset.is_none() && start > 0 {
+        // The tail starts mid-line: skip to the next whole line.
+        begin = bytes.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+    }
+    let mut end = bytes.len();
+    if start + (bytes.len() as u64) < size {
+        // More follows: stop after the last whole line (unless a single line fills the chunk).
+        if let Some(i) = bytes[begin..].iter().rposition(|&b| b == b'\n') {
+            end = begin + i + 1;
+        }
+    }
+    Ok(LogChunk {
+        content: String::from_utf8_lossy(&bytes[begin..end]).into_owned(),
+        offset: start + begin as u64,
+        next_offset: start + end as u64,
+        size,
+    })
+}
+
 fn routes() -> &'static Mutex<HashMap<u64, TaskLog>> {
     static ROUTES: OnceLock<Mutex<HashMap<u64, TaskLog>>> = OnceLock::new();
     ROUTES.get_or_init(Default::default)

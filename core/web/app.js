@@ -142,7 +142,12 @@ const sluice = (() => {
       try { await api(path, { method: body.new_state ? "PATCH" : "POST", body: JSON.stringify(body) }); show(""); refresh(); }
       catch (e) { show(what + " refused: " + e.message); }
     };
+    // A followed log is read in pieces from where the last one ended: a long log is never
+    // fetched twice, and the first view shows its tail.
+    let logOffset = null;
     async function showLog(runId, taskId, tryNumber, state) {
+      const same = followed && followed[0] === runId && followed[1] === taskId && followed[2] === tryNumber;
+      if (!same) logOffset = null;
       followed = [runId, taskId, tryNumber, state];
       $("details").hidden = false;
       $("details-title").textContent = taskId + " · " + runId + " · try " + tryNumber + (state ? " · " + state : "");
@@ -154,9 +159,17 @@ const sluice = (() => {
       clearInterval(follow);
       if (state === "running") follow = setInterval(() => showLog(...followed), 1000);
       try {
-        const text = await api(ti + "/logs/" + tryNumber, { raw: true, headers: { Accept: "text/plain" } });
-        $("log").textContent = text || "(empty)";
-      } catch (e) { $("log").textContent = e.message; }
+        if (logOffset === null) {
+          const chunk = await api(ti + "/logs/" + tryNumber);
+          const earlier = chunk.offset > 0 ? "… " + chunk.offset + " earlier bytes not shown\n" : "";
+          $("log").textContent = earlier + (chunk.content || "(empty)");
+          logOffset = chunk.next_offset;
+        } else {
+          const chunk = await api(ti + "/logs/" + tryNumber + "?offset=" + logOffset);
+          if (chunk.content) $("log").textContent += chunk.content;
+          logOffset = chunk.next_offset;
+        }
+      } catch (e) { $("log").textContent = e.message; logOffset = null; }
       // Item-by-item tasks (a webhook per user) have a delivery ledger: what this attempt delivered and what failed.
       try {
         const ledger = await api(ti + "/deliveries?limit=5");

@@ -327,13 +327,19 @@ pub async fn run_tasks(
         run_id,
         task_id,
     };
-    let text = read_try_log(&settings.logs_dir(), &key, number).map_err(|e| {
-        anyhow!(
-            "cannot read {}: {e}",
-            try_log_path(&settings.logs_dir(), &key, number).display()
-        )
-    })?;
-    print!("{text}");
+    let path = try_log_path(&settings.logs_dir(), &key, number);
+    // Streamed to stdout: a log of any size takes a buffer's worth of memory.
+    match std::fs::File::open(&path) {
+        Ok(mut file) => {
+            std::io::copy(&mut file, &mut std::io::stdout().lock())
+                .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+        }
+        Err(_) => {
+            let text = read_try_log(&settings.logs_dir(), &key, number)
+                .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+            print!("{text}");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

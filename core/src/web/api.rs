@@ -17,7 +17,7 @@ use crate::runs::{start_run, StartError};
 use crate::schedule::{parse_instant, Schedule};
 use crate::state::{RunState, TaskState};
 use crate::store::{DagRun, RunFilter, RunType, TaskInstance, TaskKey};
-use crate::trylog::read_try_log;
+use crate::trylog::read_try_log_range;
 
 /// The API routes (mounted under `/api/v1`).
 pub fn routes() -> Router<AppState> {
@@ -752,11 +752,35 @@ async fn list_task_instances(
     }))
 }
 
+/// `?offset=N` (or Airflow's `token=N`, the `continuation_token` of the previous answer) and
+/// `limit` (bytes, default 1 MiB, at most 8 MiB) of a log read; without an offset, the tail.
+#[derive(Debug, Deserialize)]
+struct LogQuery {
+    offset: Option<u64>,
+    token: Option<String>,
+    limit: Option<u64>,
+}
+
+/// Default and largest piece of a log one answer carries.
+const LOG_CHUNK: u64 = 1 << 20;
+const LOG_CHUNK_MAX: u64 = 8 << 20;
+
 async fn task_log(
     State(state): State<AppState>,
     Path((dag_id, run_id, task_id, try_number)): Path<(String, String, String, String)>,
+    Query(query): Query<LogQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let offset = match (&query.offset, &query.token) {
+        (Some(offset), _) => Some(*offset),
+        (None, Some(token)) => Some(token.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "token `{token}` is not a continuation token of this API"
+            ))
+        })?),
+        (None, None) => None,
+    };
+    let limit = query.limit.unwrap_or(LOG_CHUNK).clamp(1, LOG_CHUNK_MAX);
     let try_number: u32 = try_number
         .parse()
         .map_err(|_| ApiError::bad_request(format!("try_number `{try_number}` is not a number")))?;
@@ -778,22 +802,42 @@ async fn task_log(
         task_id,
     };
     let logs_dir = state.logs_dir();
-    let content = tokio::task::spawn_blocking(move || read_try_log(&logs_dir, &key, try_number))
-        .await
-        .map_err(|e| ApiError::internal(format!("reading a log: {e}")))?
-        .map_err(|e| ApiError::internal(format!("reading a log: {e}")))?;
+    let chunk = tokio::task::spawn_blocking(move || {
+        read_try_log_range(&logs_dir, &key, try_number, offset, limit)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("reading a log: {e}")))?
+    .map_err(|e| ApiError::internal(format!("reading a log: {e}")))?;
     let wants_text = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("text/plain"));
     if wants_text {
+        let next = chunk.next_offset.to_string();
         return Ok((
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            content,
+            [
+                (
+                    header::CONTENT_TYPE,
+                    "text/plain; charset=utf-8".to_string(),
+                ),
+                (
+                    header::HeaderName::from_static("x-sluice-next-offset"),
+                    next,
+                ),
+            ],
+            chunk.content,
         )
             .into_response());
     }
-    Ok(Json(json!({"content": content, "continuation_token": null, "running": ti.state == crate::state::TaskState::Running && ti.try_number == try_number})).into_response())
+    Ok(Json(json!({
+        "content": chunk.content,
+        "continuation_token": chunk.next_offset.to_string(),
+        "offset": chunk.offset,
+        "next_offset": chunk.next_offset,
+        "size": chunk.size,
+        "running": ti.state == crate::state::TaskState::Running && ti.try_number == try_number,
+    }))
+    .into_response())
 }
 
 async fn import_errors(State(state): State<AppState>) -> Json<Value> {

@@ -50,10 +50,13 @@ async fn a_killed_schedulers_commands_do_not_outlive_it_next_to_their_retries() 
         ["a", "b", "c"]
             .iter()
             .map(|t| {
+                // The first try sleeps long enough to be killed by the resume even on a
+                // loaded machine; the retry is quick.
+                let nap = r#"if [ "$SLUICE_TRY_NUMBER" = 1 ]; then sleep 8; else sleep 1; fi"#;
                 let command = if *t == "c" {
-                    format!("(sleep 3; date >> {}/c) & wait", out.display())
+                    format!("({nap}; date >> {}/c) & wait", out.display())
                 } else {
-                    format!("sleep 3; date >> {}/{t}", out.display())
+                    format!("{nap}; date >> {}/{t}", out.display())
                 };
                 format!("  - {{id: {t}, operator: shell, config: {{command: '{command}'}}}}\n")
             })
@@ -97,6 +100,7 @@ async fn a_killed_schedulers_commands_do_not_outlive_it_next_to_their_retries() 
     tokio::time::sleep(Duration::from_millis(300)).await;
     scheduler.kill().unwrap();
     scheduler.wait().unwrap();
+    let killed_at = Instant::now();
 
     let mut restarted = start_scheduler(dir.path());
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -112,7 +116,7 @@ async fn a_killed_schedulers_commands_do_not_outlive_it_next_to_their_retries() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     // Long enough for any command of the killed scheduler to have ended too.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(9).saturating_sub(killed_at.elapsed())).await;
     restarted.kill().unwrap();
     restarted.wait().unwrap();
 
@@ -141,5 +145,111 @@ async fn a_killed_schedulers_commands_do_not_outlive_it_next_to_their_retries() 
             .unwrap()
             .is_empty(),
         "no process group is left recorded"
+    );
+}
+
+/// A scheduler that stalls (SIGSTOP) past its run lease loses the run to another; when it
+/// wakes up (SIGCONT) its writes are refused: the run ends once, driven by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_scheduler_that_wakes_up_after_its_lease_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("dags")).unwrap();
+    std::fs::write(
+        dir.path().join("dags/stall.yaml"),
+        "dag_id: stall\ndefault_args: {retries: 2, retry_delay: 100ms}\ntasks:\n  - {id: a, operator: shell, config: {command: 'sleep 2'}}\n  - {id: b, operator: noop, depends_on: a}\n",
+    )
+    .unwrap();
+    let log = dir.path().join("first.log");
+    let mut first = sluice(dir.path())
+        .arg("scheduler")
+        .env("SLUICE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let trigger = sluice(dir.path())
+        .args([
+            "dags",
+            "trigger",
+            "stall",
+            "--logical-date",
+            "2026-01-01T00:00:00Z",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        trigger.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trigger.stderr)
+    );
+    let store = common::sqlite_store(&dir.path().join("home")).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let run_id = loop {
+        let runs = store.list_runs(&RunFilter::default()).await.unwrap();
+        if let Some(run) = runs.first() {
+            let tis = store
+                .task_instances(&run.dag_id, &run.run_id)
+                .await
+                .unwrap();
+            if tis
+                .iter()
+                .any(|t| t.task_id == "a" && t.state == TaskState::Running)
+            {
+                break run.run_id.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "a never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let pid = first.id() as i32;
+    // SAFETY: signals to a child process of this test.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let mut second = start_scheduler(dir.path());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let run = loop {
+        let run = store.run("stall", &run_id).await.unwrap().unwrap();
+        if run.state.is_finished() {
+            break run;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second scheduler did not finish the run"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let history_before = store.history("stall", &run_id).await.unwrap();
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // The woken scheduler tries to report its try and is refused.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    assert_eq!(run.state, sluice_core::state::RunState::Success);
+    let after = store.run("stall", &run_id).await.unwrap().unwrap();
+    assert_eq!(
+        after.state,
+        sluice_core::state::RunState::Success,
+        "still the second's outcome"
+    );
+    let history = store.history("stall", &run_id).await.unwrap();
+    assert_eq!(
+        history.len(),
+        history_before.len(),
+        "the woken scheduler wrote nothing: {history:#?}"
+    );
+    let a_tries = history
+        .iter()
+        .filter(|h| h.task_id == "a" && h.to == TaskState::Running)
+        .count();
+    assert_eq!(
+        a_tries, 2,
+        "the stalled try and the second scheduler's retry"
+    );
+    let first_log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        first_log.contains("lost the run's lease"),
+        "the woken scheduler says why it stopped: {first_log}"
     );
 }

@@ -512,6 +512,127 @@ async fn story(store: Arc<dyn Store>) {
     );
 }
 
+/// Fencing: a driver whose lease lapsed and whose run another driver took over has every
+/// write refused, task and run alike; the new holder's writes apply.
+async fn fencing(store: Arc<dyn Store>) {
+    let run = store
+        .create_run(&new_run("fenced", at(0), &["t"]))
+        .await
+        .unwrap();
+    let k = key("fenced", &run.run_id, "t");
+    let fenced = |from: TaskState, to: TaskState, driver: &str| {
+        let mut change = TaskChange::new(k.clone(), from.to(to).unwrap(), at(2));
+        change.fence = Some(driver.into());
+        change
+    };
+    assert!(store
+        .claim_run("fenced", &run.run_id, "A", at(1), at(0))
+        .await
+        .unwrap());
+    store
+        .set_run_state_as(
+            "A",
+            "fenced",
+            &run.run_id,
+            RunState::Queued,
+            RunState::Running,
+            at(0),
+        )
+        .await
+        .unwrap();
+    store
+        .transitions(&[fenced(TaskState::Pending, TaskState::Queued, "A")])
+        .await
+        .unwrap();
+    store
+        .transitions(&[fenced(TaskState::Queued, TaskState::Running, "A")])
+        .await
+        .unwrap();
+    // A stalls; its lease (until minute 1) lapses and B takes the run over, then retries t.
+    assert!(
+        !store
+            .claim_run("fenced", &run.run_id, "B", at(5), at(0))
+            .await
+            .unwrap(),
+        "a live lease is never taken"
+    );
+    assert!(store
+        .claim_run("fenced", &run.run_id, "B", at(5), at(2))
+        .await
+        .unwrap());
+    store
+        .transitions(&[fenced(TaskState::Running, TaskState::UpForRetry, "B")])
+        .await
+        .unwrap();
+    store
+        .transitions(&[fenced(TaskState::UpForRetry, TaskState::Queued, "B")])
+        .await
+        .unwrap();
+    store
+        .transitions(&[fenced(TaskState::Queued, TaskState::Running, "B")])
+        .await
+        .unwrap();
+    // A wakes up and reports its (old) try's success: t is `running` again, but B's try.
+    let refused = store
+        .transitions(&[fenced(TaskState::Running, TaskState::Success, "A")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::Fenced { holder, .. } if holder == "B"),
+        "{refused}"
+    );
+    let ti = store
+        .task_instances("fenced", &run.run_id)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        (ti.state, ti.try_number),
+        (TaskState::Running, 2),
+        "B's try is untouched"
+    );
+    let refused = store
+        .set_run_state_as(
+            "A",
+            "fenced",
+            &run.run_id,
+            RunState::Running,
+            RunState::Success,
+            at(3),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, StoreError::Fenced { .. }), "{refused}");
+    // B finishes the run.
+    store
+        .transitions(&[fenced(TaskState::Running, TaskState::Success, "B")])
+        .await
+        .unwrap();
+    let done = store
+        .set_run_state_as(
+            "B",
+            "fenced",
+            &run.run_id,
+            RunState::Running,
+            RunState::Success,
+            at(4),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.state, RunState::Success);
+}
+
+#[tokio::test]
+async fn stale_drivers_are_fenced_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    fencing(common::sqlite_store(dir.path()).await).await;
+}
+
+#[tokio::test]
+async fn stale_drivers_are_fenced_on_postgres() {
+    fencing(common::postgres_store().await).await;
+}
+
 #[tokio::test]
 async fn store_story_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();

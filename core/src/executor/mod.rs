@@ -77,6 +77,15 @@ pub enum ExecutorError {
         /// The run.
         run_id: String,
     },
+    /// This driver's lease on the run lapsed (the process stalled) and another took the run
+    /// over: it stops without writing anything more.
+    #[error("run `{run_id}` of DAG `{dag_id}`: this process lost the run's lease while it stalled; another process drives it now")]
+    LeaseLost {
+        /// The DAG.
+        dag_id: String,
+        /// The run.
+        run_id: String,
+    },
     /// The run's task instances do not match the DAG's tasks.
     #[error("run `{run_id}` has no task instance for task `{task_id}` of DAG `{dag_id}` (the DAG changed since the run was created)")]
     DagMismatch {
@@ -267,7 +276,8 @@ impl Executor {
         if run.state == RunState::Queued {
             run = self
                 .store
-                .set_run_state(
+                .set_run_state_as(
+                    &self.driver,
                     &dag.dag_id,
                     run_id,
                     RunState::Queued,
@@ -324,6 +334,7 @@ impl RunDriver<'_> {
                 output: p.output.clone(),
                 next_retry_at: p.next_retry_at,
                 max_tries: p.max_tries,
+                fence: Some(self.executor.driver.clone()),
             });
         }
         self.executor.store.transitions(&changes).await?;
@@ -644,7 +655,7 @@ impl RunDriver<'_> {
                     let now = Utc::now();
                     let until = now + chrono::Duration::from_std(self.executor.lease).unwrap_or_default();
                     if !self.executor.store.claim_run(&self.dag.dag_id, &self.run.run_id, &self.executor.driver, until, now).await? {
-                        return Err(ExecutorError::DrivenElsewhere { dag_id: self.dag.dag_id.clone(), run_id: self.run.run_id.clone() });
+                        return Err(ExecutorError::LeaseLost { dag_id: self.dag.dag_id.clone(), run_id: self.run.run_id.clone() });
                     }
                 }
                 _ = tokio::time::sleep(sleep_for.unwrap_or_default()), if sleep_for.is_some() => {}
@@ -659,7 +670,8 @@ impl RunDriver<'_> {
         let run = self
             .executor
             .store
-            .set_run_state(
+            .set_run_state_as(
+                &self.executor.driver,
                 &self.dag.dag_id,
                 &self.run.run_id,
                 RunState::Running,

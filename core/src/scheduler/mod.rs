@@ -211,6 +211,16 @@ impl Scheduler {
                     let _ = done.send(((dag_id, run_id), true));
                     return;
                 }
+                Err(
+                    error @ (crate::executor::ExecutorError::Store(StoreError::Fenced { .. })
+                    | crate::executor::ExecutorError::LeaseLost { .. }),
+                ) => {
+                    // This process stalled past its lease; the run is another's now, and
+                    // nothing this driver would still write is applied (fencing).
+                    tracing::warn!(%dag_id, %run_id, %error, "this process lost the run's lease while it stalled; another process drives the run");
+                    let _ = done.send(((dag_id, run_id), true));
+                    return;
+                }
                 Err(error) => {
                     tracing::error!(%dag_id, %run_id, %error, "run could not be driven; it is retried next pass")
                 }

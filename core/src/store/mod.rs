@@ -306,6 +306,11 @@ pub struct TaskChange {
     pub next_retry_at: Option<DateTime<Utc>>,
     /// For a clear: the new most tries allowed (tries so far + the task's retries + 1).
     pub max_tries: Option<u32>,
+    /// The fencing token: the run driver that must still hold the run's lease for the change
+    /// to apply. A driver whose lease lapsed (a stalled process whose run another took over)
+    /// has its writes refused ([`StoreError::Fenced`]). `None` for changes of people (clear,
+    /// mark), which only touch finished runs.
+    pub fence: Option<String>,
 }
 
 impl TaskChange {
@@ -319,6 +324,7 @@ impl TaskChange {
             output: None,
             next_retry_at: None,
             max_tries: None,
+            fence: None,
         }
     }
 }
@@ -375,6 +381,15 @@ pub enum StoreError {
         expected: String,
         /// State found.
         found: String,
+    },
+    /// A run driver's write was refused: it no longer holds the run's lease (another
+    /// process took the run over after the lease lapsed).
+    #[error("run {run}: this driver's lease lapsed and {holder} drives the run now: its write was refused")]
+    Fenced {
+        /// `dag_id/run_id`.
+        run: String,
+        /// Who holds the run now (`nobody` when it is released).
+        holder: String,
     },
     /// The run state machine forbids the change.
     #[error(transparent)]
@@ -451,6 +466,17 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     /// Moves a run from `from` to `to` (compare-and-set, checked against the run state machine).
     async fn set_run_state(
         &self,
+        dag_id: &str,
+        run_id: &str,
+        from: RunState,
+        to: RunState,
+        at: DateTime<Utc>,
+    ) -> Result<DagRun, StoreError>;
+    /// [`RunStore::set_run_state`] by a run driver: applied only while `driver` holds the
+    /// run's lease ([`StoreError::Fenced`] otherwise).
+    async fn set_run_state_as(
+        &self,
+        driver: &str,
         dag_id: &str,
         run_id: &str,
         from: RunState,

@@ -319,6 +319,18 @@ impl SqlStore {
             return StoreError::NotFound("a conflicting task instance".into());
         };
         let others = lost.count();
+        if let Some(fence) = &stale.fence {
+            match self.driver_of(&stale.key.dag_id, &stale.key.run_id).await {
+                Ok(holder) if holder.as_deref() != Some(fence.as_str()) => {
+                    return StoreError::Fenced {
+                        run: format!("{}/{}", stale.key.dag_id, stale.key.run_id),
+                        holder: holder.unwrap_or_else(|| "nobody".into()),
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => return error,
+            }
+        }
         let what = if others == 0 {
             stale.key.to_string()
         } else {
@@ -333,6 +345,82 @@ impl SqlStore {
             Ok(None) => StoreError::NotFound(format!("task instance {}", stale.key)),
             Err(error) => error,
         }
+    }
+
+    /// Moves a run's state (compare-and-set), fenced by `fence` (a run driver) when given.
+    async fn run_state(
+        &self,
+        fence: Option<&str>,
+        dag_id: &str,
+        run_id: &str,
+        from: RunState,
+        to: RunState,
+        at: DateTime<Utc>,
+    ) -> Result<DagRun, StoreError> {
+        let _turn = self.write_turn().await;
+        from.check(to)?;
+        let started = (to == RunState::Running).then_some(micros(at));
+        let ended = to.is_finished().then_some(micros(at));
+        let mut tx = self.pool.begin().await.map_err(query_error("begin"))?;
+        let row = sqlx::query(&format!(
+            "UPDATE dag_run SET state = $1, started_at = COALESCE($2, started_at),
+                 ended_at = CASE WHEN $1 = 'queued' THEN NULL ELSE COALESCE($3, ended_at) END
+             WHERE dag_id = $4 AND run_id = $5 AND state = $6 AND ($7 = '' OR driver = $7)
+             RETURNING {RUN_COLUMNS}"
+        ))
+        .bind(to.as_str())
+        .bind(started)
+        .bind(ended)
+        .bind(dag_id)
+        .bind(run_id)
+        .bind(from.as_str())
+        .bind(fence.unwrap_or_default())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(query_error("set run state"))?;
+        let Some(row) = row else {
+            drop(tx);
+            if let Some(fence) = fence {
+                match self.driver_of(dag_id, run_id).await {
+                    Ok(holder) if holder.as_deref() != Some(fence) => {
+                        return Err(StoreError::Fenced {
+                            run: format!("{dag_id}/{run_id}"),
+                            holder: holder.unwrap_or_else(|| "nobody".into()),
+                        })
+                    }
+                    Ok(_) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            return Err(self.run_not_in(dag_id, run_id, from).await);
+        };
+        let run = run_from_row(&row)?;
+        sqlx::query(
+            "UPDATE dag_run_attempt SET state = $1, started_at = $2, ended_at = $3
+             WHERE dag_id = $4 AND run_id = $5 AND attempt = $6",
+        )
+        .bind(run.state.as_str())
+        .bind(run.started_at.map(micros))
+        .bind(run.ended_at.map(micros))
+        .bind(dag_id)
+        .bind(run_id)
+        .bind(i64::from(run.attempt))
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error("record the attempt's state"))?;
+        tx.commit().await.map_err(query_error("commit run state"))?;
+        Ok(run)
+    }
+
+    /// The driver holding a run, if any.
+    async fn driver_of(&self, dag_id: &str, run_id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT driver FROM dag_run WHERE dag_id = $1 AND run_id = $2")
+            .bind(dag_id)
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("read the run's driver"))?;
+        Ok(row.and_then(|r| get::<Option<String>>(&r, "driver").ok().flatten()))
     }
 
     async fn current_state(&self, key: &TaskKey) -> Result<Option<String>, StoreError> {
@@ -452,45 +540,20 @@ impl RunStore for SqlStore {
         to: RunState,
         at: DateTime<Utc>,
     ) -> Result<DagRun, StoreError> {
-        let _turn = self.write_turn().await;
-        from.check(to)?;
-        let started = (to == RunState::Running).then_some(micros(at));
-        let ended = to.is_finished().then_some(micros(at));
-        let mut tx = self.pool.begin().await.map_err(query_error("begin"))?;
-        let row = sqlx::query(&format!(
-            "UPDATE dag_run SET state = $1, started_at = COALESCE($2, started_at),
-                 ended_at = CASE WHEN $1 = 'queued' THEN NULL ELSE COALESCE($3, ended_at) END
-             WHERE dag_id = $4 AND run_id = $5 AND state = $6 RETURNING {RUN_COLUMNS}"
-        ))
-        .bind(to.as_str())
-        .bind(started)
-        .bind(ended)
-        .bind(dag_id)
-        .bind(run_id)
-        .bind(from.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(query_error("set run state"))?;
-        let Some(row) = row else {
-            drop(tx);
-            return Err(self.run_not_in(dag_id, run_id, from).await);
-        };
-        let run = run_from_row(&row)?;
-        sqlx::query(
-            "UPDATE dag_run_attempt SET state = $1, started_at = $2, ended_at = $3
-             WHERE dag_id = $4 AND run_id = $5 AND attempt = $6",
-        )
-        .bind(run.state.as_str())
-        .bind(run.started_at.map(micros))
-        .bind(run.ended_at.map(micros))
-        .bind(dag_id)
-        .bind(run_id)
-        .bind(i64::from(run.attempt))
-        .execute(&mut *tx)
-        .await
-        .map_err(query_error("record the attempt's state"))?;
-        tx.commit().await.map_err(query_error("commit run state"))?;
-        Ok(run)
+        self.run_state(None, dag_id, run_id, from, to, at).await
+    }
+
+    async fn set_run_state_as(
+        &self,
+        driver: &str,
+        dag_id: &str,
+        run_id: &str,
+        from: RunState,
+        to: RunState,
+        at: DateTime<Utc>,
+    ) -> Result<DagRun, StoreError> {
+        self.run_state(Some(driver), dag_id, run_id, from, to, at)
+            .await
     }
 
     async fn new_attempt(

@@ -234,7 +234,7 @@ pub(super) const CHUNK: usize = 256;
 
 /// The columns of the `VALUES` list, in bind order, with their SQL types. The casts make
 /// PostgreSQL type the otherwise untyped parameters; SQLite accepts them as affinities.
-const VALUE_COLUMNS: [(&str, &str); 16] = [
+const VALUE_COLUMNS: [(&str, &str); 17] = [
     ("v_dag", "TEXT"),
     ("v_run", "TEXT"),
     ("v_task", "TEXT"),
@@ -251,6 +251,7 @@ const VALUE_COLUMNS: [(&str, &str); 16] = [
     ("v_error", "TEXT"),
     ("v_max_tries", "BIGINT"),
     ("v_reason", "TEXT"),
+    ("v_fence", "TEXT"),
 ];
 
 /// What the statement does with each change row `v` and the batch marker.
@@ -272,8 +273,12 @@ fn update_clause(marker: &str) -> String {
     )
 }
 
+/// A change applies to its instance in its expected state, and (when fenced) only while its
+/// driver still holds the run.
 const MATCH_CLAUSE: &str = "WHERE task_instance.dag_id = v_dag AND task_instance.run_id = v_run
-           AND task_instance.task_id = v_task AND task_instance.state = v_from";
+           AND task_instance.task_id = v_task AND task_instance.state = v_from
+           AND (v_fence IS NULL OR EXISTS (SELECT 1 FROM dag_run
+                WHERE dag_run.dag_id = v_dag AND dag_run.run_id = v_run AND dag_run.driver = v_fence))";
 
 /// The statement for `rows` changes. It returns nothing: rows sent back cost more than the
 /// update itself, and the caller knows what each change did (`TaskInstance::apply`).
@@ -338,6 +343,7 @@ struct ChangeRow<'a> {
     v_error: Option<&'a str>,
     v_max_tries: Option<i64>,
     v_reason: Option<&'a str>,
+    v_fence: Option<&'a str>,
 }
 
 /// A task output as the store keeps it (the JSON of [`TaskOutput`]).
@@ -377,6 +383,7 @@ impl<'a> ChangeRow<'a> {
             },
             v_max_tries: change.max_tries.map(i64::from),
             v_reason: change.reason.as_deref(),
+            v_fence: change.fence.as_deref(),
         }
     }
 
@@ -405,6 +412,7 @@ impl<'a> ChangeRow<'a> {
             .bind(self.v_error)
             .bind(self.v_max_tries)
             .bind(self.v_reason)
+            .bind(self.v_fence)
     }
 }
 
@@ -503,7 +511,7 @@ mod tests {
         assert!(sql.contains("last_write = $2"));
         assert!(!sql.contains("$3"));
         let sql = statement(3, Backend::Sqlite);
-        assert_eq!(sql.matches('?').count(), 49);
+        assert_eq!(sql.matches('?').count(), 3 * VALUE_COLUMNS.len() + 1);
         assert!(!sql.contains('$'));
     }
 

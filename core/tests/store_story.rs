@@ -10,8 +10,8 @@ use sluice_core::operator_api::DeliveryOutcome;
 use sluice_core::schedule::DataInterval;
 use sluice_core::state::{RunState, TaskState};
 use sluice_core::store::{
-    Backend, NewRun, NewTaskInstance, RunFilter, RunRef, RunType, Store, StoreError, TaskChange,
-    TaskKey,
+    Backend, Fence, NewRun, NewTaskInstance, RunFilter, RunRef, RunType, Store, StoreError,
+    TaskChange, TaskKey,
 };
 
 fn at(minute: u32) -> DateTime<Utc> {
@@ -520,9 +520,12 @@ async fn fencing(store: Arc<dyn Store>) {
         .await
         .unwrap();
     let k = key("fenced", &run.run_id, "t");
-    let fenced = |from: TaskState, to: TaskState, driver: &str| {
+    let fenced = |from: TaskState, to: TaskState, driver: &str, try_number: u32| {
         let mut change = TaskChange::new(k.clone(), from.to(to).unwrap(), at(2));
-        change.fence = Some(driver.into());
+        change.fence = Some(Fence {
+            driver: driver.into(),
+            try_number,
+        });
         change
     };
     assert!(store
@@ -541,11 +544,11 @@ async fn fencing(store: Arc<dyn Store>) {
         .await
         .unwrap();
     store
-        .transitions(&[fenced(TaskState::Pending, TaskState::Queued, "A")])
+        .transitions(&[fenced(TaskState::Pending, TaskState::Queued, "A", 0)])
         .await
         .unwrap();
     store
-        .transitions(&[fenced(TaskState::Queued, TaskState::Running, "A")])
+        .transitions(&[fenced(TaskState::Queued, TaskState::Running, "A", 0)])
         .await
         .unwrap();
     // A stalls; its lease (until minute 1) lapses and B takes the run over, then retries t.
@@ -561,20 +564,20 @@ async fn fencing(store: Arc<dyn Store>) {
         .await
         .unwrap());
     store
-        .transitions(&[fenced(TaskState::Running, TaskState::UpForRetry, "B")])
+        .transitions(&[fenced(TaskState::Running, TaskState::UpForRetry, "B", 1)])
         .await
         .unwrap();
     store
-        .transitions(&[fenced(TaskState::UpForRetry, TaskState::Queued, "B")])
+        .transitions(&[fenced(TaskState::UpForRetry, TaskState::Queued, "B", 1)])
         .await
         .unwrap();
     store
-        .transitions(&[fenced(TaskState::Queued, TaskState::Running, "B")])
+        .transitions(&[fenced(TaskState::Queued, TaskState::Running, "B", 1)])
         .await
         .unwrap();
     // A wakes up and reports its (old) try's success: t is `running` again, but B's try.
     let refused = store
-        .transitions(&[fenced(TaskState::Running, TaskState::Success, "A")])
+        .transitions(&[fenced(TaskState::Running, TaskState::Success, "A", 1)])
         .await
         .unwrap_err();
     assert!(
@@ -605,7 +608,7 @@ async fn fencing(store: Arc<dyn Store>) {
     assert!(matches!(refused, StoreError::Fenced { .. }), "{refused}");
     // B finishes the run.
     store
-        .transitions(&[fenced(TaskState::Running, TaskState::Success, "B")])
+        .transitions(&[fenced(TaskState::Running, TaskState::Success, "B", 2)])
         .await
         .unwrap();
     let done = store

@@ -32,7 +32,9 @@ use tracing::Instrument;
 use crate::dag::Dag;
 use crate::settings::Settings;
 use crate::state::{run_outcome, RunState, TaskState};
-use crate::store::{DagRun, NewTaskInstance, Store, StoreError, TaskChange, TaskInstance, TaskKey};
+use crate::store::{
+    DagRun, Fence, NewTaskInstance, Store, StoreError, TaskChange, TaskInstance, TaskKey,
+};
 use crate::trylog::{self, try_log_path};
 pub use attempt::{run_try, TryOutcome, STOP_GRACE};
 use decide::{decide, next_wakeup, TaskView};
@@ -315,6 +317,8 @@ impl RunDriver<'_> {
         }
         let now = Utc::now();
         let mut states: Vec<TaskState> = self.instances.iter().map(|ti| ti.state).collect();
+        // The try each change is made at (a start in the same batch moves it on).
+        let mut tries: Vec<u32> = self.instances.iter().map(|ti| ti.try_number).collect();
         let mut changes = Vec::with_capacity(planned.len());
         let mut froms = Vec::with_capacity(planned.len());
         for p in &planned {
@@ -334,8 +338,14 @@ impl RunDriver<'_> {
                 output: p.output.clone(),
                 next_retry_at: p.next_retry_at,
                 max_tries: p.max_tries,
-                fence: Some(self.executor.driver.clone()),
+                fence: Some(Fence {
+                    driver: self.executor.driver.clone(),
+                    try_number: tries[p.task],
+                }),
             });
+            if transition.starts_try() {
+                tries[p.task] += 1;
+            }
         }
         self.executor.store.transitions(&changes).await?;
         for ((p, from), change) in planned.into_iter().zip(froms).zip(changes) {

@@ -306,11 +306,22 @@ pub struct TaskChange {
     pub next_retry_at: Option<DateTime<Utc>>,
     /// For a clear: the new most tries allowed (tries so far + the task's retries + 1).
     pub max_tries: Option<u32>,
-    /// The fencing token: the run driver that must still hold the run's lease for the change
-    /// to apply. A driver whose lease lapsed (a stalled process whose run another took over)
-    /// has its writes refused ([`StoreError::Fenced`]). `None` for changes of people (clear,
-    /// mark), which only touch finished runs.
-    pub fence: Option<String>,
+    /// The fencing token of a run driver's change: who writes, and which try of the
+    /// instance it believes is the latest. `None` for changes of people (clear, mark), which
+    /// only touch finished runs.
+    pub fence: Option<Fence>,
+}
+
+/// A run driver's fencing token for one change: the change applies only if the instance's
+/// try number is still the one the driver saw. A driver whose lease lapsed while another
+/// took the run over and started a newer try has its write refused ([`StoreError::Fenced`])
+/// instead of overwriting that try's state; it stops at its next lease renewal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The driver (for the error that names who holds the run instead).
+    pub driver: String,
+    /// The instance's try number as the driver saw it, before this change.
+    pub try_number: u32,
 }
 
 impl TaskChange {

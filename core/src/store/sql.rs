@@ -321,7 +321,7 @@ impl SqlStore {
         let others = lost.count();
         if let Some(fence) = &stale.fence {
             match self.driver_of(&stale.key.dag_id, &stale.key.run_id).await {
-                Ok(holder) if holder.as_deref() != Some(fence.as_str()) => {
+                Ok(holder) if holder.as_deref() != Some(fence.driver.as_str()) => {
                     return StoreError::Fenced {
                         run: format!("{}/{}", stale.key.dag_id, stale.key.run_id),
                         holder: holder.unwrap_or_else(|| "nobody".into()),

@@ -251,7 +251,7 @@ const VALUE_COLUMNS: [(&str, &str); 17] = [
     ("v_error", "TEXT"),
     ("v_max_tries", "BIGINT"),
     ("v_reason", "TEXT"),
-    ("v_fence", "TEXT"),
+    ("v_fence_try", "BIGINT"),
 ];
 
 /// What the statement does with each change row `v` and the batch marker.
@@ -273,12 +273,11 @@ fn update_clause(marker: &str) -> String {
     )
 }
 
-/// A change applies to its instance in its expected state, and (when fenced) only while its
-/// driver still holds the run.
+/// A change applies to its instance in its expected state and, when fenced, at the try the
+/// writer saw (a column of the row already looked up: fencing costs no extra lookup).
 const MATCH_CLAUSE: &str = "WHERE task_instance.dag_id = v_dag AND task_instance.run_id = v_run
            AND task_instance.task_id = v_task AND task_instance.state = v_from
-           AND (v_fence IS NULL OR EXISTS (SELECT 1 FROM dag_run
-                WHERE dag_run.dag_id = v_dag AND dag_run.run_id = v_run AND dag_run.driver = v_fence))";
+           AND (v_fence_try IS NULL OR task_instance.try_number = v_fence_try)";
 
 /// The statement for `rows` changes. It returns nothing: rows sent back cost more than the
 /// update itself, and the caller knows what each change did (`TaskInstance::apply`).
@@ -343,7 +342,7 @@ struct ChangeRow<'a> {
     v_error: Option<&'a str>,
     v_max_tries: Option<i64>,
     v_reason: Option<&'a str>,
-    v_fence: Option<&'a str>,
+    v_fence_try: Option<i64>,
 }
 
 /// A task output as the store keeps it (the JSON of [`TaskOutput`]).
@@ -383,7 +382,7 @@ impl<'a> ChangeRow<'a> {
             },
             v_max_tries: change.max_tries.map(i64::from),
             v_reason: change.reason.as_deref(),
-            v_fence: change.fence.as_deref(),
+            v_fence_try: change.fence.as_ref().map(|f| i64::from(f.try_number)),
         }
     }
 
@@ -412,7 +411,7 @@ impl<'a> ChangeRow<'a> {
             .bind(self.v_error)
             .bind(self.v_max_tries)
             .bind(self.v_reason)
-            .bind(self.v_fence)
+            .bind(self.v_fence_try)
     }
 }
 

@@ -66,7 +66,10 @@ impl Policy {
     /// Applies the policy once at `now`; errors are logged, never fatal.
     pub async fn apply(&self, store: &dyn Store, now: DateTime<Utc>) {
         let before = |keep: std::time::Duration| {
-            now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX)
+            chrono::Duration::from_std(keep)
+                .ok()
+                .and_then(|keep| now.checked_sub_signed(keep))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC)
         };
         if let Some(keep) = self.runs {
             let cutoff = before(keep);

@@ -172,14 +172,7 @@ impl Connections {
     pub fn secrets(&self) -> Vec<String> {
         let mut out = Vec::new();
         for conn in self.by_id.values().flatten() {
-            if let Some(password) = conn.uri.password() {
-                out.push(password.to_string());
-                out.push(
-                    percent_encoding::percent_decode_str(password)
-                        .decode_utf8_lossy()
-                        .into_owned(),
-                );
-            }
+            out.extend(crate::secrets::secrets_of_uri(&conn.uri));
         }
         out
     }

@@ -90,7 +90,16 @@ impl Masker {
     /// also masked in its percent-encoded form, as it appears inside a URI.
     pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
         let mut all: Vec<String> = Vec::new();
+        let mut expanded = Vec::new();
         for secret in secrets {
+            // Text leaves a task line by line: a multi-line secret (a PEM key) is masked
+            // line by line too.
+            if secret.contains('\n') {
+                expanded.extend(secret.lines().map(|l| l.trim().to_string()));
+            }
+            expanded.push(secret);
+        }
+        for secret in expanded {
             if secret.chars().count() < MIN_SECRET_LEN {
                 continue;
             }
@@ -165,6 +174,26 @@ impl Masker {
     }
 }
 
+/// The secrets a URI holds: its password (as written and decoded) and the values of query
+/// parameters with sensitive names (`?password=…`, `?token=…`).
+pub fn secrets_of_uri(uri: &url::Url) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(password) = uri.password() {
+        out.push(password.to_string());
+        out.push(
+            percent_encoding::percent_decode_str(password)
+                .decode_utf8_lossy()
+                .into_owned(),
+        );
+    }
+    for (key, value) in uri.query_pairs() {
+        if is_sensitive_key(&key) {
+            out.push(value.into_owned());
+        }
+    }
+    out
+}
+
 /// The secrets of a process environment: values of variables with sensitive names, and the
 /// passwords of URIs in variables that hold connections or the metadata store.
 pub fn secrets_of_env(vars: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
@@ -175,13 +204,7 @@ pub fn secrets_of_env(vars: impl IntoIterator<Item = (String, String)>) -> Vec<S
         }
         if name.starts_with(crate::connection::ENV_PREFIX) || name.ends_with("DATABASE_URL") {
             if let Ok(uri) = url::Url::parse(&value) {
-                if let Some(password) = uri.password() {
-                    out.push(password.to_string());
-                    let decoded = percent_encoding::percent_decode_str(password)
-                        .decode_utf8_lossy()
-                        .into_owned();
-                    out.push(decoded);
-                }
+                out.extend(secrets_of_uri(&uri));
             }
         }
     }
@@ -224,6 +247,19 @@ mod tests {
             json!({"region": "eu", "db": {"Password": "***", "user": "x"},
                    "API_KEY": "***", "list": [{"token": "***"}]})
         );
+    }
+
+    #[test]
+    fn multi_line_secrets_and_query_secrets_are_masked() {
+        let pem = "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\nAQEFAASCBKcwggSjAgEAAo\n-----END KEY-----".to_string();
+        let m = Masker::new([pem]);
+        assert_eq!(
+            m.mask("line MIIEvQIBADANBgkqhkiG9w0B here"),
+            "line *** here"
+        );
+        let uri =
+            url::Url::parse("https://h/x?sslmode=require&api_token=tok-9f8e7d&user=u").unwrap();
+        assert_eq!(secrets_of_uri(&uri), ["tok-9f8e7d"]);
     }
 
     #[test]

@@ -418,6 +418,113 @@ enum Quoting {
     Double,
     /// Inside `'…'`.
     Single,
+    /// Inside `$(( … ))`, with the depth of parentheses opened in it.
+    Arith(u32),
+    /// A `#` comment, to the end of the line.
+    Comment,
+}
+
+fn refuse(message: &str) -> TemplateError {
+    TemplateError {
+        message: format!(
+            "{message}; put the value in `env:` (e.g. `env: {{REGION: \"{{{{ params.region }}}}\"}}`) and read \"$REGION\" where the program needs it"
+        ),
+    }
+}
+
+/// Replaces each value marker of a rendered command by a reference to its variable, quoted
+/// for where it stands. Places where a value would be read as code by the shell or by the
+/// program the text is for are refused: inside single quotes (the quoted text is usually a
+/// program: `sh -c '…'`, `awk '…'`), inside `$(( … ))` (bash evaluates array subscripts
+/// there), and right after a backslash.
+fn quote_values(marked: &str) -> Result<String, TemplateError> {
+    let mut script = String::with_capacity(marked.len());
+    let mut quoting = Vec::<Quoting>::new(); // innermost last; empty = bare
+    let mut chars = marked.chars().peekable();
+    let mut previous = '\n';
+    while let Some(c) = chars.next() {
+        let here = quoting.last().copied().unwrap_or(Quoting::Bare);
+        if c == ARG_MARK {
+            let n: String = chars.by_ref().take_while(|&d| d != ARG_MARK).collect();
+            let var = format!("${{SLUICE_ARG_{n}}}");
+            match here {
+                Quoting::Bare => script.push_str(&format!("\"{var}\"")),
+                Quoting::Double | Quoting::Comment => script.push_str(&var),
+                Quoting::Single => {
+                    return Err(refuse(
+                        "command: a template value inside single quotes would become part of the quoted text, which is often a program of its own (sh -c '…', awk '…')",
+                    ))
+                }
+                Quoting::Arith(_) => {
+                    return Err(refuse(
+                        "command: a template value inside $(( … )) would be evaluated as arithmetic (code, in bash)",
+                    ))
+                }
+            }
+            previous = 'x';
+            continue;
+        }
+        script.push(c);
+        match (here, c) {
+            (Quoting::Comment, '\n') => {
+                quoting.pop();
+            }
+            (Quoting::Comment, _) => {}
+            (Quoting::Single, '\'') => {
+                quoting.pop();
+            }
+            (Quoting::Single, _) => {}
+            (_, '\\') => {
+                // An escaped character is literal text, whatever it is; a value is not.
+                if chars.peek() == Some(&ARG_MARK) {
+                    return Err(refuse(
+                        "command: a backslash right before a template value would change how it is quoted",
+                    ));
+                }
+                if let Some(next) = chars.next() {
+                    script.push(next);
+                }
+            }
+            (Quoting::Arith(depth), '(') => {
+                quoting.pop();
+                quoting.push(Quoting::Arith(depth + 1));
+            }
+            (Quoting::Arith(0), ')') => {
+                if chars.peek() == Some(&')') {
+                    script.push(chars.next().expect("peeked"));
+                }
+                quoting.pop();
+            }
+            (Quoting::Arith(depth), ')') => {
+                quoting.pop();
+                quoting.push(Quoting::Arith(depth - 1));
+            }
+            (Quoting::Arith(_), _) => {}
+            (Quoting::Bare, '#') if previous.is_whitespace() || ";&|()".contains(previous) => {
+                quoting.push(Quoting::Comment)
+            }
+            (Quoting::Bare, '\'') => quoting.push(Quoting::Single),
+            (Quoting::Bare, '"') => quoting.push(Quoting::Double),
+            (Quoting::Double, '"') => {
+                quoting.pop();
+            }
+            (_, '$') if chars.peek() == Some(&'(') => {
+                script.push(chars.next().expect("peeked"));
+                if chars.peek() == Some(&'(') {
+                    script.push(chars.next().expect("peeked"));
+                    quoting.push(Quoting::Arith(0));
+                } else {
+                    quoting.push(Quoting::Bare);
+                }
+            }
+            (Quoting::Bare, ')') if !quoting.is_empty() => {
+                quoting.pop();
+            }
+            _ => {}
+        }
+        previous = c;
+    }
+    Ok(script)
 }
 
 /// Marks a value's place during rendering; NUL cannot occur in a template's own text.
@@ -466,48 +573,7 @@ pub fn render_shell(source: &str, vars: &TemplateVars) -> Result<ShellCommand, T
     })?;
     drop(env);
     let values = std::mem::take(&mut *values.lock().unwrap_or_else(|p| p.into_inner()));
-    let mut script = String::with_capacity(marked.len());
-    let mut quoting = Vec::<Quoting>::new(); // innermost last; empty = bare
-    let mut chars = marked.chars().peekable();
-    while let Some(c) = chars.next() {
-        let here = quoting.last().copied().unwrap_or(Quoting::Bare);
-        if c == ARG_MARK {
-            let n: String = chars.by_ref().take_while(|&d| d != ARG_MARK).collect();
-            let var = format!("${{SLUICE_ARG_{n}}}");
-            match here {
-                Quoting::Bare => script.push_str(&format!("\"{var}\"")),
-                Quoting::Double => script.push_str(&var),
-                Quoting::Single => script.push_str(&format!("'\"{var}\"'")),
-            }
-            continue;
-        }
-        script.push(c);
-        match (here, c) {
-            (Quoting::Single, '\'') => {
-                quoting.pop();
-            }
-            (Quoting::Single, _) => {}
-            (_, '\\') => {
-                // An escaped character is literal text, whatever it is.
-                if let Some(next) = chars.next_if(|&n| n != ARG_MARK) {
-                    script.push(next);
-                }
-            }
-            (Quoting::Bare, '\'') => quoting.push(Quoting::Single),
-            (Quoting::Bare, '"') => quoting.push(Quoting::Double),
-            (Quoting::Double, '"') => {
-                quoting.pop();
-            }
-            (_, '$') if chars.peek() == Some(&'(') => {
-                script.push(chars.next().expect("peeked"));
-                quoting.push(Quoting::Bare);
-            }
-            (Quoting::Bare, ')') if !quoting.is_empty() => {
-                quoting.pop();
-            }
-            _ => {}
-        }
-    }
+    let script = quote_values(&marked)?;
     let args = values
         .into_iter()
         .enumerate()
@@ -670,9 +736,9 @@ mod tests {
         for value in hostile {
             let mut v = vars();
             v.conf = serde_json::json!({ "v": value });
-            // Outside quotes, in double quotes, in single quotes, inside $( ) in double quotes.
+            // Outside quotes, in double quotes, inside $( ) in double quotes, after a comment.
             let command = render_shell(
-                r#"printf '%s|' {{ conf.v }} "<{{ conf.v }}>" '[{{ conf.v }}]' "$(printf '%s' {{ conf.v }})"{% if conf.v %} ok{% endif %}"#,
+                "printf '%s|' {{ conf.v }} \"<{{ conf.v }}>\" \"[$(printf '%s' {{ conf.v }})]\" # it's\nprintf '%s|' {{ conf.v }}{% if conf.v %} ok{% endif %}",
                 &v,
             )
             .unwrap();
@@ -693,13 +759,13 @@ mod tests {
     #[test]
     fn shell_templates_keep_their_own_syntax() {
         let command = render_shell(
-            r#"echo "{{ ds }}" 'lit''{{ params.region }}' \"{{ try_number }}"#,
+            r#"echo "{{ ds }}" 'lit' {{ params.region }} \" "$(( 1 + 2 ))" {{ try_number }}"#,
             &vars(),
         )
         .unwrap();
         assert_eq!(
             command.script,
-            r#"echo "${SLUICE_ARG_1}" 'lit'''"${SLUICE_ARG_2}"'' \""${SLUICE_ARG_3}""#
+            r#"echo "${SLUICE_ARG_1}" 'lit' "${SLUICE_ARG_2}" \" "$(( 1 + 2 ))" "${SLUICE_ARG_3}""#
         );
         assert_eq!(
             command.args,
@@ -715,6 +781,16 @@ mod tests {
         let mut v = vars();
         v.conf = serde_json::json!({"v": "a\u{0}b"});
         assert!(render_shell("echo {{ conf.v }}", &v).is_err());
+        // Where the value would be read as code by the shell or by the quoted program.
+        for (source, why) in [
+            ("sh -c 'echo {{ ds }}'", "single quotes"),
+            ("awk 'BEGIN{print \"{{ ds }}\"}'", "single quotes"),
+            ("echo $(( {{ try_number }} + 1 ))", "$(( … ))"),
+            ("echo \\{{ ds }}", "backslash"),
+        ] {
+            let e = render_shell(source, &vars()).unwrap_err().message;
+            assert!(e.contains(why) && e.contains("env:"), "{source}: {e}");
+        }
     }
 
     #[test]

@@ -43,7 +43,10 @@ pub async fn run(cmd: DbCommand, settings: &Settings) -> anyhow::Result<ExitCode
     } = cmd;
     let store = store::open(&settings.database_url).await?;
     let places = Places::of(settings);
-    let cutoff = Utc::now() - chrono::Duration::from_std(older_than)?;
+    let cutoff = chrono::Duration::from_std(older_than)
+        .ok()
+        .and_then(|age| Utc::now().checked_sub_signed(age))
+        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
     let plan = retention::plan(store.as_ref(), &places, cutoff, dag.as_deref()).await?;
     if dry_run {
         if json {

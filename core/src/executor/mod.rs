@@ -151,6 +151,9 @@ struct RunDriver<'a> {
     dag: Arc<Dag>,
     run: DagRun,
     instances: Vec<TaskInstance>,
+    /// When this driver's lease on the run ends unless renewed (a monotonic clock, which
+    /// keeps counting while the process is stopped): past it, the driver writes nothing.
+    lease_ends: tokio::time::Instant,
 }
 
 impl Executor {
@@ -226,6 +229,7 @@ impl Executor {
             return Ok(run);
         }
         let now = Utc::now();
+        let claimed_at = tokio::time::Instant::now();
         let until = now + chrono::Duration::from_std(self.lease).unwrap_or_default();
         if !self
             .store
@@ -293,6 +297,7 @@ impl Executor {
             dag,
             run,
             instances,
+            lease_ends: claimed_at + self.lease,
         };
         driver.drive(cancel).await
     }
@@ -314,6 +319,12 @@ impl RunDriver<'_> {
     async fn apply_all(&mut self, planned: Vec<Planned>) -> Result<(), ExecutorError> {
         if planned.is_empty() {
             return Ok(());
+        }
+        // A driver that stalled past its lease checks that the run is still its own before
+        // writing (another may have taken it over); the try-number fence in the store covers
+        // a stall during the write itself.
+        if tokio::time::Instant::now() >= self.lease_ends {
+            self.renew_lease().await?;
         }
         let now = Utc::now();
         let mut states: Vec<TaskState> = self.instances.iter().map(|ti| ti.state).collect();
@@ -362,6 +373,27 @@ impl RunDriver<'_> {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Extends this driver's lease on the run; `LeaseLost` if another process holds it now.
+    async fn renew_lease(&mut self) -> Result<(), ExecutorError> {
+        let now = Utc::now();
+        let asked = tokio::time::Instant::now();
+        let until = now + chrono::Duration::from_std(self.executor.lease).unwrap_or_default();
+        let (dag_id, run_id) = (&self.dag.dag_id, &self.run.run_id);
+        if !self
+            .executor
+            .store
+            .claim_run(dag_id, run_id, &self.executor.driver, until, now)
+            .await?
+        {
+            return Err(ExecutorError::LeaseLost {
+                dag_id: dag_id.clone(),
+                run_id: run_id.clone(),
+            });
+        }
+        self.lease_ends = asked + self.executor.lease;
         Ok(())
     }
 
@@ -662,11 +694,7 @@ impl RunDriver<'_> {
                 }
                 _ = released.changed(), if short.other => {}
                 _ = renew.tick() => {
-                    let now = Utc::now();
-                    let until = now + chrono::Duration::from_std(self.executor.lease).unwrap_or_default();
-                    if !self.executor.store.claim_run(&self.dag.dag_id, &self.run.run_id, &self.executor.driver, until, now).await? {
-                        return Err(ExecutorError::LeaseLost { dag_id: self.dag.dag_id.clone(), run_id: self.run.run_id.clone() });
-                    }
+                    self.renew_lease().await?;
                 }
                 _ = tokio::time::sleep(sleep_for.unwrap_or_default()), if sleep_for.is_some() => {}
                 _ = cancel.cancelled(), if mode != Mode::Cancelling => {}

@@ -1128,19 +1128,8 @@ impl Retention for SqlStore {
             .map_err(query_error("begin a clean"))?;
         let mut deleted = Vec::new();
         for run in runs {
-            // The history has no foreign key (it outlives nothing else): deleted explicitly,
-            // and only for a run that is still finished.
-            sqlx::query(
-                "DELETE FROM task_state_history WHERE dag_id = $1 AND run_id = $2
-                   AND EXISTS (SELECT 1 FROM dag_run WHERE dag_id = $1 AND run_id = $2
-                               AND state IN ('success', 'failed', 'cancelled'))",
-            )
-            .bind(&run.dag_id)
-            .bind(&run.run_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error("clean history"))?;
-            // Task instances, attempts and deliveries go with the run (ON DELETE CASCADE).
+            // The run first (task instances, attempts and deliveries go with it, ON DELETE
+            // CASCADE), and only if it is still finished: a run re-triggered meanwhile stays.
             let done = sqlx::query(
                 "DELETE FROM dag_run WHERE dag_id = $1 AND run_id = $2
                    AND state IN ('success', 'failed', 'cancelled')",
@@ -1150,9 +1139,17 @@ impl Retention for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(query_error("clean a run"))?;
-            if done.rows_affected() > 0 {
-                deleted.push(run.clone());
+            if done.rows_affected() == 0 {
+                continue;
             }
+            // The history has no foreign key: it goes once the run did.
+            sqlx::query("DELETE FROM task_state_history WHERE dag_id = $1 AND run_id = $2")
+                .bind(&run.dag_id)
+                .bind(&run.run_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error("clean history"))?;
+            deleted.push(run.clone());
         }
         tx.commit().await.map_err(query_error("commit a clean"))?;
         Ok(deleted)

@@ -326,7 +326,9 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         Some(response) => response,
         None => next.run(request).await,
     };
-    if mutating {
+    // Requests without a valid token are not recorded: anyone can send them, and a flood of
+    // them must not fill the store (they are logged at debug by the error middleware).
+    if mutating && response.status() != StatusCode::UNAUTHORIZED {
         let entry = AuditEntry {
             at: chrono::Utc::now(),
             actor: caller.name,

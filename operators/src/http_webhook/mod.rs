@@ -133,6 +133,15 @@ impl HttpWebhook {
             template::url_path_segment,
         )
         .map_err(|e| format!("path: {}", e.message))?;
+        // Values side by side (`{{ a }}{{ b }}`) could still spell `..` together.
+        if path
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
+        {
+            return Err(format!(
+                "path: `{path}` has a `.` or `..` segment (refused)"
+            ));
+        }
         let mut url = base.clone();
         let joined = format!(
             "{}/{}",
@@ -525,6 +534,13 @@ mod tests {
         assert_eq!(ok.url.query(), None);
         let e = prepare("..").err().unwrap();
         assert!(e.starts_with("path: ") && e.contains("path segment"), "{e}");
+        // Text and values together can still spell a dot segment.
+        let pair = webhook(
+            serde_json::json!({"conn": "reports", "path": "/a/.{{ conf.x }}{{ conf.y }}/b"}),
+        );
+        let ctx = crate::test_support::context(dir.path(), serde_json::json!({"x": "", "y": ""}));
+        let e = pair.prepare(&base, &ctx, None).err().unwrap();
+        assert!(e.contains("`..` segment"), "{e}");
         let e = prepare("x\r\nX-Admin: yes").err().unwrap();
         assert!(
             e.contains("header X-User") && e.contains("line break"),

@@ -132,9 +132,14 @@ impl Operator for Shell {
         // The shell dies with the thread that started it (sluice's), instead of running on
         // unsupervised; what it started is stopped by the resume (see `ctx.processes`).
         // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent.
+        let parent = std::process::id() as libc::pid_t;
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // The parent died between fork and prctl: the signal will never come.
+                if libc::getppid() != parent {
+                    libc::_exit(137);
+                }
                 Ok(())
             });
         }

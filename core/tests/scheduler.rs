@@ -196,6 +196,30 @@ async fn catchup_creates_every_missed_interval_under_max_active_runs_and_pause_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_that_jumps_forward_and_back_neither_duplicates_nor_misses_a_run() {
+    let mut s = Running::start(QUARTER, "2026-11-23T12:07:00Z").await;
+    s.until("8 catchup runs", all_done(8)).await;
+    // An hour forward (a suspended VM resumes, NTP corrects a slow clock): the four
+    // intervals that ended meanwhile run.
+    s.clock.set(utc("2026-11-23T13:07:00Z"));
+    s.until("12 runs", all_done(12)).await;
+    // Back by 47 minutes (NTP steps a fast clock back): intervals that ran are not run again.
+    s.clock.set(utc("2026-11-23T12:20:00Z"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(s.runs().await.len(), 12, "no run is created twice");
+    // Time moves on past the jump: the next interval runs once.
+    s.clock.set(utc("2026-11-23T13:20:00Z"));
+    let runs = s.until("13 runs", all_done(13)).await;
+    let starts: Vec<DateTime<Utc>> = runs.iter().map(|r| r.logical_date).collect();
+    let expected: Vec<DateTime<Utc>> = (0..13)
+        .map(|i| utc("2026-11-23T10:00:00Z") + chrono::Duration::minutes(15 * i))
+        .collect();
+    assert_eq!(starts, expected, "every interval once, none missed");
+    assert!(runs.iter().all(|r| r.state == RunState::Success));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_catchup_only_the_latest_interval_runs() {
     let dag = QUARTER.replace("catchup: true", "catchup: false");
     let mut s = Running::start(&dag, "2026-11-23T12:07:00Z").await;

@@ -432,6 +432,31 @@ fn refuse(message: &str) -> TemplateError {
     }
 }
 
+/// Checks a shell command template without rendering it (for validation): every place a
+/// `{{ … }}` stands is one where [`render_shell`] can pass a value as data. Control-flow
+/// blocks are read as if every branch were taken.
+pub fn check_shell(source: &str) -> Result<(), TemplateError> {
+    if source.contains(ARG_MARK) {
+        return Err(TemplateError {
+            message: "the command contains a NUL byte".into(),
+        });
+    }
+    let mut marked = String::with_capacity(source.len());
+    let mut rest = source;
+    let mut n = 0;
+    while let Some(start) = rest.find("{{") {
+        let Some(len) = rest[start..].find("}}") else {
+            break; // `check` reports the syntax error
+        };
+        n += 1;
+        marked.push_str(&rest[..start]);
+        marked.push_str(&format!("{ARG_MARK}{n}{ARG_MARK}"));
+        rest = &rest[start + len + 2..];
+    }
+    marked.push_str(rest);
+    quote_values(&marked).map(|_| ())
+}
+
 /// Replaces each value marker of a rendered command by a reference to its variable, quoted
 /// for where it stands. Places where a value would be read as code by the shell or by the
 /// program the text is for are refused: inside single quotes (the quoted text is usually a

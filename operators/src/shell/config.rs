@@ -39,6 +39,10 @@ impl OperatorConfig for ShellConfig {
         if self.command.trim().is_empty() {
             return Err(ConfigError::field("command", "must not be empty"));
         }
+        // Where a value would be read as code is refused now, not when the task runs.
+        sluice_operator_api::template::check_shell(&self.command).map_err(|e| {
+            ConfigError::field("command", e.message.trim_start_matches("command: "))
+        })?;
         for name in self.env.keys() {
             if name.is_empty() || name.contains('=') || name.contains('\0') {
                 return Err(ConfigError::field(

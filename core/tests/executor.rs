@@ -447,6 +447,49 @@ async fn a_run_left_by_a_dead_process_resumes_and_retries_the_interrupted_try() 
 }
 
 #[tokio::test]
+async fn a_task_removed_from_the_dag_mid_run_is_cancelled_not_left_running() {
+    let h = Harness::new().await;
+    let before = h.dag(
+        "dag_id: shrink\ntasks:\n  - {id: keep, operator: noop}\n  - {id: gone, operator: noop}\n",
+    );
+    let run_id = h.create(&before).await;
+    // A process died while `gone` ran; then `gone` was deleted from the file.
+    let at = Utc::now();
+    let s = h.store.as_ref();
+    s.set_run_state("shrink", &run_id, RunState::Queued, RunState::Running, at)
+        .await
+        .unwrap();
+    let gone = TaskKey {
+        dag_id: "shrink".into(),
+        run_id: run_id.clone(),
+        task_id: "gone".into(),
+    };
+    for w in [TaskState::Pending, TaskState::Queued, TaskState::Running].windows(2) {
+        s.transition(&TaskChange::new(gone.clone(), w[0].to(w[1]).unwrap(), at))
+            .await
+            .unwrap();
+    }
+    let after = h.dag("dag_id: shrink\ntasks:\n  - {id: keep, operator: noop}\n");
+    let run = h
+        .executor()
+        .run(after.clone(), &run_id, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        run.state,
+        RunState::Success,
+        "the run is judged on the tasks it has"
+    );
+    let tis = h.store.task_instances("shrink", &run_id).await.unwrap();
+    let gone_ti = tis.iter().find(|t| t.task_id == "gone").unwrap();
+    assert_eq!(gone_ti.state, TaskState::Cancelled);
+    let history = h.store.history("shrink", &run_id).await.unwrap();
+    assert!(history.iter().any(|c| c.task_id == "gone"
+        && c.to == TaskState::Cancelled
+        && c.reason.as_deref() == Some("the task is no longer in the DAG file")));
+}
+
+#[tokio::test]
 async fn templates_render_per_try_and_outputs_reach_the_store() {
     let h = Harness::new().await;
     let done = h

@@ -266,6 +266,27 @@ impl Executor {
                 .await?;
             by_id = read().await?;
         }
+        // Tasks removed from the DAG file since the run was created: their unfinished
+        // instances would stay `running` or `queued` forever; they end as cancelled.
+        let removed: Vec<TaskChange> = by_id
+            .values()
+            .filter(|ti| dag.task(&ti.task_id).is_none() && !ti.state.is_finished())
+            .filter_map(|ti| {
+                let transition = ti.state.to(TaskState::Cancelled).ok()?;
+                let key = TaskKey {
+                    dag_id: ti.dag_id.clone(),
+                    run_id: ti.run_id.clone(),
+                    task_id: ti.task_id.clone(),
+                };
+                let mut change = TaskChange::new(key, transition, Utc::now());
+                change.reason = Some("the task is no longer in the DAG file".into());
+                Some(change)
+            })
+            .collect();
+        if !removed.is_empty() {
+            tracing::warn!(dag_id = %dag.dag_id, %run_id, tasks = removed.len(), "tasks removed from the DAG file since the run was created: their unfinished instances are cancelled");
+            self.store.transitions(&removed).await?;
+        }
         let mut instances = Vec::with_capacity(dag.tasks.len());
         for task in &dag.tasks {
             match by_id.get(&task.id) {

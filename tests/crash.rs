@@ -3,10 +3,10 @@
 
 #[path = "../core/tests/common/mod.rs"]
 mod common;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice_core::state::{RunState, TaskState};
@@ -21,25 +21,7 @@ tasks:
   - {id: last, operator: shell, depends_on: [left, right], config: {command: 'sleep 0.2; echo done'}}
 ";
 
-fn sluice(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    cmd.env("SLUICE_HOME", home.join("home"))
-        .env("SLUICE_DAGS_FOLDER", home.join("dags"))
-        .env_remove("SLUICE_DATABASE_URL")
-        .env_remove("SLUICE_LOG")
-        // A killed scheduler's runs are taken over once their lease lapses.
-        .env("SLUICE_RUN_LEASE", "1s");
-    cmd
-}
-
-fn start_scheduler(home: &Path) -> Child {
-    sluice(home)
-        .arg("scheduler")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
+use support::{sluice, start_scheduler};
 
 /// Returns how many interrupted tries the restart found.
 async fn story(kill_after: Duration) -> usize {

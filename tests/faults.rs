@@ -3,32 +3,17 @@
 
 #[path = "../core/tests/common/mod.rs"]
 mod common;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sluice_core::state::TaskState;
 use sluice_core::store::RunFilter;
 
-fn sluice(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    cmd.env("SLUICE_HOME", home.join("home"))
-        .env("SLUICE_DAGS_FOLDER", home.join("dags"))
-        .env_remove("SLUICE_DATABASE_URL")
-        .env_remove("SLUICE_LOG")
-        .env("SLUICE_RUN_LEASE", "1s");
-    cmd
-}
-
-fn start_scheduler(home: &Path) -> Child {
-    sluice(home)
-        .arg("scheduler")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
+use support::{sluice, start_scheduler};
 
 fn lines(path: &Path) -> usize {
     std::fs::read_to_string(path)

@@ -38,25 +38,33 @@ impl Home {
         Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(args)
             .current_dir(self.dir.path())
-            .env("SLUICE_HOME", self.home())
-            .env("SLUICE_DAGS_FOLDER", self.dags())
             .env_remove("SLUICE_LOG")
-            .env_remove("SLUICE_DATABASE_URL")
-            .env("SLUICE_API_TOKEN", API_TOKEN)
-            .env(
-                "SLUICE_CONN_CRM",
+            .envs(self.env())
+            .output()
+            .unwrap()
+    }
+
+    /// The environment sluice runs with here: its home and DAGs, and every secret.
+    fn env(&self) -> Vec<(String, String)> {
+        let path = |p: PathBuf| p.display().to_string();
+        vec![
+            ("SLUICE_HOME".into(), path(self.home())),
+            ("SLUICE_DAGS_FOLDER".into(), path(self.dags())),
+            ("SLUICE_DATABASE_URL".into(), String::new()),
+            ("SLUICE_API_TOKEN".into(), API_TOKEN.into()),
+            (
+                "SLUICE_CONN_CRM".into(),
                 format!(
                     "postgres://etl:{}@127.0.0.1:1/crm",
                     CRM_PASSWORD.replace('$', "%24")
                 ),
-            )
-            .env(
-                "SLUICE_CONN_OTHER",
+            ),
+            (
+                "SLUICE_CONN_OTHER".into(),
                 format!("postgres://etl:{OTHER_PASSWORD}@127.0.0.1:1/other"),
-            )
-            .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
-            .output()
-            .unwrap()
+            ),
+            ("AWS_SECRET_ACCESS_KEY".into(), AWS_SECRET.into()),
+        ]
     }
 
     fn logs(&self, dag: &str, run_id: &str, task: &str) -> String {
@@ -630,22 +638,7 @@ async fn a_conf_posted_to_the_api_reaches_the_shell_as_data() {
         .port();
     let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["standalone", "--port", &port.to_string()])
-        .env("SLUICE_HOME", home.home())
-        .env("SLUICE_DAGS_FOLDER", home.dags())
-        .env_remove("SLUICE_DATABASE_URL")
-        .env("SLUICE_API_TOKEN", API_TOKEN)
-        .env(
-            "SLUICE_CONN_CRM",
-            format!(
-                "postgres://etl:{}@127.0.0.1:1/crm",
-                CRM_PASSWORD.replace('$', "%24")
-            ),
-        )
-        .env(
-            "SLUICE_CONN_OTHER",
-            format!("postgres://etl:{OTHER_PASSWORD}@127.0.0.1:1/other"),
-        )
-        .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+        .envs(home.env())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)

@@ -683,8 +683,11 @@ async fn every_operation_in_the_openapi_document_answers() {
     assert_eq!(doc["openapi"], "3.0.3");
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() >= 14, "{}", paths.len());
+    let (_, run_json) = s.get(&format!("/api/v1/dags/etl/dagRuns/{run}")).await;
+    let version = run_json["dag_hash"].as_str().unwrap().to_string();
     for (path, ops) in paths {
         let concrete = path
+            .replace("{version}", &version)
             .replace("{dag_id}", "etl")
             .replace("{dag_run_id}", &run)
             .replace("{task_id}", "extract")
@@ -886,4 +889,43 @@ async fn a_backfill_is_planned_with_dry_run_then_queued_with_its_cap() {
         .send(post, "/api/v1/dags/nope/backfills", range, Some("t0ken"))
         .await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_runs_dag_version_and_its_changes_since_are_served() {
+    let s = server(None).await;
+    let run = finished_run(&s);
+    let (_, run_json) = s.get(&format!("/api/v1/dags/etl/dagRuns/{run}")).await;
+    let version = run_json["dag_hash"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/dags/etl/dagVersions/{version}");
+    let (status, same) = s.get(&path).await;
+    assert_eq!(status, 200, "{same}");
+    assert_eq!(
+        (
+            same["is_current"].as_bool(),
+            same["diff_from_current"].as_str()
+        ),
+        (Some(true), Some(""))
+    );
+    assert_eq!(same["dag_source"].as_str(), Some(ETL));
+    // The file changes: the run's version stays what it ran, and the diff shows the change.
+    let changed = ETL.replacen("dag_id: etl", "dag_id: etl\ndescription: changed", 1);
+    assert_ne!(changed, ETL);
+    std::fs::write(s.dir.path().join("dags/etl.yaml"), &changed).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let now = loop {
+        let (_, now) = s.get(&path).await;
+        if now["is_current"] == json!(false) {
+            break now;
+        }
+        assert!(std::time::Instant::now() < deadline, "{now}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(now["dag_source"].as_str(), Some(ETL));
+    let diff = now["diff_from_current"].as_str().unwrap();
+    assert!(diff.contains("+description: changed"), "{diff}");
+    assert_ne!(now["current_version"].as_str(), Some(version.as_str()));
+    let (status, missing) = s.get("/api/v1/dags/etl/dagVersions/0000000000000000").await;
+    assert_eq!(status, 404, "{missing}");
+    s.stop.cancel();
 }

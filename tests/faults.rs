@@ -238,3 +238,172 @@ async fn a_stalled_scheduler_that_wakes_up_after_its_lease_cannot_write() {
         "the woken scheduler says why it stopped: {first_log}"
     );
 }
+
+/// The versioned DAG of the pinning test: `wait` then `extract_id`, whose SQL file selects
+/// `rows` rows.
+fn versioned_dag(dir: &Path, extract_id: &str, rows: u32) {
+    std::fs::create_dir_all(dir.join("dags/sql")).unwrap();
+    std::fs::write(
+        dir.join("dags/versioned.yaml"),
+        format!(
+            "dag_id: versioned\ndefault_args: {{retries: 1, retry_delay: 100ms}}\ntasks:\n  \
+             - {{id: wait, operator: shell, config: {{command: 'sleep 2'}}}}\n  \
+             - {{id: {extract_id}, operator: postgres_extract, depends_on: [wait], config: {{conn: src, sql: sql/q.sql}}}}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("dags/sql/q.sql"),
+        format!("SELECT generate_series(1, {rows}) AS n\n"),
+    )
+    .unwrap();
+}
+
+/// Task ids of a run with the rows each extracted (`None` for tasks without a count).
+async fn extracted(
+    store: &dyn sluice_core::store::Store,
+    run_id: &str,
+) -> Vec<(String, Option<u64>)> {
+    store
+        .task_instances("versioned", run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|ti| {
+            let rows = ti
+                .output
+                .as_ref()
+                .and_then(|o| o.values.get("rows"))
+                .and_then(|r| r.as_u64());
+            (ti.task_id, rows)
+        })
+        .collect()
+}
+
+async fn finished_run(store: &dyn sluice_core::store::Store, run_id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let run = store.run("versioned", run_id).await.unwrap();
+        if run.as_ref().is_some_and(|r| r.state.is_finished()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "run {run_id} did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A run executes the DAG version it was created with, whatever the folder holds when it
+/// starts or resumes: a queued run after the file changed, and a run whose file (a task
+/// renamed, its SQL file changed) changed mid-run and whose scheduler was killed and restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_finishes_on_its_own_dag_version_when_the_files_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = || {
+        let mut cmd = sluice(dir.path());
+        cmd.env("SLUICE_CONN_SRC", common::pg_admin_url());
+        cmd
+    };
+    let trigger = |date: &str| {
+        let out = sluice()
+            .args(["dags", "trigger", "versioned", "--logical-date", date])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let start = || {
+        sluice()
+            .arg("scheduler")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    versioned_dag(dir.path(), "extract", 2);
+    // Run A is queued on version 1; the files change before any scheduler starts it.
+    trigger("2026-01-01T00:00:00Z");
+    versioned_dag(dir.path(), "extract_v2", 5);
+    let store = common::sqlite_store(&dir.path().join("home")).await;
+    let run_a = store.list_runs(&RunFilter::default()).await.unwrap()[0].clone();
+    let mut scheduler = start();
+    finished_run(store.as_ref(), &run_a.run_id).await;
+    assert_eq!(
+        extracted(store.as_ref(), &run_a.run_id).await,
+        [("extract".to_string(), Some(2)), ("wait".to_string(), None)],
+        "the queued run ran version 1: its task and its SQL"
+    );
+
+    // Run B starts on version 2; mid-run the files change again and the scheduler is killed.
+    trigger("2026-01-02T00:00:00Z");
+    let run_b = store.list_runs(&RunFilter::default()).await.unwrap()[0].clone();
+    assert_ne!(run_b.dag_hash, run_a.dag_hash);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !store
+        .task_instances("versioned", &run_b.run_id)
+        .await
+        .unwrap()
+        .iter()
+        .any(|t| t.task_id == "wait" && t.state == TaskState::Running)
+    {
+        assert!(Instant::now() < deadline, "run B never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    versioned_dag(dir.path(), "extract_v3", 7);
+    scheduler.kill().unwrap();
+    scheduler.wait().unwrap();
+    let mut restarted = start();
+    finished_run(store.as_ref(), &run_b.run_id).await;
+    // A run created now gets version 3.
+    trigger("2026-01-03T00:00:00Z");
+    let run_c = store.list_runs(&RunFilter::default()).await.unwrap()[0].clone();
+    finished_run(store.as_ref(), &run_c.run_id).await;
+    restarted.kill().unwrap();
+    restarted.wait().unwrap();
+    assert_eq!(
+        extracted(store.as_ref(), &run_b.run_id).await,
+        [
+            ("extract_v2".to_string(), Some(5)),
+            ("wait".to_string(), None)
+        ],
+        "the resumed run finished on version 2"
+    );
+    assert_eq!(
+        extracted(store.as_ref(), &run_c.run_id).await,
+        [
+            ("extract_v3".to_string(), Some(7)),
+            ("wait".to_string(), None)
+        ],
+        "a new run runs the folder's version"
+    );
+    for run in [&run_a, &run_b, &run_c] {
+        let run = store.run("versioned", &run.run_id).await.unwrap().unwrap();
+        assert_eq!(run.state, sluice_core::state::RunState::Success, "{run:?}");
+    }
+
+    // What changed since run A, as the CLI shows it.
+    let diff = sluice()
+        .args(["runs", "diff", &run_a.run_id])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&diff.stdout);
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    for expected in [
+        "{id: extract, operator",
+        "+  - {id: extract_v3, operator",
+        "--- a/sql/q.sql",
+        "-SELECT generate_series(1, 2) AS n",
+        "+SELECT generate_series(1, 7) AS n",
+    ] {
+        assert!(
+            text.contains(expected),
+            "`{expected}` missing from:\n{text}"
+        );
+    }
+}

@@ -88,10 +88,40 @@ pub fn new_run(
         interval,
         run_type,
         conf,
-        dag_hash: dag.hash.clone(),
+        version: dag.version(),
         tasks: dag.tasks.iter().map(new_task_instance).collect(),
         at: now,
         backfill_max_active_runs: None,
+    }
+}
+
+/// The DAG a run executes: `loaded` when it is the run's version, else the run's version
+/// rebuilt from the store (its DAG file and SQL files as they were when the run was created
+/// or its attempt started). A run whose version the store lacks (created before versions were
+/// kept) or that no longer builds with today's operators executes `loaded`, with a warning.
+pub async fn dag_of_run(
+    store: &dyn Store,
+    registry: &sluice_operator_api::Registry,
+    loaded: Arc<Dag>,
+    run: &DagRun,
+) -> Result<Arc<Dag>, StoreError> {
+    if run.dag_hash == loaded.hash {
+        return Ok(loaded);
+    }
+    let Some(stored) = store.dag_version(&run.dag_id, &run.dag_hash).await? else {
+        tracing::warn!(dag_id = %run.dag_id, run_id = %run.run_id, version = %run.dag_hash, current = %loaded.hash, "the run's DAG version is not stored; it runs the DAG file as loaded now");
+        return Ok(loaded);
+    };
+    match Dag::from_version(&stored, registry) {
+        Ok(dag) => {
+            tracing::info!(dag_id = %run.dag_id, run_id = %run.run_id, version = %run.dag_hash, current = %loaded.hash, "the DAG changed since the run started; it runs its own version");
+            Ok(Arc::new(dag))
+        }
+        Err(errors) => {
+            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            tracing::warn!(dag_id = %run.dag_id, run_id = %run.run_id, version = %run.dag_hash, errors = %errors.join("; "), "the run's DAG version no longer builds; it runs the DAG file as loaded now");
+            Ok(loaded)
+        }
     }
 }
 
@@ -205,7 +235,14 @@ pub async fn clear_tasks(
         });
     }
     let run = store
-        .new_attempt(&run.dag_id, &run.run_id, run.state, conf, now)
+        .new_attempt(
+            &run.dag_id,
+            &run.run_id,
+            run.state,
+            conf,
+            Some(&dag.version()),
+            now,
+        )
         .await?;
     Ok((run, cleared))
 }

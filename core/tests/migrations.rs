@@ -24,6 +24,7 @@ const LANDED: &[(&str, &str)] = &[
     ("postgres/0008_deliveries.sql", "bbe4f0f0456399fd"),
     ("postgres/0009_audit_log.sql", "c7f1d61aee806c6f"),
     ("postgres/0010_task_processes.sql", "a0232c6adfc08db0"),
+    ("postgres/0011_dag_versions.sql", "f80a3182415cc656"),
     ("sqlite/0001_core.sql", "9ca712b191ce86b1"),
     ("sqlite/0002_scheduler.sql", "b5ec939731a48592"),
     ("sqlite/0003_history_trigger.sql", "7168ac0d5082f7f9"),
@@ -34,6 +35,7 @@ const LANDED: &[(&str, &str)] = &[
     ("sqlite/0008_deliveries.sql", "bbe4f0f0456399fd"),
     ("sqlite/0009_audit_log.sql", "4782f23de3f9f168"),
     ("sqlite/0010_task_processes.sql", "a0232c6adfc08db0"),
+    ("sqlite/0011_dag_versions.sql", "f80a3182415cc656"),
 ];
 
 fn migrations_dir() -> std::path::PathBuf {

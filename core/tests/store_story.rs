@@ -6,12 +6,13 @@ mod common;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use sha2::{Digest, Sha256};
 use sluice_core::operator_api::DeliveryOutcome;
 use sluice_core::schedule::DataInterval;
 use sluice_core::state::{RunState, TaskState};
 use sluice_core::store::{
-    Backend, Fence, NewRun, NewTaskInstance, RunFilter, RunRef, RunType, Store, StoreError,
-    TaskChange, TaskKey,
+    Backend, DagVersion, Fence, NewRun, NewTaskInstance, RunFilter, RunRef, RunType, Store,
+    StoreError, TaskChange, TaskKey,
 };
 
 fn at(minute: u32) -> DateTime<Utc> {
@@ -28,7 +29,7 @@ fn new_run(dag: &str, start: DateTime<Utc>, tasks: &[&str]) -> NewRun {
         },
         run_type: RunType::Manual,
         conf: serde_json::json!({"region": "eu", "quote": "it's \"ok\""}),
-        dag_hash: "abc123".into(),
+        version: version(dag, "SELECT 1"),
         tasks: tasks
             .iter()
             .map(|t| NewTaskInstance {
@@ -39,6 +40,17 @@ fn new_run(dag: &str, start: DateTime<Utc>, tasks: &[&str]) -> NewRun {
             .collect(),
         at: start,
         backfill_max_active_runs: Some(4),
+    }
+}
+
+/// A DAG version whose one SQL file holds `sql`.
+fn version(dag: &str, sql: &str) -> DagVersion {
+    let source = serde_json::json!({"dag": format!("dag_id: {dag}\n"), "files": {"q.sql": sql}});
+    DagVersion {
+        dag_id: dag.into(),
+        hash: format!("{:x}", Sha256::digest(source.to_string()))[..16].to_string(),
+        file: format!("dags/{dag}.yaml"),
+        source,
     }
 }
 
@@ -271,10 +283,35 @@ async fn story(store: Arc<dyn Store>) {
         (None, None, None)
     );
     let conf = serde_json::json!({"region": "us"});
+    // The run's version is stored with it; the new attempt runs a newer one.
+    let first = version("etl", "SELECT 1");
+    assert_eq!(created.dag_hash, first.hash);
+    assert_eq!(
+        store.dag_version("etl", &first.hash).await.unwrap(),
+        Some(first.clone())
+    );
+    let second = version("etl", "SELECT 22");
+    assert!(store
+        .dag_version("etl", &second.hash)
+        .await
+        .unwrap()
+        .is_none());
     let requeued = store
-        .new_attempt("etl", &run_id, RunState::Success, Some(&conf), at(11))
+        .new_attempt(
+            "etl",
+            &run_id,
+            RunState::Success,
+            Some(&conf),
+            Some(&second),
+            at(11),
+        )
         .await
         .unwrap();
+    assert_eq!(requeued.dag_hash, second.hash, "the new attempt's version");
+    assert_eq!(
+        store.dag_version("etl", &second.hash).await.unwrap(),
+        Some(second.clone())
+    );
     assert_eq!(
         (
             requeued.state,
@@ -287,7 +324,7 @@ async fn story(store: Arc<dyn Store>) {
         "a new attempt: queued, numbered, its own conf and times"
     );
     let conflict = store
-        .new_attempt("etl", &run_id, RunState::Success, None, at(11))
+        .new_attempt("etl", &run_id, RunState::Success, None, None, at(11))
         .await
         .unwrap_err();
     assert!(
@@ -329,6 +366,7 @@ async fn story(store: Arc<dyn Store>) {
                 a.started_at,
                 a.ended_at,
                 a.conf["region"].clone(),
+                a.dag_hash.clone().unwrap(),
             )
         })
         .collect();
@@ -340,14 +378,16 @@ async fn story(store: Arc<dyn Store>) {
                 RunState::Success,
                 Some(at(1)),
                 attempts[0].ended_at,
-                serde_json::json!("eu")
+                serde_json::json!("eu"),
+                first.hash.clone(),
             ),
             (
                 2,
                 RunState::Success,
                 Some(at(12)),
                 Some(at(13)),
-                serde_json::json!("us")
+                serde_json::json!("us"),
+                second.hash.clone(),
             ),
         ],
         "each attempt keeps its own record"
@@ -502,6 +542,14 @@ async fn story(store: Arc<dyn Store>) {
     assert!(store.history("etl", &run_id).await.unwrap().is_empty());
     assert!(store.attempts("etl", &run_id).await.unwrap().is_empty());
     assert!(store.deliveries(&k, 2).await.unwrap().is_empty());
+    // The version only the deleted run used goes with it; one other runs use stays.
+    let hash = version("etl", "SELECT 22").hash;
+    assert!(store.dag_version("etl", &hash).await.unwrap().is_none());
+    assert!(store
+        .dag_version("wide", &version("wide", "SELECT 1").hash)
+        .await
+        .unwrap()
+        .is_some());
     assert_eq!(
         store
             .task_instances("wide", &big.run_id)

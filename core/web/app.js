@@ -215,6 +215,22 @@ const sluice = (() => {
         const shown = runs.find((r) => r.dag_run_id === selectedRun) || runs[0];
         const states = shown ? Object.fromEntries((tis[shown.dag_run_id] || []).map((t) => [t.task_id, t.state])) : {};
         drawGraph(dag, states);
+        // A run executes the DAG version it was created with: say when that is not the file's.
+        if (shown && shown.dag_hash !== dag.file_hash) {
+          const showChanges = async () => {
+            try {
+              const v = await api("/dags/" + encodeURIComponent(dagId) + "/dagVersions/" + encodeURIComponent(shown.dag_hash));
+              $("version-diff").textContent = v.diff_from_current || "(no changes)";
+              $("version-diff").hidden = false;
+            } catch (e) { show(e.message); }
+          };
+          $("version").replaceChildren(
+            shown.dag_run_id + " runs DAG version " + shown.dag_hash + "; the DAG file is now version " + dag.file_hash + " ",
+            el("button", { type: "button", id: "show-version-diff", text: "Show changes", onclick: showChanges }));
+        } else {
+          $("version").textContent = shown ? shown.dag_run_id + " runs the DAG file's current version (" + dag.file_hash + ")" : "";
+          $("version-diff").hidden = true;
+        }
         if (followed) {
           const ti = (tis[followed[0]] || []).find((t) => t.task_id === followed[1]);
           showLog(followed[0], followed[1], ti && ti.try_number > 0 ? ti.try_number : followed[2], ti ? ti.state : followed[3]);

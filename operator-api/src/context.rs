@@ -249,6 +249,10 @@ pub struct TaskContext {
     pub vars: TemplateVars,
     /// Folder of the DAG file: relative paths in config (SQL files) resolve against it.
     pub dag_dir: PathBuf,
+    /// The files the task's config names (SQL, DDL) as the run's DAG version has them, by the
+    /// path as written: a run executes the SQL it was created with (see
+    /// [`TaskContext::config_file`]). Empty where no version was recorded.
+    pub config_files: Arc<std::collections::BTreeMap<String, String>>,
     /// Outputs of the task's direct upstream tasks that succeeded, by task id.
     pub upstream: BTreeMap<String, TaskOutput>,
     /// Named connections.
@@ -327,6 +331,20 @@ impl TaskContext {
         committed
     }
 
+    /// The text of a file the config names (`field` says which, for errors): the run's DAG
+    /// version's copy, or the file on disk when the version has none. The path in the error
+    /// is the one on disk; an unreadable file is fatal (a retry reads the same).
+    pub async fn config_file(&self, field: &str, path: &str) -> Result<String, OperatorError> {
+        let path = path.trim();
+        if let Some(text) = self.config_files.get(path) {
+            return Ok(text.clone());
+        }
+        let on_disk = self.resolve_path(path);
+        tokio::fs::read_to_string(&on_disk).await.map_err(|e| {
+            OperatorError::fatal(format!("{field}: cannot read {}: {e}", on_disk.display()))
+        })
+    }
+
     /// Resolves a path from config against the DAG file's folder.
     pub fn resolve_path(&self, path: &str) -> PathBuf {
         let path = Path::new(path);
@@ -387,6 +405,7 @@ mod tests {
                 serde_json::json!({}),
             ),
             dag_dir: dir.path().to_path_buf(),
+            config_files: Default::default(),
             upstream: Default::default(),
             connections: Arc::new(Connections::default()),
             artifacts: Arc::new(crate::LocalArtifactStore::new(dir.path().join("artifacts"))),

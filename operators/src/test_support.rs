@@ -21,6 +21,7 @@ pub fn context(dir: &std::path::Path, conf: serde_json::Value) -> TaskContext {
             conf,
         ),
         dag_dir: dir.to_path_buf(),
+        config_files: Default::default(),
         upstream: Default::default(),
         connections: Arc::new(Connections::default()),
         artifacts: Arc::new(LocalArtifactStore::new(dir.join("artifacts"))),

@@ -126,7 +126,7 @@ pub async fn run(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
         }
         Command::Webserver(web) => serve::webserver(web, &settings, registry).await,
         Command::Dags(cmd) => dags::run(cmd, &settings, &registry).await,
-        Command::Runs(cmd) => runs::run(cmd, &settings).await,
+        Command::Runs(cmd) => runs::run(cmd, &settings, &registry).await,
         Command::Tasks(cmd) => runs::run_tasks(cmd, &settings, &registry).await,
         Command::Operators(cmd) => operators::run(cmd, &registry),
         Command::Audit(args) => audit::run(args, &settings).await,

@@ -44,6 +44,15 @@ pub enum RunsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show how the DAG version a run executes differs from the DAG file (and its SQL files)
+    /// in the folder now, as a unified diff; nothing when they are the same.
+    Diff {
+        /// The run id.
+        run_id: String,
+        /// The DAG (needed when several DAGs have a run with this id).
+        #[arg(long)]
+        dag: Option<String>,
+    },
 }
 
 /// `sluice tasks` subcommands.
@@ -93,7 +102,11 @@ pub enum TasksCommand {
 }
 
 /// Runs a `runs` subcommand.
-pub async fn run(cmd: RunsCommand, settings: &Settings) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    cmd: RunsCommand,
+    settings: &Settings,
+    registry: &Registry,
+) -> anyhow::Result<ExitCode> {
     let store = store::open(&settings.database_url).await?;
     match cmd {
         RunsCommand::List {
@@ -148,7 +161,52 @@ pub async fn run(cmd: RunsCommand, settings: &Settings) -> anyhow::Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         RunsCommand::Show { run_id, dag, json } => show(store.as_ref(), &run_id, dag, json).await,
+        RunsCommand::Diff { run_id, dag } => {
+            diff(store.as_ref(), settings, registry, &run_id, dag).await
+        }
     }
+}
+
+async fn diff(
+    store: &dyn Store,
+    settings: &Settings,
+    registry: &Registry,
+    run_id: &str,
+    dag: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let run = find_run(store, run_id, dag).await?;
+    let stored = store
+        .dag_version(&run.dag_id, &run.dag_hash)
+        .await?
+        .ok_or_else(|| {
+            anyhow!(
+                "the run's DAG version {} is not stored (the run predates DAG versions)",
+                run.dag_hash
+            )
+        })?;
+    let source: crate::dag::DagSource = serde_json::from_value(stored.source)?;
+    let bag = crate::dag::DagBag::load(&settings.dags_folder, registry);
+    let Some(current) = bag.get(&run.dag_id) else {
+        bail!(
+            "DAG `{}` is not loaded from {} now: nothing to compare the run's version {} with",
+            run.dag_id,
+            settings.dags_folder.display(),
+            run.dag_hash
+        );
+    };
+    if current.hash == stored.hash {
+        eprintln!(
+            "the run executes the DAG version in the folder now ({})",
+            current.hash
+        );
+    } else {
+        eprintln!(
+            "the run executes version {}; the folder now holds version {}",
+            stored.hash, current.hash
+        );
+        print!("{}", source.diff(&current.source, &stored.file));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn find_run(store: &dyn Store, run_id: &str, dag: Option<String>) -> anyhow::Result<DagRun> {

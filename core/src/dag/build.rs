@@ -13,7 +13,6 @@ use std::time::Duration;
 use petgraph::algo::tarjan_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::Direction;
-use sha2::{Digest, Sha256};
 use sluice_operator_api::{template, Registry};
 
 use super::file::{self, RetrySpec, TaskSpec};
@@ -251,11 +250,15 @@ pub fn parse_dag(path: &Path, text: &str, registry: &Registry) -> Result<Dag, Ve
     if !errors.errors.is_empty() {
         return Err(errors.errors);
     }
-    let hash = Sha256::digest(text.as_bytes());
+    let source = super::DagSource {
+        dag: text.to_string(),
+        files: Default::default(),
+    };
     Ok(Dag {
         dag_id: header.dag_id.clone(),
         file: path.to_path_buf(),
-        hash: hash.iter().take(8).map(|b| format!("{b:02x}")).collect(),
+        hash: source.hash(),
+        source: std::sync::Arc::new(source),
         description: header.description.clone(),
         schedule: settings.schedule,
         timezone: settings.timezone,

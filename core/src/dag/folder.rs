@@ -46,28 +46,38 @@ fn dag_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 /// Checks the files a DAG's tasks name (each operator says which of its fields do, see
 /// `OperatorConfig::files`): they exist next to the DAG file and their templates compile, so
 /// `dags validate` catches what a run would.
-fn check_files(dag: Dag, file: &Path) -> Result<Dag, Vec<DagError>> {
+///
+/// Their text becomes part of the DAG's version: a run executes the SQL it was created with.
+fn check_files(mut dag: Dag, file: &Path) -> Result<Dag, Vec<DagError>> {
     let dir = file.parent().unwrap_or(Path::new("."));
     let mut errors = Vec::new();
+    let mut named = BTreeMap::new();
     for task in &dag.tasks {
-        for named in &task.files {
-            let path = dir.join(&named.path);
+        for named_file in &task.files {
+            let path = dir.join(&named_file.path);
             let error = |message: String| DagError {
                 file: file.to_path_buf(),
                 task: Some(task.id.clone()),
-                message: format!("config.{}: {message}", named.field),
+                message: format!("config.{}: {message}", named_file.field),
             };
             match read_bounded(&path) {
                 Ok(text) => {
                     if let Err(e) = template::check(&text) {
                         errors.push(error(format!("{}: {}", path.display(), e.message)));
                     }
+                    named.insert(named_file.path.clone(), text);
                 }
                 Err(e) => errors.push(error(format!("cannot read {}: {e}", path.display()))),
             }
         }
     }
     if errors.is_empty() {
+        if !named.is_empty() {
+            let mut source = dag.source.as_ref().clone();
+            source.files = named;
+            dag.hash = source.hash();
+            dag.source = Arc::new(source);
+        }
         Ok(dag)
     } else {
         Err(errors)

@@ -7,6 +7,7 @@
 pub mod build;
 pub mod file;
 pub mod folder;
+pub mod version;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::state::TriggerRule;
 
 pub use build::{parse_dag, DagError};
 pub use folder::DagBag;
+pub use version::DagSource;
 
 /// How a failed try is retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,8 +84,11 @@ pub struct Dag {
     pub dag_id: String,
     /// The file it came from.
     pub file: PathBuf,
-    /// Content hash of that file (first 16 hex digits of SHA-256): which version a run used.
+    /// Content hash of the file and the files its tasks name (see [`DagSource::hash`]):
+    /// the version a run records and executes.
     pub hash: String,
+    /// The text the version is made of.
+    pub source: Arc<DagSource>,
     /// What the DAG is for.
     pub description: Option<String>,
     /// When it runs by itself.

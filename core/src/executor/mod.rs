@@ -465,6 +465,17 @@ impl RunDriver<'_> {
                 .parent()
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(".")),
+            // The files this task names, as the run's version has them.
+            config_files: Arc::new(
+                dag.tasks[task]
+                    .files
+                    .iter()
+                    .filter_map(|f| {
+                        let text = dag.source.files.get(&f.path)?;
+                        Some((f.path.clone(), text.clone()))
+                    })
+                    .collect(),
+            ),
             upstream,
             connections: self.executor.connections.clone(),
             artifacts: self.executor.artifacts.clone(),

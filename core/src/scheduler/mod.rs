@@ -198,7 +198,20 @@ impl Scheduler {
         let executor = self.executor.clone();
         let done = done.clone();
         let (dag_id, run_id) = key.clone();
+        let registry = self.registry.clone();
+        let run = run.clone();
         let handle = tokio::spawn(async move {
+            // A run executes its own DAG version, whatever the folder holds now.
+            let dag = match crate::runs::dag_of_run(executor.store().as_ref(), &registry, dag, &run)
+                .await
+            {
+                Ok(dag) => dag,
+                Err(error) => {
+                    tracing::error!(%dag_id, %run_id, %error, "could not read the run's DAG version; it is retried next pass");
+                    let _ = done.send(((dag_id, run_id), false));
+                    return;
+                }
+            };
             match executor.run(dag, &run_id, CancellationToken::new()).await {
                 Ok(run) if run.state.is_finished() => {
                     tracing::info!(%dag_id, %run_id, state = %run.state, "run finished")

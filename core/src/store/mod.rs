@@ -134,6 +134,8 @@ pub struct RunAttempt {
     pub started_at: Option<DateTime<Utc>>,
     /// When it finished.
     pub ended_at: Option<DateTime<Utc>>,
+    /// The DAG version it ran (unknown for attempts recorded before versions were kept).
+    pub dag_hash: Option<String>,
 }
 
 impl DagRun {
@@ -279,14 +281,27 @@ pub struct NewRun {
     pub run_type: RunType,
     /// Trigger configuration.
     pub conf: serde_json::Value,
-    /// DAG file version.
-    pub dag_hash: String,
+    /// The DAG version the run executes (stored with the run, once per content hash).
+    pub version: DagVersion,
     /// A pending instance of every task.
     pub tasks: Vec<NewTaskInstance>,
     /// For backfill runs: most backfill runs of the DAG active at once.
     pub backfill_max_active_runs: Option<u32>,
     /// Creation time.
     pub at: DateTime<Utc>,
+}
+
+/// One version of a DAG: what a run executes, whatever the DAG folder holds later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DagVersion {
+    /// The DAG.
+    pub dag_id: String,
+    /// Content hash of the DAG file and the files its config names (`dag_run.dag_hash`).
+    pub hash: String,
+    /// The DAG file's path when this version was read.
+    pub file: String,
+    /// The DAG file's text and each named file's (`sluice_core::dag::DagSource` as JSON).
+    pub source: serde_json::Value,
 }
 
 /// A state change to persist.
@@ -495,16 +510,22 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
         at: DateTime<Utc>,
     ) -> Result<DagRun, StoreError>;
     /// Starts a new attempt of a finished run (`from` is its state now, compare-and-set): the
-    /// run is queued again with the next attempt number, and with `conf` if one is given
-    /// (otherwise the last attempt's), and the attempt is recorded.
+    /// run is queued again with the next attempt number, with `conf` if one is given
+    /// (otherwise the last attempt's) and on `version` if one is given (otherwise the last
+    /// attempt's), and the attempt is recorded.
     async fn new_attempt(
         &self,
         dag_id: &str,
         run_id: &str,
         from: RunState,
         conf: Option<&serde_json::Value>,
+        version: Option<&DagVersion>,
         at: DateTime<Utc>,
     ) -> Result<DagRun, StoreError>;
+
+    /// A stored DAG version, by its hash.
+    async fn dag_version(&self, dag_id: &str, hash: &str)
+        -> Result<Option<DagVersion>, StoreError>;
 
     /// The items of `attempt` of a task already delivered (the ledger of item-by-item tasks).
     async fn delivered_items(
@@ -653,7 +674,8 @@ pub trait Retention: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<DagRun>, StoreError>;
     /// Deletes these runs with everything recorded of them (task instances, attempts,
     /// history, deliveries) in one transaction, each only if it is still finished (a run
-    /// re-triggered meanwhile stays); returns the runs deleted.
+    /// re-triggered meanwhile stays), and the DAG versions no run uses any more; returns the
+    /// runs deleted.
     async fn delete_runs(&self, runs: &[RunRef]) -> Result<Vec<RunRef>, StoreError>;
 }
 

@@ -124,7 +124,29 @@ fn attempt_from_row(row: &AnyRow) -> Result<RunAttempt, StoreError> {
         queued_at: instant("queued_at", get(row, "queued_at")?)?,
         started_at: opt_instant("started_at", get(row, "started_at")?)?,
         ended_at: opt_instant("ended_at", get(row, "ended_at")?)?,
+        dag_hash: get(row, "dag_hash")?,
     })
+}
+
+/// Stores a DAG version unless it is stored already (versions are immutable by their hash).
+async fn insert_version(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    version: &DagVersion,
+    at: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO dag_version (dag_id, version, file, source, created_at) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (dag_id, version) DO NOTHING",
+    )
+    .bind(&version.dag_id)
+    .bind(&version.hash)
+    .bind(&version.file)
+    .bind(version.source.to_string())
+    .bind(at)
+    .execute(&mut **tx)
+    .await
+    .map_err(query_error("store the DAG version"))?;
+    Ok(())
 }
 
 fn ti_from_row(row: &AnyRow) -> Result<TaskInstance, StoreError> {
@@ -456,7 +478,7 @@ impl RunStore for SqlStore {
         .bind(micros(run.interval.end))
         .bind(run.run_type.as_str())
         .bind(run.conf.to_string())
-        .bind(&run.dag_hash)
+        .bind(&run.version.hash)
         .bind(at)
         .bind(run.backfill_max_active_runs.map(i64::from))
         .fetch_one(&mut *tx)
@@ -473,13 +495,15 @@ impl RunStore for SqlStore {
             Err(e) => return Err(query_error("create run")(e)),
         };
         insert_task_instances(&mut tx, &run.dag_id, &run.run_id, &run.tasks, at).await?;
+        insert_version(&mut tx, &run.version, at).await?;
         sqlx::query(
-            "INSERT INTO dag_run_attempt (dag_id, run_id, attempt, conf, state, queued_at) VALUES ($1, $2, 1, $3, 'queued', $4)",
+            "INSERT INTO dag_run_attempt (dag_id, run_id, attempt, conf, state, queued_at, dag_hash) VALUES ($1, $2, 1, $3, 'queued', $4, $5)",
         )
         .bind(&run.dag_id)
         .bind(&run.run_id)
         .bind(run.conf.to_string())
         .bind(at)
+        .bind(&run.version.hash)
         .execute(&mut *tx)
         .await
         .map_err(query_error("record the run's first attempt"))?;
@@ -562,20 +586,25 @@ impl RunStore for SqlStore {
         run_id: &str,
         from: RunState,
         conf: Option<&serde_json::Value>,
+        version: Option<&DagVersion>,
         at: DateTime<Utc>,
     ) -> Result<DagRun, StoreError> {
         let _turn = self.write_turn().await;
         from.check(RunState::Queued)?;
         let mut tx = self.pool.begin().await.map_err(query_error("begin"))?;
+        if let Some(version) = version {
+            insert_version(&mut tx, version, micros(at)).await?;
+        }
         let row = sqlx::query(&format!(
             "UPDATE dag_run SET state = 'queued', attempt = attempt + 1, started_at = NULL,
-                 ended_at = NULL, conf = COALESCE($1, conf)
+                 ended_at = NULL, conf = COALESCE($1, conf), dag_hash = COALESCE($5, dag_hash)
              WHERE dag_id = $2 AND run_id = $3 AND state = $4 RETURNING {RUN_COLUMNS}"
         ))
         .bind(conf.map(|c| c.to_string()))
         .bind(dag_id)
         .bind(run_id)
         .bind(from.as_str())
+        .bind(version.map(|v| v.hash.clone()))
         .fetch_optional(&mut *tx)
         .await
         .map_err(query_error("start a new attempt"))?;
@@ -585,13 +614,14 @@ impl RunStore for SqlStore {
         };
         let run = run_from_row(&row)?;
         sqlx::query(
-            "INSERT INTO dag_run_attempt (dag_id, run_id, attempt, conf, state, queued_at) VALUES ($1, $2, $3, $4, 'queued', $5)",
+            "INSERT INTO dag_run_attempt (dag_id, run_id, attempt, conf, state, queued_at, dag_hash) VALUES ($1, $2, $3, $4, 'queued', $5, $6)",
         )
         .bind(dag_id)
         .bind(run_id)
         .bind(i64::from(run.attempt))
         .bind(run.conf.to_string())
         .bind(micros(at))
+        .bind(&run.dag_hash)
         .execute(&mut *tx)
         .await
         .map_err(query_error("record the new attempt"))?;
@@ -599,6 +629,30 @@ impl RunStore for SqlStore {
             .await
             .map_err(query_error("commit new attempt"))?;
         Ok(run)
+    }
+
+    async fn dag_version(
+        &self,
+        dag_id: &str,
+        hash: &str,
+    ) -> Result<Option<DagVersion>, StoreError> {
+        let row = sqlx::query(
+            "SELECT dag_id, version, file, source FROM dag_version WHERE dag_id = $1 AND version = $2",
+        )
+        .bind(dag_id)
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("read a DAG version"))?;
+        row.map(|row| {
+            Ok(DagVersion {
+                dag_id: get(&row, "dag_id")?,
+                hash: get(&row, "version")?,
+                file: get(&row, "file")?,
+                source: json("DAG version source", Some(get(&row, "source")?))?.unwrap_or_default(),
+            })
+        })
+        .transpose()
     }
 
     async fn delivered_items(
@@ -916,7 +970,7 @@ impl ReadModel for SqlStore {
 
     async fn attempts(&self, dag_id: &str, run_id: &str) -> Result<Vec<RunAttempt>, StoreError> {
         let rows = sqlx::query(
-            "SELECT attempt, conf, state, queued_at, started_at, ended_at
+            "SELECT attempt, conf, state, queued_at, started_at, ended_at, dag_hash
              FROM dag_run_attempt WHERE dag_id = $1 AND run_id = $2 ORDER BY attempt",
         )
         .bind(dag_id)
@@ -1150,6 +1204,22 @@ impl Retention for SqlStore {
                 .await
                 .map_err(query_error("clean history"))?;
             deleted.push(run.clone());
+        }
+        if !deleted.is_empty() {
+            // Versions no run or attempt uses any more (the current one is stored again by
+            // its next run).
+            sqlx::query(
+                "DELETE FROM dag_version WHERE NOT EXISTS (
+                     SELECT 1 FROM dag_run r
+                     WHERE r.dag_id = dag_version.dag_id AND r.dag_hash = dag_version.version
+                 ) AND NOT EXISTS (
+                     SELECT 1 FROM dag_run_attempt a
+                     WHERE a.dag_id = dag_version.dag_id AND a.dag_hash = dag_version.version
+                 )",
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error("clean DAG versions"))?;
         }
         tx.commit().await.map_err(query_error("commit a clean"))?;
         Ok(deleted)

@@ -56,6 +56,7 @@ pub fn routes() -> Router<AppState> {
             "/dags/{dag_id}/backfills",
             axum::routing::post(create_backfill),
         )
+        .route("/dags/{dag_id}/dagVersions/{version}", get(get_dag_version))
         .route("/auditLog", get(audit_log))
         .route("/openapi.json", get(super::openapi::openapi))
         .route("/importErrors", get(import_errors))
@@ -197,6 +198,8 @@ pub(super) struct RunAttemptJson {
     start_date: Option<String>,
     /// When it finished.
     end_date: Option<String>,
+    /// The DAG version it ran (see `dagVersions`); null for attempts recorded before versions were kept.
+    dag_hash: Option<String>,
 }
 
 /// Every attempt of a run, first to last.
@@ -230,8 +233,61 @@ async fn list_attempts(
                 queued_at: instant(a.queued_at),
                 start_date: a.started_at.map(instant),
                 end_date: a.ended_at.map(instant),
+                dag_hash: a.dag_hash,
             })
             .collect(),
+    }))
+}
+
+/// A stored DAG version: what runs of that version execute, and how it differs from the DAG
+/// file loaded now.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(super) struct DagVersionJson {
+    /// The DAG.
+    dag_id: String,
+    /// The version's content hash (a run's `dag_hash`).
+    version: String,
+    /// The DAG file's path when the version was read.
+    file: String,
+    /// The DAG file's text.
+    dag_source: String,
+    /// Each file the tasks' config names (SQL, DDL), by path as written.
+    files: std::collections::BTreeMap<String, String>,
+    /// The version of the DAG file loaded now (null when the DAG is not loaded).
+    current_version: Option<String>,
+    /// Whether this is the version loaded now.
+    is_current: bool,
+    /// A unified diff from this version to the one loaded now (empty when it is current).
+    diff_from_current: String,
+}
+
+async fn get_dag_version(
+    State(state): State<AppState>,
+    Path((dag_id, version)): Path<(String, String)>,
+) -> Result<Json<DagVersionJson>, ApiError> {
+    let stored = state
+        .store
+        .dag_version(&dag_id, &version)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("DAG `{dag_id}` has no stored version `{version}`"))
+        })?;
+    let source: crate::dag::DagSource = serde_json::from_value(stored.source)
+        .map_err(|e| ApiError::internal(format!("stored version {version} does not read: {e}")))?;
+    let current = state.dags.get().get(&dag_id).cloned();
+    let diff = current
+        .as_ref()
+        .map(|dag| source.diff(&dag.source, &stored.file))
+        .unwrap_or_default();
+    Ok(Json(DagVersionJson {
+        dag_id,
+        is_current: current.as_ref().is_some_and(|d| d.hash == stored.hash),
+        current_version: current.map(|d| d.hash.clone()),
+        version: stored.hash,
+        file: stored.file,
+        dag_source: source.dag,
+        files: source.files,
+        diff_from_current: diff,
     }))
 }
 

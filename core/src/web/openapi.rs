@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde_json::{json, Value};
 
 use super::api::{
-    AuditLogJson, BackfillBody, ClearBody, DagPatch, DagRunCollection, DagRunJson,
+    AuditLogJson, BackfillBody, ClearBody, DagPatch, DagRunCollection, DagRunJson, DagVersionJson,
     DeliveryLedgerJson, MarkBody, ProblemJson, RunAttemptCollection, TaskInstanceCollection,
     TriggerBody,
 };
@@ -167,6 +167,13 @@ pub const OPERATIONS: &[Operation] = &[
         None,
     )
     .answers(schema::<RunAttemptCollection>),
+    op(
+        "get",
+        "/dags/{dag_id}/dagVersions/{version}",
+        "A stored DAG version (a run's dag_hash): its DAG file and SQL files, and a unified diff to the version loaded now",
+        None,
+    )
+    .answers(schema::<DagVersionJson>),
     op(
         "get",
         "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/deliveries",

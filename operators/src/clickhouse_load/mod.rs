@@ -174,9 +174,7 @@ impl Operator for ClickhouseLoad {
         if columns.is_none() {
             if let Some(ddl) = &self.config.ddl {
                 let ddl_path = ctx.resolve_path(ddl);
-                let text = tokio::fs::read_to_string(&ddl_path).await.map_err(|e| {
-                    OperatorError::fatal(format!("ddl: cannot read {}: {e}", ddl_path.display()))
-                })?;
+                let text = ctx.config_file("ddl", ddl).await?;
                 ctx.log.info(&format!(
                     "table {}.{table} does not exist: running {}",
                     ch.database(),

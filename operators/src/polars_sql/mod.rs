@@ -27,14 +27,11 @@ impl Operator for PolarsSql {
     async fn execute(&self, ctx: &TaskContext) -> Result<TaskOutput, OperatorError> {
         let started = Instant::now();
         let sql = if sluice_operator_api::registry::is_sql_path(&self.config.sql) {
-            let path = ctx.resolve_path(self.config.sql.trim());
-            let text = tokio::fs::read_to_string(&path).await.map_err(|e| {
-                OperatorError::fatal(format!("sql: cannot read {}: {e}", path.display()))
-            })?;
+            let text = ctx.config_file("sql", &self.config.sql).await?;
             if template::is_template(&text) {
                 return Err(OperatorError::fatal(format!(
                     "sql: {} uses templates; polars_sql takes none (select values as columns upstream)",
-                    path.display()
+                    self.config.sql.trim()
                 )));
             }
             text

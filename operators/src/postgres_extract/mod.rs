@@ -83,10 +83,7 @@ impl Operator for PostgresExtract {
     async fn execute(&self, ctx: &TaskContext) -> Result<TaskOutput, OperatorError> {
         let started = Instant::now();
         let source = if sluice_operator_api::registry::is_sql_path(&self.config.sql) {
-            let path = ctx.resolve_path(self.config.sql.trim());
-            tokio::fs::read_to_string(&path).await.map_err(|e| {
-                OperatorError::fatal(format!("sql: cannot read {}: {e}", path.display()))
-            })?
+            ctx.config_file("sql", &self.config.sql).await?
         } else {
             self.config.sql.clone()
         };

@@ -407,3 +407,124 @@ async fn a_run_finishes_on_its_own_dag_version_when_the_files_change() {
         );
     }
 }
+
+/// The PostgreSQL store goes away during a run of long tries: every connection is killed
+/// (`pg_terminate_backend`), then the server is restarted, with a try ending while it is
+/// down. The run waits it out: it succeeds, every task ran once, and no retry was used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_rides_out_a_killed_connection_and_a_postgres_restart() {
+    let pg = support::OwnPostgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("dags")).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // No retries: a try counted as crashed would fail the run.
+    let task = |id: &str, seconds: u32| {
+        format!(
+            "  - {{id: {id}, operator: shell, config: {{command: 'sleep {seconds}; echo x >> {}/{id}'}}}}\n",
+            out.display()
+        )
+    };
+    let dag = format!(
+        "dag_id: outage\ndefault_args: {{retries: 0}}\ntasks:\n{}{}{}  - {{id: after, operator: shell, depends_on: [long_a, long_b, quick], config: {{command: 'echo x >> {}/after'}}}}\n",
+        task("long_a", 9),
+        task("long_b", 9),
+        // Ends while the server is down: its end is written once it is back.
+        task("quick", 4),
+        out.display()
+    );
+    std::fs::write(dir.path().join("dags/outage.yaml"), dag).unwrap();
+    let with_pg = |mut cmd: std::process::Command| {
+        cmd.env("SLUICE_DATABASE_URL", pg.url());
+        cmd
+    };
+    let mut scheduler = with_pg(sluice(dir.path()))
+        .arg("scheduler")
+        .env("SLUICE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("scheduler.log")).unwrap())
+        // A lease longer than the outage: nobody else would take the run meanwhile anyway.
+        .env("SLUICE_RUN_LEASE", "30s")
+        .spawn()
+        .unwrap();
+    let trigger = with_pg(sluice(dir.path()))
+        .args([
+            "dags",
+            "trigger",
+            "outage",
+            "--logical-date",
+            "2026-01-01T00:00:00Z",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        trigger.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trigger.stderr)
+    );
+
+    let store = sluice_core::store::open(&pg.url()).await.unwrap();
+    let run = store.list_runs(&RunFilter::default()).await.unwrap()[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let tis = store.task_instances("outage", &run.run_id).await.unwrap();
+        if tis.iter().filter(|t| t.state == TaskState::Running).count() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the tries never ran: {tis:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(store);
+
+    // Every connection of the scheduler is killed by an administrator…
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.url())
+        .await
+        .unwrap();
+    let killed: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(!killed.is_empty(), "the scheduler had connections to kill");
+    drop(admin);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // …then the server restarts, staying down while `quick` ends.
+    pg.stop();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    pg.start_again();
+
+    let store = sluice_core::store::open(&pg.url()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let run = loop {
+        let run = store.run("outage", &run.run_id).await.unwrap().unwrap();
+        if run.state.is_finished() {
+            break run;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not finish after the outage: {}",
+            std::fs::read_to_string(dir.path().join("scheduler.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    scheduler.kill().unwrap();
+    scheduler.wait().unwrap();
+    let log = std::fs::read_to_string(dir.path().join("scheduler.log")).unwrap_or_default();
+    assert_eq!(run.state, sluice_core::state::RunState::Success, "{log}");
+    let tis = store.task_instances("outage", &run.run_id).await.unwrap();
+    for ti in &tis {
+        assert_eq!(
+            (ti.state, ti.try_number),
+            (TaskState::Success, 1),
+            "{}: one try, no retry used\n{log}",
+            ti.task_id
+        );
+        assert_eq!(lines(&out.join(&ti.task_id)), 1, "{} ran once", ti.task_id);
+    }
+    assert!(
+        log.contains("does not answer; waiting it out"),
+        "the outage was noticed and waited out:\n{log}"
+    );
+}

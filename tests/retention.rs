@@ -83,7 +83,7 @@ fn db_clean_removes_exactly_what_its_dry_run_lists() {
     // An artifact of an old run, as an extract leaves one.
     let artifact = h
         .home()
-        .join("artifacts/etl/manual__2026-11-01T00:00:00+00:00/extract.arrow");
+        .join("artifacts/etl/manual__2026-11-01T00:00:00+00:00/extract.try1.arrow");
     std::fs::create_dir_all(artifact.parent().unwrap()).unwrap();
     std::fs::write(&artifact, vec![7u8; 4096]).unwrap();
     let shown = h.json(&["dags", "show", "etl", "--json"]);

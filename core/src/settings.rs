@@ -29,7 +29,14 @@ pub struct Settings {
     /// `SLUICE_ARTIFACT_RETENTION` (default `7d`; `never` keeps them): the scheduler removes
     /// the artifacts of finished runs older than this.
     pub artifact_retention: Option<std::time::Duration>,
+    /// `SLUICE_STORE_OUTAGE_DEADLINE` (default `5m`): how long a run driver waits out a
+    /// metadata store that does not answer (running tries go on) before it stops the run's
+    /// tries and leaves the run to be resumed.
+    pub store_outage_deadline: std::time::Duration,
 }
+
+/// How long a store outage is waited out unless `SLUICE_STORE_OUTAGE_DEADLINE` says.
+pub const DEFAULT_STORE_OUTAGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Settings {
     /// Reads the process environment.
@@ -65,6 +72,9 @@ impl Settings {
             Some(_) => duration("SLUICE_ARTIFACT_RETENTION"),
             None => Some(DEFAULT_ARTIFACT_RETENTION),
         };
+        let store_outage_deadline = lookup("SLUICE_STORE_OUTAGE_DEADLINE")
+            .and_then(|v| humantime::parse_duration(&v).ok())
+            .unwrap_or(DEFAULT_STORE_OUTAGE_DEADLINE);
         Self {
             home,
             dags_folder,
@@ -74,6 +84,7 @@ impl Settings {
             run_lease,
             retention,
             artifact_retention,
+            store_outage_deadline,
         }
     }
 
@@ -88,6 +99,7 @@ impl Settings {
             run_lease: std::time::Duration::from_secs(15),
             retention: None,
             artifact_retention: Some(DEFAULT_ARTIFACT_RETENTION),
+            store_outage_deadline: DEFAULT_STORE_OUTAGE_DEADLINE,
         }
     }
 

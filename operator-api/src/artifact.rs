@@ -20,6 +20,9 @@ pub struct ArtifactKey {
     pub run_id: String,
     /// The task id.
     pub task_id: String,
+    /// The try writing it: each try commits its own file, so a try that outlived its
+    /// driver (a zombie the fence refuses) never replaces what a newer try committed.
+    pub try_number: u32,
     /// File extension naming the format (`arrow`, `parquet`).
     pub extension: String,
 }
@@ -64,7 +67,7 @@ pub trait ArtifactStore: Send + Sync + fmt::Debug {
     async fn local_path(&self, artifact: &ArtifactRef) -> Result<PathBuf, ArtifactError>;
 }
 
-/// Artifacts as files under one folder: `<root>/<dag>/<run>/<task>.<ext>`.
+/// Artifacts as files under one folder: `<root>/<dag>/<run>/<task>.try<N>.<ext>`.
 #[derive(Debug, Clone)]
 pub struct LocalArtifactStore {
     root: PathBuf,
@@ -77,9 +80,32 @@ impl LocalArtifactStore {
     }
 
     fn relative(key: &ArtifactKey) -> PathBuf {
-        PathBuf::from(&key.dag_id)
-            .join(&key.run_id)
-            .join(format!("{}.{}", key.task_id, key.extension))
+        PathBuf::from(&key.dag_id).join(&key.run_id).join(format!(
+            "{}.try{}.{}",
+            key.task_id, key.try_number, key.extension
+        ))
+    }
+
+    /// Removes the committed files of the task's earlier tries (a failed try's table, a
+    /// cleared attempt's): the task's output only ever names the newest one.
+    async fn remove_earlier_tries(&self, key: &ArtifactKey) {
+        let dir = self.root.join(&key.dag_id).join(&key.run_id);
+        let Ok(mut entries) = tokio::fs::read_dir(&dir).await else {
+            return;
+        };
+        let prefix = format!("{}.try", key.task_id);
+        let suffix = format!(".{}", key.extension);
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let earlier = name
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix(&suffix))
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| n < key.try_number);
+            if earlier {
+                let _ = tokio::fs::remove_file(entry.path()).await;
+            }
+        }
     }
 }
 
@@ -113,6 +139,7 @@ impl ArtifactStore for LocalArtifactStore {
         tokio::fs::rename(staged, &final_path)
             .await
             .map_err(|e| io_error(&final_path, e))?;
+        self.remove_earlier_tries(key).await;
         Ok(ArtifactRef {
             location: relative.display().to_string(),
             format: key.extension.clone(),
@@ -141,6 +168,7 @@ mod tests {
             dag_id: "d".into(),
             run_id: "manual__2026-01-01T00:00:00+00:00".into(),
             task_id: "t".into(),
+            try_number: 2,
             extension: "arrow".into(),
         };
         let staged = store.staging_path(&key).await.unwrap();
@@ -159,5 +187,38 @@ mod tests {
         assert_eq!(std::fs::read(path).unwrap(), b"table");
         assert_eq!(committed.rows, Some(1));
         assert!(!staged.exists());
+    }
+
+    #[tokio::test]
+    async fn a_late_commit_of_an_earlier_try_never_replaces_a_newer_tries_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalArtifactStore::new(dir.path());
+        let key = |try_number| ArtifactKey {
+            dag_id: "d".into(),
+            run_id: "r".into(),
+            task_id: "t".into(),
+            try_number,
+            extension: "arrow".into(),
+        };
+        // Try 1 stalls (its driver lost the run) while try 2 commits its table.
+        let zombie = store.staging_path(&key(1)).await.unwrap();
+        tokio::fs::write(&zombie, b"stale").await.unwrap();
+        let newer = store.staging_path(&key(2)).await.unwrap();
+        tokio::fs::write(&newer, b"fresh").await.unwrap();
+        let committed = store.commit(&key(2), &newer, Some(1)).await.unwrap();
+        // The zombie wakes up and commits: its own file, not the one try 2's output names.
+        store.commit(&key(1), &zombie, Some(1)).await.unwrap();
+        let path = store.local_path(&committed).await.unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), b"fresh");
+        // A later try's commit removes the earlier tries' files.
+        let third = store.staging_path(&key(3)).await.unwrap();
+        tokio::fs::write(&third, b"third").await.unwrap();
+        store.commit(&key(3), &third, Some(1)).await.unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path().join("d/r"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["t.try3.arrow"]);
     }
 }

@@ -288,6 +288,7 @@ impl TaskContext {
             dag_id: self.vars.dag_id.clone(),
             run_id: self.vars.run_id.clone(),
             task_id: self.vars.task_id.clone(),
+            try_number: self.vars.try_number,
             extension: extension.into(),
         }
     }
@@ -438,7 +439,7 @@ mod tests {
             .unwrap();
         assert_eq!(rows, 1);
         assert_eq!(walk(&dir.path().join("artifacts")).len(), 1);
-        assert_eq!(table.location, "d/r/t.arrow");
+        assert_eq!(table.location, "d/r/t.try1.arrow");
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -26,3 +26,132 @@ pub fn start_scheduler(home: &Path) -> Child {
         .spawn()
         .unwrap()
 }
+
+/// A PostgreSQL server of the test's own (not the shared one of `scripts/services`), so the
+/// test may kill its connections and restart it: `initdb` in a temporary folder, on a free
+/// loopback port, stopped when dropped.
+pub struct OwnPostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn pg_bin(tool: &str) -> std::path::PathBuf {
+    let dir =
+        std::env::var("SLUICE_DEV_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    Path::new(&dir).join(tool)
+}
+
+/// `tool args…` as the `postgres` user when running as root (initdb and pg_ctl refuse root).
+fn as_postgres(tool: &str, args: &[&str]) -> std::process::Output {
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if root {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(pg_bin(tool));
+        cmd
+    } else {
+        Command::new(pg_bin(tool))
+    };
+    cmd.args(args).current_dir("/").output().unwrap()
+}
+
+impl OwnPostgres {
+    /// Creates and starts the server.
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-own-pg")
+            .tempdir()
+            .unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        if unsafe { libc::geteuid() } == 0 {
+            let chown = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(chown.success());
+        }
+        let init = as_postgres(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+            ],
+        );
+        assert!(
+            init.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = Self { dir, port };
+        server.pg_ctl("start");
+        server
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("postgres.log");
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories='{}' -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let out = as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "30",
+                "-o",
+                &options,
+                action,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl {action}: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// Stops the server (fast shutdown: every connection is closed).
+    pub fn stop(&self) {
+        self.pg_ctl("stop");
+    }
+
+    /// Starts the stopped server again on the same port.
+    pub fn start_again(&self) {
+        self.pg_ctl("start");
+    }
+
+    /// Its `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = as_postgres(
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
+        );
+    }
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sluice_operator_api::{DeliveryLedger, DeliveryOutcome, OperatorError};
 
+use crate::store::outage::ride_out;
 use crate::store::{Store, TaskKey};
 
 /// The ledger of one task in one attempt of a run.
@@ -15,9 +16,11 @@ pub(super) struct StoreLedger {
     pub store: Arc<dyn Store>,
     pub key: TaskKey,
     pub attempt: u32,
+    /// How long a store that does not answer is waited out before the try fails (retryably).
+    pub outage_deadline: std::time::Duration,
 }
 
-/// A store that does not answer fails the try; a retry may find it back.
+/// A store that did not answer within the outage deadline fails the try; a retry may find it back.
 fn unavailable(what: &str, e: crate::store::StoreError) -> OperatorError {
     OperatorError::retryable(format!("delivery ledger: cannot {what}: {e}"))
 }
@@ -25,19 +28,25 @@ fn unavailable(what: &str, e: crate::store::StoreError) -> OperatorError {
 #[async_trait]
 impl DeliveryLedger for StoreLedger {
     async fn delivered(&self) -> Result<HashSet<String>, OperatorError> {
-        self.store
-            .delivered_items(&self.key, self.attempt)
-            .await
-            .map_err(|e| unavailable("read what was delivered", e))
+        ride_out(self.outage_deadline, "read the delivery ledger", || {
+            self.store.delivered_items(&self.key, self.attempt)
+        })
+        .await
+        .map_err(|e| unavailable("read what was delivered", e))
     }
 
     async fn record(&self, outcomes: &[DeliveryOutcome]) -> Result<(), OperatorError> {
         if outcomes.is_empty() {
             return Ok(());
         }
-        self.store
-            .record_deliveries(&self.key, self.attempt, outcomes, chrono::Utc::now())
-            .await
-            .map_err(|e| unavailable("record deliveries", e))
+        let at = chrono::Utc::now();
+        // Recording the same outcomes twice (a write that landed before its connection broke)
+        // is an upsert of the same rows.
+        ride_out(self.outage_deadline, "record deliveries", || {
+            self.store
+                .record_deliveries(&self.key, self.attempt, outcomes, at)
+        })
+        .await
+        .map_err(|e| unavailable("record deliveries", e))
     }
 }

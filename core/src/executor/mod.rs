@@ -115,6 +115,8 @@ pub struct Executor {
     driver: String,
     /// How long a claim lasts without renewal.
     lease: Duration,
+    /// How long a store that does not answer is waited out while tries run on.
+    outage_deadline: Duration,
     /// The process's secrets (connection passwords, tokens, the store's password), masked in
     /// try logs, outputs and errors.
     masker: Masker,
@@ -154,6 +156,11 @@ struct RunDriver<'a> {
     /// When this driver's lease on the run ends unless renewed (a monotonic clock, which
     /// keeps counting while the process is stopped): past it, the driver writes nothing.
     lease_ends: tokio::time::Instant,
+    /// The tries running now, by task, with the token that stops each.
+    running: HashMap<usize, CancellationToken>,
+    /// Tries stopped without being their fault (a shutdown's grace or a store outage's
+    /// deadline ran out): they end as interrupted and run again without using up a retry.
+    interrupted: std::collections::HashSet<usize>,
 }
 
 impl Executor {
@@ -174,6 +181,7 @@ impl Executor {
             shutdown_grace: Duration::from_secs(30),
             driver: driver_id(),
             lease: settings.run_lease,
+            outage_deadline: settings.store_outage_deadline,
             masker: Masker::new(
                 secrets_of_env(std::env::vars())
                     .into_iter()
@@ -319,6 +327,8 @@ impl Executor {
             run,
             instances,
             lease_ends: claimed_at + self.lease,
+            running: HashMap::new(),
+            interrupted: Default::default(),
         };
         driver.drive(cancel).await
     }
@@ -345,7 +355,7 @@ impl RunDriver<'_> {
         // writing (another may have taken it over); the try-number fence in the store covers
         // a stall during the write itself.
         if tokio::time::Instant::now() >= self.lease_ends {
-            self.renew_lease().await?;
+            self.renew_lease(true).await?;
         }
         let now = Utc::now();
         let mut states: Vec<TaskState> = self.instances.iter().map(|ti| ti.state).collect();
@@ -379,7 +389,7 @@ impl RunDriver<'_> {
                 tries[p.task] += 1;
             }
         }
-        self.executor.store.transitions(&changes).await?;
+        self.write(changes.clone()).await?;
         for ((p, from), change) in planned.into_iter().zip(froms).zip(changes) {
             let ti = &mut self.instances[p.task];
             ti.apply(&change);
@@ -397,18 +407,79 @@ impl RunDriver<'_> {
         Ok(())
     }
 
+    /// Writes `changes`, waiting out a store outage while the tries run on. A write whose
+    /// connection broke may have landed, whole or in part: before each retry the run's task
+    /// instances are read back and the changes they already show are dropped, so none is
+    /// applied twice or taken for a conflict. Past the outage deadline the running tries are
+    /// stopped (they end as interrupted, without using up a retry, once the store answers).
+    async fn write(&mut self, changes: Vec<TaskChange>) -> Result<(), ExecutorError> {
+        let store = self.executor.store.clone();
+        let deadline = self.executor.outage_deadline;
+        let started = tokio::time::Instant::now();
+        let mut pending = changes;
+        let mut backoff = Duration::from_millis(50);
+        let mut failures = 0u32;
+        loop {
+            let error = match store.transitions(&pending).await {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(dag_id = %self.dag.dag_id, run_id = %self.run.run_id, waited_ms = started.elapsed().as_millis() as u64, "the metadata store answers again; the run goes on");
+                    }
+                    return Ok(());
+                }
+                Err(error) if error.is_transient() => error,
+                Err(error) => return Err(error.into()),
+            };
+            if failures == 0 {
+                tracing::warn!(dag_id = %self.dag.dag_id, run_id = %self.run.run_id, %error, deadline_s = deadline.as_secs(), "the metadata store does not answer; waiting it out while the run's tries go on");
+            }
+            failures += 1;
+            if started.elapsed() >= deadline && self.interrupted.len() < self.running.len() {
+                tracing::error!(dag_id = %self.dag.dag_id, run_id = %self.run.run_id, tries = self.running.len(), "the metadata store outage outlasted its deadline: the run's tries are stopped and run again once it answers");
+                for (task, token) in &self.running {
+                    self.interrupted.insert(*task);
+                    token.cancel();
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            let (dag_id, run_id) = (self.dag.dag_id.clone(), self.run.run_id.clone());
+            // Past the deadline the driver keeps waiting: its tries are stopped, and what they
+            // did is only recorded once the store answers.
+            let current =
+                crate::store::outage::ride_out(Duration::MAX, "read task states back", || {
+                    store.task_instances(&dag_id, &run_id)
+                })
+                .await?;
+            pending = not_landed(pending, &current)?;
+            if pending.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
     /// Extends this driver's lease on the run; `LeaseLost` if another process holds it now.
-    async fn renew_lease(&mut self) -> Result<(), ExecutorError> {
-        let now = Utc::now();
+    /// With `wait_out`, a store that does not answer is waited for (a write needs the lease);
+    /// without, its error is returned (the periodic renewal tries again later).
+    async fn renew_lease(&mut self, wait_out: bool) -> Result<(), ExecutorError> {
         let asked = tokio::time::Instant::now();
-        let until = now + chrono::Duration::from_std(self.executor.lease).unwrap_or_default();
         let (dag_id, run_id) = (&self.dag.dag_id, &self.run.run_id);
-        if !self
-            .executor
-            .store
-            .claim_run(dag_id, run_id, &self.executor.driver, until, now)
-            .await?
-        {
+        let (store, driver, lease) = (
+            &self.executor.store,
+            &self.executor.driver,
+            self.executor.lease,
+        );
+        let claim = || {
+            let now = Utc::now();
+            let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
+            store.claim_run(dag_id, run_id, driver, until, now)
+        };
+        let claimed = if wait_out {
+            crate::store::outage::ride_out(Duration::MAX, "renew the run's lease", claim).await?
+        } else {
+            claim().await?
+        };
+        if !claimed {
             return Err(ExecutorError::LeaseLost {
                 dag_id: dag_id.clone(),
                 run_id: run_id.clone(),
@@ -490,6 +561,7 @@ impl RunDriver<'_> {
                 store: self.executor.store.clone(),
                 key: self.key(task),
                 attempt: run.attempt,
+                outage_deadline: self.executor.outage_deadline,
             }),
             cancel,
         }
@@ -546,19 +618,16 @@ impl RunDriver<'_> {
     /// later finds them `running` while they still run. Gives up the run's lease at the end.
     async fn drive(mut self, cancel: CancellationToken) -> Result<DagRun, ExecutorError> {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
-        let mut running: HashMap<usize, CancellationToken> = HashMap::new();
-        let result = self
-            .drive_loop(&cancel, &done_tx, &mut done_rx, &mut running)
-            .await;
-        if result.is_err() && !running.is_empty() {
-            for token in running.values() {
+        let result = self.drive_loop(&cancel, &done_tx, &mut done_rx).await;
+        if result.is_err() && !self.running.is_empty() {
+            for token in self.running.values() {
                 token.cancel();
             }
             let deadline = tokio::time::Instant::now() + STOP_GRACE + Duration::from_secs(1);
-            while !running.is_empty() {
+            while !self.running.is_empty() {
                 match tokio::time::timeout_at(deadline, done_rx.recv()).await {
                     Ok(Some(Finished { task, .. })) => {
-                        running.remove(&task);
+                        self.running.remove(&task);
                     }
                     _ => break,
                 }
@@ -607,7 +676,6 @@ impl RunDriver<'_> {
         cancel: &CancellationToken,
         done_tx: &mpsc::UnboundedSender<Finished>,
         done_rx: &mut mpsc::UnboundedReceiver<Finished>,
-        running: &mut HashMap<usize, CancellationToken>,
     ) -> Result<DagRun, ExecutorError> {
         // Tries still `running` in the store belong to a process that died: first stop what
         // they left running (a retry never runs next to the original), then count them as
@@ -639,7 +707,6 @@ impl RunDriver<'_> {
         // A global slot taken while waiting in line for it, kept for the next pass.
         let mut spare: Option<tokio::sync::OwnedSemaphorePermit> = None;
         let shutdown = self.executor.shutdown.clone();
-        let mut interrupted: std::collections::HashSet<usize> = std::collections::HashSet::new();
         let slots = self.executor.slots.clone();
         let mut released = slots.subscribe();
         // Tries that ended and are not written yet: written with the pass they wake.
@@ -647,7 +714,7 @@ impl RunDriver<'_> {
         loop {
             let next = mode.next(cancel, &shutdown, self.executor.shutdown_grace);
             if next == Mode::Cancelling && mode != Mode::Cancelling {
-                for token in running.values() {
+                for token in self.running.values() {
                     token.cancel();
                 }
             }
@@ -656,7 +723,7 @@ impl RunDriver<'_> {
             match mode {
                 Mode::Stopping { .. } => {
                     self.apply_all(std::mem::take(&mut ended)).await?;
-                    if running.is_empty() {
+                    if self.running.is_empty() {
                         // Leave the run `running`: whoever drives it next resumes it.
                         let run = self
                             .executor
@@ -670,13 +737,11 @@ impl RunDriver<'_> {
                 Mode::Running => {
                     released.mark_unchanged();
                     let plan = std::mem::take(&mut ended);
-                    short = self
-                        .start_pass(plan, &mut spare, done_tx, cancel, running)
-                        .await?;
+                    short = self.start_pass(plan, &mut spare, done_tx, cancel).await?;
                 }
             }
             let all_finished = self.instances.iter().all(|ti| ti.state.is_finished());
-            if all_finished && running.is_empty() {
+            if all_finished && self.running.is_empty() {
                 break;
             }
             if !short.global {
@@ -700,8 +765,8 @@ impl RunDriver<'_> {
                         done.push(next);
                     }
                     for Finished { task, outcome, at, slot } in done {
-                        running.remove(&task);
-                        let ending = if interrupted.contains(&task) {
+                        self.running.remove(&task);
+                        let ending = if self.interrupted.remove(&task) {
                             Ending::Interrupted
                         } else if mode == Mode::Cancelling || cancel.is_cancelled() {
                             Ending::Cancelling
@@ -715,9 +780,9 @@ impl RunDriver<'_> {
                     }
                 }
                 _ = shutdown.cancelled(), if mode == Mode::Running => {}
-                _ = tokio::time::sleep_until(grace_over.unwrap_or_else(tokio::time::Instant::now)), if grace_over.is_some() && interrupted.len() < running.len() => {
-                    for (task, token) in running.iter() {
-                        interrupted.insert(*task);
+                _ = tokio::time::sleep_until(grace_over.unwrap_or_else(tokio::time::Instant::now)), if grace_over.is_some() && self.interrupted.len() < self.running.len() => {
+                    for (task, token) in self.running.iter() {
+                        self.interrupted.insert(*task);
                         token.cancel();
                     }
                 }
@@ -726,7 +791,14 @@ impl RunDriver<'_> {
                 }
                 _ = released.changed(), if short.other => {}
                 _ = renew.tick() => {
-                    self.renew_lease().await?;
+                    match self.renew_lease(false).await {
+                        // A store that does not answer is waited out by the next write; a
+                        // lapsed lease is claimed again there, or found taken.
+                        Err(ExecutorError::Store(error)) if error.is_transient() => {
+                            tracing::debug!(%error, "could not renew the run's lease for now");
+                        }
+                        other => other?,
+                    }
                 }
                 _ = tokio::time::sleep(sleep_for.unwrap_or_default()), if sleep_for.is_some() => {}
                 _ = cancel.cancelled(), if mode != Mode::Cancelling => {}
@@ -737,19 +809,27 @@ impl RunDriver<'_> {
         } else {
             run_outcome(self.instances.iter().map(|ti| ti.state))
         };
-        let run = self
-            .executor
-            .store
-            .set_run_state_as(
-                &self.executor.driver,
-                &self.dag.dag_id,
-                &self.run.run_id,
-                RunState::Running,
-                outcome,
-                Utc::now(),
-            )
-            .await?;
-        Ok(run)
+        let ended = Utc::now();
+        let store = &self.executor.store;
+        let (driver, dag_id, run_id) = (&self.executor.driver, &self.dag.dag_id, &self.run.run_id);
+        let run = crate::store::outage::ride_out(Duration::MAX, "record the run's end", || {
+            store.set_run_state_as(driver, dag_id, run_id, RunState::Running, outcome, ended)
+        })
+        .await;
+        match run {
+            Ok(run) => Ok(run),
+            // An earlier try of this write landed before its connection broke.
+            Err(StoreError::Conflict { .. }) => match store.run(dag_id, run_id).await? {
+                Some(run) if run.state == outcome => Ok(run),
+                _ => Err(StoreError::Conflict {
+                    what: format!("run {dag_id}/{run_id}"),
+                    expected: RunState::Running.to_string(),
+                    found: "another state".into(),
+                }
+                .into()),
+            },
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// A pass of a cancelled run: the ends that came in, and every task that has not started
@@ -781,7 +861,6 @@ impl RunDriver<'_> {
         spare: &mut Option<tokio::sync::OwnedSemaphorePermit>,
         done_tx: &mpsc::UnboundedSender<Finished>,
         cancel: &CancellationToken,
-        running: &mut HashMap<usize, CancellationToken>,
     ) -> Result<Shortage, ExecutorError> {
         let slots = self.executor.slots.clone();
         let mut view = self.views();
@@ -795,7 +874,7 @@ impl RunDriver<'_> {
         let mut short = Shortage::default();
         let mut starts = Vec::new();
         for (task, v) in view.iter().enumerate() {
-            if v.state != TaskState::Queued || running.contains_key(&task) {
+            if v.state != TaskState::Queued || self.running.contains_key(&task) {
                 continue;
             }
             let pool = self.dag.tasks[task].pool.clone();
@@ -831,7 +910,7 @@ impl RunDriver<'_> {
         self.apply_all(plan).await?;
         for (task, guard) in starts {
             let token = self.spawn_try(task, guard, done_tx, cancel);
-            running.insert(task, token);
+            self.running.insert(task, token);
         }
         Ok(short)
     }
@@ -878,4 +957,143 @@ struct Shortage {
     global: bool,
     /// A DAG (`max_active_tasks`) or pool slot: wait for any release.
     other: bool,
+}
+
+/// The changes of `pending` that `current` (the run's task instances read back after a write
+/// failed on a broken connection) does not show yet. A task's changes form a chain (a start
+/// then a fail in one batch); the chain is kept from the change whose starting point (state
+/// and try) is where the instance stands. An instance that is neither where a change starts
+/// nor where the chain ends was moved by someone else: a conflict.
+fn not_landed(
+    pending: Vec<TaskChange>,
+    current: &[TaskInstance],
+) -> Result<Vec<TaskChange>, StoreError> {
+    let mut keep = Vec::with_capacity(pending.len());
+    let mut by_task: Vec<(TaskKey, Vec<TaskChange>)> = Vec::new();
+    for change in pending {
+        match by_task.iter_mut().find(|(k, _)| *k == change.key) {
+            Some((_, chain)) => chain.push(change),
+            None => by_task.push((change.key.clone(), vec![change])),
+        }
+    }
+    for (key, chain) in by_task {
+        let Some(ti) = current.iter().find(|ti| ti.task_id == key.task_id) else {
+            return Err(StoreError::NotFound(key.to_string()));
+        };
+        // Driver changes carry the try they are made at (their fence).
+        let try_before = |c: &TaskChange| c.fence.as_ref().map_or(ti.try_number, |f| f.try_number);
+        let last = chain.last().expect("a chain has a change");
+        let try_after = try_before(last) + u32::from(last.transition.starts_try());
+        if ti.state == last.transition.to() && ti.try_number == try_after {
+            continue;
+        }
+        match chain
+            .iter()
+            .position(|c| c.transition.from() == ti.state && try_before(c) == ti.try_number)
+        {
+            Some(from) => keep.extend(chain.into_iter().skip(from)),
+            None => {
+                return Err(StoreError::Conflict {
+                    what: key.to_string(),
+                    expected: chain[0].transition.from().to_string(),
+                    found: ti.state.to_string(),
+                })
+            }
+        }
+    }
+    Ok(keep)
+}
+
+#[cfg(test)]
+mod write_tests {
+    use super::*;
+
+    fn instance(task: &str, state: TaskState, try_number: u32) -> TaskInstance {
+        TaskInstance {
+            dag_id: "d".into(),
+            run_id: "r".into(),
+            task_id: task.into(),
+            operator: "noop".into(),
+            state,
+            try_number,
+            max_tries: 3,
+            queued_at: None,
+            started_at: None,
+            ended_at: None,
+            next_retry_at: None,
+            output: None,
+            error: None,
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn change(task: &str, from: TaskState, to: TaskState, try_number: u32) -> TaskChange {
+        let key = TaskKey {
+            dag_id: "d".into(),
+            run_id: "r".into(),
+            task_id: task.into(),
+        };
+        let mut change = TaskChange::new(key, from.to(to).unwrap(), Utc::now());
+        change.fence = Some(Fence {
+            driver: "me".into(),
+            try_number,
+        });
+        change
+    }
+
+    fn tasks(changes: &[TaskChange]) -> Vec<(String, TaskState)> {
+        changes
+            .iter()
+            .map(|c| (c.key.task_id.clone(), c.transition.to()))
+            .collect()
+    }
+
+    #[test]
+    fn a_write_that_landed_before_its_connection_broke_is_not_written_again() {
+        use TaskState::*;
+        // `a` starts then fails for good (one chain), `b` ends, `c` is queued.
+        let pending = vec![
+            change("a", Queued, Running, 0),
+            change("a", Running, Failed, 1),
+            change("b", Running, Success, 1),
+            change("c", Pending, Queued, 0),
+        ];
+        // Nothing landed: everything is written again.
+        let nothing = [
+            instance("a", Queued, 0),
+            instance("b", Running, 1),
+            instance("c", Pending, 0),
+        ];
+        assert_eq!(
+            tasks(&not_landed(pending.clone(), &nothing).unwrap()),
+            tasks(&pending)
+        );
+        // Everything landed: nothing is.
+        let all = [
+            instance("a", Failed, 1),
+            instance("b", Success, 1),
+            instance("c", Queued, 0),
+        ];
+        assert!(not_landed(pending.clone(), &all).unwrap().is_empty());
+        // Half of `a`'s chain and `c` landed (chunks of one batch): the rest is written.
+        let part = [
+            instance("a", Running, 1),
+            instance("b", Running, 1),
+            instance("c", Queued, 0),
+        ];
+        assert_eq!(
+            tasks(&not_landed(pending.clone(), &part).unwrap()),
+            [("a".to_string(), Failed), ("b".to_string(), Success)]
+        );
+        // Someone else moved `b` (a user marked it failed): a conflict, not a silent skip.
+        let moved = [
+            instance("a", Queued, 0),
+            instance("b", Failed, 1),
+            instance("c", Pending, 0),
+        ];
+        assert!(matches!(
+            not_landed(pending, &moved),
+            Err(StoreError::Conflict { .. })
+        ));
+    }
 }

@@ -11,6 +11,7 @@
 //! - a run is unique per (DAG, logical date), so creating one twice is an error, never a
 //!   duplicate.
 
+pub mod outage;
 mod sql;
 mod transitions;
 
@@ -428,6 +429,15 @@ pub enum StoreError {
         /// Driver error.
         #[source]
         source: sqlx::Error,
+    },
+    /// The store did not answer for now (a write batched with one whose statement failed
+    /// on a lost connection); the same request may succeed later.
+    #[error("metadata store unavailable ({what}): {message}")]
+    Unavailable {
+        /// The operation.
+        what: &'static str,
+        /// What happened.
+        message: String,
     },
     /// A stored value could not be read back.
     #[error("unreadable value in the metadata store ({what}): {message}")]

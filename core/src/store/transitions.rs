@@ -156,16 +156,21 @@ impl Writer {
             let mine: Moved = moved.by_ref().take(size).collect();
             let answer = match &mut failed {
                 Some((at, error)) if *at < start + size => {
-                    // The first caller gets the driver's error; the others its message.
-                    let error = std::mem::replace(
-                        error,
+                    // The first caller gets the driver's error; the others its message,
+                    // transient if it was.
+                    let message = format!("written in a batch whose statement failed: {error}");
+                    let next = if error.is_transient() {
+                        StoreError::Unavailable {
+                            what: "transition tasks",
+                            message,
+                        }
+                    } else {
                         StoreError::Query {
                             what: "transition tasks",
-                            source: sqlx::Error::Protocol(format!(
-                                "written in a batch whose statement failed: {error}"
-                            )),
-                        },
-                    );
+                            source: sqlx::Error::Protocol(message),
+                        }
+                    };
+                    let error = std::mem::replace(error, next);
                     Err(error)
                 }
                 _ => Ok(mine),

@@ -528,3 +528,142 @@ async fn a_run_rides_out_a_killed_connection_and_a_postgres_restart() {
         "the outage was noticed and waited out:\n{log}"
     );
 }
+
+/// A tmpfs mounted for the test's `SLUICE_HOME`, unmounted when dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs (it needs root, as scripts/test has on this machine): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            path: path.to_path_buf(),
+        }
+    }
+
+    fn grow(&self, size: &str) {
+        let out = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// `SLUICE_HOME` on a small file system that fills up mid-extract: the try fails retryably
+/// naming the file, leaves no partial file, and the retry succeeds once there is space.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_the_extract_retryably_and_the_run_succeeds_once_there_is_space() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("dags")).unwrap();
+    let home = dir.path().join("home");
+    let disk = SmallDisk::mount(&home, "2m");
+    // About 12 MB as Arrow: the 2 MB disk fills up while it is written.
+    std::fs::write(
+        dir.path().join("dags/big.yaml"),
+        "dag_id: big\ndefault_args: {retries: 2, retry_delay: 3s}\ntasks:\n  \
+         - {id: extract, operator: postgres_extract, config: {conn: src, sql: \"SELECT g AS n, repeat('x', 100) AS pad FROM generate_series(1, 100000) g\"}}\n",
+    )
+    .unwrap();
+    // The store is PostgreSQL: the full disk is the artifacts' and logs' problem here.
+    let database = common::fresh_pg_database().await;
+    let mut run = sluice(dir.path())
+        .env("SLUICE_DATABASE_URL", &database)
+        .env("SLUICE_CONN_SRC", common::pg_admin_url())
+        .args([
+            "dags",
+            "test",
+            "big",
+            "--logical-date",
+            "2026-01-01T00:00:00Z",
+        ])
+        .stdout(std::fs::File::create(dir.path().join("test.out")).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let store = sluice_core::store::open(&database).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failed = loop {
+        let runs = store.list_runs(&RunFilter::default()).await.unwrap();
+        if let Some(r) = runs.first() {
+            let tis = store.task_instances("big", &r.run_id).await.unwrap();
+            if tis[0].state == TaskState::UpForRetry {
+                break tis[0].clone();
+            }
+            assert!(!tis[0].state.is_finished(), "{tis:?}");
+        }
+        assert!(Instant::now() < deadline, "the first try never failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = failed.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("No space left on device")
+            && error.contains(&home.join("artifacts").display().to_string()),
+        "the error names the cause and the file: {error}"
+    );
+    let partial: Vec<_> = files_under(&home.join("artifacts"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert!(partial.is_empty(), "no partial file is left: {partial:?}");
+    // Space is made before the retry.
+    disk.grow("64m");
+    let status = run.wait().unwrap();
+    let output = std::fs::read_to_string(dir.path().join("test.out")).unwrap_or_default();
+    assert!(
+        status.success(),
+        "the run succeeds once there is space:\n{output}"
+    );
+    let runs = store.list_runs(&RunFilter::default()).await.unwrap();
+    let tis = store.task_instances("big", &runs[0].run_id).await.unwrap();
+    assert_eq!(
+        (tis[0].state, tis[0].try_number),
+        (TaskState::Success, 2),
+        "{tis:?}"
+    );
+    let rows = tis[0].output.as_ref().unwrap().values["rows"].as_u64();
+    assert_eq!(rows, Some(100_000));
+    let files: Vec<String> = files_under(&home.join("artifacts"))
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, ["extract.try2.arrow"], "only the committed table");
+}

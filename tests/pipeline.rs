@@ -8,6 +8,9 @@ mod common;
 #[path = "../examples/reports_service/service.rs"]
 mod reports;
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -1282,4 +1285,90 @@ impl Pipeline {
             .unwrap();
         stats["requests"].as_u64().unwrap()
     }
+}
+
+/// Retries that come quickly: the links below are down for a second.
+fn quick_retries(dag: String) -> String {
+    dag.replace("retries: 3", "retries: 2")
+        .replace("retry_delay: 30s", "retry_delay: 2s")
+}
+
+/// Each task's tries in a pipeline run, from its store.
+async fn tries(p: &Pipeline, home: &str) -> BTreeMap<String, u32> {
+    let store = common::sqlite_store(&p.home.path().join(home)).await;
+    let runs = store
+        .list_runs(&sluice_core::store::RunFilter::default())
+        .await
+        .unwrap();
+    store
+        .task_instances("prosthesis_stats", &runs[0].run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|ti| {
+            assert_eq!(ti.state, sluice_core::state::TaskState::Success, "{ti:?}");
+            (ti.task_id, ti.try_number)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_going_down_mid_load_is_retried_and_the_rows_equal_a_clean_run() {
+    let p = Pipeline::new(reports::Behaviour::default(), quick_retries).await;
+    let src = sources();
+    seed(&p.crm, &p.telemetry, &src).await;
+    // ClickHouse goes away halfway through the load's INSERT, for a second.
+    let ch = common::clickhouse_http();
+    let link = support::FaultyLink::start(
+        ch.trim_start_matches("http://"),
+        "INSERT",
+        std::time::Duration::from_secs(1),
+    )
+    .await;
+    let via_link = [(
+        "SLUICE_CONN_CLICKHOUSE",
+        format!("clickhouse://{}/{}", link.addr, p.ch_db),
+    )];
+    let out = p.run("home", &via_link).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(link.was_cut(), "the load's INSERT went through the link");
+    let tries = tries(&p, "home").await;
+    assert_eq!(
+        tries["load_stats"], 2,
+        "the load was retried once: {tries:?}"
+    );
+    assert_eq!(tries["extract_telemetry"], 1, "{tries:?}");
+    let (mut want, _) = expected(&src);
+    want.sort_by(|a, b| a.chip_id.cmp(&b.chip_id));
+    check_stats(&p.rows("user_prosthesis_stats", true).await, &want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_going_down_mid_extract_is_retried_and_the_rows_equal_a_clean_run() {
+    let p = Pipeline::new(reports::Behaviour::default(), quick_retries).await;
+    let src = sources();
+    seed(&p.crm, &p.telemetry, &src).await;
+    // The telemetry server goes away as the extract's COPY is sent, for a second.
+    let url = url::Url::parse(&p.telemetry).unwrap();
+    let server = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
+    let link =
+        support::FaultyLink::start(&server, "COPY (", std::time::Duration::from_secs(1)).await;
+    let mut via = url.clone();
+    let (host, port) = link.addr.split_once(':').unwrap();
+    via.set_host(Some(host)).unwrap();
+    via.set_port(Some(port.parse().unwrap())).unwrap();
+    let out = p
+        .run("home", &[("SLUICE_CONN_TELEMETRY", via.to_string())])
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(link.was_cut(), "the extract's COPY went through the link");
+    let tries = tries(&p, "home").await;
+    assert_eq!(
+        tries["extract_telemetry"], 2,
+        "the extract was retried once: {tries:?}"
+    );
+    assert_eq!(tries["load_stats"], 1, "{tries:?}");
+    let (mut want, _) = expected(&src);
+    want.sort_by(|a, b| a.chip_id.cmp(&b.chip_id));
+    check_stats(&p.rows("user_prosthesis_stats", true).await, &want);
 }

@@ -100,6 +100,8 @@ struct Sink {
     file: Option<std::io::Result<File>>,
     /// Lines waiting for the first real line.
     preamble: String,
+    /// Writes that failed (a full disk) since the last one that succeeded.
+    dropped: u64,
 }
 
 impl Sink {
@@ -122,9 +124,30 @@ impl Sink {
             opened
         });
         if let Ok(file) = file {
-            let preamble = std::mem::take(&mut self.preamble);
-            // One write per call: a reader following the file never sees half a line.
-            let _ = file.write_all(format!("{preamble}{text}").as_bytes());
+            let mut chunk = std::mem::take(&mut self.preamble);
+            if self.dropped > 0 {
+                chunk.push_str(&format_lines(
+                    &crate::Masker::default(),
+                    LogStream::Warn,
+                    &format!(
+                        "{} log writes were lost: the log file could not be written",
+                        self.dropped
+                    ),
+                ));
+            }
+            chunk.push_str(text);
+            // One write per call: a reader following the file never sees half a line. A
+            // failed write (a full disk) does not fail the try: it is reported once, counted,
+            // and the count is written with the next line that fits.
+            match file.write_all(chunk.as_bytes()) {
+                Ok(()) => self.dropped = 0,
+                Err(error) => {
+                    if self.dropped == 0 {
+                        failed = Some(format!("{}: {error}", path.display()));
+                    }
+                    self.dropped += 1;
+                }
+            }
         }
         failed
     }
@@ -132,7 +155,7 @@ impl Sink {
 
 fn report_unwritable(failed: Option<String>) {
     if let Some(error) = failed {
-        tracing::warn!(%error, "cannot open the try log; its lines are dropped");
+        tracing::warn!(%error, "cannot write the try log; its lines are dropped until it can");
     }
 }
 
@@ -170,6 +193,7 @@ impl TaskLog {
                 path: path.to_path_buf(),
                 file: None,
                 preamble: String::new(),
+                dropped: 0,
             }))),
             masker: crate::Masker::default(),
         }

@@ -155,3 +155,110 @@ impl Drop for OwnPostgres {
         );
     }
 }
+
+/// A TCP link to a real server that breaks once, as a network or a server restart does: the
+/// first time a client sends bytes containing `cut_on` (a query's text, `INSERT`, `COPY`), half
+/// of them get through, then every live connection is cut and new ones are refused for
+/// `down_for`; after that the link forwards again. (A fault injector in the manner of
+/// toxiproxy; the server behind it is real.)
+pub struct FaultyLink {
+    /// `host:port` to connect to instead of the server.
+    pub addr: String,
+    state: std::sync::Arc<LinkState>,
+}
+
+struct LinkState {
+    target: String,
+    cut_on: Vec<u8>,
+    down_for: std::time::Duration,
+    /// When the link forwards again, once cut.
+    down_until: std::sync::Mutex<Option<std::time::Instant>>,
+    cut: std::sync::atomic::AtomicBool,
+    live: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl FaultyLink {
+    /// A link to `target` (`host:port`) on a free loopback port.
+    pub async fn start(target: &str, cut_on: &str, down_for: std::time::Duration) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let state = std::sync::Arc::new(LinkState {
+            target: target.to_string(),
+            cut_on: cut_on.as_bytes().to_vec(),
+            down_for,
+            down_until: std::sync::Mutex::new(None),
+            cut: std::sync::atomic::AtomicBool::new(false),
+            live: std::sync::Mutex::new(Vec::new()),
+        });
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let down = shared
+                    .down_until
+                    .lock()
+                    .unwrap()
+                    .is_some_and(|until| std::time::Instant::now() < until);
+                if down {
+                    drop(client); // refused: the server is "down"
+                    continue;
+                }
+                let state = shared.clone();
+                let task = tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(&state.target).await else {
+                        return;
+                    };
+                    forward(client, server, state).await;
+                });
+                shared.live.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self { addr, state }
+    }
+
+    /// Whether the link was cut.
+    pub fn was_cut(&self) -> bool {
+        self.state.cut.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+async fn forward(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    state: std::sync::Arc<LinkState>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let pump = |mut from: tokio::net::tcp::OwnedReadHalf,
+                mut to: tokio::net::tcp::OwnedWriteHalf,
+                watched: bool,
+                state: std::sync::Arc<LinkState>| async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let hit = watched
+                && buf[..n]
+                    .windows(state.cut_on.len())
+                    .any(|w| w == state.cut_on.as_slice());
+            if hit && !state.cut.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let _ = to.write_all(&buf[..n / 2]).await;
+                *state.down_until.lock().unwrap() =
+                    Some(std::time::Instant::now() + state.down_for);
+                for task in state.live.lock().unwrap().drain(..) {
+                    task.abort();
+                }
+                return;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    let up = pump(client_read, server_write, true, state.clone());
+    let down = pump(server_read, client_write, false, state);
+    tokio::join!(up, down);
+}

@@ -78,6 +78,17 @@ fn classify(what: &str, e: sqlx::Error) -> OperatorError {
     }
 }
 
+/// Rows per batch written to the artifact.
+const BATCH_ROWS: usize = 65_536;
+
+/// What the reading side sends the writer.
+enum Piece {
+    /// Decoded rows.
+    Batch(Vec<(String, crate::postgres_extract::pg_binary::ColumnData)>),
+    /// The last batch was sent: the table may be committed.
+    Done,
+}
+
 #[async_trait]
 impl Operator for PostgresExtract {
     async fn execute(&self, ctx: &TaskContext) -> Result<TaskOutput, OperatorError> {
@@ -133,32 +144,70 @@ impl Operator for PostgresExtract {
             })?;
             columns.push((column.name().to_string(), kind));
         }
-        let mut decoder = CopyDecoder::new(columns);
-        {
-            let mut stream = tx
-                .copy_out_raw(&format!("COPY (\n{query}\n) TO STDOUT (FORMAT binary)"))
-                .await
-                .map_err(|e| classify("running the query", e))?;
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| classify("reading the result", e))?;
-                decoder
-                    .feed(&chunk)
-                    .map_err(|e| OperatorError::fatal(e.to_string()))?;
+        // Rows stream from the COPY into the artifact in batches: decoding the next batch
+        // overlaps writing the last one, and memory holds a few batches, never the table.
+        let (batches, mut to_write) = tokio::sync::mpsc::channel::<Piece>(2);
+        let write = ctx.write_table("arrow", move |path| {
+            let mut writer = frame::BatchWriter::new(path);
+            while let Some(piece) = to_write.blocking_recv() {
+                match piece {
+                    Piece::Batch(batch) => writer.write(batch)?,
+                    Piece::Done => return writer.finish(),
+                }
             }
-        }
-        tx.commit().await.map_err(|e| classify("COMMIT", e))?;
+            // The reading side stopped early: its error is the one reported, and no table
+            // is committed.
+            Err(OperatorError::retryable(
+                "the extract ended before its last row",
+            ))
+        });
+        let read = async move {
+            let mut decoder = CopyDecoder::new(columns);
+            let mut sent = false;
+            let writer_gone = || OperatorError::retryable("the table writer stopped");
+            {
+                let mut stream = tx
+                    .copy_out_raw(&format!("COPY (\n{query}\n) TO STDOUT (FORMAT binary)"))
+                    .await
+                    .map_err(|e| classify("running the query", e))?;
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(|e| classify("reading the result", e))?;
+                    decoder
+                        .feed(&chunk)
+                        .map_err(|e| OperatorError::fatal(e.to_string()))?;
+                    if decoder.buffered_rows() >= BATCH_ROWS {
+                        batches
+                            .send(Piece::Batch(decoder.take_batch()))
+                            .await
+                            .map_err(|_| writer_gone())?;
+                        sent = true;
+                    }
+                }
+            }
+            tx.commit().await.map_err(|e| classify("COMMIT", e))?;
+            let rows = decoder.rows();
+            let fetched = started.elapsed();
+            let rest = decoder
+                .finish()
+                .map_err(|e| OperatorError::fatal(e.to_string()))?;
+            // The last rows; an empty batch still gives an empty result its schema.
+            if !sent || rest.first().is_some_and(|(_, c)| !c.is_empty()) {
+                batches
+                    .send(Piece::Batch(rest))
+                    .await
+                    .map_err(|_| writer_gone())?;
+            }
+            batches.send(Piece::Done).await.map_err(|_| writer_gone())?;
+            Ok::<_, OperatorError>((rows, fetched))
+        };
+        let (read, written) = tokio::join!(read, write);
         let _ = db.close().await;
-        let rows = decoder.rows();
-        let fetched = started.elapsed();
-        let decoded = decoder
-            .finish()
-            .map_err(|e| OperatorError::fatal(e.to_string()))?;
-
-        let (table, _) = ctx
-            .write_table("arrow", move |path| {
-                frame::write_columns(decoded, path).map(|n| n as u64)
-            })
-            .await?;
+        // A failed read explains a writer that stopped, and the other way round.
+        let (rows, fetched, table) = match (read, written) {
+            (Ok((rows, fetched)), Ok((table, _))) => (rows, fetched, table),
+            (Err(e), _) if !e.message.starts_with("the table writer stopped") => return Err(e),
+            (_, Err(e)) | (Err(e), Ok(_)) => return Err(e),
+        };
         let secs = started.elapsed().as_secs_f64();
         ctx.log.info(&format!(
             "extracted {rows} rows from {shown} in {:.3}s (query and transfer {:.3}s, {:.0} rows/s)",

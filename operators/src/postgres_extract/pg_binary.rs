@@ -337,6 +337,19 @@ impl CopyDecoder {
         Ok(())
     }
 
+    /// Rows decoded and not yet taken by [`CopyDecoder::take_batch`].
+    pub fn buffered_rows(&self) -> usize {
+        self.columns.first().map_or(0, ColumnData::len)
+    }
+
+    /// Takes the rows decoded so far as a batch of named columns, leaving the decoder empty
+    /// (the extract writes a batch while the next one is decoded: memory holds one batch).
+    pub fn take_batch(&mut self) -> Vec<(String, ColumnData)> {
+        let fresh = self.kinds.iter().map(|k| ColumnData::new(*k)).collect();
+        let taken = std::mem::replace(&mut self.columns, fresh);
+        self.names.iter().cloned().zip(taken).collect()
+    }
+
     /// The decoded columns with their names; an error if the stream ended early.
     pub fn finish(self) -> Result<Vec<(String, ColumnData)>, DecodeError> {
         if !self.finished || !self.pending.is_empty() {

@@ -667,3 +667,56 @@ async fn a_full_disk_fails_the_extract_retryably_and_the_run_succeeds_once_there
         .collect();
     assert_eq!(files, ["extract.try2.arrow"], "only the committed table");
 }
+
+/// A table larger than a load's batch goes through extract and load slice by slice (memory
+/// holds one slice): every row arrives once, with its values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_of_many_batches_is_extracted_and_loaded_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("dags/sql")).unwrap();
+    let ch_db = common::fresh_clickhouse_database().await;
+    std::fs::write(
+        dir.path().join("dags/sql/wide.ch.sql"),
+        "CREATE TABLE wide (n Int64, label String, at DateTime) ENGINE = MergeTree ORDER BY n\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("dags/wide.yaml"),
+        "dag_id: wide\ntasks:\n  \
+         - {id: extract, operator: postgres_extract, config: {conn: src, sql: \"SELECT g::bigint AS n, 'row ' || g AS label, timestamp '2026-01-01' + g * interval '1 second' AS at FROM generate_series(1, 150000) g\"}}\n  \
+         - {id: load, operator: clickhouse_load, depends_on: extract, config: {conn: ch, table: wide, ddl: sql/wide.ch.sql, batch_rows: 40000}}\n",
+    )
+    .unwrap();
+    let out = sluice(dir.path())
+        .env("SLUICE_CONN_SRC", common::pg_admin_url())
+        .env(
+            "SLUICE_CONN_CH",
+            format!(
+                "clickhouse://{}/{ch_db}",
+                common::clickhouse_http().trim_start_matches("http://")
+            ),
+        )
+        .args([
+            "dags",
+            "test",
+            "wide",
+            "--logical-date",
+            "2026-01-01T00:00:00Z",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = common::clickhouse(&format!(
+        "SELECT count(), uniqExact(n), sum(n), countIf(label = concat('row ', toString(n))), max(at) FROM {ch_db}.wide FORMAT TSV"
+    ))
+    .await;
+    assert_eq!(
+        summary.trim(),
+        "150000\t150000\t11250075000\t150000\t2026-01-02 17:40:00"
+    );
+}

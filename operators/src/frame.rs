@@ -103,7 +103,6 @@ impl BatchWriter {
     }
 }
 
-
 /// An I/O error writing `path`: retryable (a full disk, a quota, a flaky mount may be fixed
 /// by the next try), and it names the path.
 fn disk_error(path: &Path, e: impl std::fmt::Display) -> OperatorError {

@@ -217,37 +217,52 @@ impl Operator for ClickhouseLoad {
         // The slice this load owns, as literals of the columns' types.
         let scope = self.scope(ctx, &columns)?;
 
-        // Check everything before sending anything.
-        let config = self.config.clone();
-        let source = source_task.clone();
-        let table_name = table.clone();
-        let table_columns = columns.clone();
+        // Check everything before sending anything, then send: both slice by slice over the
+        // memory-mapped artifact, so memory holds one slice's converted values, not the table.
+        // A table of one slice is converted once.
         let read_from = path.clone();
-        let (names, prepared, rows, schema) =
-            tokio::task::spawn_blocking(move || -> Result<_, OperatorError> {
-                let mut data = frame::read_ipc(&read_from)?;
-                data.rechunk_mut();
-                let rows = data.height();
-                let (names, prepared) = plan(&config, &table_columns, &data, &source, version)
-                    .map_err(|e| {
-                        OperatorError::fatal(format!(
-                            "the table of `{source}` does not fit {table_name}: {e}"
-                        ))
-                    })?;
-                Ok((names, prepared, rows, data.schema().as_ref().clone()))
-            })
-            .await
-            .map_err(|e| OperatorError::fatal(format!("checking the table panicked: {e}")))??;
+        let config = self.config.clone();
+        let (source, table_name, table_columns) =
+            (source_task.clone(), table.clone(), columns.clone());
+        let (slices, names, single, schema) = tokio::task::spawn_blocking(move || {
+            let slices = Slices {
+                data: frame::read_ipc(&read_from)?,
+                config,
+                table_columns,
+                source,
+                table: table_name,
+                version,
+            };
+            let mut names = Vec::new();
+            let mut single = None;
+            for i in 0..slices.count() {
+                let (n, prepared, _) = slices.prepare(i)?;
+                names = n;
+                if slices.count() == 1 {
+                    single = Some(prepared);
+                }
+            }
+            let schema = slices.data.schema().as_ref().clone();
+            Ok::<_, OperatorError>((slices, names, single, schema))
+        })
+        .await
+        .map_err(|e| OperatorError::fatal(format!("checking the table panicked: {e}")))??;
+        let rows = slices.data.height();
 
         // Encode batches on a blocking thread while earlier ones are on the wire.
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-        let batch_rows = self.config.batch_rows;
         let encoder = tokio::task::spawn_blocking(move || {
-            let mut start = 0;
-            while start < rows {
-                let end = (start + batch_rows).min(rows);
-                let mut out = Vec::with_capacity((end - start) * 64);
-                for row in start..end {
+            let mut single = single;
+            for i in 0..slices.count() {
+                let (prepared, height) = match single.take() {
+                    Some(prepared) => (prepared, rows),
+                    None => match slices.prepare(i) {
+                        Ok((_, prepared, height)) => (prepared, height),
+                        Err(_) => return, // checked above: cannot happen
+                    },
+                };
+                let mut out = Vec::with_capacity(height * 64);
+                for row in 0..height {
                     for column in &prepared {
                         column.encode(row, &mut out);
                     }
@@ -255,7 +270,6 @@ impl Operator for ClickhouseLoad {
                 if tx.blocking_send(Ok(Bytes::from(out))).is_err() {
                     return; // the request ended early; its error is reported by the insert
                 }
-                start = end;
             }
         });
         let body = futures::stream::unfold(rx, |mut rx| async move {
@@ -290,6 +304,46 @@ impl Operator for ClickhouseLoad {
             table: Some(output),
             values,
         })
+    }
+}
+
+/// A load's input table, converted for the target table one slice (`batch_rows` rows) at a
+/// time: the table stays memory-mapped, and only the slice being checked or sent is copied.
+struct Slices {
+    data: polars::prelude::DataFrame,
+    config: ClickhouseLoadConfig,
+    table_columns: Vec<clickhouse_http::TableColumn>,
+    source: String,
+    table: String,
+    version: u64,
+}
+
+impl Slices {
+    /// How many slices (at least one, so an empty table is checked too).
+    fn count(&self) -> usize {
+        self.data.height().div_ceil(self.config.batch_rows).max(1)
+    }
+
+    /// Slice `i`'s column names, converted values and height.
+    fn prepare(&self, i: usize) -> Result<(Vec<String>, Vec<Prepared>, usize), OperatorError> {
+        let batch = self.config.batch_rows;
+        let mut slice = self.data.slice((i * batch) as i64, batch);
+        // Row access by index wants one chunk: a copy of this slice only.
+        slice.rechunk_mut();
+        let (names, prepared) = plan(
+            &self.config,
+            &self.table_columns,
+            &slice,
+            &self.source,
+            self.version,
+        )
+        .map_err(|e| {
+            OperatorError::fatal(format!(
+                "the table of `{}` does not fit {}: {e}",
+                self.source, self.table
+            ))
+        })?;
+        Ok((names, prepared, slice.height()))
     }
 }
 

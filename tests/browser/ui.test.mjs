@@ -1,14 +1,14 @@
 // The status UI in a real headless Chromium, against a running `sluice standalone` with an
 // admin token and a viewer token: without a token the page asks for one, a viewer sees the
 // DAGs but a trigger is refused and says why, the admin's trigger queues a run that turns
-// green in the grid without a reload, a task's log opens, the token stays in the tab only,
-// and the admin sees the audit log.
-// Usage: node ui.test.mjs <base-url> <admin-token> <screenshot-dir> <viewer-token>
+// green in the grid without a reload, a task's log opens, a run's DAG version and the changes
+// to the file since are shown, the token stays in the tab only, and the admin sees the audit log.
+// Usage: node ui.test.mjs <base-url> <admin-token> <screenshot-dir> <viewer-token> <dag-file>
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
+import { appendFileSync, mkdirSync } from "node:fs";
 
-const [base, token, shots, viewer] = process.argv.slice(2);
+const [base, token, shots, viewer, dagFile] = process.argv.slice(2);
 mkdirSync(shots, { recursive: true });
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -95,6 +95,20 @@ await step("marking a task failed turns it red and fails the run", async () => {
   await page.waitForFunction(() => document.querySelectorAll("#grid tbody span.cell.failed").length === 1, null, { timeout: 10000 });
   await page.waitForFunction(() => document.querySelectorAll("#grid thead span.cell.failed").length === 1, null, { timeout: 10000 });
   await page.screenshot({ path: `${shots}/5-marked-failed.png`, fullPage: true });
+});
+
+await step("a run's DAG version and the changes to the file since are shown", async () => {
+  await page.waitForFunction(() => document.getElementById("version").textContent.includes("runs the DAG file's current version"), null, { timeout: 10000 });
+  appendFileSync(dagFile, "# edited after the run by the browser test\n");
+  // The server re-reads the folder within two seconds; the page shows it when it loads.
+  for (let i = 0; i < 10; i++) {
+    await page.reload();
+    try { await page.waitForSelector("#show-version-diff", { timeout: 1500 }); break; } catch (_) {}
+  }
+  await page.click("#show-version-diff");
+  await page.waitForFunction(() => document.getElementById("version-diff").textContent.includes("+# edited after the run by the browser test"), null, { timeout: 10000 });
+  assert.ok((await page.textContent("#version")).includes("the DAG file is now version"));
+  await page.screenshot({ path: `${shots}/5b-version-diff.png`, fullPage: true });
 });
 
 await step("the token stays in this tab only", async () => {

@@ -44,6 +44,9 @@ pub enum Command {
     },
     /// The web server alone: UI, REST API, /health and /metrics over the metadata store.
     Webserver(serve::WebArgs),
+    /// A worker: claims tries that a scheduler with `--executor workers` queued, runs them,
+    /// and records how they ended. Run any number, on any machine sharing the store.
+    Worker(serve::WorkerArgs),
     /// List, show, validate, test, trigger, pause and backfill DAGs.
     #[command(subcommand)]
     Dags(dags::DagsCommand),
@@ -68,7 +71,10 @@ impl Cli {
     pub fn is_service(&self) -> bool {
         matches!(
             self.command,
-            Command::Scheduler(_) | Command::Standalone { .. } | Command::Webserver(_)
+            Command::Scheduler(_)
+                | Command::Standalone { .. }
+                | Command::Webserver(_)
+                | Command::Worker(_)
         )
     }
 }
@@ -125,6 +131,7 @@ pub async fn run(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
             serve::run(serve, Some(web), &settings, registry).await
         }
         Command::Webserver(web) => serve::webserver(web, &settings, registry).await,
+        Command::Worker(args) => serve::worker(args, &settings, registry).await,
         Command::Dags(cmd) => dags::run(cmd, &settings, &registry).await,
         Command::Runs(cmd) => runs::run(cmd, &settings, &registry).await,
         Command::Tasks(cmd) => runs::run_tasks(cmd, &settings, &registry).await,

@@ -8,7 +8,7 @@ use clap::Args;
 use sluice_operator_api::{Connections, HumanDuration, Registry};
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::Executor;
+use crate::executor::{Executor, Placement, Worker, WorkerOptions};
 use crate::scheduler::{Scheduler, SchedulerOptions, SystemClock};
 use crate::settings::Settings;
 use crate::store::{self, Store};
@@ -17,6 +17,36 @@ use crate::store::{self, Store};
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// On SIGTERM/SIGINT, how long running tries may take to finish before they are stopped and marked for retry.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Where tries run: `local` (in this process) or `workers` (queued for `sluice worker`
+    /// processes, on this machine or others sharing a PostgreSQL store).
+    #[arg(long, default_value = "local", value_parser = ["local", "workers"])]
+    pub executor: String,
+    /// With `--executor workers`: how long a worker may go without a heartbeat before its
+    /// running tries are taken back and retried elsewhere.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub worker_timeout: Duration,
+}
+
+/// Options of `sluice worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The worker's name, unique among workers (default: host and process id).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The queues it claims tries from, comma-separated.
+    #[arg(long, default_value = "default", value_delimiter = ',')]
+    pub queues: Vec<String>,
+    /// Most tries it runs at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u32,
+    /// How often it heartbeats its running tries (keep it well under the scheduler's
+    /// `--worker-timeout`).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// On SIGTERM/SIGINT, how long running tries may take to finish before they are stopped
+    /// and queued again (without using up a retry).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 }
@@ -142,8 +172,16 @@ pub async fn run(
         }
         None => None,
     };
+    let placement = match args.executor.as_str() {
+        "workers" => Placement::Workers {
+            heartbeat_timeout: args.worker_timeout,
+            poll: Duration::from_millis(50),
+        },
+        _ => Placement::Local,
+    };
     let executor = Executor::new(store.clone(), settings, Arc::new(Connections::from_env()))
-        .with_shutdown(shutdown.clone(), args.shutdown_grace);
+        .with_shutdown(shutdown.clone(), args.shutdown_grace)
+        .with_placement(placement);
     let scheduler = Scheduler::new(
         store,
         executor,
@@ -160,10 +198,14 @@ pub async fn run(
         },
     );
     eprintln!(
-        "sluice scheduler: DAGs from {}, metadata in {}, parallelism {}",
+        "sluice scheduler: DAGs from {}, metadata in {}, {}",
         settings.dags_folder.display(),
         store::redact_url(&settings.database_url),
-        settings.parallelism
+        if args.executor == "workers" {
+            "tries run on workers".to_string()
+        } else {
+            format!("parallelism {}", settings.parallelism)
+        }
     );
     tokio::spawn(signals(shutdown.clone(), args.shutdown_grace));
     scheduler.run(shutdown).await?;
@@ -171,5 +213,49 @@ pub async fn run(
         let _ = web.await;
     }
     eprintln!("scheduler stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sluice worker`: claims queued tries from the store and runs them until a signal stops it.
+pub async fn worker(
+    args: WorkerArgs,
+    settings: &Settings,
+    registry: Registry,
+) -> anyhow::Result<ExitCode> {
+    for queue in &args.queues {
+        crate::dag::build::check_id(queue)
+            .map_err(|e| anyhow::anyhow!("--queues: `{queue}`: {e}"))?;
+    }
+    if args.concurrency == 0 {
+        anyhow::bail!("--concurrency must be at least 1");
+    }
+    let store = store::open(&settings.database_url).await?;
+    let shutdown = CancellationToken::new();
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", crate::executor::hostname(), std::process::id()));
+    let executor = Executor::new(store.clone(), settings, Arc::new(Connections::from_env()))
+        .with_shutdown(shutdown.clone(), args.shutdown_grace);
+    eprintln!(
+        "sluice worker {name}: queues {}, concurrency {}, metadata in {}",
+        args.queues.join(","),
+        args.concurrency,
+        store::redact_url(&settings.database_url)
+    );
+    let worker = Worker::new(
+        executor,
+        registry,
+        WorkerOptions {
+            name,
+            queues: args.queues,
+            concurrency: args.concurrency,
+            heartbeat: args.heartbeat,
+            poll: Duration::from_millis(50),
+        },
+    );
+    tokio::spawn(signals(shutdown.clone(), args.shutdown_grace));
+    worker.run(shutdown).await?;
+    eprintln!("worker stopped");
     Ok(ExitCode::SUCCESS)
 }

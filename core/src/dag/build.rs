@@ -51,7 +51,7 @@ const DEFAULT_MAX_ACTIVE: u32 = 16;
 const MAX_ID_LEN: usize = 200;
 
 /// Ids end up in paths (logs, artifacts) and URLs: keep them to a safe alphabet.
-fn check_id(id: &str) -> Result<(), String> {
+pub fn check_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err("must not be empty".into());
     }
@@ -195,6 +195,9 @@ fn file_order_toposort(graph: &DiGraph<String, ()>) -> Vec<NodeIndex> {
     );
     order
 }
+
+/// The worker queue of tasks that name none.
+pub const DEFAULT_QUEUE: &str = "default";
 
 /// Parses and validates one DAG file. Returns the DAG, or every error found in it.
 ///
@@ -371,6 +374,11 @@ fn check_header(h: &file::DagHeader, errors: &mut Collector<'_>) -> HeaderSettin
             "default_args.execution_timeout: must be longer than 0s",
         );
     }
+    if let Some(queue) = &h.default_args.queue {
+        if let Err(e) = check_id(queue) {
+            errors.push(None, format!("default_args.queue: {e}"));
+        }
+    }
     if let (Some(delay), Some(max)) = (h.default_args.retry_delay, h.default_args.max_retry_delay) {
         if max.0 < delay.0 {
             errors.push(
@@ -436,6 +444,11 @@ fn build_task(
             errors.push(Some(id), format!("pool: {e}"));
         }
     }
+    if let Some(queue) = &spec.queue {
+        if let Err(e) = check_id(queue) {
+            errors.push(Some(id), format!("queue: {e}"));
+        }
+    }
     let own = spec.retry_spec();
     if own.execution_timeout.is_some_and(|d| d.0.is_zero()) {
         errors.push(Some(id), "execution_timeout: must be longer than 0s");
@@ -489,6 +502,11 @@ fn build_task(
             .map(|d| d.0),
         doc: spec.doc.clone(),
         pool: spec.pool.clone(),
+        queue: spec
+            .queue
+            .clone()
+            .or_else(|| defaults.queue.clone())
+            .unwrap_or_else(|| DEFAULT_QUEUE.to_string()),
     })
 }
 

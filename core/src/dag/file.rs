@@ -58,6 +58,9 @@ pub struct RetrySpec {
     pub max_retry_delay: Option<HumanDuration>,
     /// A try running longer than this is stopped and counts as failed.
     pub execution_timeout: Option<HumanDuration>,
+    /// The worker queue tries wait in when the scheduler dispatches to workers (default
+    /// `default`).
+    pub queue: Option<String>,
 }
 
 /// Everything of a DAG file but its tasks.
@@ -123,6 +126,9 @@ pub struct TaskSpec {
     /// Named slot pool (from `SLUICE_POOLS`) the task's tries take a slot of.
     #[serde(default)]
     pub pool: Option<String>,
+    /// Overrides `default_args.queue`: the worker queue its tries wait in.
+    #[serde(default)]
+    pub queue: Option<String>,
     /// Overrides `default_args.retries`.
     #[serde(default)]
     pub retries: Option<u32>,
@@ -153,6 +159,7 @@ impl TaskSpec {
             retry_exponential_backoff: self.retry_exponential_backoff,
             max_retry_delay: self.max_retry_delay,
             execution_timeout: self.execution_timeout,
+            queue: self.queue.clone(),
         }
     }
 }

@@ -24,8 +24,8 @@ pub use build::{parse_dag, DagError};
 pub use folder::DagBag;
 pub use version::DagSource;
 
-/// How a failed try is retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a failed try is retried (by default: not at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RetryPolicy {
     /// Retries after the first try (total tries = retries + 1).
     pub retries: u32,
@@ -75,6 +75,8 @@ pub struct Task {
     pub doc: Option<String>,
     /// Pool whose slots its tries take.
     pub pool: Option<String>,
+    /// The worker queue its tries wait in when the scheduler dispatches to workers.
+    pub queue: String,
 }
 
 /// A validated DAG.

@@ -13,6 +13,7 @@ mod ledger;
 mod plan;
 mod processes;
 pub mod slots;
+mod worker;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ use crate::trylog::{self, try_log_path};
 pub use attempt::{run_try, TryOutcome, STOP_GRACE};
 use decide::{decide, next_wakeup, TaskView};
 use plan::{overlay, try_ending, Ending, Planned};
+pub(crate) use processes::hostname;
+pub use worker::{Worker, WorkerOptions};
 
 /// A state change the executor made, for live progress output.
 #[derive(Debug, Clone)]
@@ -120,6 +123,26 @@ pub struct Executor {
     /// The process's secrets (connection passwords, tokens, the store's password), masked in
     /// try logs, outputs and errors.
     masker: Masker,
+    /// This machine's name, recorded with each try.
+    host: String,
+    /// Where the runs' tries execute.
+    placement: Placement,
+}
+
+/// Where the tries of the runs an executor drives execute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// In this process, under its slots (`standalone`, `dags test`, a scheduler alone).
+    Local,
+    /// On `sluice worker` processes: a ready try is queued in its task's queue, a worker
+    /// claims, runs and ends it, and the driver follows the run in the store.
+    Workers {
+        /// A running try whose worker has not heartbeated for this long is taken back and
+        /// retried (its worker is presumed dead; if it comes back, its writes are refused).
+        heartbeat_timeout: Duration,
+        /// How often the driver reads its run back from the store.
+        poll: Duration,
+    },
 }
 
 /// A name unique to this executor: host, process and a per-process counter.
@@ -182,6 +205,8 @@ impl Executor {
             driver: driver_id(),
             lease: settings.run_lease,
             outage_deadline: settings.store_outage_deadline,
+            host: processes::hostname(),
+            placement: Placement::Local,
             masker: Masker::new(
                 secrets_of_env(std::env::vars())
                     .into_iter()
@@ -205,6 +230,12 @@ impl Executor {
         self
     }
 
+    /// Runs the tries of the runs it drives where `placement` says.
+    pub fn with_placement(mut self, placement: Placement) -> Self {
+        self.placement = placement;
+        self
+    }
+
     /// Sends every state change to `observer` as it happens.
     pub fn with_observer(mut self, observer: mpsc::UnboundedSender<Progress>) -> Self {
         self.observer = Some(observer);
@@ -214,6 +245,113 @@ impl Executor {
     /// The store this executor writes to.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Everything try `try_number` of `dag.tasks[task]` in `run` can see; `instances` are the
+    /// run's task instances in the DAG's task order (upstream outputs come from them).
+    #[allow(clippy::too_many_arguments)]
+    fn try_context(
+        &self,
+        dag: &Dag,
+        run: &DagRun,
+        instances: &[TaskInstance],
+        task: usize,
+        try_number: u32,
+        log: TaskLog,
+        cancel: CancellationToken,
+    ) -> TaskContext {
+        let upstream: BTreeMap<String, TaskOutput> = dag.tasks[task]
+            .upstream
+            .iter()
+            .filter(|&&u| instances[u].state == TaskState::Success)
+            .map(|&u| {
+                let output = instances[u].output.clone().unwrap_or_default();
+                (dag.tasks[u].id.clone(), output)
+            })
+            .collect();
+        let vars = TemplateVars::new(
+            &dag.dag_id,
+            &run.run_id,
+            &dag.tasks[task].id,
+            try_number,
+            run.logical_date,
+            (run.data_interval_start, run.data_interval_end),
+            dag.params_with(&run.conf),
+            run.conf.clone(),
+        )
+        .with_attempt(run.attempt)
+        .with_upstream(&upstream);
+        let key = TaskKey {
+            dag_id: dag.dag_id.clone(),
+            run_id: run.run_id.clone(),
+            task_id: dag.tasks[task].id.clone(),
+        };
+        TaskContext {
+            vars,
+            dag_dir: dag
+                .file
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(".")),
+            // The files this task names, as the run's version has them.
+            config_files: Arc::new(
+                dag.tasks[task]
+                    .files
+                    .iter()
+                    .filter_map(|f| {
+                        let text = dag.source.files.get(&f.path)?;
+                        Some((f.path.clone(), text.clone()))
+                    })
+                    .collect(),
+            ),
+            upstream,
+            connections: self.connections.clone(),
+            artifacts: self.artifacts.clone(),
+            log,
+            processes: Arc::new(processes::StoreProcesses {
+                store: self.store.clone(),
+                key: key.clone(),
+                try_number,
+                host: self.host.clone(),
+            }),
+            deliveries: Arc::new(ledger::StoreLedger {
+                store: self.store.clone(),
+                key,
+                attempt: run.attempt,
+                outage_deadline: self.outage_deadline,
+            }),
+            cancel,
+        }
+    }
+
+    /// The log of try `ti.try_number` of `dag.tasks[task]`, with this process's secrets and
+    /// the run's sensitive conf values masked, and the masker for the try's outcome.
+    fn try_log(
+        &self,
+        dag: &Dag,
+        run: &DagRun,
+        task: usize,
+        ti: &TaskInstance,
+    ) -> (TaskLog, Masker) {
+        let key = TaskKey {
+            dag_id: dag.dag_id.clone(),
+            run_id: run.run_id.clone(),
+            task_id: dag.tasks[task].id.clone(),
+        };
+        let path = try_log_path(&self.logs_dir, &key, ti.try_number);
+        let spec = &dag.tasks[task];
+        // Values under sensitive keys of the run's conf and the DAG's params are secrets too.
+        let masker = self.masker.with(
+            sensitive_values(&run.conf)
+                .into_iter()
+                .chain(sensitive_values(&dag.params_with(&run.conf))),
+        );
+        let log = TaskLog::to_file(&path).masked(masker.clone());
+        log.preamble(&format!(
+            "try {} of {} of {} (operator {}) in run {}",
+            ti.try_number, ti.max_tries, key.task_id, spec.operator_name, key.run_id
+        ));
+        (log, masker)
     }
 
     /// Drives a run until every task has finished (or `cancel` fires) and returns the final run.
@@ -384,12 +522,28 @@ impl RunDriver<'_> {
                     driver: self.executor.driver.clone(),
                     try_number: tries[p.task],
                 }),
+                queue: (p.to == TaskState::Queued && self.dispatches())
+                    .then(|| self.dag.tasks[p.task].queue.clone()),
+                hostname: transition.starts_try().then(|| self.executor.host.clone()),
             });
             if transition.starts_try() {
                 tries[p.task] += 1;
             }
         }
-        self.write(changes.clone()).await?;
+        match self.write(changes.clone()).await {
+            Ok(()) => {}
+            Err(ExecutorError::Store(StoreError::Conflict { what, found, .. }))
+                if self.dispatches() =>
+            {
+                // A worker moved an instance meanwhile (claimed a try being cancelled, ended
+                // one being taken back): the store is read again and the next pass decides
+                // from what is there.
+                tracing::debug!(%what, %found, "a worker changed the run meanwhile; reading it again");
+                self.follow_workers(None).await?;
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        }
         for ((p, from), change) in planned.into_iter().zip(froms).zip(changes) {
             let ti = &mut self.instances[p.task];
             ti.apply(&change);
@@ -458,6 +612,66 @@ impl RunDriver<'_> {
         }
     }
 
+    /// Whether this run's tries go to workers.
+    fn dispatches(&self) -> bool {
+        matches!(self.executor.placement, Placement::Workers { .. })
+    }
+
+    /// Reads the run's task instances back (workers start and end tries) and returns the
+    /// ends of tries whose worker stopped heartbeating: retried like a crashed try.
+    /// `heartbeat_timeout: None` only reads the instances back.
+    async fn follow_workers(
+        &mut self,
+        heartbeat_timeout: Option<Duration>,
+    ) -> Result<Vec<Planned>, ExecutorError> {
+        let store = self.executor.store.clone();
+        let (dag_id, run_id) = (self.dag.dag_id.clone(), self.run.run_id.clone());
+        let current = crate::store::outage::ride_out(
+            self.executor.outage_deadline,
+            "read the run's task states",
+            || store.task_instances(&dag_id, &run_id),
+        )
+        .await?;
+        let now = Utc::now();
+        let silent_since = heartbeat_timeout
+            .and_then(|t| chrono::Duration::from_std(t).ok())
+            .and_then(|t| now.checked_sub_signed(t));
+        let mut dead = Vec::new();
+        for ti in current {
+            let Some(task) = self.dag.task_index(&ti.task_id) else {
+                continue;
+            };
+            let silent = silent_since.is_some_and(|since| {
+                ti.state == TaskState::Running
+                    && ti.worker.is_some()
+                    && ti.heartbeat_at.is_none_or(|at| at < since)
+            });
+            if silent {
+                let outcome = TryOutcome::Failure {
+                    kind: FailureKind::Retryable,
+                    message: format!(
+                        "worker {} on {} stopped heartbeating (last at {})",
+                        ti.worker.as_deref().unwrap_or("?"),
+                        ti.hostname.as_deref().unwrap_or("?"),
+                        ti.heartbeat_at
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_else(|| "never".into())
+                    ),
+                };
+                dead.push(try_ending(
+                    task,
+                    &ti,
+                    &self.dag.tasks[task].retry,
+                    outcome,
+                    Ending::Normal,
+                    now,
+                ));
+            }
+            self.instances[task] = ti;
+        }
+        Ok(dead)
+    }
+
     /// Extends this driver's lease on the run; `LeaseLost` if another process holds it now.
     /// With `wait_out`, a store that does not answer is waited for (a write needs the lease);
     /// without, its error is returned (the periodic renewal tries again later).
@@ -506,65 +720,15 @@ impl RunDriver<'_> {
         log: TaskLog,
         cancel: CancellationToken,
     ) -> TaskContext {
-        let dag = &self.dag;
-        let run = &self.run;
-        let upstream: BTreeMap<String, TaskOutput> = dag.tasks[task]
-            .upstream
-            .iter()
-            .filter(|&&u| self.instances[u].state == TaskState::Success)
-            .map(|&u| {
-                let output = self.instances[u].output.clone().unwrap_or_default();
-                (dag.tasks[u].id.clone(), output)
-            })
-            .collect();
-        let vars = TemplateVars::new(
-            &dag.dag_id,
-            &run.run_id,
-            &dag.tasks[task].id,
+        self.executor.try_context(
+            &self.dag,
+            &self.run,
+            &self.instances,
+            task,
             try_number,
-            run.logical_date,
-            (run.data_interval_start, run.data_interval_end),
-            dag.params_with(&run.conf),
-            run.conf.clone(),
-        )
-        .with_attempt(run.attempt)
-        .with_upstream(&upstream);
-        TaskContext {
-            vars,
-            dag_dir: dag
-                .file
-                .parent()
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(".")),
-            // The files this task names, as the run's version has them.
-            config_files: Arc::new(
-                dag.tasks[task]
-                    .files
-                    .iter()
-                    .filter_map(|f| {
-                        let text = dag.source.files.get(&f.path)?;
-                        Some((f.path.clone(), text.clone()))
-                    })
-                    .collect(),
-            ),
-            upstream,
-            connections: self.executor.connections.clone(),
-            artifacts: self.executor.artifacts.clone(),
             log,
-            processes: Arc::new(processes::StoreProcesses {
-                store: self.executor.store.clone(),
-                key: self.key(task),
-                try_number,
-                host: processes::hostname(),
-            }),
-            deliveries: Arc::new(ledger::StoreLedger {
-                store: self.executor.store.clone(),
-                key: self.key(task),
-                attempt: run.attempt,
-                outage_deadline: self.executor.outage_deadline,
-            }),
             cancel,
-        }
+        )
     }
 
     /// Starts the try of a task already `running` in the store.
@@ -577,19 +741,8 @@ impl RunDriver<'_> {
     ) -> CancellationToken {
         let ti = &self.instances[task];
         let key = self.key(task);
-        let path = try_log_path(&self.executor.logs_dir, &key, ti.try_number);
         let spec = &self.dag.tasks[task];
-        // Values under sensitive keys of the run's conf and the DAG's params are secrets too.
-        let masker = self.executor.masker.with(
-            sensitive_values(&self.run.conf)
-                .into_iter()
-                .chain(sensitive_values(&self.dag.params_with(&self.run.conf))),
-        );
-        let log = TaskLog::to_file(&path).masked(masker.clone());
-        log.preamble(&format!(
-            "try {} of {} of {} (operator {}) in run {}",
-            ti.try_number, ti.max_tries, key.task_id, spec.operator_name, key.run_id
-        ));
+        let (log, masker) = self.executor.try_log(&self.dag, &self.run, task, ti);
         let cancel = run_cancel.child_token();
         let ctx = self.context(task, ti.try_number, log.clone(), cancel.clone());
         let route = trylog::route(log);
@@ -682,8 +835,12 @@ impl RunDriver<'_> {
         // failed tries.
         self.stop_leftovers().await?;
         let now = Utc::now();
+        // A worker's try is not this process's: its heartbeat says whether it lives.
         let died: Vec<Planned> = (0..self.instances.len())
-            .filter(|&task| self.instances[task].state == TaskState::Running)
+            .filter(|&task| {
+                self.instances[task].state == TaskState::Running
+                    && self.instances[task].worker.is_none()
+            })
             .map(|task| {
                 let outcome = TryOutcome::Failure {
                     kind: FailureKind::Retryable,
@@ -711,6 +868,16 @@ impl RunDriver<'_> {
         let mut released = slots.subscribe();
         // Tries that ended and are not written yet: written with the pass they wake.
         let mut ended: Vec<Planned> = Vec::new();
+        // With workers, the run is followed in the store.
+        let (follow, heartbeat_timeout) = match self.executor.placement {
+            Placement::Workers {
+                poll,
+                heartbeat_timeout,
+            } => (Some(poll), heartbeat_timeout),
+            Placement::Local => (None, Duration::MAX),
+        };
+        let mut follow_tick = tokio::time::interval(follow.unwrap_or(Duration::from_secs(3600)));
+        follow_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = mode.next(cancel, &shutdown, self.executor.shutdown_grace);
             if next == Mode::Cancelling && mode != Mode::Cancelling {
@@ -790,6 +957,10 @@ impl RunDriver<'_> {
                     spare = permit.ok();
                 }
                 _ = released.changed(), if short.other => {}
+                _ = follow_tick.tick(), if follow.is_some() => {
+                    let dead = self.follow_workers(Some(heartbeat_timeout)).await?;
+                    ended.extend(dead);
+                }
                 _ = renew.tick() => {
                     match self.renew_lease(false).await {
                         // A store that does not answer is waited out by the next write; a
@@ -838,10 +1009,13 @@ impl RunDriver<'_> {
         plan.extend(
             (0..self.instances.len())
                 .filter(|&task| {
+                    let ti = &self.instances[task];
+                    // A worker's running try is cancelled in the store: its worker sees it at
+                    // its next heartbeat and stops the try.
                     matches!(
-                        self.instances[task].state,
+                        ti.state,
                         TaskState::Pending | TaskState::Queued | TaskState::UpForRetry
-                    )
+                    ) || (ti.state == TaskState::Running && ti.worker.is_some())
                 })
                 .map(|task| Planned {
                     reason: Some("run cancelled".into()),
@@ -872,6 +1046,11 @@ impl RunDriver<'_> {
         overlay(&mut view, &decided);
         plan.extend(decided);
         let mut short = Shortage::default();
+        if self.dispatches() {
+            // Queued tries wait in their queue for a worker; the store's claim starts them.
+            self.apply_all(plan).await?;
+            return Ok(short);
+        }
         let mut starts = Vec::new();
         for (task, v) in view.iter().enumerate() {
             if v.state != TaskState::Queued || self.running.contains_key(&task) {
@@ -1024,6 +1203,10 @@ mod write_tests {
             output: None,
             error: None,
             updated_at: Utc::now(),
+            queue: None,
+            worker: None,
+            hostname: None,
+            heartbeat_at: None,
         }
     }
 

@@ -169,6 +169,10 @@ mod tests {
             output: None,
             error: None,
             updated_at: Utc::now(),
+            queue: None,
+            worker: None,
+            hostname: None,
+            heartbeat_at: None,
         }
     }
 

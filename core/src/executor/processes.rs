@@ -10,7 +10,7 @@ use sluice_operator_api::ProcessRegistry;
 use crate::store::{Store, TaskKey, TaskProcess};
 
 /// This machine's name, as process rows record it.
-pub(super) fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "host".into())

@@ -180,6 +180,15 @@ pub struct TaskInstance {
     pub error: Option<String>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// The worker queue it waits in or was claimed from (`None`: its tries run in the process
+    /// driving the run).
+    pub queue: Option<String>,
+    /// The worker that runs or ran its latest try (`None` when the driving process ran it).
+    pub worker: Option<String>,
+    /// The machine of its latest try (Airflow's `hostname`).
+    pub hostname: Option<String>,
+    /// The worker's last sign of life for the running try.
+    pub heartbeat_at: Option<DateTime<Utc>>,
 }
 
 impl TaskInstance {
@@ -197,6 +206,12 @@ impl TaskInstance {
         }
         if to == TaskState::Queued {
             self.queued_at = Some(change.at);
+            self.queue = change.queue.clone();
+        }
+        if starts {
+            self.hostname = change.hostname.clone();
+            self.worker = None;
+            self.heartbeat_at = None;
         }
         let ends = to.is_finished() || to == TaskState::UpForRetry;
         self.ended_at = ends.then_some(change.at);
@@ -326,6 +341,11 @@ pub struct TaskChange {
     /// instance it believes is the latest. `None` for changes of people (clear, mark), which
     /// only touch finished runs.
     pub fence: Option<Fence>,
+    /// For a change to `queued`: the worker queue it waits in (`None`: the driving process
+    /// starts it).
+    pub queue: Option<String>,
+    /// For the start of a try in the driving process: the machine it runs on.
+    pub hostname: Option<String>,
 }
 
 /// A run driver's fencing token for one change: the change applies only if the instance's
@@ -352,6 +372,8 @@ impl TaskChange {
             next_retry_at: None,
             max_tries: None,
             fence: None,
+            queue: None,
+            hostname: None,
         }
     }
 }
@@ -643,6 +665,50 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
     async fn audit_entries(&self, limit: u32, offset: u32) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
+/// What `sluice worker` processes do in the store: claim queued tries, heartbeat them.
+#[async_trait]
+pub trait Workers: Send + Sync + std::fmt::Debug {
+    /// Claims up to `limit` queued tries of `queues` for `worker`, oldest first, each moved
+    /// `queued → running` as a new try with the worker, host and a first heartbeat recorded
+    /// (on PostgreSQL with `FOR UPDATE SKIP LOCKED`: workers never wait on each other and
+    /// never claim the same try). Returns the claimed instances.
+    async fn claim_tries(
+        &self,
+        worker: &WorkerBeat,
+        queues: &[String],
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<TaskInstance>, StoreError>;
+    /// Records that `worker` is alive and heartbeats its running tries; returns the tries
+    /// (key and try number) still running under it: one missing was taken back or cancelled.
+    async fn worker_heartbeat(
+        &self,
+        worker: &WorkerBeat,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(TaskKey, u32)>, StoreError>;
+    /// Every worker that ever heartbeated, most recent first.
+    async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError>;
+}
+
+/// A worker process: who it is and what it serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerBeat {
+    /// Unique name (`--name`, default host and process id).
+    pub name: String,
+    /// Its machine.
+    pub hostname: String,
+    /// Its process id.
+    pub pid: u32,
+    /// The queues it claims from.
+    pub queues: Vec<String>,
+    /// Most tries it runs at once.
+    pub concurrency: u32,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Its last heartbeat.
+    pub heartbeat_at: DateTime<Utc>,
+}
+
 /// Process groups of running tries (see `sluice_operator_api::processes`).
 #[async_trait]
 pub trait Processes: Send + Sync + std::fmt::Debug {
@@ -721,12 +787,20 @@ pub struct AuditEntry {
 /// The metadata store: all its parts, as one `Arc<dyn Store>` that front ends and the
 /// scheduler share. Code that needs one part can take `&dyn RunStore`, `&dyn ReadModel`, ….
 pub trait Store:
-    RunStore + ReadModel + Metrics + Heartbeats + AuditLog + Retention + Processes
+    RunStore + ReadModel + Metrics + Heartbeats + AuditLog + Retention + Processes + Workers
 {
 }
 
 impl<T> Store for T where
-    T: RunStore + ReadModel + Metrics + Heartbeats + AuditLog + Retention + Processes + ?Sized
+    T: RunStore
+        + ReadModel
+        + Metrics
+        + Heartbeats
+        + AuditLog
+        + Retention
+        + Processes
+        + Workers
+        + ?Sized
 {
 }
 

@@ -24,7 +24,7 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 const RUN_COLUMNS: &str = "dag_id, run_id, logical_date, data_interval_start, data_interval_end, run_type, state, conf, dag_hash, created_at, started_at, ended_at, backfill_max_active_runs, attempt";
 /// The columns a new run is inserted with (`attempt` starts at its default, 1).
 const NEW_RUN_COLUMNS: &str = "dag_id, run_id, logical_date, data_interval_start, data_interval_end, run_type, state, conf, dag_hash, created_at, started_at, ended_at, backfill_max_active_runs";
-const TI_COLUMNS: &str = "dag_id, run_id, task_id, operator, state, try_number, max_tries, queued_at, started_at, ended_at, next_retry_at, output, error, updated_at";
+const TI_COLUMNS: &str = "dag_id, run_id, task_id, operator, state, try_number, max_tries, queued_at, started_at, ended_at, next_retry_at, output, error, updated_at, queue, worker, hostname, heartbeat_at";
 /// Rows per multi-row INSERT: well under both backends' bind-parameter limits.
 const INSERT_CHUNK: usize = 500;
 
@@ -165,6 +165,10 @@ fn ti_from_row(row: &AnyRow) -> Result<TaskInstance, StoreError> {
         output: json("output", get(row, "output")?)?,
         error: get(row, "error")?,
         updated_at: instant("updated_at", get(row, "updated_at")?)?,
+        queue: get(row, "queue")?,
+        worker: get(row, "worker")?,
+        hostname: get(row, "hostname")?,
+        heartbeat_at: opt_instant("heartbeat_at", get(row, "heartbeat_at")?)?,
     })
 }
 
@@ -1308,5 +1312,149 @@ impl Heartbeats for SqlStore {
             })
         })
         .transpose()
+    }
+}
+
+#[async_trait]
+impl Workers for SqlStore {
+    async fn claim_tries(
+        &self,
+        worker: &WorkerBeat,
+        queues: &[String],
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<TaskInstance>, StoreError> {
+        // Queue names are identifiers (checked when the DAG is read): `,a,b,` holds them.
+        let listed = format!(",{},", queues.join(","));
+        let reason = format!("claimed by worker {} on {}", worker.name, worker.hostname);
+        let qualified: String = TI_COLUMNS
+            .split(", ")
+            .map(|c| format!("t.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let set = "state = 'running', try_number = t.try_number + 1, started_at = $3,
+                   ended_at = NULL, next_retry_at = NULL, error = NULL, updated_at = $3,
+                   worker = $4, hostname = $5, heartbeat_at = $3, last_reason = $6,
+                   last_write = NULL";
+        let sql = match self.backend {
+            // SKIP LOCKED: a row another worker's claim holds is passed over, not waited on.
+            // The history rows come from the claimed rows in the same statement.
+            Backend::Postgres => format!(
+                "WITH picked AS (
+                     SELECT dag_id, run_id, task_id FROM task_instance
+                     WHERE state = 'queued' AND queue IS NOT NULL
+                       AND strpos($1, ',' || queue || ',') > 0
+                     ORDER BY queued_at LIMIT $2
+                     FOR UPDATE SKIP LOCKED
+                 ), claimed AS (
+                     UPDATE task_instance t SET {set}
+                     FROM picked
+                     WHERE t.dag_id = picked.dag_id AND t.run_id = picked.run_id
+                       AND t.task_id = picked.task_id AND t.state = 'queued'
+                     RETURNING {qualified}
+                 ), history AS (
+                     INSERT INTO task_state_history (dag_id, run_id, task_id, try_number, from_state, to_state, at, reason)
+                     SELECT dag_id, run_id, task_id, try_number, 'queued', 'running', $3, $6 FROM claimed
+                 )
+                 SELECT {TI_COLUMNS} FROM claimed"
+            ),
+            // One writer at a time: the sub-select and the update see the same rows. The
+            // history rows come from the trigger.
+            Backend::Sqlite => format!(
+                "UPDATE task_instance AS t SET {set}
+                 WHERE t.state = 'queued' AND (t.dag_id, t.run_id, t.task_id) IN (
+                     SELECT dag_id, run_id, task_id FROM task_instance
+                     WHERE state = 'queued' AND queue IS NOT NULL
+                       AND instr($1, ',' || queue || ',') > 0
+                     ORDER BY queued_at LIMIT $2
+                 )
+                 RETURNING {TI_COLUMNS}"
+            ),
+        };
+        let _turn = self.write_turn().await;
+        let rows = sqlx::query(&sql)
+            .bind(listed)
+            .bind(i64::from(limit))
+            .bind(micros(now))
+            .bind(&worker.name)
+            .bind(&worker.hostname)
+            .bind(reason)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("claim tries"))?;
+        rows.iter().map(ti_from_row).collect()
+    }
+
+    async fn worker_heartbeat(
+        &self,
+        worker: &WorkerBeat,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(TaskKey, u32)>, StoreError> {
+        let _turn = self.write_turn().await;
+        sqlx::query(
+            "INSERT INTO worker (name, hostname, pid, queues, concurrency, started_at, heartbeat_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (name) DO UPDATE SET hostname = excluded.hostname, pid = excluded.pid,
+                 queues = excluded.queues, concurrency = excluded.concurrency,
+                 started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(&worker.name)
+        .bind(&worker.hostname)
+        .bind(i64::from(worker.pid))
+        .bind(worker.queues.join(","))
+        .bind(i64::from(worker.concurrency))
+        .bind(micros(worker.started_at))
+        .bind(micros(now))
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("record the worker's heartbeat"))?;
+        let rows = sqlx::query(
+            "UPDATE task_instance SET heartbeat_at = $1 WHERE worker = $2 AND state = 'running'
+             RETURNING dag_id, run_id, task_id, try_number",
+        )
+        .bind(micros(now))
+        .bind(&worker.name)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("heartbeat the worker's tries"))?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    TaskKey {
+                        dag_id: get(row, "dag_id")?,
+                        run_id: get(row, "run_id")?,
+                        task_id: get(row, "task_id")?,
+                    },
+                    get::<i64>(row, "try_number")? as u32,
+                ))
+            })
+            .collect()
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, hostname, pid, queues, concurrency, started_at, heartbeat_at
+             FROM worker ORDER BY heartbeat_at DESC",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("read workers"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(WorkerBeat {
+                    name: get(row, "name")?,
+                    hostname: get(row, "hostname")?,
+                    pid: get::<i64>(row, "pid")? as u32,
+                    queues: get::<String>(row, "queues")?
+                        .split(',')
+                        .filter(|q| !q.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                    concurrency: get::<i64>(row, "concurrency")? as u32,
+                    started_at: instant("started_at", get(row, "started_at")?)?,
+                    heartbeat_at: instant("heartbeat_at", get(row, "heartbeat_at")?)?,
+                })
+            })
+            .collect()
     }
 }

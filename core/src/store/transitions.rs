@@ -239,7 +239,7 @@ pub(super) const CHUNK: usize = 256;
 
 /// The columns of the `VALUES` list, in bind order, with their SQL types. The casts make
 /// PostgreSQL type the otherwise untyped parameters; SQLite accepts them as affinities.
-const VALUE_COLUMNS: [(&str, &str); 17] = [
+const VALUE_COLUMNS: [(&str, &str); 19] = [
     ("v_dag", "TEXT"),
     ("v_run", "TEXT"),
     ("v_task", "TEXT"),
@@ -257,6 +257,8 @@ const VALUE_COLUMNS: [(&str, &str); 17] = [
     ("v_max_tries", "BIGINT"),
     ("v_reason", "TEXT"),
     ("v_fence_try", "BIGINT"),
+    ("v_queue", "TEXT"),
+    ("v_hostname", "TEXT"),
 ];
 
 /// What the statement does with each change row `v` and the batch marker.
@@ -274,6 +276,10 @@ fn update_clause(marker: &str) -> String {
             error = CASE WHEN v_set_error = 1 THEN v_error ELSE task_instance.error END,
             max_tries = COALESCE(v_max_tries, task_instance.max_tries),
             last_reason = v_reason,
+            queue = CASE WHEN v_to = 'queued' THEN v_queue ELSE task_instance.queue END,
+            hostname = CASE WHEN v_starts = 1 THEN v_hostname ELSE task_instance.hostname END,
+            worker = CASE WHEN v_starts = 1 THEN NULL ELSE task_instance.worker END,
+            heartbeat_at = CASE WHEN v_starts = 1 THEN NULL ELSE task_instance.heartbeat_at END,
             last_write = {marker}"
     )
 }
@@ -348,6 +354,8 @@ struct ChangeRow<'a> {
     v_max_tries: Option<i64>,
     v_reason: Option<&'a str>,
     v_fence_try: Option<i64>,
+    v_queue: Option<&'a str>,
+    v_hostname: Option<&'a str>,
 }
 
 /// A task output as the store keeps it (the JSON of [`TaskOutput`]).
@@ -388,6 +396,8 @@ impl<'a> ChangeRow<'a> {
             v_max_tries: change.max_tries.map(i64::from),
             v_reason: change.reason.as_deref(),
             v_fence_try: change.fence.as_ref().map(|f| i64::from(f.try_number)),
+            v_queue: change.queue.as_deref(),
+            v_hostname: change.hostname.as_deref(),
         }
     }
 
@@ -417,6 +427,8 @@ impl<'a> ChangeRow<'a> {
             .bind(self.v_max_tries)
             .bind(self.v_reason)
             .bind(self.v_fence_try)
+            .bind(self.v_queue)
+            .bind(self.v_hostname)
     }
 }
 

@@ -1,0 +1,24 @@
+-- Workers: processes on any machine that claim queued tries from the store and run them.
+-- A try queued for workers names its queue (NULL: it runs in the process driving the run);
+-- the try that runs records the worker and host that ran it and the worker's heartbeat.
+ALTER TABLE task_instance ADD COLUMN queue TEXT;
+ALTER TABLE task_instance ADD COLUMN worker TEXT;
+ALTER TABLE task_instance ADD COLUMN hostname TEXT;
+ALTER TABLE task_instance ADD COLUMN heartbeat_at BIGINT;
+
+-- What a worker claims: queued tries of a queue, oldest first.
+CREATE INDEX task_instance_claimable ON task_instance (queue, queued_at) WHERE state = 'queued';
+
+-- What a worker's heartbeat touches: its running tries.
+CREATE INDEX task_instance_running_worker ON task_instance (worker) WHERE state = 'running';
+
+-- Each worker's sign of life and what it serves.
+CREATE TABLE worker (
+    name         TEXT   PRIMARY KEY,
+    hostname     TEXT   NOT NULL,
+    pid          BIGINT NOT NULL,
+    queues       TEXT   NOT NULL,
+    concurrency  BIGINT NOT NULL,
+    started_at   BIGINT NOT NULL,
+    heartbeat_at BIGINT NOT NULL
+);

@@ -443,8 +443,9 @@ async fn a_run_rides_out_a_killed_connection_and_a_postgres_restart() {
         .env("SLUICE_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("scheduler.log")).unwrap())
-        // A lease longer than the outage: nobody else would take the run meanwhile anyway.
-        .env("SLUICE_RUN_LEASE", "30s")
+        // A lease shorter than the outage: it lapses while the store is down and is claimed
+        // again before the driver's next write.
+        .env("SLUICE_RUN_LEASE", "2s")
         .spawn()
         .unwrap();
     let trigger = with_pg(sluice(dir.path()))
@@ -719,4 +720,109 @@ async fn a_table_of_many_batches_is_extracted_and_loaded_whole() {
         summary.trim(),
         "150000\t150000\t11250075000\t150000\t2026-01-02 17:40:00"
     );
+}
+
+/// Past `SLUICE_STORE_OUTAGE_DEADLINE` the run's tries are stopped; once the store answers
+/// they are recorded as interrupted and run again without using up a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_outage_deadline_tries_are_stopped_and_run_again_without_using_a_retry() {
+    let pg = support::OwnPostgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("dags")).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        dir.path().join("dags/deadline.yaml"),
+        format!(
+            "dag_id: deadline\ndefault_args: {{retries: 0}}\ntasks:\n  \
+             - {{id: quick, operator: sleep, config: {{duration: 1s}}}}\n  \
+             - {{id: long, operator: shell, config: {{command: 'sleep 6; echo $SLUICE_TRY_NUMBER >> {out}/long'}}}}\n",
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    let mut scheduler = sluice(dir.path())
+        .env("SLUICE_DATABASE_URL", pg.url())
+        .env("SLUICE_STORE_OUTAGE_DEADLINE", "1s")
+        .env("SLUICE_RUN_LEASE", "30s")
+        .env("SLUICE_LOG", "info")
+        .arg("scheduler")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("scheduler.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let trigger = sluice(dir.path())
+        .env("SLUICE_DATABASE_URL", pg.url())
+        .args([
+            "dags",
+            "trigger",
+            "deadline",
+            "--logical-date",
+            "2026-01-01T00:00:00Z",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        trigger.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trigger.stderr)
+    );
+    let store = sluice_core::store::open(&pg.url()).await.unwrap();
+    let run = store.list_runs(&RunFilter::default()).await.unwrap()[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store
+        .task_instances("deadline", &run.run_id)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|t| t.state == TaskState::Running)
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the tries never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(store);
+    // Down for 4 s: `quick` ends meanwhile (its write fails: the outage starts), and the
+    // deadline of 1 s passes while `long` still runs.
+    pg.stop();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    pg.start_again();
+    let store = sluice_core::store::open(&pg.url()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let log = || std::fs::read_to_string(dir.path().join("scheduler.log")).unwrap_or_default();
+    let run = loop {
+        let run = store.run("deadline", &run.run_id).await.unwrap().unwrap();
+        if run.state.is_finished() {
+            break run;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not finish: {}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    scheduler.kill().unwrap();
+    scheduler.wait().unwrap();
+    assert_eq!(
+        run.state,
+        sluice_core::state::RunState::Success,
+        "{}",
+        log()
+    );
+    let tis = store.task_instances("deadline", &run.run_id).await.unwrap();
+    let long = tis.iter().find(|t| t.task_id == "long").unwrap();
+    assert_eq!(
+        (long.state, long.try_number, long.max_tries),
+        (TaskState::Success, 2, 2),
+        "stopped at the deadline, run again, the stop not counted: {long:?}\n{}",
+        log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("long")).unwrap(),
+        "2\n",
+        "the stopped try never finished"
+    );
+    assert!(log().contains("outlasted its deadline"), "{}", log());
 }

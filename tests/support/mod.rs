@@ -157,8 +157,8 @@ impl Drop for OwnPostgres {
 }
 
 /// A TCP link to a real server that breaks once, as a network or a server restart does: the
-/// first time a client sends bytes containing `cut_on` (a query's text, `INSERT`, `COPY`), half
-/// of them get through, then every live connection is cut and new ones are refused for
+/// first time a client sends bytes containing `cut_on` (a query's text, a value in a body),
+/// the bytes before it get through, then every live connection is cut and new ones are refused for
 /// `down_for`; after that the link forwards again. (A fault injector in the manner of
 /// toxiproxy; the server behind it is real.)
 pub struct FaultyLink {
@@ -239,12 +239,19 @@ async fn forward(
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let hit = watched
-                && buf[..n]
+            let hit = if watched {
+                buf[..n]
                     .windows(state.cut_on.len())
-                    .any(|w| w == state.cut_on.as_slice());
-            if hit && !state.cut.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                let _ = to.write_all(&buf[..n / 2]).await;
+                    .position(|w| w == state.cut_on.as_slice())
+            } else {
+                None
+            };
+            if let Some(at) =
+                hit.filter(|_| !state.cut.swap(true, std::sync::atomic::Ordering::SeqCst))
+            {
+                // What came before the match gets through: the request breaks off mid-way.
+                let _ = to.write_all(&buf[..at]).await;
+                let _ = to.flush().await;
                 *state.down_until.lock().unwrap() =
                     Some(std::time::Instant::now() + state.down_for);
                 for task in state.live.lock().unwrap().drain(..) {

@@ -204,7 +204,10 @@ async fn diff(
             "the run executes version {}; the folder now holds version {}",
             stored.hash, current.hash
         );
-        print!("{}", source.diff(&current.source, &stored.file));
+        print!(
+            "{}",
+            source.masked().diff(&current.source.masked(), &stored.file)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -82,6 +82,29 @@ impl DagSource {
     }
 }
 
+impl DagSource {
+    /// This version as it may be shown (API, CLI, UI): values under sensitive keys of the
+    /// params its DAG file declares and the process's secrets (connection passwords, API
+    /// tokens) are masked in every file, as they are in try logs.
+    pub fn masked(&self) -> DagSource {
+        let mut secrets = sluice_operator_api::secrets::secrets_of_env(std::env::vars());
+        secrets.extend(sluice_operator_api::Connections::from_env().secrets());
+        if let Some(header) = super::file::parse(&self.dag).header {
+            let params = serde_json::Value::Object(header.params.into_iter().collect());
+            secrets.extend(sluice_operator_api::secrets::sensitive_values(&params));
+        }
+        let masker = sluice_operator_api::Masker::new(secrets);
+        DagSource {
+            dag: masker.mask(&self.dag),
+            files: self
+                .files
+                .iter()
+                .map(|(path, text)| (path.clone(), masker.mask(text)))
+                .collect(),
+        }
+    }
+}
+
 impl Dag {
     /// This DAG as a version to store with a run.
     pub fn version(&self) -> DagVersion {
@@ -143,6 +166,18 @@ mod tests {
             "the same content, the same hash"
         );
         assert_eq!(hashes[0].len(), 16);
+    }
+
+    #[test]
+    fn a_shown_version_masks_values_under_sensitive_param_keys() {
+        let shown = source(
+            "dag_id: d\nparams: {api_key: s3cr3t-value, region: eu}\ntasks: []\n",
+            &[("q.sql", "SELECT 's3cr3t-value', 'eu'")],
+        )
+        .masked();
+        assert!(!shown.dag.contains("s3cr3t-value"), "{}", shown.dag);
+        assert!(shown.dag.contains("region: eu"), "{}", shown.dag);
+        assert!(!shown.files["q.sql"].contains("s3cr3t-value"));
     }
 
     #[test]

@@ -184,6 +184,8 @@ struct RunDriver<'a> {
     /// Tries stopped without being their fault (a shutdown's grace or a store outage's
     /// deadline ran out): they end as interrupted and run again without using up a retry.
     interrupted: std::collections::HashSet<usize>,
+    /// Since when the store has not answered this driver (`None` while it answers).
+    outage: Option<tokio::time::Instant>,
 }
 
 impl Executor {
@@ -467,6 +469,7 @@ impl Executor {
             lease_ends: claimed_at + self.lease,
             running: HashMap::new(),
             interrupted: Default::default(),
+            outage: None,
         };
         driver.drive(cancel).await
     }
@@ -562,53 +565,135 @@ impl RunDriver<'_> {
     }
 
     /// Writes `changes`, waiting out a store outage while the tries run on. A write whose
-    /// connection broke may have landed, whole or in part: before each retry the run's task
-    /// instances are read back and the changes they already show are dropped, so none is
-    /// applied twice or taken for a conflict. Past the outage deadline the running tries are
-    /// stopped (they end as interrupted, without using up a retry, once the store answers).
+    /// connection broke may have landed, whole or in part (even after the read that follows
+    /// it: a commit in flight): before each retry, and when a retry meets a conflict, the
+    /// run's task instances are read back and the changes they already show are dropped, so
+    /// none is applied twice or taken for a conflict. A lease that lapsed during the outage is
+    /// claimed again before the retry (or the driver stops: another took the run). Past the
+    /// outage deadline the running tries are stopped (they end as interrupted, without using
+    /// up a retry, once the store answers).
     async fn write(&mut self, changes: Vec<TaskChange>) -> Result<(), ExecutorError> {
-        let store = self.executor.store.clone();
-        let deadline = self.executor.outage_deadline;
-        let started = tokio::time::Instant::now();
         let mut pending = changes;
-        let mut backoff = Duration::from_millis(50);
-        let mut failures = 0u32;
+        let mut retried = false;
+        let mut reconciled = 0;
         loop {
-            let error = match store.transitions(&pending).await {
+            let store = self.executor.store.clone();
+            let began = tokio::time::Instant::now();
+            match self.answered(began, store.transitions(&pending)).await {
                 Ok(()) => {
-                    if failures > 0 {
-                        tracing::info!(dag_id = %self.dag.dag_id, run_id = %self.run.run_id, waited_ms = started.elapsed().as_millis() as u64, "the metadata store answers again; the run goes on");
-                    }
+                    self.store_answers();
                     return Ok(());
                 }
-                Err(error) if error.is_transient() => error,
-                Err(error) => return Err(error.into()),
-            };
-            if failures == 0 {
-                tracing::warn!(dag_id = %self.dag.dag_id, run_id = %self.run.run_id, %error, deadline_s = deadline.as_secs(), "the metadata store does not answer; waiting it out while the run's tries go on");
-            }
-            failures += 1;
-            if started.elapsed() >= deadline && self.interrupted.len() < self.running.len() {
-                tracing::error!(dag_id = %self.dag.dag_id, run_id = %self.run.run_id, tries = self.running.len(), "the metadata store outage outlasted its deadline: the run's tries are stopped and run again once it answers");
-                for (task, token) in &self.running {
-                    self.interrupted.insert(*task);
-                    token.cancel();
+                // After a broken write, a conflict may be that write's own commit landing late.
+                Err(error @ StoreError::Conflict { .. }) if retried && reconciled < 3 => {
+                    reconciled += 1;
+                    tracing::debug!(%error, "a retried write met a conflict; reading the run back");
                 }
+                Err(error) if error.is_transient() => self.outage_wait(&error, began).await?,
+                Err(error) => return Err(error.into()),
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            retried = true;
+            if tokio::time::Instant::now() >= self.lease_ends {
+                self.renew_lease(true).await?;
+            }
             let (dag_id, run_id) = (self.dag.dag_id.clone(), self.run.run_id.clone());
-            // Past the deadline the driver keeps waiting: its tries are stopped, and what they
-            // did is only recorded once the store answers.
-            let current =
-                crate::store::outage::ride_out(Duration::MAX, "read task states back", || {
-                    store.task_instances(&dag_id, &run_id)
-                })
-                .await?;
+            let current = loop {
+                let began = tokio::time::Instant::now();
+                match self
+                    .answered(began, store.task_instances(&dag_id, &run_id))
+                    .await
+                {
+                    Ok(current) => break current,
+                    Err(error) if error.is_transient() => self.outage_wait(&error, began).await?,
+                    Err(error) => return Err(error.into()),
+                }
+            };
             pending = not_landed(pending, &current)?;
             if pending.is_empty() {
                 return Ok(());
             }
+        }
+    }
+
+    /// One wait of a store outage that began at `outage` (set on its first failure): logs its
+    /// start, stops the run's tries once it outlasts the deadline (they end as interrupted
+    /// when the store answers), and gives up with `error` when the process shuts down (the
+    /// run stays `running` for the next driver).
+    async fn outage_wait(
+        &mut self,
+        error: &StoreError,
+        began: tokio::time::Instant,
+    ) -> Result<(), ExecutorError> {
+        let since = self.outage_noticed(error, began);
+        if self.executor.shutdown.is_cancelled() {
+            return Err(ExecutorError::Store(StoreError::Unavailable {
+                what: "write task states",
+                message: format!("the process is shutting down during a store outage: {error}"),
+            }));
+        }
+        // Backoff: 50 ms growing to 2 s over the outage.
+        let waited = since.elapsed().as_millis() as u64;
+        let backoff = Duration::from_millis((50 + waited / 4).min(2000));
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = self.executor.shutdown.cancelled() => {}
+        }
+        Ok(())
+    }
+
+    /// Notes that the store failed with a transient `error` on a call that `began` then (the
+    /// outage counts from there: a call may wait for a connection before it fails): logs the
+    /// outage's start, and stops the run's tries once it outlasts the deadline (they end as
+    /// interrupted when the store answers). Returns when the outage began.
+    fn outage_noticed(
+        &mut self,
+        error: &StoreError,
+        began: tokio::time::Instant,
+    ) -> tokio::time::Instant {
+        let deadline = self.executor.outage_deadline;
+        let since = match self.outage {
+            Some(since) => since,
+            None => {
+                tracing::warn!(dag_id = %self.dag.dag_id, run_id = %self.run.run_id, %error, deadline_s = deadline.as_secs(), "the metadata store does not answer; waiting it out while the run's tries go on");
+                *self.outage.insert(began)
+            }
+        };
+        if since.elapsed() >= deadline && self.interrupted.len() < self.running.len() {
+            tracing::error!(dag_id = %self.dag.dag_id, run_id = %self.run.run_id, tries = self.running.len(), "the metadata store outage outlasted its deadline: the run's tries are stopped and run again once it answers");
+            for (task, token) in &self.running {
+                self.interrupted.insert(*task);
+                token.cancel();
+            }
+        }
+        since
+    }
+
+    /// Awaits a store call that `began` then. A call that has not answered by the outage
+    /// deadline (counted from the outage's start if one is known) stops the run's tries
+    /// meanwhile: a store that hangs is an outage as much as one that refuses.
+    async fn answered<T>(
+        &mut self,
+        began: tokio::time::Instant,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::pin!(call);
+        let deadline = self.outage.unwrap_or(began) + self.executor.outage_deadline;
+        tokio::select! {
+            answer = &mut call => return answer,
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        let hung = StoreError::Unavailable {
+            what: "a store call",
+            message: "no answer within the outage deadline".into(),
+        };
+        self.outage_noticed(&hung, began);
+        call.await
+    }
+
+    /// The store answered: an outage, if there was one, is over.
+    fn store_answers(&mut self) {
+        if let Some(since) = self.outage.take() {
+            tracing::info!(dag_id = %self.dag.dag_id, run_id = %self.run.run_id, waited_ms = since.elapsed().as_millis() as u64, "the metadata store answers again; the run goes on");
         }
     }
 
@@ -673,33 +758,43 @@ impl RunDriver<'_> {
     }
 
     /// Extends this driver's lease on the run; `LeaseLost` if another process holds it now.
-    /// With `wait_out`, a store that does not answer is waited for (a write needs the lease);
+    /// With `outage`, a store that does not answer is waited for (a write needs the lease);
     /// without, its error is returned (the periodic renewal tries again later).
     async fn renew_lease(&mut self, wait_out: bool) -> Result<(), ExecutorError> {
-        let asked = tokio::time::Instant::now();
-        let (dag_id, run_id) = (&self.dag.dag_id, &self.run.run_id);
+        let (dag_id, run_id) = (self.dag.dag_id.clone(), self.run.run_id.clone());
         let (store, driver, lease) = (
-            &self.executor.store,
-            &self.executor.driver,
+            self.executor.store.clone(),
+            self.executor.driver.clone(),
             self.executor.lease,
         );
-        let claim = || {
+        let (claimed, asked) = loop {
+            // The lease runs from when this claim was sent, not from when it was answered.
+            let asked = tokio::time::Instant::now();
             let now = Utc::now();
             let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
-            store.claim_run(dag_id, run_id, driver, until, now)
-        };
-        let claimed = if wait_out {
-            crate::store::outage::ride_out(Duration::MAX, "renew the run's lease", claim).await?
-        } else {
-            claim().await?
+            let claim = store.claim_run(&dag_id, &run_id, &driver, until, now);
+            let answer = if wait_out {
+                self.answered(asked, claim).await
+            } else {
+                claim.await
+            };
+            match answer {
+                Ok(claimed) => break (claimed, asked),
+                Err(error) if error.is_transient() && wait_out => {
+                    self.outage_wait(&error, asked).await?
+                }
+                Err(error) => return Err(error.into()),
+            }
         };
         if !claimed {
-            return Err(ExecutorError::LeaseLost {
-                dag_id: dag_id.clone(),
-                run_id: run_id.clone(),
-            });
+            // Another driver took the run during a stall or an outage: its tries are not ours.
+            for token in self.running.values() {
+                token.cancel();
+            }
+            return Err(ExecutorError::LeaseLost { dag_id, run_id });
         }
-        self.lease_ends = asked + self.executor.lease;
+        self.lease_ends = asked + lease;
+        self.store_answers();
         Ok(())
     }
 
@@ -963,10 +1058,12 @@ impl RunDriver<'_> {
                 }
                 _ = renew.tick() => {
                     match self.renew_lease(false).await {
-                        // A store that does not answer is waited out by the next write; a
-                        // lapsed lease is claimed again there, or found taken.
+                        // A store that does not answer is waited out (the outage's deadline
+                        // counts from here too); a lapsed lease is claimed again by the next
+                        // write, or found taken.
                         Err(ExecutorError::Store(error)) if error.is_transient() => {
-                            tracing::debug!(%error, "could not renew the run's lease for now");
+                            // The renewal was sent a moment ago.
+                            self.outage_noticed(&error, tokio::time::Instant::now());
                         }
                         other => other?,
                     }
@@ -981,12 +1078,30 @@ impl RunDriver<'_> {
             run_outcome(self.instances.iter().map(|ti| ti.state))
         };
         let ended = Utc::now();
-        let store = &self.executor.store;
-        let (driver, dag_id, run_id) = (&self.executor.driver, &self.dag.dag_id, &self.run.run_id);
-        let run = crate::store::outage::ride_out(Duration::MAX, "record the run's end", || {
-            store.set_run_state_as(driver, dag_id, run_id, RunState::Running, outcome, ended)
-        })
-        .await;
+        let store = self.executor.store.clone();
+        let (driver, dag_id, run_id) = (
+            self.executor.driver.clone(),
+            self.dag.dag_id.clone(),
+            self.run.run_id.clone(),
+        );
+        // Waited out like any write (no tries run any more); a shutdown leaves the run
+        // `running`, and the next driver finds every task finished and ends it.
+        let run = loop {
+            let began = tokio::time::Instant::now();
+            let write = store.set_run_state_as(
+                &driver,
+                &dag_id,
+                &run_id,
+                RunState::Running,
+                outcome,
+                ended,
+            );
+            match self.answered(began, write).await {
+                Err(error) if error.is_transient() => self.outage_wait(&error, began).await?,
+                other => break other,
+            }
+        };
+        let (dag_id, run_id) = (&dag_id, &run_id);
         match run {
             Ok(run) => Ok(run),
             // An earlier try of this write landed before its connection broke.

@@ -29,10 +29,7 @@ impl StoreError {
 
 fn transient_driver_error(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => true,
         // A connection that ended mid-answer reads as a protocol error.
         sqlx::Error::Protocol(message) => {
             let message = message.to_ascii_lowercase();
@@ -54,7 +51,8 @@ fn transient_code(code: &str) -> bool {
     // PostgreSQL: connection exceptions (08…), shutdown and restart (57P01 admin_shutdown,
     // 57P02 crash_shutdown, 57P03 cannot_connect_now), too many connections, serialization
     // failures and deadlocks (a retry wins).
-    code.starts_with("08")
+    // (08P01 is a protocol violation: a bug, not an outage.)
+    (code.starts_with("08") && code != "08P01")
         || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01")
         // SQLite: BUSY (5) and its extended codes, LOCKED (6), IOERR (10), FULL (13).
         || matches!(code, "5" | "6" | "10" | "13" | "261" | "517" | "773")
@@ -134,7 +132,7 @@ mod tests {
         for code in ["08006", "57P01", "57P03", "40001", "5", "517"] {
             assert!(transient_code(code), "{code}");
         }
-        for code in ["23505", "42P01", "19", "1"] {
+        for code in ["23505", "42P01", "08P01", "19", "1"] {
             assert!(!transient_code(code), "{code}");
         }
     }

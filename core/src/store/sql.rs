@@ -135,8 +135,10 @@ async fn insert_version(
     at: i64,
 ) -> Result<(), StoreError> {
     sqlx::query(
+        // Touching a stored version (its row lock, its time) keeps a concurrent clean from
+        // removing it while a run that uses it is being created.
         "INSERT INTO dag_version (dag_id, version, file, source, created_at) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (dag_id, version) DO NOTHING",
+         ON CONFLICT (dag_id, version) DO UPDATE SET created_at = excluded.created_at",
     )
     .bind(&version.dag_id)
     .bind(&version.hash)
@@ -288,8 +290,9 @@ impl SqlStore {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
-            // A CLI command against a server that is down should say so promptly.
-            .acquire_timeout(std::time::Duration::from_secs(10))
+            // A CLI command against a server that is down should say so promptly, and a run
+            // driver should learn of an outage soon enough to apply its own deadline.
+            .acquire_timeout(std::time::Duration::from_secs(3))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -1213,7 +1216,7 @@ impl Retention for SqlStore {
             // Versions no run or attempt uses any more (the current one is stored again by
             // its next run).
             sqlx::query(
-                "DELETE FROM dag_version WHERE NOT EXISTS (
+                "DELETE FROM dag_version WHERE created_at < $1 AND NOT EXISTS (
                      SELECT 1 FROM dag_run r
                      WHERE r.dag_id = dag_version.dag_id AND r.dag_hash = dag_version.version
                  ) AND NOT EXISTS (
@@ -1221,6 +1224,8 @@ impl Retention for SqlStore {
                      WHERE a.dag_id = dag_version.dag_id AND a.dag_hash = dag_version.version
                  )",
             )
+            // Not a version stored or used in the last hour: a run being created may use it.
+            .bind(micros(Utc::now() - chrono::Duration::hours(1)))
             .execute(&mut *tx)
             .await
             .map_err(query_error("clean DAG versions"))?;

@@ -61,9 +61,10 @@ impl GroupCommit {
     /// is applied even if the caller stops waiting; the answer then goes nowhere.
     pub async fn write(&self, changes: Vec<TaskChange>) -> Result<Moved, StoreError> {
         let (reply, answer) = oneshot::channel();
+        // The writer task ended (its runtime is shutting down): not an outage to wait out.
         let gone = || StoreError::Query {
             what: "transition tasks",
-            source: sqlx::Error::WorkerCrashed,
+            source: sqlx::Error::Protocol("the store's transition writer has stopped".into()),
         };
         self.requests
             .send(Request { changes, reply })

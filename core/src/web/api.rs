@@ -274,10 +274,12 @@ async fn get_dag_version(
         })?;
     let source: crate::dag::DagSource = serde_json::from_value(stored.source)
         .map_err(|e| ApiError::internal(format!("stored version {version} does not read: {e}")))?;
+    // Shown masked, like everything else the API serves.
+    let source = source.masked();
     let current = state.dags.get().get(&dag_id).cloned();
     let diff = current
         .as_ref()
-        .map(|dag| source.diff(&dag.source, &stored.file))
+        .map(|dag| source.diff(&dag.source.masked(), &stored.file))
         .unwrap_or_default();
     Ok(Json(DagVersionJson {
         dag_id,

@@ -251,6 +251,10 @@ impl Operator for ClickhouseLoad {
 
         // Encode batches on a blocking thread while earlier ones are on the wire.
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        // Set once every row was sent: a body whose encoder stopped before (a panic) ends
+        // with an error, so ClickHouse commits nothing of it.
+        let complete = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let completed = complete.clone();
         let encoder = tokio::task::spawn_blocking(move || {
             let mut single = single;
             for i in 0..slices.count() {
@@ -258,7 +262,12 @@ impl Operator for ClickhouseLoad {
                     Some(prepared) => (prepared, rows),
                     None => match slices.prepare(i) {
                         Ok((_, prepared, height)) => (prepared, height),
-                        Err(_) => return, // checked above: cannot happen
+                        Err(e) => {
+                            // The body ends with an error, never cleanly: ClickHouse commits
+                            // no part of an INSERT whose body broke off.
+                            let _ = tx.blocking_send(Err(std::io::Error::other(e.message)));
+                            return;
+                        }
                     },
                 };
                 let mut out = Vec::with_capacity(height * 64);
@@ -271,12 +280,29 @@ impl Operator for ClickhouseLoad {
                     return; // the request ended early; its error is reported by the insert
                 }
             }
+            completed.store(true, std::sync::atomic::Ordering::SeqCst);
         });
-        let body = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
+        let body = futures::stream::unfold(Some(rx), move |rx| {
+            let complete = complete.clone();
+            async move {
+                let mut rx = rx?;
+                match rx.recv().await {
+                    Some(item) => Some((item, Some(rx))),
+                    None if complete.load(std::sync::atomic::Ordering::SeqCst) => None,
+                    None => Some((
+                        Err(std::io::Error::other(
+                            "the row encoder stopped before the last row",
+                        )),
+                        None,
+                    )),
+                }
+            }
         });
         let inserted = ch.insert(table, &names, body).await;
-        let _ = encoder.await;
+        // A panicking encoder drops its sender: the body ended early, and so does this load.
+        encoder
+            .await
+            .map_err(|e| OperatorError::fatal(format!("encoding the rows panicked: {e}")))?;
         inserted?;
 
         let secs = started.elapsed().as_secs_f64();

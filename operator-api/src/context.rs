@@ -266,6 +266,18 @@ impl TaskLog {
     }
 }
 
+/// A staged artifact file, removed when dropped unless it was committed (taken out).
+struct StagedFile(Option<PathBuf>);
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            // No half-written file stays behind.
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// Everything one try of one task can see.
 #[derive(Debug, Clone)]
 pub struct TaskContext {
@@ -335,6 +347,9 @@ impl TaskContext {
             .staging_path(&key)
             .await
             .map_err(|e| OperatorError::retryable(e.to_string()))?;
+        // A try stopped mid-write (a timeout, a cancel) drops this future: the guard still
+        // removes the half-written file.
+        let mut guard = StagedFile(Some(staged.clone()));
         let path = staged.clone();
         let written = tokio::task::spawn_blocking(move || write(&path))
             .await
@@ -349,9 +364,8 @@ impl TaskContext {
                 .map_err(|e| OperatorError::retryable(e.to_string())),
             Err(e) => Err(e),
         };
-        if committed.is_err() {
-            // No half-written file stays behind.
-            let _ = tokio::fs::remove_file(&staged).await;
+        if committed.is_ok() {
+            guard.0 = None;
         }
         committed
     }
@@ -415,30 +429,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_table_that_fails_to_write_leaves_no_file_and_can_be_retried() {
-        use chrono::TimeZone;
         let dir = tempfile::tempdir().unwrap();
-        let t = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 0, 0).unwrap();
-        let ctx = TaskContext {
-            vars: TemplateVars::new(
-                "d",
-                "r",
-                "t",
-                1,
-                t,
-                (t, t),
-                serde_json::json!({}),
-                serde_json::json!({}),
-            ),
-            dag_dir: dir.path().to_path_buf(),
-            config_files: Default::default(),
-            upstream: Default::default(),
-            connections: Arc::new(Connections::default()),
-            artifacts: Arc::new(crate::LocalArtifactStore::new(dir.path().join("artifacts"))),
-            log: TaskLog::discard(),
-            deliveries: Arc::new(crate::NoLedger),
-            processes: Arc::new(crate::NoProcesses),
-            cancel: Default::default(),
-        };
+        let ctx = test_context(dir.path());
         // Half a table, then the disk is full.
         let failed = ctx
             .write_table("arrow", |path| {
@@ -464,6 +456,50 @@ mod tests {
         assert_eq!(rows, 1);
         assert_eq!(walk(&dir.path().join("artifacts")).len(), 1);
         assert_eq!(table.location, "d/r/t.try1.arrow");
+    }
+
+    /// A try's context with its artifacts under `dir/artifacts`.
+    fn test_context(dir: &Path) -> TaskContext {
+        use chrono::TimeZone;
+        let t = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 0, 0).unwrap();
+        TaskContext {
+            vars: TemplateVars::new(
+                "d",
+                "r",
+                "t",
+                1,
+                t,
+                (t, t),
+                serde_json::json!({}),
+                serde_json::json!({}),
+            ),
+            dag_dir: dir.to_path_buf(),
+            config_files: Default::default(),
+            upstream: Default::default(),
+            connections: Arc::new(Connections::default()),
+            artifacts: Arc::new(crate::LocalArtifactStore::new(dir.join("artifacts"))),
+            log: TaskLog::discard(),
+            deliveries: Arc::new(crate::NoLedger),
+            processes: Arc::new(crate::NoProcesses),
+            cancel: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_try_stopped_mid_write_leaves_no_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = test_context(dir.path());
+        // The try's timeout drops the write while the table is half written.
+        let write = ctx.write_table("arrow", |path| {
+            std::fs::write(path, b"half a table").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            Ok(1)
+        });
+        let stopped = tokio::time::timeout(std::time::Duration::from_millis(100), write).await;
+        assert!(stopped.is_err());
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        let left = walk(&dir.path().join("artifacts"));
+        assert!(left.is_empty(), "no partial file stays: {left:?}");
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -39,7 +39,8 @@ impl Cluster {
     fn command(&self) -> std::process::Command {
         let mut cmd = sluice(self.dir.path());
         cmd.env("SLUICE_DATABASE_URL", &self.database)
-            .env("SLUICE_LOG", "info");
+            .env("SLUICE_LOG", "info")
+            .env("SLUICE_POOLS", "p2=2");
         cmd
     }
 
@@ -53,6 +54,12 @@ impl Cluster {
             .spawn()
             .unwrap();
         self.children.push((name.to_string(), child));
+    }
+
+    fn kill(&mut self, name: &str) {
+        let (_, child) = self.children.iter_mut().find(|(n, _)| n == name).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     fn scheduler(&mut self, name: &str, worker_timeout: &str) {
@@ -322,4 +329,96 @@ async fn a_killed_workers_try_runs_elsewhere_and_a_stalled_workers_late_end_is_r
         stalled_log.contains("refused") || stalled_log.contains("no longer has this try running"),
         "the stalled worker's late end was refused:\n{stalled_log}"
     );
+}
+
+/// The most tries of `pool_tasks` running at once, from the history's starts and ends.
+fn most_at_once(
+    history: &[sluice_core::store::StateChange],
+    pool_tasks: &HashSet<String>,
+) -> usize {
+    let mut edges: Vec<(chrono::DateTime<chrono::Utc>, i32)> = history
+        .iter()
+        .filter(|h| pool_tasks.contains(&h.task_id))
+        .filter_map(|h| match (h.from, h.to) {
+            (_, TaskState::Running) => Some((h.at, 1)),
+            (TaskState::Running, _) => Some((h.at, -1)),
+            _ => None,
+        })
+        .collect();
+    // An end and a start at the same instant: the end first.
+    edges.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_schedulers_and_three_workers_run_twenty_runs_once_each_within_the_pool() {
+    // 30 tasks: a root, 29 after it; every third one takes a slot of pool p2 (size 2).
+    let mut tasks = String::from("  - {id: t00, operator: sleep, config: {duration: 50ms}}\n");
+    for i in 1..30 {
+        let pool = if i % 3 == 0 { ", pool: p2" } else { "" };
+        tasks.push_str(&format!(
+            "  - {{id: t{i:02}, operator: sleep, depends_on: t00{pool}, config: {{duration: 100ms}}}}\n"
+        ));
+    }
+    let mut c = Cluster::new(&format!("dag_id: d\nmax_active_runs: 20\ntasks:\n{tasks}")).await;
+    c.scheduler("s1", "10s");
+    c.scheduler("s2", "10s");
+    for name in ["w1", "w2", "w3"] {
+        c.worker(name, 4);
+    }
+    for day in 1..=20 {
+        c.trigger(&format!("2026-01-{day:02}T00:00:00Z"));
+    }
+    // One scheduler dies mid-way: the other drives its runs to the end.
+    let store = c.store().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let runs = store.list_runs(&RunFilter::default()).await.unwrap();
+        if runs.iter().filter(|r| r.state.is_finished()).count() >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no run finished\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.kill("s1");
+    let runs = c.finished(20, Duration::from_secs(120)).await;
+    assert!(
+        runs.iter().all(|r| r.state == RunState::Success),
+        "{runs:?}\n{}",
+        c.logs()
+    );
+    let dates: HashSet<_> = runs.iter().map(|r| r.logical_date).collect();
+    assert_eq!(dates.len(), 20, "no run is duplicated");
+    let pool_tasks: HashSet<String> = (1..30)
+        .filter(|i| i % 3 == 0)
+        .map(|i| format!("t{i:02}"))
+        .collect();
+    let mut workers = BTreeSet::new();
+    let mut history = Vec::new();
+    for run in &runs {
+        for ti in store.task_instances("d", &run.run_id).await.unwrap() {
+            assert_eq!((ti.state, ti.try_number), (TaskState::Success, 1), "{ti:?}");
+            workers.insert(ti.worker.clone().expect("a worker ran it"));
+        }
+        let changes = store.history("d", &run.run_id).await.unwrap();
+        let starts = changes
+            .iter()
+            .filter(|h| h.to == TaskState::Running)
+            .count();
+        assert_eq!(
+            starts, 30,
+            "every task started exactly once in {}",
+            run.run_id
+        );
+        history.extend(changes);
+    }
+    assert!(workers.len() >= 2, "{workers:?}");
+    let most = most_at_once(&history, &pool_tasks);
+    assert!(most <= 2, "pool p2 (2 slots) had {most} tries at once");
+    assert_eq!(most, 2, "the pool was used to its size");
 }

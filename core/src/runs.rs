@@ -131,6 +131,7 @@ pub fn new_task_instance(task: &crate::dag::Task) -> NewTaskInstance {
         task_id: task.id.clone(),
         operator: task.operator_name.clone(),
         max_tries: task.retry.retries + 1,
+        pool: task.pool.clone(),
     }
 }
 

@@ -36,6 +36,7 @@ fn new_run(dag: &str, start: DateTime<Utc>, tasks: &[&str]) -> NewRun {
                 task_id: t.to_string(),
                 operator: "noop".into(),
                 max_tries: 3,
+                pool: None,
             })
             .collect(),
         at: start,

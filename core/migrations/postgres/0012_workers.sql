@@ -5,6 +5,15 @@ ALTER TABLE task_instance ADD COLUMN queue TEXT;
 ALTER TABLE task_instance ADD COLUMN worker TEXT;
 ALTER TABLE task_instance ADD COLUMN hostname TEXT;
 ALTER TABLE task_instance ADD COLUMN heartbeat_at BIGINT;
+-- The pool whose slots its tries take, fixed when the run is created (from its DAG version).
+ALTER TABLE task_instance ADD COLUMN pool TEXT;
+
+-- Pool sizes as the schedulers were given them (SLUICE_POOLS): a worker's claim takes a
+-- pool's row lock and counts its running tries, so no pool is exceeded across workers.
+CREATE TABLE pool (
+    name  TEXT   PRIMARY KEY,
+    slots BIGINT NOT NULL
+);
 
 -- What a worker claims: queued tries of a queue, oldest first.
 CREATE INDEX task_instance_claimable ON task_instance (queue, queued_at) WHERE state = 'queued';

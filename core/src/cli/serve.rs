@@ -172,6 +172,14 @@ pub async fn run(
         }
         None => None,
     };
+    if args.executor == "workers" {
+        // Workers' claims keep each pool within these sizes.
+        let pools: Vec<(String, u32)> = crate::executor::slots::parse_pools(&settings.pools)?
+            .into_iter()
+            .map(|(name, size)| (name, size as u32))
+            .collect();
+        store.set_pools(&pools).await?;
+    }
     let placement = match args.executor.as_str() {
         "workers" => Placement::Workers {
             heartbeat_timeout: args.worker_timeout,

@@ -1162,7 +1162,24 @@ impl RunDriver<'_> {
         plan.extend(decided);
         let mut short = Shortage::default();
         if self.dispatches() {
-            // Queued tries wait in their queue for a worker; the store's claim starts them.
+            // Queued tries wait in their queue for a worker; the store's claim starts them
+            // (and keeps each pool within its size). A pool this scheduler was not given
+            // fails the task, as in-process.
+            for (task, v) in view.iter().enumerate() {
+                let undefined = self.dag.tasks[task]
+                    .pool
+                    .as_deref()
+                    .filter(|p| !slots.has_pool(p));
+                if let (TaskState::Queued, Some(name)) = (v.state, undefined) {
+                    plan.push(Planned::to(task, TaskState::Running));
+                    plan.push(Planned {
+                        reason: Some(format!(
+                            "pool `{name}` is not defined (SLUICE_POOLS=name=size,…)"
+                        )),
+                        ..Planned::to(task, TaskState::Failed)
+                    });
+                }
+            }
             self.apply_all(plan).await?;
             return Ok(short);
         }

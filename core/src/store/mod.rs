@@ -282,6 +282,8 @@ pub struct NewTaskInstance {
     pub operator: String,
     /// Tries allowed: retries + 1.
     pub max_tries: u32,
+    /// The pool whose slots its tries take.
+    pub pool: Option<String>,
 }
 
 /// A run to create, with its task instances.
@@ -671,7 +673,9 @@ pub trait Workers: Send + Sync + std::fmt::Debug {
     /// Claims up to `limit` queued tries of `queues` for `worker`, oldest first, each moved
     /// `queued → running` as a new try with the worker, host and a first heartbeat recorded
     /// (on PostgreSQL with `FOR UPDATE SKIP LOCKED`: workers never wait on each other and
-    /// never claim the same try). Returns the claimed instances.
+    /// never claim the same try). A try of a pool is claimed only while the pool has a free
+    /// slot (counted under the pool's row lock, so workers never exceed it together); one of
+    /// a pool the store does not know waits. Returns the claimed instances.
     async fn claim_tries(
         &self,
         worker: &WorkerBeat,
@@ -688,6 +692,8 @@ pub trait Workers: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<(TaskKey, u32)>, StoreError>;
     /// Every worker that ever heartbeated, most recent first.
     async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError>;
+    /// Records the pools' sizes (`SLUICE_POOLS`) that workers' claims enforce.
+    async fn set_pools(&self, pools: &[(String, u32)]) -> Result<(), StoreError>;
 }
 
 /// A worker process: who it is and what it serves.

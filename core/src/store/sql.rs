@@ -203,15 +203,16 @@ async fn insert_task_instances(
 ) -> Result<(), StoreError> {
     for chunk in tasks.chunks(INSERT_CHUNK) {
         let mut sql = String::from(
-            "INSERT INTO task_instance (dag_id, run_id, task_id, operator, max_tries, state, try_number, updated_at) VALUES ",
+            "INSERT INTO task_instance (dag_id, run_id, task_id, operator, max_tries, pool, state, try_number, updated_at) VALUES ",
         );
         for i in 0..chunk.len() {
-            let p = i * 3 + 4;
+            let p = i * 4 + 4;
             sql.push_str(&format!(
-                "{}($1, $2, ${p}, ${}, ${}, 'pending', 0, $3)",
+                "{}($1, $2, ${p}, ${}, ${}, ${}, 'pending', 0, $3)",
                 if i > 0 { ", " } else { "" },
                 p + 1,
-                p + 2
+                p + 2,
+                p + 3
             ));
         }
         let mut query = sqlx::query(&sql).bind(dag_id).bind(run_id).bind(at);
@@ -219,7 +220,8 @@ async fn insert_task_instances(
             query = query
                 .bind(&task.task_id)
                 .bind(&task.operator)
-                .bind(i64::from(task.max_tries));
+                .bind(i64::from(task.max_tries))
+                .bind(task.pool.as_deref());
         }
         query
             .execute(&mut **tx)
@@ -1332,62 +1334,123 @@ impl Workers for SqlStore {
         // Queue names are identifiers (checked when the DAG is read): `,a,b,` holds them.
         let listed = format!(",{},", queues.join(","));
         let reason = format!("claimed by worker {} on {}", worker.name, worker.hostname);
-        let qualified: String = TI_COLUMNS
-            .split(", ")
-            .map(|c| format!("t.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let set = "state = 'running', try_number = t.try_number + 1, started_at = $3,
-                   ended_at = NULL, next_retry_at = NULL, error = NULL, updated_at = $3,
-                   worker = $4, hostname = $5, heartbeat_at = $3, last_reason = $6,
-                   last_write = NULL";
-        let sql = match self.backend {
-            // SKIP LOCKED: a row another worker's claim holds is passed over, not waited on.
-            // The history rows come from the claimed rows in the same statement.
-            Backend::Postgres => format!(
-                "WITH picked AS (
-                     SELECT dag_id, run_id, task_id FROM task_instance
-                     WHERE state = 'queued' AND queue IS NOT NULL
-                       AND strpos($1, ',' || queue || ',') > 0
-                     ORDER BY queued_at LIMIT $2
-                     FOR UPDATE SKIP LOCKED
-                 ), claimed AS (
-                     UPDATE task_instance t SET {set}
-                     FROM picked
-                     WHERE t.dag_id = picked.dag_id AND t.run_id = picked.run_id
-                       AND t.task_id = picked.task_id AND t.state = 'queued'
-                     RETURNING {qualified}
-                 ), history AS (
-                     INSERT INTO task_state_history (dag_id, run_id, task_id, try_number, from_state, to_state, at, reason)
-                     SELECT dag_id, run_id, task_id, try_number, 'queued', 'running', $3, $6 FROM claimed
-                 )
-                 SELECT {TI_COLUMNS} FROM claimed"
-            ),
-            // One writer at a time: the sub-select and the update see the same rows. The
-            // history rows come from the trigger.
-            Backend::Sqlite => format!(
-                "UPDATE task_instance AS t SET {set}
-                 WHERE t.state = 'queued' AND (t.dag_id, t.run_id, t.task_id) IN (
-                     SELECT dag_id, run_id, task_id FROM task_instance
-                     WHERE state = 'queued' AND queue IS NOT NULL
-                       AND instr($1, ',' || queue || ',') > 0
-                     ORDER BY queued_at LIMIT $2
-                 )
-                 RETURNING {TI_COLUMNS}"
-            ),
+        let in_list = match self.backend {
+            Backend::Postgres => "strpos($1, ',' || queue || ',') > 0",
+            Backend::Sqlite => "instr($1, ',' || queue || ',') > 0",
+        };
+        // SKIP LOCKED: a row another worker's claim holds is passed over, not waited on.
+        // (SQLite has one writer at a time: the transaction alone keeps claims apart.)
+        let lock = match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
         };
         let _turn = self.write_turn().await;
-        let rows = sqlx::query(&sql)
-            .bind(listed)
-            .bind(i64::from(limit))
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_error("begin a claim"))?;
+        let candidates = sqlx::query(&format!(
+            "SELECT dag_id, run_id, task_id, pool FROM task_instance
+             WHERE state = 'queued' AND queue IS NOT NULL AND {in_list}
+             ORDER BY queued_at LIMIT $2 {lock}"
+        ))
+        .bind(&listed)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query_error("find queued tries"))?;
+        let mut chosen: Vec<(String, String, String)> = Vec::new();
+        let mut room: std::collections::BTreeMap<String, i64> = Default::default();
+        for row in &candidates {
+            let key: (String, String, String) = (
+                get(row, "dag_id")?,
+                get(row, "run_id")?,
+                get(row, "task_id")?,
+            );
+            let Some(pool) = get::<Option<String>>(row, "pool")? else {
+                chosen.push(key);
+                continue;
+            };
+            if !room.contains_key(&pool) {
+                // The pool's row lock orders the claims of one pool across workers; its
+                // running tries are counted after it is taken.
+                let slots = sqlx::query(&format!(
+                    "SELECT slots FROM pool WHERE name = $1 {}",
+                    if self.backend == Backend::Postgres {
+                        "FOR UPDATE"
+                    } else {
+                        ""
+                    }
+                ))
+                .bind(&pool)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(query_error("read a pool"))?
+                .map(|row| get::<i64>(&row, "slots"))
+                .transpose()?
+                .unwrap_or(0);
+                let busy: i64 = sqlx::query(
+                    "SELECT count(*) AS n FROM task_instance WHERE pool = $1 AND state = 'running'",
+                )
+                .bind(&pool)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(query_error("count a pool's tries"))
+                .and_then(|row| get::<i64>(&row, "n"))?;
+                room.insert(pool.clone(), slots - busy);
+            }
+            let free = room.get_mut(&pool).expect("inserted above");
+            if *free > 0 {
+                *free -= 1;
+                chosen.push(key);
+            }
+        }
+        // The tries start now, after any wait for a pool's lock: the history's start times
+        // must not run ahead of the claims that freed their slots.
+        let now = now.max(Utc::now());
+        let mut claimed = Vec::with_capacity(chosen.len());
+        for (dag_id, run_id, task_id) in chosen {
+            let row = sqlx::query(&format!(
+                "UPDATE task_instance SET state = 'running', try_number = try_number + 1,
+                     started_at = $4, ended_at = NULL, next_retry_at = NULL, error = NULL,
+                     updated_at = $4, worker = $5, hostname = $6, heartbeat_at = $4,
+                     last_reason = $7, last_write = NULL
+                 WHERE dag_id = $1 AND run_id = $2 AND task_id = $3 AND state = 'queued'
+                 RETURNING {TI_COLUMNS}"
+            ))
+            .bind(&dag_id)
+            .bind(&run_id)
+            .bind(&task_id)
             .bind(micros(now))
             .bind(&worker.name)
             .bind(&worker.hostname)
-            .bind(reason)
-            .fetch_all(&self.pool)
+            .bind(&reason)
+            .fetch_optional(&mut *tx)
             .await
-            .map_err(query_error("claim tries"))?;
-        rows.iter().map(ti_from_row).collect()
+            .map_err(query_error("claim a try"))?;
+            let Some(row) = row else { continue };
+            let ti = ti_from_row(&row)?;
+            if self.backend == Backend::Postgres {
+                // PostgreSQL has no history trigger (the batched statement writes history).
+                sqlx::query(
+                    "INSERT INTO task_state_history (dag_id, run_id, task_id, try_number, from_state, to_state, at, reason)
+                     VALUES ($1, $2, $3, $4, 'queued', 'running', $5, $6)",
+                )
+                .bind(&ti.dag_id)
+                .bind(&ti.run_id)
+                .bind(&ti.task_id)
+                .bind(i64::from(ti.try_number))
+                .bind(micros(now))
+                .bind(&reason)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error("record a claim"))?;
+            }
+            claimed.push(ti);
+        }
+        tx.commit().await.map_err(query_error("commit a claim"))?;
+        Ok(claimed)
     }
 
     async fn worker_heartbeat(
@@ -1434,6 +1497,22 @@ impl Workers for SqlStore {
                 ))
             })
             .collect()
+    }
+
+    async fn set_pools(&self, pools: &[(String, u32)]) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        for (name, slots) in pools {
+            sqlx::query(
+                "INSERT INTO pool (name, slots) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET slots = excluded.slots",
+            )
+            .bind(name)
+            .bind(i64::from(*slots))
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("record a pool"))?;
+        }
+        Ok(())
     }
 
     async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError> {

@@ -1373,3 +1373,114 @@ async fn postgres_going_down_mid_extract_is_retried_and_the_rows_equal_a_clean_r
     want.sort_by(|a, b| a.chip_id.cmp(&b.chip_id));
     check_stats(&p.rows("user_prosthesis_stats", true).await, &want);
 }
+
+/// Each task of the reference DAG in a queue of its own.
+fn queue_per_task(dag: String) -> String {
+    dag.lines()
+        .map(|line| match line.strip_prefix("  - id: ") {
+            Some(id) => format!("{line}\n    queue: {id}"),
+            None => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_pipeline_runs_with_each_task_on_its_own_worker() {
+    let p = Pipeline::new(reports::Behaviour::default(), queue_per_task).await;
+    let src = sources();
+    seed(&p.crm, &p.telemetry, &src).await;
+    let database = common::fresh_pg_database().await;
+    let command = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.args(args)
+            .env("SLUICE_HOME", p.home.path().join("home"))
+            .env("SLUICE_DAGS_FOLDER", &p.dags)
+            .env("SLUICE_DATABASE_URL", &database)
+            .env("SLUICE_CONN_CRM", &p.crm)
+            .env("SLUICE_CONN_TELEMETRY", &p.telemetry)
+            .env(
+                "SLUICE_CONN_CLICKHOUSE",
+                format!(
+                    "clickhouse://{}/{}",
+                    common::clickhouse_http().trim_start_matches("http://"),
+                    p.ch_db
+                ),
+            )
+            .env("SLUICE_CONN_REPORTS", &p.reports)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd
+    };
+    let tasks = [
+        "extract_crm",
+        "extract_telemetry",
+        "compute_metrics",
+        "quarantine",
+        "load_stats",
+        "load_quarantine",
+        "invalidate_reports",
+    ];
+    let mut children = vec![command(&["scheduler", "--executor", "workers"])
+        .spawn()
+        .unwrap()];
+    for task in tasks {
+        children.push(
+            command(&["worker", "--name", &format!("w-{task}"), "--queues", task])
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let trigger = command(&[
+        "dags",
+        "trigger",
+        "prosthesis_stats",
+        "--logical-date",
+        "2026-11-23T10:07:00Z",
+    ])
+    .status()
+    .unwrap();
+    assert!(trigger.success());
+    let store = sluice_core::store::open(&database).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let run = loop {
+        let runs = store
+            .list_runs(&sluice_core::store::RunFilter::default())
+            .await
+            .unwrap();
+        // The triggered run (the schedule adds one of its own for the latest interval).
+        if let Some(run) = runs
+            .into_iter()
+            .find(|r| r.run_type == sluice_core::store::RunType::Manual && r.state.is_finished())
+        {
+            break run;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not finish"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert_eq!(run.state, sluice_core::state::RunState::Success);
+    for ti in store
+        .task_instances("prosthesis_stats", &run.run_id)
+        .await
+        .unwrap()
+    {
+        assert_eq!(
+            ti.worker.as_deref(),
+            Some(format!("w-{}", ti.task_id).as_str()),
+            "each task ran on its own worker: {ti:?}"
+        );
+    }
+    // The same rows as the in-process run's contract: the independent computation.
+    let (mut want, _) = expected(&src);
+    want.sort_by(|a, b| a.chip_id.cmp(&b.chip_id));
+    check_stats(&p.rows("user_prosthesis_stats", true).await, &want);
+    assert!(p.receiver_count().await > 0, "the invalidations were sent");
+}

@@ -1339,6 +1339,7 @@ mod write_tests {
             worker: None,
             hostname: None,
             heartbeat_at: None,
+            pool: None,
         }
     }
 

@@ -173,6 +173,7 @@ mod tests {
             worker: None,
             hostname: None,
             heartbeat_at: None,
+            pool: None,
         }
     }
 

@@ -189,6 +189,8 @@ pub struct TaskInstance {
     pub hostname: Option<String>,
     /// The worker's last sign of life for the running try.
     pub heartbeat_at: Option<DateTime<Utc>>,
+    /// The pool whose slots its tries take.
+    pub pool: Option<String>,
 }
 
 impl TaskInstance {

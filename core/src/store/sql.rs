@@ -24,7 +24,7 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 const RUN_COLUMNS: &str = "dag_id, run_id, logical_date, data_interval_start, data_interval_end, run_type, state, conf, dag_hash, created_at, started_at, ended_at, backfill_max_active_runs, attempt";
 /// The columns a new run is inserted with (`attempt` starts at its default, 1).
 const NEW_RUN_COLUMNS: &str = "dag_id, run_id, logical_date, data_interval_start, data_interval_end, run_type, state, conf, dag_hash, created_at, started_at, ended_at, backfill_max_active_runs";
-const TI_COLUMNS: &str = "dag_id, run_id, task_id, operator, state, try_number, max_tries, queued_at, started_at, ended_at, next_retry_at, output, error, updated_at, queue, worker, hostname, heartbeat_at";
+const TI_COLUMNS: &str = "dag_id, run_id, task_id, operator, state, try_number, max_tries, queued_at, started_at, ended_at, next_retry_at, output, error, updated_at, queue, worker, hostname, heartbeat_at, pool";
 /// Rows per multi-row INSERT: well under both backends' bind-parameter limits.
 const INSERT_CHUNK: usize = 500;
 
@@ -171,6 +171,7 @@ fn ti_from_row(row: &AnyRow) -> Result<TaskInstance, StoreError> {
         worker: get(row, "worker")?,
         hostname: get(row, "hostname")?,
         heartbeat_at: opt_instant("heartbeat_at", get(row, "heartbeat_at")?)?,
+        pool: get(row, "pool")?,
     })
 }
 

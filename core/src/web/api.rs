@@ -421,6 +421,14 @@ pub(super) struct TaskInstanceJson {
     error: Option<String>,
     /// What the successful try returned: a table by reference, small values by value.
     output: Option<sluice_operator_api::TaskOutput>,
+    /// The machine of the latest try (Airflow's `hostname`).
+    hostname: Option<String>,
+    /// The worker that ran the latest try (null when the scheduler's process ran it).
+    worker: Option<String>,
+    /// The worker queue it waits in or was claimed from (null: it runs in the scheduler).
+    queue: Option<String>,
+    /// The pool whose slots its tries take.
+    pool: Option<String>,
 }
 
 impl From<&TaskInstance> for TaskInstanceJson {
@@ -446,6 +454,10 @@ impl From<&TaskInstance> for TaskInstanceJson {
             next_retry_at: ti.next_retry_at.map(instant),
             error: ti.error.clone(),
             output: ti.output.clone(),
+            hostname: ti.hostname.clone(),
+            worker: ti.worker.clone(),
+            queue: ti.queue.clone(),
+            pool: ti.pool.clone(),
         }
     }
 }

@@ -127,6 +127,9 @@ pub struct Executor {
     host: String,
     /// Where the runs' tries execute.
     placement: Placement,
+    /// With workers: the store's notifications of tries that ended (`dag_id/run_id`),
+    /// shared by the runs this executor drives (one listening connection per process).
+    ended: Arc<tokio::sync::OnceCell<Option<tokio::sync::broadcast::Sender<String>>>>,
 }
 
 /// Where the tries of the runs an executor drives execute.
@@ -209,6 +212,7 @@ impl Executor {
             outage_deadline: settings.store_outage_deadline,
             host: processes::hostname(),
             placement: Placement::Local,
+            ended: Default::default(),
             masker: Masker::new(
                 secrets_of_env(std::env::vars())
                     .into_iter()
@@ -247,6 +251,33 @@ impl Executor {
     /// The store this executor writes to.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Notifications of tries that workers ended, where the store has them (PostgreSQL).
+    async fn ended_events(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        let sender = self
+            .ended
+            .get_or_init(|| async {
+                match self.store.listen(crate::store::Wake::Ended).await {
+                    Ok(Some(mut events)) => {
+                        let (tx, _) = tokio::sync::broadcast::channel(1024);
+                        let forward = tx.clone();
+                        tokio::spawn(async move {
+                            while let Some(payload) = events.recv().await {
+                                let _ = forward.send(payload);
+                            }
+                        });
+                        Some(tx)
+                    }
+                    Ok(None) => None,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot listen for ended tries; polling only");
+                        None
+                    }
+                }
+            })
+            .await;
+        sender.as_ref().map(|tx| tx.subscribe())
     }
 
     /// Everything try `try_number` of `dag.tasks[task]` in `run` can see; `instances` are the
@@ -534,7 +565,16 @@ impl RunDriver<'_> {
             }
         }
         match self.write(changes.clone()).await {
-            Ok(()) => {}
+            Ok(()) => {
+                if self.dispatches() && changes.iter().any(|c| c.queue.is_some()) {
+                    // Workers claim at once instead of at their next poll.
+                    let _ = self
+                        .executor
+                        .store
+                        .notify(crate::store::Wake::Queued, "")
+                        .await;
+                }
+            }
             Err(ExecutorError::Store(StoreError::Conflict { what, found, .. }))
                 if self.dispatches() =>
             {
@@ -971,6 +1011,20 @@ impl RunDriver<'_> {
             } => (Some(poll), heartbeat_timeout),
             Placement::Local => (None, Duration::MAX),
         };
+        // Workers' notifications wake the driver when one of its tries ended; the poll only
+        // covers a lost notification then.
+        let mut ended_events = match follow {
+            Some(_) => self.executor.ended_events().await,
+            None => None,
+        };
+        let follow = follow.map(|poll| {
+            if ended_events.is_some() {
+                poll.max(Duration::from_secs(1))
+            } else {
+                poll
+            }
+        });
+        let me = format!("{}/{}", self.dag.dag_id, self.run.run_id);
         let mut follow_tick = tokio::time::interval(follow.unwrap_or(Duration::from_secs(3600)));
         follow_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -1052,6 +1106,27 @@ impl RunDriver<'_> {
                     spare = permit.ok();
                 }
                 _ = released.changed(), if short.other => {}
+                event = async {
+                    match ended_events.as_mut() {
+                        Some(events) => events.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    use tokio::sync::broadcast::error::RecvError;
+                    let mine = match event {
+                        Ok(run) => run == me,
+                        // Notifications were missed: one may have been this run's.
+                        Err(RecvError::Lagged(_)) => true,
+                        Err(RecvError::Closed) => {
+                            ended_events = None;
+                            false
+                        }
+                    };
+                    if mine {
+                        let dead = self.follow_workers(Some(heartbeat_timeout)).await?;
+                        ended.extend(dead);
+                    }
+                }
                 _ = follow_tick.tick(), if follow.is_some() => {
                     let dead = self.follow_workers(Some(heartbeat_timeout)).await?;
                     ended.extend(dead);

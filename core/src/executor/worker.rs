@@ -84,6 +84,21 @@ impl Worker {
         let store = this.executor.store.clone();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<TaskKey>();
         let mut running: HashMap<TaskKey, Running> = HashMap::new();
+        // Queued tries wake the worker at once (PostgreSQL LISTEN); polling covers a lost
+        // notification, and is all there is on SQLite.
+        let mut queued = match store.listen(crate::store::Wake::Queued).await {
+            Ok(queued) => queued,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for queued tries; polling only");
+                None
+            }
+        };
+        let poll = if queued.is_some() {
+            this.options.poll.max(Duration::from_millis(500))
+        } else {
+            this.options.poll
+        };
+        let mut wake_now = true;
         let mut beat = tokio::time::interval(this.options.heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(worker = %me.name, queues = %me.queues.join(","), concurrency = me.concurrency, "worker started");
@@ -109,8 +124,14 @@ impl Worker {
                 }
                 Some(key) = done_rx.recv() => {
                     running.remove(&key);
+                    // A freed slot may take a try that waits.
+                    wake_now = true;
                 }
-                _ = tokio::time::sleep(this.options.poll), if room > 0 => {
+                Some(_) = async { queued.as_mut()?.recv().await }, if queued.is_some() => {
+                    wake_now = true;
+                }
+                _ = tokio::time::sleep(if wake_now { Duration::ZERO } else { poll }), if room > 0 => {
+                    wake_now = false;
                     let claimed = match store.claim_tries(&me, &me.queues, room as u32, Utc::now()).await {
                         Ok(claimed) => claimed,
                         Err(error) => {
@@ -285,7 +306,15 @@ impl Worker {
         )
         .await;
         match written {
-            Ok(()) => {}
+            Ok(()) => {
+                // The run's driver decides what comes next at once.
+                let _ = store
+                    .notify(
+                        crate::store::Wake::Ended,
+                        &format!("{}/{}", key.dag_id, key.run_id),
+                    )
+                    .await;
+            }
             Err(StoreError::Conflict { .. } | StoreError::Fenced { .. }) => {
                 tracing::warn!(task = %key, try_number = ti.try_number, "the try's end was refused: the try was taken back or cancelled meanwhile")
             }

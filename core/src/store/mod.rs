@@ -696,6 +696,34 @@ pub trait Workers: Send + Sync + std::fmt::Debug {
     async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError>;
     /// Records the pools' sizes (`SLUICE_POOLS`) that workers' claims enforce.
     async fn set_pools(&self, pools: &[(String, u32)]) -> Result<(), StoreError>;
+    /// Wakes whoever listens on `wake` (PostgreSQL `NOTIFY`; nothing on SQLite, where the
+    /// listeners poll).
+    async fn notify(&self, wake: Wake, payload: &str) -> Result<(), StoreError>;
+    /// The payloads of `wake`'s notifications from now on, or `None` where the store has
+    /// none (SQLite): the caller polls instead. The listening connection reconnects by itself.
+    async fn listen(
+        &self,
+        wake: Wake,
+    ) -> Result<Option<tokio::sync::mpsc::UnboundedReceiver<String>>, StoreError>;
+}
+
+/// What a store notification announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Tries were queued for workers.
+    Queued,
+    /// A worker recorded a try's end (payload: `dag_id/run_id`).
+    Ended,
+}
+
+impl Wake {
+    /// The PostgreSQL channel.
+    pub fn channel(self) -> &'static str {
+        match self {
+            Wake::Queued => "sluice_queued",
+            Wake::Ended => "sluice_ended",
+        }
+    }
 }
 
 /// A worker process: who it is and what it serves.

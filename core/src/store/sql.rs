@@ -38,6 +38,8 @@ pub struct SqlStore {
     writer: Arc<tokio::sync::Mutex<()>>,
     /// Task-instance transitions, group-committed across callers.
     transitions: transitions::GroupCommit,
+    /// The database URL, for PostgreSQL's listening connections (never shown).
+    url: String,
 }
 
 fn micros(t: DateTime<Utc>) -> i64 {
@@ -337,6 +339,7 @@ impl SqlStore {
             backend,
             writer,
             transitions,
+            url,
         })
     }
 
@@ -1514,6 +1517,57 @@ impl Workers for SqlStore {
             .map_err(query_error("record a pool"))?;
         }
         Ok(())
+    }
+
+    async fn notify(&self, wake: Wake, payload: &str) -> Result<(), StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(());
+        }
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(wake.channel())
+            .bind(payload)
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("notify"))?;
+        Ok(())
+    }
+
+    async fn listen(
+        &self,
+        wake: Wake,
+    ) -> Result<Option<tokio::sync::mpsc::UnboundedReceiver<String>>, StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&self.url)
+            .await
+            .map_err(|source| StoreError::Open {
+                url: redact_url(&self.url),
+                source,
+            })?;
+        listener
+            .listen(wake.channel())
+            .await
+            .map_err(query_error("listen"))?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(notification) => {
+                        if tx.send(notification.payload().to_string()).is_err() {
+                            return; // nobody listens any more
+                        }
+                    }
+                    Err(error) => {
+                        // It reconnects by itself; notifications sent meanwhile are lost,
+                        // which the listeners' polling covers.
+                        tracing::debug!(%error, "store notifications interrupted");
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        });
+        Ok(Some(rx))
     }
 
     async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError> {

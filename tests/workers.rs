@@ -356,7 +356,7 @@ fn most_at_once(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_schedulers_and_three_workers_run_twenty_runs_once_each_within_the_pool() {
+async fn two_schedulers_and_three_workers_run_twenty_runs_once_each_within_the_limits() {
     // 30 tasks: a root, 29 after it; every third one takes a slot of pool p2 (size 2).
     let mut tasks = String::from("  - {id: t00, operator: sleep, config: {duration: 50ms}}\n");
     for i in 1..30 {
@@ -365,7 +365,10 @@ async fn two_schedulers_and_three_workers_run_twenty_runs_once_each_within_the_p
             "  - {{id: t{i:02}, operator: sleep, depends_on: t00{pool}, config: {{duration: 100ms}}}}\n"
         ));
     }
-    let mut c = Cluster::new(&format!("dag_id: d\nmax_active_runs: 20\ntasks:\n{tasks}")).await;
+    let mut c = Cluster::new(&format!(
+        "dag_id: d\nmax_active_runs: 20\nmax_active_tasks: 5\ntasks:\n{tasks}"
+    ))
+    .await;
     c.scheduler("s1", "10s");
     c.scheduler("s2", "10s");
     for name in ["w1", "w2", "w3"] {
@@ -421,4 +424,11 @@ async fn two_schedulers_and_three_workers_run_twenty_runs_once_each_within_the_p
     let most = most_at_once(&history, &pool_tasks);
     assert!(most <= 2, "pool p2 (2 slots) had {most} tries at once");
     assert_eq!(most, 2, "the pool was used to its size");
+    // The DAG's max_active_tasks (5) holds across its runs, schedulers and workers.
+    let all: HashSet<String> = (0..30).map(|i| format!("t{i:02}")).collect();
+    let most = most_at_once(&history, &all);
+    assert_eq!(
+        most, 5,
+        "max_active_tasks 5: {most} tries of the DAG ran at once at most"
+    );
 }

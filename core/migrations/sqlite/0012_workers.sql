@@ -8,6 +8,10 @@ ALTER TABLE task_instance ADD COLUMN heartbeat_at BIGINT;
 -- The pool whose slots its tries take, fixed when the run is created (from its DAG version).
 ALTER TABLE task_instance ADD COLUMN pool TEXT;
 
+-- A DAG's max_active_tasks as its runs' drivers record it: a worker's claim takes the DAG's
+-- row lock and counts its running tries, as for pools.
+ALTER TABLE dag ADD COLUMN max_active_tasks BIGINT;
+
 -- Pool sizes as the schedulers were given them (SLUICE_POOLS): a worker's claim takes a
 -- pool's row lock and counts its running tries, so no pool is exceeded across workers.
 CREATE TABLE pool (

@@ -479,6 +479,12 @@ impl Executor {
                 }
             }
         }
+        if matches!(self.placement, Placement::Workers { .. }) {
+            // Workers' claims keep the DAG's tries within its max_active_tasks.
+            self.store
+                .set_max_active_tasks(&dag.dag_id, dag.max_active_tasks, Utc::now())
+                .await?;
+        }
         if run.state == RunState::Queued {
             run = self
                 .store

@@ -676,8 +676,9 @@ pub trait Workers: Send + Sync + std::fmt::Debug {
     /// `queued → running` as a new try with the worker, host and a first heartbeat recorded
     /// (on PostgreSQL with `FOR UPDATE SKIP LOCKED`: workers never wait on each other and
     /// never claim the same try). A try of a pool is claimed only while the pool has a free
-    /// slot (counted under the pool's row lock, so workers never exceed it together); one of
-    /// a pool the store does not know waits. Returns the claimed instances.
+    /// slot (counted under the pool's row lock, so workers never exceed it together), and
+    /// likewise within its DAG's recorded `max_active_tasks`; one of a pool the store does
+    /// not know waits. Returns the claimed instances.
     async fn claim_tries(
         &self,
         worker: &WorkerBeat,
@@ -696,6 +697,13 @@ pub trait Workers: Send + Sync + std::fmt::Debug {
     async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError>;
     /// Records the pools' sizes (`SLUICE_POOLS`) that workers' claims enforce.
     async fn set_pools(&self, pools: &[(String, u32)]) -> Result<(), StoreError>;
+    /// Records a DAG's `max_active_tasks`, which workers' claims enforce across its runs.
+    async fn set_max_active_tasks(
+        &self,
+        dag_id: &str,
+        max_active_tasks: u32,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
     /// Wakes whoever listens on `wake` (PostgreSQL `NOTIFY`; nothing on SQLite, where the
     /// listeners poll).
     async fn notify(&self, wake: Wake, payload: &str) -> Result<(), StoreError>;

@@ -1364,50 +1364,92 @@ impl Workers for SqlStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(query_error("find queued tries"))?;
-        let mut chosen: Vec<(String, String, String)> = Vec::new();
-        let mut room: std::collections::BTreeMap<String, i64> = Default::default();
+        let for_update = if self.backend == Backend::Postgres {
+            "FOR UPDATE"
+        } else {
+            ""
+        };
+        struct Candidate {
+            key: (String, String, String),
+            pool: Option<String>,
+        }
+        let mut found = Vec::with_capacity(candidates.len());
         for row in &candidates {
-            let key: (String, String, String) = (
-                get(row, "dag_id")?,
-                get(row, "run_id")?,
-                get(row, "task_id")?,
-            );
-            let Some(pool) = get::<Option<String>>(row, "pool")? else {
-                chosen.push(key);
-                continue;
-            };
-            if !room.contains_key(&pool) {
-                // The pool's row lock orders the claims of one pool across workers; its
-                // running tries are counted after it is taken.
-                let slots = sqlx::query(&format!(
-                    "SELECT slots FROM pool WHERE name = $1 {}",
-                    if self.backend == Backend::Postgres {
-                        "FOR UPDATE"
-                    } else {
-                        ""
-                    }
-                ))
-                .bind(&pool)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(query_error("read a pool"))?
-                .map(|row| get::<i64>(&row, "slots"))
-                .transpose()?
-                .unwrap_or(0);
-                let busy: i64 = sqlx::query(
-                    "SELECT count(*) AS n FROM task_instance WHERE pool = $1 AND state = 'running'",
-                )
-                .bind(&pool)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(query_error("count a pool's tries"))
-                .and_then(|row| get::<i64>(&row, "n"))?;
-                room.insert(pool.clone(), slots - busy);
-            }
-            let free = room.get_mut(&pool).expect("inserted above");
-            if *free > 0 {
-                *free -= 1;
-                chosen.push(key);
+            found.push(Candidate {
+                key: (
+                    get(row, "dag_id")?,
+                    get(row, "run_id")?,
+                    get(row, "task_id")?,
+                ),
+                pool: get(row, "pool")?,
+            });
+        }
+        // Room per DAG (its max_active_tasks) and per pool, each counted under its row's
+        // lock: claims of one DAG or pool are ordered across workers. DAGs first, then
+        // pools, each sorted: every claim takes the locks in one order (no deadlock).
+        let mut dag_room: std::collections::BTreeMap<String, i64> = Default::default();
+        let dags: std::collections::BTreeSet<&String> = found.iter().map(|c| &c.key.0).collect();
+        for dag_id in dags {
+            let limit = sqlx::query(&format!(
+                "SELECT max_active_tasks FROM dag WHERE dag_id = $1 {for_update}"
+            ))
+            .bind(dag_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query_error("read a DAG's limit"))?
+            .map(|row| get::<Option<i64>>(&row, "max_active_tasks"))
+            .transpose()?
+            .flatten();
+            let Some(limit) = limit else { continue };
+            let busy: i64 = sqlx::query(
+                "SELECT count(*) AS n FROM task_instance WHERE dag_id = $1 AND state = 'running'",
+            )
+            .bind(dag_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(query_error("count a DAG's tries"))
+            .and_then(|row| get::<i64>(&row, "n"))?;
+            dag_room.insert(dag_id.clone(), limit - busy);
+        }
+        let mut pool_room: std::collections::BTreeMap<String, i64> = Default::default();
+        let pools: std::collections::BTreeSet<&String> =
+            found.iter().filter_map(|c| c.pool.as_ref()).collect();
+        for pool in pools {
+            let slots = sqlx::query(&format!(
+                "SELECT slots FROM pool WHERE name = $1 {for_update}"
+            ))
+            .bind(pool)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query_error("read a pool"))?
+            .map(|row| get::<i64>(&row, "slots"))
+            .transpose()?
+            .unwrap_or(0);
+            let busy: i64 = sqlx::query(
+                "SELECT count(*) AS n FROM task_instance WHERE pool = $1 AND state = 'running'",
+            )
+            .bind(pool)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(query_error("count a pool's tries"))
+            .and_then(|row| get::<i64>(&row, "n"))?;
+            pool_room.insert(pool.clone(), slots - busy);
+        }
+        let mut chosen: Vec<(String, String, String)> = Vec::new();
+        for candidate in found {
+            let dag_free = dag_room.get(&candidate.key.0).is_none_or(|n| *n > 0);
+            let pool_free = candidate
+                .pool
+                .as_ref()
+                .is_none_or(|p| pool_room.get(p).is_some_and(|n| *n > 0));
+            if dag_free && pool_free {
+                if let Some(n) = dag_room.get_mut(&candidate.key.0) {
+                    *n -= 1;
+                }
+                if let Some(n) = candidate.pool.as_ref().and_then(|p| pool_room.get_mut(p)) {
+                    *n -= 1;
+                }
+                chosen.push(candidate.key);
             }
         }
         // The tries start now, after any wait for a pool's lock: the history's start times
@@ -1568,6 +1610,26 @@ impl Workers for SqlStore {
             }
         });
         Ok(Some(rx))
+    }
+
+    async fn set_max_active_tasks(
+        &self,
+        dag_id: &str,
+        max_active_tasks: u32,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        sqlx::query(
+            "INSERT INTO dag (dag_id, is_paused, updated_at, max_active_tasks) VALUES ($1, 0, $2, $3)
+             ON CONFLICT (dag_id) DO UPDATE SET max_active_tasks = excluded.max_active_tasks",
+        )
+        .bind(dag_id)
+        .bind(micros(at))
+        .bind(i64::from(max_active_tasks))
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("record a DAG's max_active_tasks"))?;
+        Ok(())
     }
 
     async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError> {

@@ -151,6 +151,7 @@ async fn a_stalled_scheduler_that_wakes_up_after_its_lease_cannot_write() {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
+        .map(support::Process)
         .unwrap();
     let trigger = sluice(dir.path())
         .args([
@@ -320,6 +321,7 @@ async fn a_run_finishes_on_its_own_dag_version_when_the_files_change() {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
+            .map(support::Process)
             .unwrap()
     };
     versioned_dag(dir.path(), "extract", 2);
@@ -447,6 +449,7 @@ async fn a_run_rides_out_a_killed_connection_and_a_postgres_restart() {
         // again before the driver's next write.
         .env("SLUICE_RUN_LEASE", "2s")
         .spawn()
+        .map(support::Process)
         .unwrap();
     let trigger = with_pg(sluice(dir.path()))
         .args([
@@ -619,6 +622,7 @@ async fn a_full_disk_fails_the_extract_retryably_and_the_run_succeeds_once_there
         .stdout(std::fs::File::create(dir.path().join("test.out")).unwrap())
         .stderr(Stdio::null())
         .spawn()
+        .map(support::Process)
         .unwrap();
     let store = sluice_core::store::open(&database).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -750,6 +754,7 @@ async fn past_the_outage_deadline_tries_are_stopped_and_run_again_without_using_
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("scheduler.log")).unwrap())
         .spawn()
+        .map(support::Process)
         .unwrap();
     let trigger = sluice(dir.path())
         .env("SLUICE_DATABASE_URL", pg.url())

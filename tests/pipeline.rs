@@ -1422,15 +1422,18 @@ async fn the_reference_pipeline_runs_with_each_task_on_its_own_worker() {
         "load_quarantine",
         "invalidate_reports",
     ];
-    let mut children = vec![command(&["scheduler", "--executor", "workers"])
-        .spawn()
-        .unwrap()];
+    // Killed when dropped, whatever happens to the test.
+    let mut children = vec![support::Process(
+        command(&["scheduler", "--executor", "workers"])
+            .spawn()
+            .unwrap(),
+    )];
     for task in tasks {
-        children.push(
+        children.push(support::Process(
             command(&["worker", "--name", &format!("w-{task}"), "--queues", task])
                 .spawn()
                 .unwrap(),
-        );
+        ));
     }
     let trigger = command(&[
         "dags",
@@ -1462,10 +1465,7 @@ async fn the_reference_pipeline_runs_with_each_task_on_its_own_worker() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
-    for child in &mut children {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(children);
     assert_eq!(run.state, sluice_core::state::RunState::Success);
     for ti in store
         .task_instances("prosthesis_stats", &run.run_id)

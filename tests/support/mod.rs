@@ -17,14 +17,40 @@ pub fn sluice(home: &Path) -> Command {
     cmd
 }
 
+/// A child process that is killed when dropped: a test that fails half-way leaves no
+/// scheduler or worker running behind it.
+pub struct Process(pub Child);
+
+impl std::ops::Deref for Process {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `sluice scheduler` in the background, quiet.
-pub fn start_scheduler(home: &Path) -> Child {
-    sluice(home)
-        .arg("scheduler")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+pub fn start_scheduler(home: &Path) -> Process {
+    Process(
+        sluice(home)
+            .arg("scheduler")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// A PostgreSQL server of the test's own (not the shared one of `scripts/services`), so the

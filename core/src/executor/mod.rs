@@ -1119,7 +1119,7 @@ impl RunDriver<'_> {
                     }
                 } => {
                     use tokio::sync::broadcast::error::RecvError;
-                    let mine = match event {
+                    let mut mine = match event {
                         Ok(run) => run == me,
                         // Notifications were missed: one may have been this run's.
                         Err(RecvError::Lagged(_)) => true,
@@ -1128,6 +1128,10 @@ impl RunDriver<'_> {
                             false
                         }
                     };
+                    // The ends that arrived meanwhile share one read of the run.
+                    while let Some(Ok(run)) = ended_events.as_mut().map(|e| e.try_recv()) {
+                        mine |= run == me;
+                    }
                     if mine {
                         let dead = self.follow_workers(Some(heartbeat_timeout)).await?;
                         ended.extend(dead);

@@ -366,7 +366,7 @@ async fn two_schedulers_and_three_workers_run_twenty_runs_once_each_within_the_l
         ));
     }
     let mut c = Cluster::new(&format!(
-        "dag_id: d\nmax_active_runs: 20\nmax_active_tasks: 5\ntasks:\n{tasks}"
+        "dag_id: d\nmax_active_runs: 3\nmax_active_tasks: 5\ntasks:\n{tasks}"
     ))
     .await;
     c.scheduler("s1", "10s");
@@ -424,6 +424,21 @@ async fn two_schedulers_and_three_workers_run_twenty_runs_once_each_within_the_l
     let most = most_at_once(&history, &pool_tasks);
     assert!(most <= 2, "pool p2 (2 slots) had {most} tries at once");
     assert_eq!(most, 2, "the pool was used to its size");
+    // max_active_runs (3) holds across the two schedulers: from the runs' start and end.
+    let mut edges: Vec<(chrono::DateTime<chrono::Utc>, i32)> = runs
+        .iter()
+        .flat_map(|r| [(r.started_at.unwrap(), 1), (r.ended_at.unwrap(), -1)])
+        .collect();
+    edges.sort_by_key(|(at, step)| (*at, *step));
+    let (mut now, mut most_runs) = (0, 0);
+    for (_, step) in edges {
+        now += step;
+        most_runs = most_runs.max(now);
+    }
+    assert_eq!(
+        most_runs, 3,
+        "max_active_runs 3: {most_runs} runs at once at most"
+    );
     // The DAG's max_active_tasks (5) holds across its runs, schedulers and workers.
     let all: HashSet<String> = (0..30).map(|i| format!("t{i:02}")).collect();
     let most = most_at_once(&history, &all);

@@ -674,6 +674,91 @@ async fn fencing(store: Arc<dyn Store>) {
     assert_eq!(done.state, RunState::Success);
 }
 
+/// Two schedulers start two queued runs of a DAG with `max_active_runs: 1` at the same
+/// moment, through two connections, again and again: each time exactly one starts and the
+/// other stays queued until the first has ended.
+async fn max_active_runs_across_drivers(store: Arc<dyn Store>, other: Arc<dyn Store>) {
+    // The DAG is known already (as once it was paused or unpaused).
+    store.set_paused("limited", false, at(0)).await.unwrap();
+    let until = at(59) + Duration::hours(1);
+    for round in 0..30i64 {
+        let start = at(0) + Duration::days(round);
+        let a = store
+            .create_run(&new_run("limited", start, &["t"]))
+            .await
+            .unwrap();
+        let b = store
+            .create_run(&new_run("limited", start + Duration::hours(1), &["t"]))
+            .await
+            .unwrap();
+        for (s, run, driver) in [(&store, &a, "s1"), (&other, &b, "s2")] {
+            assert!(s
+                .claim_run("limited", &run.run_id, driver, until, at(1))
+                .await
+                .unwrap());
+        }
+        let (first, second) = tokio::join!(
+            store.start_run("s1", "limited", &a.run_id, 1, at(2)),
+            other.start_run("s2", "limited", &b.run_id, 1, at(2)),
+        );
+        let (first, second) = (first.unwrap(), second.unwrap());
+        assert_eq!(
+            first.is_some() as u8 + second.is_some() as u8,
+            1,
+            "round {round}: exactly one run starts"
+        );
+        let (winner, waiting) = if first.is_some() {
+            (("s1", &a.run_id), ("s2", &b.run_id, &other))
+        } else {
+            (("s2", &b.run_id), ("s1", &a.run_id, &store))
+        };
+        store
+            .set_run_state_as(
+                winner.0,
+                "limited",
+                winner.1,
+                RunState::Running,
+                RunState::Success,
+                at(3),
+            )
+            .await
+            .unwrap();
+        let started = waiting
+            .2
+            .start_run(waiting.0, "limited", waiting.1, 1, at(4))
+            .await
+            .unwrap();
+        assert_eq!(started.map(|r| r.state), Some(RunState::Running));
+        store
+            .set_run_state_as(
+                waiting.0,
+                "limited",
+                waiting.1,
+                RunState::Running,
+                RunState::Success,
+                at(5),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn max_active_runs_holds_across_drivers_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::sqlite_store(dir.path()).await;
+    let other = common::sqlite_store(dir.path()).await;
+    max_active_runs_across_drivers(store, other).await;
+}
+
+#[tokio::test]
+async fn max_active_runs_holds_across_drivers_on_postgres() {
+    let url = common::fresh_pg_database().await;
+    let store = sluice_core::store::open(&url).await.unwrap();
+    let other = sluice_core::store::open(&url).await.unwrap();
+    max_active_runs_across_drivers(store, other).await;
+}
+
 #[tokio::test]
 async fn stale_drivers_are_fenced_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();

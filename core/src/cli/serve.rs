@@ -189,7 +189,8 @@ pub async fn run(
     };
     let executor = Executor::new(store.clone(), settings, Arc::new(Connections::from_env()))
         .with_shutdown(shutdown.clone(), args.shutdown_grace)
-        .with_placement(placement);
+        .with_placement(placement)
+        .with_run_limits();
     let scheduler = Scheduler::new(
         store,
         executor,

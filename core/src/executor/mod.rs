@@ -127,6 +127,9 @@ pub struct Executor {
     host: String,
     /// Where the runs' tries execute.
     placement: Placement,
+    /// Whether a queued run starts only while its DAG is under `max_active_runs` in the store
+    /// (schedulers sharing a store); `dags test` runs what it is given.
+    limit_runs: bool,
     /// With workers: the store's notifications of tries that ended (`dag_id/run_id`),
     /// shared by the runs this executor drives (one listening connection per process).
     ended: Arc<tokio::sync::OnceCell<Option<tokio::sync::broadcast::Sender<String>>>>,
@@ -212,6 +215,7 @@ impl Executor {
             outage_deadline: settings.store_outage_deadline,
             host: processes::hostname(),
             placement: Placement::Local,
+            limit_runs: false,
             ended: Default::default(),
             masker: Masker::new(
                 secrets_of_env(std::env::vars())
@@ -233,6 +237,14 @@ impl Executor {
     pub fn with_shutdown(mut self, shutdown: CancellationToken, grace: Duration) -> Self {
         self.shutdown = shutdown;
         self.shutdown_grace = grace;
+        self
+    }
+
+    /// Starts a queued run only while its DAG is under `max_active_runs`, counted in the
+    /// store under the DAG's lock, so schedulers sharing a store never exceed it together.
+    /// A run over the limit stays queued, and `run` returns it as it is.
+    pub fn with_run_limits(mut self) -> Self {
+        self.limit_runs = true;
         self
     }
 
@@ -484,6 +496,29 @@ impl Executor {
             self.store
                 .set_max_active_tasks(&dag.dag_id, dag.max_active_tasks, Utc::now())
                 .await?;
+        }
+        if run.state == RunState::Queued && self.limit_runs {
+            match self
+                .store
+                .start_run(
+                    &self.driver,
+                    &dag.dag_id,
+                    run_id,
+                    dag.max_active_runs,
+                    Utc::now(),
+                )
+                .await?
+            {
+                Some(started) => run = started,
+                None => {
+                    // Another scheduler started one of the DAG's runs meanwhile: this one
+                    // waits for a free place.
+                    self.store
+                        .release_run(&dag.dag_id, run_id, &self.driver)
+                        .await?;
+                    return Ok(run);
+                }
+            }
         }
         if run.state == RunState::Queued {
             run = self

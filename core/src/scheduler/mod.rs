@@ -216,6 +216,9 @@ impl Scheduler {
                 Ok(run) if run.state.is_finished() => {
                     tracing::info!(%dag_id, %run_id, state = %run.state, "run finished")
                 }
+                Ok(run) if run.state == RunState::Queued => {
+                    tracing::debug!(%dag_id, %run_id, "the DAG is at max_active_runs: the run waits")
+                }
                 Ok(_) => {
                     tracing::info!(%dag_id, %run_id, "run left running for the next scheduler (shutdown)")
                 }

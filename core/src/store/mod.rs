@@ -545,6 +545,19 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
         to: RunState,
         at: DateTime<Utc>,
     ) -> Result<DagRun, StoreError>;
+    /// Starts a queued run driven by `driver` (`queued → running`) only while its DAG has
+    /// fewer than `max_active_runs` running runs (and, for a backfill run, fewer running
+    /// backfill runs than its own cap), counted under the DAG's row lock: schedulers sharing
+    /// the store never exceed it together. `None`: the DAG is at its limit; the run stays
+    /// queued.
+    async fn start_run(
+        &self,
+        driver: &str,
+        dag_id: &str,
+        run_id: &str,
+        max_active_runs: u32,
+        at: DateTime<Utc>,
+    ) -> Result<Option<DagRun>, StoreError>;
     /// Starts a new attempt of a finished run (`from` is its state now, compare-and-set): the
     /// run is queued again with the next attempt number, with `conf` if one is given
     /// (otherwise the last attempt's) and on `version` if one is given (otherwise the last

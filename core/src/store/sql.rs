@@ -392,11 +392,76 @@ impl SqlStore {
         to: RunState,
         at: DateTime<Utc>,
     ) -> Result<DagRun, StoreError> {
+        self.run_state_within(fence, dag_id, run_id, from, to, at, None)
+            .await
+            .map(|run| run.expect("no limit, so the change is made or refused"))
+    }
+
+    /// [`SqlStore::run_state`], and with `max_active_runs` only while the DAG has room (see
+    /// `RunStore::start_run`); `None` when it has none.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_state_within(
+        &self,
+        fence: Option<&str>,
+        dag_id: &str,
+        run_id: &str,
+        from: RunState,
+        to: RunState,
+        at: DateTime<Utc>,
+        max_active_runs: Option<u32>,
+    ) -> Result<Option<DagRun>, StoreError> {
         let _turn = self.write_turn().await;
         from.check(to)?;
         let started = (to == RunState::Running).then_some(micros(at));
         let ended = to.is_finished().then_some(micros(at));
         let mut tx = self.pool.begin().await.map_err(query_error("begin"))?;
+        if let Some(max) = max_active_runs {
+            // The DAG's row orders the starts of its runs across schedulers.
+            sqlx::query(
+                "INSERT INTO dag (dag_id, is_paused, updated_at) VALUES ($1, 0, $2)
+                 ON CONFLICT (dag_id) DO NOTHING",
+            )
+            .bind(dag_id)
+            .bind(micros(at))
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error("record the DAG"))?;
+            if self.backend == Backend::Postgres {
+                sqlx::query("SELECT dag_id FROM dag WHERE dag_id = $1 FOR UPDATE")
+                    .bind(dag_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_error("lock the DAG"))?;
+            }
+            let counts = sqlx::query(
+                "SELECT count(*) AS running,
+                        COALESCE(sum(CASE WHEN run_type = 'backfill' THEN 1 ELSE 0 END), 0) AS backfills
+                 FROM dag_run WHERE dag_id = $1 AND state = 'running'",
+            )
+            .bind(dag_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(query_error("count the DAG's running runs"))?;
+            let running: i64 = get(&counts, "running")?;
+            let backfills: i64 = get(&counts, "backfills")?;
+            let this = sqlx::query(
+                "SELECT run_type, backfill_max_active_runs FROM dag_run WHERE dag_id = $1 AND run_id = $2",
+            )
+            .bind(dag_id)
+            .bind(run_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query_error("read the run"))?;
+            let backfill_cap = match &this {
+                Some(row) if get::<String>(row, "run_type")? == "backfill" => {
+                    get::<Option<i64>>(row, "backfill_max_active_runs")?
+                }
+                _ => None,
+            };
+            if running >= i64::from(max) || backfill_cap.is_some_and(|cap| backfills >= cap) {
+                return Ok(None);
+            }
+        }
         let row = sqlx::query(&format!(
             "UPDATE dag_run SET state = $1, started_at = COALESCE($2, started_at),
                  ended_at = CASE WHEN $1 = 'queued' THEN NULL ELSE COALESCE($3, ended_at) END
@@ -444,7 +509,7 @@ impl SqlStore {
         .await
         .map_err(query_error("record the attempt's state"))?;
         tx.commit().await.map_err(query_error("commit run state"))?;
-        Ok(run)
+        Ok(Some(run))
     }
 
     /// The driver holding a run, if any.
@@ -591,6 +656,26 @@ impl RunStore for SqlStore {
     ) -> Result<DagRun, StoreError> {
         self.run_state(Some(driver), dag_id, run_id, from, to, at)
             .await
+    }
+
+    async fn start_run(
+        &self,
+        driver: &str,
+        dag_id: &str,
+        run_id: &str,
+        max_active_runs: u32,
+        at: DateTime<Utc>,
+    ) -> Result<Option<DagRun>, StoreError> {
+        self.run_state_within(
+            Some(driver),
+            dag_id,
+            run_id,
+            RunState::Queued,
+            RunState::Running,
+            at,
+            Some(max_active_runs),
+        )
+        .await
     }
 
     async fn new_attempt(

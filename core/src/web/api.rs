@@ -58,6 +58,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/dags/{dag_id}/dagVersions/{version}", get(get_dag_version))
         .route("/auditLog", get(audit_log))
+        .route("/workers", get(list_workers))
         .route("/openapi.json", get(super::openapi::openapi))
         .route("/importErrors", get(import_errors))
         .route("/operators", get(operators))
@@ -333,6 +334,61 @@ struct LedgerQuery {
 pub struct AuditLogJson {
     /// The entries of this page.
     pub entries: Vec<crate::store::AuditEntry>,
+}
+
+/// A worker process as the store last heard from it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(super) struct WorkerJson {
+    /// Its unique name (tries record it).
+    name: String,
+    /// Its machine.
+    hostname: String,
+    /// Its process id.
+    pid: u32,
+    /// The queues it claims from.
+    queues: Vec<String>,
+    /// Most tries it runs at once.
+    concurrency: u32,
+    /// When it started (RFC 3339).
+    started_at: String,
+    /// Its last heartbeat (RFC 3339).
+    latest_heartbeat: String,
+    /// Whether it heartbeated in the last 30 seconds.
+    alive: bool,
+}
+
+/// The workers.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(super) struct WorkerCollection {
+    /// Most recently heard from first.
+    workers: Vec<WorkerJson>,
+    /// How many.
+    total_entries: u64,
+}
+
+/// `GET /workers`.
+async fn list_workers(State(state): State<AppState>) -> Result<Json<WorkerCollection>, ApiError> {
+    let alive_since = Utc::now() - chrono::Duration::seconds(30);
+    let workers: Vec<WorkerJson> = state
+        .store
+        .workers()
+        .await?
+        .into_iter()
+        .map(|w| WorkerJson {
+            alive: w.heartbeat_at > alive_since,
+            name: w.name,
+            hostname: w.hostname,
+            pid: w.pid,
+            queues: w.queues,
+            concurrency: w.concurrency,
+            started_at: instant(w.started_at),
+            latest_heartbeat: instant(w.heartbeat_at),
+        })
+        .collect();
+    Ok(Json(WorkerCollection {
+        total_entries: workers.len() as u64,
+        workers,
+    }))
 }
 
 /// `GET /auditLog?limit&offset`.

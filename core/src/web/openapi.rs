@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::api::{
     AuditLogJson, BackfillBody, ClearBody, DagPatch, DagRunCollection, DagRunJson, DagVersionJson,
     DeliveryLedgerJson, MarkBody, ProblemJson, RunAttemptCollection, TaskInstanceCollection,
-    TriggerBody,
+    TriggerBody, WorkerCollection,
 };
 
 /// One operation of the API, for the OpenAPI document.
@@ -181,6 +181,13 @@ pub const OPERATIONS: &[Operation] = &[
         None,
     )
     .answers(schema::<DeliveryLedgerJson>),
+    op(
+        "get",
+        "/workers",
+        "The worker processes (sluice worker): queues, concurrency, last heartbeat, alive",
+        None,
+    )
+    .answers(schema::<WorkerCollection>),
     op(
         "get",
         "/auditLog",

@@ -981,6 +981,15 @@ impl RunDriver<'_> {
         let leftovers = store.processes(&self.dag.dag_id, &self.run.run_id).await?;
         let host = processes::hostname();
         for process in leftovers {
+            // A worker's running try is its own: alive or not, its heartbeat decides.
+            let workers = self.instances.iter().any(|ti| {
+                ti.task_id == process.key.task_id
+                    && ti.state == TaskState::Running
+                    && ti.worker.is_some()
+            });
+            if workers {
+                continue;
+            }
             let task_id = &process.key.task_id;
             match processes::stop_leftover(&process, &host) {
                 processes::Leftover::Killed => {

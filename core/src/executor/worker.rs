@@ -49,11 +49,9 @@ pub struct Worker {
     versions: Mutex<HashMap<(String, String), Arc<Dag>>>,
 }
 
-/// A running try and the token that stops it.
-struct Running {
-    try_number: u32,
-    stop: CancellationToken,
-}
+/// A try this worker runs: its task and try number (a task's newer try, claimed after the
+/// older was taken back, is another entry).
+type Held = (TaskKey, u32);
 
 impl Worker {
     /// A worker running tries with `executor`'s store, connections, logs and artifacts.
@@ -82,8 +80,8 @@ impl Worker {
             heartbeat_at: started,
         };
         let store = this.executor.store.clone();
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<TaskKey>();
-        let mut running: HashMap<TaskKey, Running> = HashMap::new();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Held>();
+        let mut running: HashMap<Held, CancellationToken> = HashMap::new();
         // Queued tries wake the worker at once (PostgreSQL LISTEN); polling covers a lost
         // notification, and is all there is on SQLite.
         let mut queued = match store.listen(crate::store::Wake::Queued).await {
@@ -108,22 +106,9 @@ impl Worker {
                 _ = shutdown.cancelled() => {
                     break tokio::time::Instant::now() + this.executor.shutdown_grace;
                 }
-                _ = beat.tick() => {
-                    me.heartbeat_at = Utc::now();
-                    match store.worker_heartbeat(&me, me.heartbeat_at).await {
-                        Ok(alive) => {
-                            for (key, try_) in &running {
-                                if !alive.contains(&(key.clone(), try_.try_number)) {
-                                    tracing::warn!(task = %key, try_number = try_.try_number, "the store no longer has this try running here (taken back or cancelled): stopping it");
-                                    try_.stop.cancel();
-                                }
-                            }
-                        }
-                        Err(error) => tracing::warn!(%error, "could not heartbeat; the tries go on"),
-                    }
-                }
-                Some(key) = done_rx.recv() => {
-                    running.remove(&key);
+                _ = beat.tick() => heartbeat(store.as_ref(), &mut me, &running).await,
+                Some(held) = done_rx.recv() => {
+                    running.remove(&held);
                     // A freed slot may take a try that waits.
                     wake_now = true;
                 }
@@ -147,14 +132,15 @@ impl Worker {
                             task_id: ti.task_id.clone(),
                         };
                         let stop = CancellationToken::new();
-                        running.insert(key.clone(), Running { try_number: ti.try_number, stop: stop.clone() });
+                        let held = (key.clone(), ti.try_number);
+                        running.insert(held.clone(), stop.clone());
                         let worker = this.clone();
                         let done = done_tx.clone();
                         let stopping = shutdown.clone();
                         let span = tracing::info_span!("try", dag_id = %key.dag_id, run_id = %key.run_id, task_id = %key.task_id, try_number = ti.try_number);
                         tokio::spawn(async move {
                             worker.run_claimed(ti, stop, stopping).await;
-                            let _ = done.send(key);
+                            let _ = done.send(held);
                         }.instrument(span));
                     }
                 }
@@ -164,20 +150,18 @@ impl Worker {
             tries = running.len(),
             "worker stopping; running tries get the shutdown grace"
         );
+        // The tries finishing in the grace period are still heartbeated: not taken back.
+        let mut stopped = false;
         while !running.is_empty() {
             tokio::select! {
-                Some(key) = done_rx.recv() => { running.remove(&key); }
-                _ = tokio::time::sleep_until(grace_over) => {
-                    for try_ in running.values() {
-                        try_.stop.cancel();
-                    }
+                Some(held) = done_rx.recv() => { running.remove(&held); }
+                _ = beat.tick() => heartbeat(store.as_ref(), &mut me, &running).await,
+                _ = tokio::time::sleep_until(grace_over), if !stopped => {
                     // Their ends (interrupted) are written as they stop.
-                    while let Some(key) = done_rx.recv().await {
-                        running.remove(&key);
-                        if running.is_empty() {
-                            break;
-                        }
+                    for stop in running.values() {
+                        stop.cancel();
                     }
+                    stopped = true;
                 }
             }
         }
@@ -260,11 +244,12 @@ impl Worker {
                 (planned.to, planned)
             }
             Err(message) => {
-                // The try could not even start here (its DAG version does not build, the
-                // run is gone): a failure that another try would repeat.
+                // The try could not start here (the store did not answer, its DAG version
+                // does not build with this worker's operators): another try, perhaps on
+                // another worker, may.
                 tracing::error!(task = %key, %message, "the try could not run");
                 let outcome = TryOutcome::Failure {
-                    kind: FailureKind::Fatal,
+                    kind: FailureKind::Retryable,
                     message,
                 };
                 let planned = try_ending(
@@ -372,5 +357,27 @@ impl Worker {
             .await
             .masked(&masker);
         Ok((dag.clone(), task, outcome))
+    }
+}
+
+/// Records that the worker is alive, heartbeats the tries it holds, and stops those the store
+/// no longer has running under it (taken back after a stall, or cancelled).
+async fn heartbeat(
+    store: &dyn crate::store::Store,
+    me: &mut WorkerBeat,
+    running: &HashMap<Held, CancellationToken>,
+) {
+    me.heartbeat_at = Utc::now();
+    let holds: Vec<Held> = running.keys().cloned().collect();
+    match store.worker_heartbeat(me, &holds, me.heartbeat_at).await {
+        Ok(alive) => {
+            for (held, stop) in running {
+                if !alive.contains(held) && !stop.is_cancelled() {
+                    tracing::warn!(task = %held.0, try_number = held.1, "the store no longer has this try running here (taken back or cancelled): stopping it");
+                    stop.cancel();
+                }
+            }
+        }
+        Err(error) => tracing::warn!(%error, "could not heartbeat; the tries go on"),
     }
 }

@@ -217,7 +217,10 @@ impl Scheduler {
                     tracing::info!(%dag_id, %run_id, state = %run.state, "run finished")
                 }
                 Ok(run) if run.state == RunState::Queued => {
-                    tracing::debug!(%dag_id, %run_id, "the DAG is at max_active_runs: the run waits")
+                    // Looked at again in a while, not on every pass.
+                    tracing::debug!(%dag_id, %run_id, "the DAG is at max_active_runs: the run waits");
+                    let _ = done.send(((dag_id, run_id), true));
+                    return;
                 }
                 Ok(_) => {
                     tracing::info!(%dag_id, %run_id, "run left running for the next scheduler (shutdown)")

@@ -699,11 +699,14 @@ pub trait Workers: Send + Sync + std::fmt::Debug {
         limit: u32,
         now: DateTime<Utc>,
     ) -> Result<Vec<TaskInstance>, StoreError>;
-    /// Records that `worker` is alive and heartbeats its running tries; returns the tries
-    /// (key and try number) still running under it: one missing was taken back or cancelled.
+    /// Records that `worker` is alive and heartbeats the tries it `holds` (key and try
+    /// number) that are still running under it; returns those: one missing was taken back or
+    /// cancelled. Tries recorded under its name that it does not hold (a process of the same
+    /// name that died) get no heartbeat, so their run's driver takes them back.
     async fn worker_heartbeat(
         &self,
         worker: &WorkerBeat,
+        holds: &[(TaskKey, u32)],
         now: DateTime<Utc>,
     ) -> Result<Vec<(TaskKey, u32)>, StoreError>;
     /// Every worker that ever heartbeated, most recent first.

@@ -462,6 +462,11 @@ impl SqlStore {
                 return Ok(None);
             }
         }
+        // A start counted under the lock happens now: never before the end that made room.
+        let started = match max_active_runs {
+            Some(_) => started.map(|at| at.max(micros(Utc::now()))),
+            None => started,
+        };
         let row = sqlx::query(&format!(
             "UPDATE dag_run SET state = $1, started_at = COALESCE($2, started_at),
                  ended_at = CASE WHEN $1 = 'queued' THEN NULL ELSE COALESCE($3, ended_at) END
@@ -1439,6 +1444,18 @@ impl Workers for SqlStore {
             .begin()
             .await
             .map_err(query_error("begin a claim"))?;
+        if self.backend == Backend::Postgres {
+            // A worker stalled inside its claim must not hold the others' claims (and with
+            // them their heartbeats) for long: theirs give up and try again.
+            sqlx::query("SET LOCAL lock_timeout = '2s'")
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error("begin a claim"))?;
+        }
+        // More candidates than room: a try of a full pool or DAG at the head of the queue
+        // does not keep the others waiting behind it.
+        let wanted = limit;
+        let limit = limit.saturating_mul(4).saturating_add(16);
         let candidates = sqlx::query(&format!(
             "SELECT dag_id, run_id, task_id, pool FROM task_instance
              WHERE state = 'queued' AND queue IS NOT NULL AND {in_list}
@@ -1527,7 +1544,7 @@ impl Workers for SqlStore {
                 .pool
                 .as_ref()
                 .is_none_or(|p| pool_room.get(p).is_some_and(|n| *n > 0));
-            if dag_free && pool_free {
+            if dag_free && pool_free && chosen.len() < wanted as usize {
                 if let Some(n) = dag_room.get_mut(&candidate.key.0) {
                     *n -= 1;
                 }
@@ -1587,6 +1604,7 @@ impl Workers for SqlStore {
     async fn worker_heartbeat(
         &self,
         worker: &WorkerBeat,
+        holds: &[(TaskKey, u32)],
         now: DateTime<Utc>,
     ) -> Result<Vec<(TaskKey, u32)>, StoreError> {
         let _turn = self.write_turn().await;
@@ -1607,27 +1625,27 @@ impl Workers for SqlStore {
         .execute(&self.pool)
         .await
         .map_err(query_error("record the worker's heartbeat"))?;
-        let rows = sqlx::query(
-            "UPDATE task_instance SET heartbeat_at = $1 WHERE worker = $2 AND state = 'running'
-             RETURNING dag_id, run_id, task_id, try_number",
-        )
-        .bind(micros(now))
-        .bind(&worker.name)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_error("heartbeat the worker's tries"))?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    TaskKey {
-                        dag_id: get(row, "dag_id")?,
-                        run_id: get(row, "run_id")?,
-                        task_id: get(row, "task_id")?,
-                    },
-                    get::<i64>(row, "try_number")? as u32,
-                ))
-            })
-            .collect()
+        let mut alive = Vec::with_capacity(holds.len());
+        for (key, try_number) in holds {
+            let touched = sqlx::query(
+                "UPDATE task_instance SET heartbeat_at = $1
+                 WHERE dag_id = $2 AND run_id = $3 AND task_id = $4 AND try_number = $5
+                   AND worker = $6 AND state = 'running'",
+            )
+            .bind(micros(now))
+            .bind(&key.dag_id)
+            .bind(&key.run_id)
+            .bind(&key.task_id)
+            .bind(i64::from(*try_number))
+            .bind(&worker.name)
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("heartbeat the worker's tries"))?;
+            if touched.rows_affected() == 1 {
+                alive.push((key.clone(), *try_number));
+            }
+        }
+        Ok(alive)
     }
 
     async fn set_pools(&self, pools: &[(String, u32)]) -> Result<(), StoreError> {

@@ -410,78 +410,154 @@ async fn a_run_finishes_on_its_own_dag_version_when_the_files_change() {
     }
 }
 
+/// A scheduler on a PostgreSQL server of the test's own (which the test may stop and start),
+/// with one DAG, and a run of it triggered.
+struct OutageRig {
+    pg: support::OwnPostgres,
+    dir: tempfile::TempDir,
+    dag_id: String,
+    run_id: String,
+    scheduler: support::Process,
+}
+
+impl OutageRig {
+    /// `dag` gets the folder where its tasks write; `env` is the scheduler's settings.
+    async fn start(dag_id: &str, dag: impl Fn(&Path) -> String, env: &[(&str, &str)]) -> Self {
+        let pg = support::OwnPostgres::start();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("dags")).unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(dir.path().join(format!("dags/{dag_id}.yaml")), dag(&out)).unwrap();
+        let mut cmd = sluice(dir.path());
+        cmd.env("SLUICE_DATABASE_URL", pg.url())
+            .env("SLUICE_LOG", "info")
+            .arg("scheduler")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("scheduler.log")).unwrap());
+        for (name, value) in env {
+            cmd.env(name, value);
+        }
+        let scheduler = support::Process(cmd.spawn().unwrap());
+        let trigger = sluice(dir.path())
+            .env("SLUICE_DATABASE_URL", pg.url())
+            .args([
+                "dags",
+                "trigger",
+                dag_id,
+                "--logical-date",
+                "2026-01-01T00:00:00Z",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            trigger.status.success(),
+            "{}",
+            String::from_utf8_lossy(&trigger.stderr)
+        );
+        let store = sluice_core::store::open(&pg.url()).await.unwrap();
+        let run_id = store.list_runs(&RunFilter::default()).await.unwrap()[0]
+            .run_id
+            .clone();
+        Self {
+            pg,
+            dir,
+            dag_id: dag_id.to_string(),
+            run_id,
+            scheduler,
+        }
+    }
+
+    fn out(&self) -> std::path::PathBuf {
+        self.dir.path().join("out")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("scheduler.log")).unwrap_or_default()
+    }
+
+    /// Waits until `n` tries of the run are running.
+    async fn running(&self, n: usize) {
+        let store = sluice_core::store::open(&self.pg.url()).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let tis = store
+                .task_instances(&self.dag_id, &self.run_id)
+                .await
+                .unwrap();
+            if tis.iter().filter(|t| t.state == TaskState::Running).count() == n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the tries never ran: {tis:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the run has finished, stops the scheduler, and returns the run's task
+    /// instances, checking that it succeeded.
+    async fn succeeded(&mut self) -> Vec<sluice_core::store::TaskInstance> {
+        let store = sluice_core::store::open(&self.pg.url()).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let run = loop {
+            let run = store
+                .run(&self.dag_id, &self.run_id)
+                .await
+                .unwrap()
+                .unwrap();
+            if run.state.is_finished() {
+                break run;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the run did not finish after the outage: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        self.scheduler.kill().unwrap();
+        self.scheduler.wait().unwrap();
+        assert_eq!(
+            run.state,
+            sluice_core::state::RunState::Success,
+            "{}",
+            self.log()
+        );
+        store
+            .task_instances(&self.dag_id, &self.run_id)
+            .await
+            .unwrap()
+    }
+}
+
 /// The PostgreSQL store goes away during a run of long tries: every connection is killed
 /// (`pg_terminate_backend`), then the server is restarted, with a try ending while it is
 /// down. The run waits it out: it succeeds, every task ran once, and no retry was used.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_rides_out_a_killed_connection_and_a_postgres_restart() {
-    let pg = support::OwnPostgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("dags")).unwrap();
-    let out = dir.path().join("out");
-    std::fs::create_dir_all(&out).unwrap();
     // No retries: a try counted as crashed would fail the run.
-    let task = |id: &str, seconds: u32| {
+    let dag = |out: &Path| {
+        let task = |id: &str, seconds: u32| {
+            format!(
+                "  - {{id: {id}, operator: shell, config: {{command: 'sleep {seconds}; echo x >> {}/{id}'}}}}\n",
+                out.display()
+            )
+        };
         format!(
-            "  - {{id: {id}, operator: shell, config: {{command: 'sleep {seconds}; echo x >> {}/{id}'}}}}\n",
+            "dag_id: outage\ndefault_args: {{retries: 0}}\ntasks:\n{}{}{}  - {{id: after, operator: shell, depends_on: [long_a, long_b, quick], config: {{command: 'echo x >> {}/after'}}}}\n",
+            task("long_a", 9),
+            task("long_b", 9),
+            // Ends while the server is down: its end is written once it is back.
+            task("quick", 4),
             out.display()
         )
     };
-    let dag = format!(
-        "dag_id: outage\ndefault_args: {{retries: 0}}\ntasks:\n{}{}{}  - {{id: after, operator: shell, depends_on: [long_a, long_b, quick], config: {{command: 'echo x >> {}/after'}}}}\n",
-        task("long_a", 9),
-        task("long_b", 9),
-        // Ends while the server is down: its end is written once it is back.
-        task("quick", 4),
-        out.display()
-    );
-    std::fs::write(dir.path().join("dags/outage.yaml"), dag).unwrap();
-    let with_pg = |mut cmd: std::process::Command| {
-        cmd.env("SLUICE_DATABASE_URL", pg.url());
-        cmd
-    };
-    let mut scheduler = with_pg(sluice(dir.path()))
-        .arg("scheduler")
-        .env("SLUICE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("scheduler.log")).unwrap())
-        // A lease shorter than the outage: it lapses while the store is down and is claimed
-        // again before the driver's next write.
-        .env("SLUICE_RUN_LEASE", "2s")
-        .spawn()
-        .map(support::Process)
-        .unwrap();
-    let trigger = with_pg(sluice(dir.path()))
-        .args([
-            "dags",
-            "trigger",
-            "outage",
-            "--logical-date",
-            "2026-01-01T00:00:00Z",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        trigger.status.success(),
-        "{}",
-        String::from_utf8_lossy(&trigger.stderr)
-    );
-
-    let store = sluice_core::store::open(&pg.url()).await.unwrap();
-    let run = store.list_runs(&RunFilter::default()).await.unwrap()[0].clone();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let tis = store.task_instances("outage", &run.run_id).await.unwrap();
-        if tis.iter().filter(|t| t.state == TaskState::Running).count() == 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the tries never ran: {tis:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    drop(store);
+    // A lease shorter than the outage: it lapses while the store is down and is claimed
+    // again before the driver's next write.
+    let mut rig = OutageRig::start("outage", dag, &[("SLUICE_RUN_LEASE", "2s")]).await;
+    rig.running(3).await;
 
     // Every connection of the scheduler is killed by an administrator…
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.url())
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&rig.pg.url())
         .await
         .unwrap();
     let killed: Vec<(bool,)> = sqlx::query_as(
@@ -495,29 +571,12 @@ async fn a_run_rides_out_a_killed_connection_and_a_postgres_restart() {
     drop(admin);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // …then the server restarts, staying down while `quick` ends.
-    pg.stop();
+    rig.pg.stop();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    pg.start_again();
+    rig.pg.start_again();
 
-    let store = sluice_core::store::open(&pg.url()).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let run = loop {
-        let run = store.run("outage", &run.run_id).await.unwrap().unwrap();
-        if run.state.is_finished() {
-            break run;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the run did not finish after the outage: {}",
-            std::fs::read_to_string(dir.path().join("scheduler.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    scheduler.kill().unwrap();
-    scheduler.wait().unwrap();
-    let log = std::fs::read_to_string(dir.path().join("scheduler.log")).unwrap_or_default();
-    assert_eq!(run.state, sluice_core::state::RunState::Success, "{log}");
-    let tis = store.task_instances("outage", &run.run_id).await.unwrap();
+    let tis = rig.succeeded().await;
+    let log = rig.log();
     for ti in &tis {
         assert_eq!(
             (ti.state, ti.try_number),
@@ -525,7 +584,12 @@ async fn a_run_rides_out_a_killed_connection_and_a_postgres_restart() {
             "{}: one try, no retry used\n{log}",
             ti.task_id
         );
-        assert_eq!(lines(&out.join(&ti.task_id)), 1, "{} ran once", ti.task_id);
+        assert_eq!(
+            lines(&rig.out().join(&ti.task_id)),
+            1,
+            "{} ran once",
+            ti.task_id
+        );
     }
     assert!(
         log.contains("does not answer; waiting it out"),
@@ -730,104 +794,45 @@ async fn a_table_of_many_batches_is_extracted_and_loaded_whole() {
 /// they are recorded as interrupted and run again without using up a retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_outage_deadline_tries_are_stopped_and_run_again_without_using_a_retry() {
-    let pg = support::OwnPostgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("dags")).unwrap();
-    let out = dir.path().join("out");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        dir.path().join("dags/deadline.yaml"),
+    let dag = |out: &Path| {
         format!(
             "dag_id: deadline\ndefault_args: {{retries: 0}}\ntasks:\n  \
              - {{id: quick, operator: sleep, config: {{duration: 1s}}}}\n  \
              - {{id: long, operator: shell, config: {{command: 'sleep 6; echo $SLUICE_TRY_NUMBER >> {out}/long'}}}}\n",
             out = out.display()
-        ),
+        )
+    };
+    let mut rig = OutageRig::start(
+        "deadline",
+        dag,
+        &[
+            ("SLUICE_STORE_OUTAGE_DEADLINE", "1s"),
+            ("SLUICE_RUN_LEASE", "30s"),
+        ],
     )
-    .unwrap();
-    let mut scheduler = sluice(dir.path())
-        .env("SLUICE_DATABASE_URL", pg.url())
-        .env("SLUICE_STORE_OUTAGE_DEADLINE", "1s")
-        .env("SLUICE_RUN_LEASE", "30s")
-        .env("SLUICE_LOG", "info")
-        .arg("scheduler")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("scheduler.log")).unwrap())
-        .spawn()
-        .map(support::Process)
-        .unwrap();
-    let trigger = sluice(dir.path())
-        .env("SLUICE_DATABASE_URL", pg.url())
-        .args([
-            "dags",
-            "trigger",
-            "deadline",
-            "--logical-date",
-            "2026-01-01T00:00:00Z",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        trigger.status.success(),
-        "{}",
-        String::from_utf8_lossy(&trigger.stderr)
-    );
-    let store = sluice_core::store::open(&pg.url()).await.unwrap();
-    let run = store.list_runs(&RunFilter::default()).await.unwrap()[0].clone();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while store
-        .task_instances("deadline", &run.run_id)
-        .await
-        .unwrap()
-        .iter()
-        .filter(|t| t.state == TaskState::Running)
-        .count()
-        < 2
-    {
-        assert!(Instant::now() < deadline, "the tries never ran");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    drop(store);
+    .await;
+    rig.running(2).await;
     // Down for 4 s: `quick` ends meanwhile (its write fails: the outage starts), and the
     // deadline of 1 s passes while `long` still runs.
-    pg.stop();
+    rig.pg.stop();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    pg.start_again();
-    let store = sluice_core::store::open(&pg.url()).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let log = || std::fs::read_to_string(dir.path().join("scheduler.log")).unwrap_or_default();
-    let run = loop {
-        let run = store.run("deadline", &run.run_id).await.unwrap().unwrap();
-        if run.state.is_finished() {
-            break run;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the run did not finish: {}",
-            log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    scheduler.kill().unwrap();
-    scheduler.wait().unwrap();
-    assert_eq!(
-        run.state,
-        sluice_core::state::RunState::Success,
-        "{}",
-        log()
-    );
-    let tis = store.task_instances("deadline", &run.run_id).await.unwrap();
+    rig.pg.start_again();
+    let tis = rig.succeeded().await;
     let long = tis.iter().find(|t| t.task_id == "long").unwrap();
     assert_eq!(
         (long.state, long.try_number, long.max_tries),
         (TaskState::Success, 2, 2),
         "stopped at the deadline, run again, the stop not counted: {long:?}\n{}",
-        log()
+        rig.log()
     );
     assert_eq!(
-        std::fs::read_to_string(out.join("long")).unwrap(),
+        std::fs::read_to_string(rig.out().join("long")).unwrap(),
         "2\n",
         "the stopped try never finished"
     );
-    assert!(log().contains("outlasted its deadline"), "{}", log());
+    assert!(
+        rig.log().contains("outlasted its deadline"),
+        "{}",
+        rig.log()
+    );
 }

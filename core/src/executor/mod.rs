@@ -1444,32 +1444,38 @@ fn not_landed(
     Ok(keep)
 }
 
+/// A task instance of run `d`/`r` for the executor's unit tests.
+#[cfg(test)]
+fn test_instance(task: &str, state: TaskState, try_number: u32, max_tries: u32) -> TaskInstance {
+    TaskInstance {
+        dag_id: "d".into(),
+        run_id: "r".into(),
+        task_id: task.into(),
+        operator: "noop".into(),
+        state,
+        try_number,
+        max_tries,
+        queued_at: None,
+        started_at: None,
+        ended_at: None,
+        next_retry_at: None,
+        output: None,
+        error: None,
+        updated_at: Utc::now(),
+        queue: None,
+        worker: None,
+        hostname: None,
+        heartbeat_at: None,
+        pool: None,
+    }
+}
+
 #[cfg(test)]
 mod write_tests {
     use super::*;
 
     fn instance(task: &str, state: TaskState, try_number: u32) -> TaskInstance {
-        TaskInstance {
-            dag_id: "d".into(),
-            run_id: "r".into(),
-            task_id: task.into(),
-            operator: "noop".into(),
-            state,
-            try_number,
-            max_tries: 3,
-            queued_at: None,
-            started_at: None,
-            ended_at: None,
-            next_retry_at: None,
-            output: None,
-            error: None,
-            updated_at: Utc::now(),
-            queue: None,
-            worker: None,
-            hostname: None,
-            heartbeat_at: None,
-            pool: None,
-        }
+        test_instance(task, state, try_number, 3)
     }
 
     fn change(task: &str, from: TaskState, to: TaskState, try_number: u32) -> TaskChange {

@@ -154,27 +154,7 @@ mod tests {
     use std::time::Duration;
 
     fn instance(try_number: u32, max_tries: u32) -> TaskInstance {
-        TaskInstance {
-            dag_id: "d".into(),
-            run_id: "r".into(),
-            task_id: "t".into(),
-            operator: "noop".into(),
-            state: TaskState::Running,
-            try_number,
-            max_tries,
-            queued_at: None,
-            started_at: None,
-            ended_at: None,
-            next_retry_at: None,
-            output: None,
-            error: None,
-            updated_at: Utc::now(),
-            queue: None,
-            worker: None,
-            hostname: None,
-            heartbeat_at: None,
-            pool: None,
-        }
+        super::super::test_instance("t", TaskState::Running, try_number, max_tries)
     }
 
     const RETRY: RetryPolicy = RetryPolicy {

@@ -2,7 +2,7 @@
 //! ([`dag`]), schedules give data intervals ([`schedule`]), one state machine governs task
 //! instances ([`state`]), the metadata store records everything ([`store`]), the scheduler
 //! decides which runs start ([`scheduler`]), the executor runs their tries ([`executor`]),
-//! [`runs`] and [`backfill`] start and re-run runs, [`trylog`] keeps each try's log, and the
+//! [`runs`] and [`backfill`] start and re-run runs, [`trylog`] keeps each try's log, [`storage`] puts logs and artifacts where every machine reads them, and the
 //! front ends — the web server ([`web`]) and the CLI ([`cli`]) — only translate requests
 //! into calls of these.
 //!
@@ -20,6 +20,7 @@ pub mod schedule;
 pub mod scheduler;
 pub mod settings;
 pub mod state;
+pub mod storage;
 pub mod store;
 pub mod trylog;
 pub mod web;

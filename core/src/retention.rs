@@ -6,45 +6,16 @@
 //! attempts, history, deliveries), and only then its try logs and artifacts, so a run that
 //! was re-triggered between the plan and the clean keeps everything.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::store::{RunRef, Store, StoreError};
 
-/// Where a run's files live.
-#[derive(Debug, Clone)]
-pub struct Places {
-    /// `$SLUICE_HOME/logs`: `<dag>/<run>/<task>/<try>.log`.
-    pub logs: PathBuf,
-    /// `$SLUICE_HOME/artifacts`: `<dag>/<run>/<task>.<ext>`.
-    pub artifacts: PathBuf,
-}
-
-impl Places {
-    /// The places under `settings.home`.
-    pub fn of(settings: &crate::settings::Settings) -> Self {
-        Self {
-            logs: settings.logs_dir(),
-            artifacts: settings.artifacts_dir(),
-        }
-    }
-
-    fn run_dir(root: &Path, run: &RunRef) -> Option<PathBuf> {
-        // Ids become path components: one that is not a plain name is never followed.
-        let plain = |s: &str| !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\\']);
-        (plain(&run.dag_id) && plain(&run.run_id)).then(|| root.join(&run.dag_id).join(&run.run_id))
-    }
-
-    fn run_logs(&self, run: &RunRef) -> Option<PathBuf> {
-        Self::run_dir(&self.logs, run)
-    }
-
-    fn run_artifacts(&self, run: &RunRef) -> Option<PathBuf> {
-        Self::run_dir(&self.artifacts, run)
-    }
-}
+use crate::storage::artifacts::AREA as ARTIFACTS;
+use crate::storage::logs::AREA as LOGS;
+pub use crate::storage::Places;
 
 /// What the scheduler removes by itself, and how often it looks.
 #[derive(Debug, Clone)]
@@ -162,23 +133,26 @@ pub async fn plan(
     dag_id: Option<&str>,
 ) -> Result<CleanPlan, StoreError> {
     let runs = store.runs_ended_before(cutoff, dag_id).await?;
-    let runs = runs
-        .into_iter()
-        .map(|run| {
-            let at = RunRef {
-                dag_id: run.dag_id.clone(),
-                run_id: run.run_id.clone(),
-            };
-            PlannedRun {
-                log_bytes: places.run_logs(&at).map_or(0, |p| bytes_under(&p)),
-                artifact_bytes: places.run_artifacts(&at).map_or(0, |p| bytes_under(&p)),
-                dag_id: run.dag_id,
-                run_id: run.run_id,
-                ended_at: run.ended_at.unwrap_or(cutoff),
-            }
-        })
-        .collect();
-    Ok(CleanPlan { cutoff, runs })
+    let mut planned = Vec::with_capacity(runs.len());
+    for run in runs {
+        let at = RunRef {
+            dag_id: run.dag_id.clone(),
+            run_id: run.run_id.clone(),
+        };
+        planned.push(PlannedRun {
+            log_bytes: places.run_logs(&at).map_or(0, |p| bytes_under(&p))
+                + shared_bytes(places, LOGS, &at).await,
+            artifact_bytes: places.run_artifacts(&at).map_or(0, |p| bytes_under(&p))
+                + shared_bytes(places, ARTIFACTS, &at).await,
+            dag_id: run.dag_id,
+            run_id: run.run_id,
+            ended_at: run.ended_at.unwrap_or(cutoff),
+        });
+    }
+    Ok(CleanPlan {
+        cutoff,
+        runs: planned,
+    })
 }
 
 /// Carries out `plan`: the runs still finished lose their rows, then their logs and
@@ -212,6 +186,8 @@ pub async fn clean(
             {
                 report.bytes += remove_dir(&dir);
             }
+            report.bytes += remove_shared(places, LOGS, &run).await;
+            report.bytes += remove_shared(places, ARTIFACTS, &run).await;
             report.runs.push(run);
         }
     }
@@ -234,8 +210,31 @@ pub async fn expire_artifacts(
         if let Some(dir) = places.run_artifacts(&at) {
             freed += remove_dir(&dir);
         }
+        freed += remove_shared(places, ARTIFACTS, &at).await;
     }
     Ok(freed)
+}
+
+/// Bytes of the run's objects in `area` of the shared storage (0 without one).
+async fn shared_bytes(places: &Places, area: &str, run: &RunRef) -> u64 {
+    let Some(shared) = &places.shared else {
+        return 0;
+    };
+    shared.run_bytes(area, run).await.unwrap_or_else(|error| {
+        tracing::warn!(%error, "could not list a run's files in shared storage");
+        0
+    })
+}
+
+/// Removes the run's objects in `area` of the shared storage; returns the bytes removed.
+async fn remove_shared(places: &Places, area: &str, run: &RunRef) -> u64 {
+    let Some(shared) = &places.shared else {
+        return 0;
+    };
+    shared.remove_run(area, run).await.unwrap_or_else(|error| {
+        tracing::warn!(%error, "could not remove a cleaned run's files from shared storage");
+        0
+    })
 }
 
 fn remove_dir(dir: &Path) -> u64 {

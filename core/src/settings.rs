@@ -33,6 +33,10 @@ pub struct Settings {
     /// metadata store that does not answer (running tries go on) before it stops the run's
     /// tries and leaves the run to be resumed.
     pub store_outage_deadline: std::time::Duration,
+    /// `SLUICE_STORAGE_URL` (`s3://bucket/prefix` or `file:///folder`; default: none): shared
+    /// storage for artifacts and try logs, so tries on several machines read each other's
+    /// artifacts and a web server on any machine serves every log.
+    pub storage_url: Option<String>,
 }
 
 /// How long a store outage is waited out unless `SLUICE_STORE_OUTAGE_DEADLINE` says.
@@ -85,6 +89,7 @@ impl Settings {
             retention,
             artifact_retention,
             store_outage_deadline,
+            storage_url: lookup("SLUICE_STORAGE_URL"),
         }
     }
 
@@ -100,6 +105,7 @@ impl Settings {
             retention: None,
             artifact_retention: Some(DEFAULT_ARTIFACT_RETENTION),
             store_outage_deadline: DEFAULT_STORE_OUTAGE_DEADLINE,
+            storage_url: None,
         }
     }
 

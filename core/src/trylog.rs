@@ -35,9 +35,9 @@ pub fn try_log_path(logs_dir: &Path, key: &TaskKey, try_number: u32) -> PathBuf 
 /// [`TaskLog`]): it reads as a one-line note instead of an error.
 pub fn read_try_log(logs_dir: &Path, key: &TaskKey, try_number: u32) -> std::io::Result<String> {
     match std::fs::read_to_string(try_log_path(logs_dir, key, try_number)) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(format!(
-            "(try {try_number} of {key} wrote no log lines; its start and end are in the state history)\n"
-        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(no_log_chunk(key, try_number).content)
+        }
         other => other,
     }
 }
@@ -69,24 +69,45 @@ pub fn read_try_log_range(
     let path = try_log_path(logs_dir, key, try_number);
     let mut file = match std::fs::File::open(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(LogChunk {
-                content: read_try_log(logs_dir, key, try_number)?,
-                offset: 0,
-                next_offset: 0,
-                size: 0,
-            })
+            return Ok(no_log_chunk(key, try_number));
         }
         other => other?,
     };
     let size = file.metadata()?.len();
+    let window = log_window(size, offset, limit);
+    file.seek(SeekFrom::Start(window.start))?;
+    let mut bytes = Vec::with_capacity((window.end - window.start) as usize);
+    file.take(window.end - window.start)
+        .read_to_end(&mut bytes)?;
+    Ok(log_chunk(&bytes, window.start, size, offset))
+}
+
+/// The chunk of a try that wrote no log: a one-line note.
+pub fn no_log_chunk(key: &TaskKey, try_number: u32) -> LogChunk {
+    LogChunk {
+        content: format!(
+            "(try {try_number} of {key} wrote no log lines; its start and end are in the state history)\n"
+        ),
+        offset: 0,
+        next_offset: 0,
+        size: 0,
+    }
+}
+
+/// The bytes of a log of `size` bytes to read for a chunk of at most `limit` bytes from
+/// `offset` on (or the tail, without one).
+pub fn log_window(size: u64, offset: Option<u64>, limit: u64) -> std::ops::Range<u64> {
     let limit = limit.max(1);
     let start = match offset {
         Some(offset) => offset.min(size),
         None => size.saturating_sub(limit),
     };
-    file.seek(SeekFrom::Start(start))?;
-    let mut bytes = Vec::with_capacity(limit.min(size - start) as usize);
-    file.take(limit).read_to_end(&mut bytes)?;
+    start..(start + limit).min(size)
+}
+
+/// The chunk made of `bytes`, read from `start` of a log of `size` bytes: trimmed to whole
+/// lines (unless a single line fills it).
+pub fn log_chunk(bytes: &[u8], start: u64, size: u64, offset: Option<u64>) -> LogChunk {
     let mut begin = 0;
     if offset.is_none() && start > 0 {
         // The tail starts mid-line: skip to the next whole line.
@@ -99,12 +120,12 @@ pub fn read_try_log_range(
             end = begin + i + 1;
         }
     }
-    Ok(LogChunk {
+    LogChunk {
         content: String::from_utf8_lossy(&bytes[begin..end]).into_owned(),
         offset: start + begin as u64,
         next_offset: start + end as u64,
         size,
-    })
+    }
 }
 
 fn routes() -> &'static Mutex<HashMap<u64, TaskLog>> {

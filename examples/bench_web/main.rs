@@ -103,6 +103,7 @@ async fn main() {
         places: sluice_core::retention::Places {
             logs: dir.path().join("logs"),
             artifacts: dir.path().join("artifacts"),
+            shared: None,
         },
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -50,8 +50,8 @@ pub struct ArtifactError {
     pub source: std::io::Error,
 }
 
-/// Where artifacts live. [`LocalArtifactStore`] (a folder) is the only implementation yet; the
-/// trait is the seam for shared storage when tries run on several machines.
+/// Where artifacts live: [`LocalArtifactStore`] (a folder), or shared storage when tries run
+/// on several machines (the core's `SharedArtifactStore`, over object storage).
 #[async_trait]
 pub trait ArtifactStore: Send + Sync + fmt::Debug {
     /// A local path the operator may write the artifact to before committing it.
@@ -93,20 +93,27 @@ impl LocalArtifactStore {
         let Ok(mut entries) = tokio::fs::read_dir(&dir).await else {
             return;
         };
-        let prefix = format!("{}.try", key.task_id);
-        let suffix = format!(".{}", key.extension);
         while let Ok(Some(entry)) = entries.next_entry().await {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let earlier = name
-                .strip_prefix(&prefix)
-                .and_then(|rest| rest.strip_suffix(&suffix))
-                .and_then(|n| n.parse::<u32>().ok())
-                .is_some_and(|n| n < key.try_number);
-            if earlier {
+            if is_earlier_try(&entry.file_name().to_string_lossy(), key) {
                 let _ = tokio::fs::remove_file(entry.path()).await;
             }
         }
     }
+
+    /// Where `key`'s artifact goes, relative to a store's root: `<dag>/<run>/<task>.try<N>.<ext>`.
+    pub fn relative_path(key: &ArtifactKey) -> PathBuf {
+        Self::relative(key)
+    }
+}
+
+/// Whether `file_name` (in the folder of `key`'s run) is the artifact of an earlier try of
+/// `key`'s task, in `key`'s format.
+pub fn is_earlier_try(file_name: &str, key: &ArtifactKey) -> bool {
+    file_name
+        .strip_prefix(&format!("{}.try", key.task_id))
+        .and_then(|rest| rest.strip_suffix(&format!(".{}", key.extension)))
+        .and_then(|n| n.parse::<u32>().ok())
+        .is_some_and(|n| n < key.try_number)
 }
 
 fn io_error(location: &Path, source: std::io::Error) -> ArtifactError {

@@ -21,7 +21,7 @@ pub mod template;
 
 use async_trait::async_trait;
 
-pub use artifact::{ArtifactKey, ArtifactRef, ArtifactStore, LocalArtifactStore};
+pub use artifact::{is_earlier_try, ArtifactKey, ArtifactRef, ArtifactStore, LocalArtifactStore};
 pub use connection::{Connection, Connections};
 pub use context::{LogStream, TaskContext, TaskLog, TaskOutput};
 pub use duration::HumanDuration;

@@ -91,7 +91,7 @@ pub async fn run(
         DagsCommand::Show { dag_id, json } => show(
             find(&bag, &dag_id)?,
             json,
-            &crate::retention::Places::of(settings),
+            &crate::retention::Places::local(settings),
         ),
         DagsCommand::Validate => Ok(validate(&bag)),
         DagsCommand::Trigger {

@@ -42,7 +42,7 @@ pub async fn run(cmd: DbCommand, settings: &Settings) -> anyhow::Result<ExitCode
         json,
     } = cmd;
     let store = store::open(&settings.database_url).await?;
-    let places = Places::of(settings);
+    let places = Places::of(settings)?;
     let cutoff = chrono::Duration::from_std(older_than)
         .ok()
         .and_then(|age| Utc::now().checked_sub_signed(age))

@@ -13,7 +13,7 @@ use sluice_operator_api::Registry;
 use crate::settings::Settings;
 use crate::state::RunState;
 use crate::store::{self, DagRun, RunFilter, Store, TaskKey};
-use crate::trylog::{read_try_log, try_log_path};
+use crate::trylog::try_log_path;
 
 /// `sluice runs` subcommands.
 #[derive(Debug, Subcommand)]
@@ -396,9 +396,20 @@ pub async fn run_tasks(
                 .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
         }
         Err(_) => {
-            let text = read_try_log(&settings.logs_dir(), &key, number)
-                .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
-            print!("{text}");
+            // Not run on this machine: from shared storage (in chunks), or the note of a try
+            // that wrote no log.
+            let places = crate::retention::Places::of(settings)?;
+            let mut offset = 0;
+            loop {
+                let chunk =
+                    crate::storage::logs::read_range(&places, &key, number, Some(offset), 1 << 20)
+                        .await?;
+                print!("{}", chunk.content);
+                if chunk.next_offset >= chunk.size {
+                    break;
+                }
+                offset = chunk.next_offset;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -130,7 +130,7 @@ async fn bind_web(
             allowed_hosts: crate::web::hardening::AllowedHosts::from_env(&web.host),
             ..Default::default()
         }),
-        places: crate::retention::Places::of(settings),
+        places: crate::retention::Places::of(settings)?,
         cache: Default::default(),
         changes: crate::web::watch_changes(store.clone(), Duration::from_millis(500)),
     };
@@ -187,10 +187,12 @@ pub async fn run(
         },
         _ => Placement::Local,
     };
+    let places = crate::retention::Places::of(settings)?;
     let executor = Executor::new(store.clone(), settings, Arc::new(Connections::from_env()))
         .with_shutdown(shutdown.clone(), args.shutdown_grace)
         .with_placement(placement)
-        .with_run_limits();
+        .with_run_limits()
+        .with_shared_storage(places.shared.clone());
     let scheduler = Scheduler::new(
         store,
         executor,
@@ -199,7 +201,7 @@ pub async fn run(
         registry,
         SchedulerOptions {
             retention: Some(crate::retention::Policy {
-                places: crate::retention::Places::of(settings),
+                places,
                 runs: settings.retention,
                 artifacts: settings.artifact_retention,
             }),
@@ -244,13 +246,19 @@ pub async fn worker(
         .name
         .clone()
         .unwrap_or_else(|| format!("{}-{}", crate::executor::hostname(), std::process::id()));
+    let places = crate::retention::Places::of(settings)?;
     let executor = Executor::new(store.clone(), settings, Arc::new(Connections::from_env()))
-        .with_shutdown(shutdown.clone(), args.shutdown_grace);
+        .with_shutdown(shutdown.clone(), args.shutdown_grace)
+        .with_shared_storage(places.shared.clone());
     eprintln!(
-        "sluice worker {name}: queues {}, concurrency {}, metadata in {}",
+        "sluice worker {name}: queues {}, concurrency {}, metadata in {}, artifacts and logs {}",
         args.queues.join(","),
         args.concurrency,
-        store::redact_url(&settings.database_url)
+        store::redact_url(&settings.database_url),
+        places.shared.as_ref().map_or_else(
+            || "on this machine".to_string(),
+            |s| format!("in {}", s.url())
+        )
     );
     let worker = Worker::new(
         executor,

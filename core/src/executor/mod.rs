@@ -109,7 +109,11 @@ pub struct Executor {
     store: Arc<dyn Store>,
     connections: Arc<Connections>,
     artifacts: Arc<dyn ArtifactStore>,
+    /// This machine's artifacts folder (with shared storage, its cache).
+    artifacts_root: PathBuf,
     logs_dir: PathBuf,
+    /// Shared storage that try logs are shipped to (artifacts go there through `artifacts`).
+    shared: Option<Arc<crate::storage::Storage>>,
     slots: Arc<slots::Slots>,
     observer: Option<mpsc::UnboundedSender<Progress>>,
     shutdown: CancellationToken,
@@ -202,7 +206,9 @@ impl Executor {
             store,
             connections,
             artifacts: Arc::new(LocalArtifactStore::new(settings.artifacts_dir())),
+            artifacts_root: settings.artifacts_dir(),
             logs_dir: settings.logs_dir(),
+            shared: None,
             slots: Arc::new(slots::Slots::new(
                 settings.parallelism,
                 &slots::parse_pools(&settings.pools).unwrap_or_default(),
@@ -229,6 +235,37 @@ impl Executor {
                     ),
             ),
         }
+    }
+
+    /// Keeps artifacts and try logs on `shared` storage as well (`SLUICE_STORAGE_URL`), so a
+    /// try on another machine reads the artifacts this one's tries write and a web server on
+    /// any machine serves their logs; this machine's folders become a cache.
+    pub fn with_shared_storage(mut self, shared: Option<Arc<crate::storage::Storage>>) -> Self {
+        if let Some(storage) = &shared {
+            self.artifacts = Arc::new(crate::storage::SharedArtifactStore::new(
+                storage.clone(),
+                self.artifacts_root.clone(),
+            ));
+        }
+        self.shared = shared;
+        self
+    }
+
+    /// Runs `work` (try `try_number` of `key`) with its log shipped to shared storage while
+    /// it runs and once more before its end is recorded.
+    fn shipping_log<F: std::future::Future>(
+        &self,
+        key: &TaskKey,
+        try_number: u32,
+        work: F,
+    ) -> impl std::future::Future<Output = F::Output> {
+        crate::storage::logs::shipping(
+            self.shared.clone(),
+            self.logs_dir.clone(),
+            key.clone(),
+            try_number,
+            work,
+        )
     }
 
     /// Stops every run this executor drives when `shutdown` fires: no new tries start,
@@ -926,9 +963,12 @@ impl RunDriver<'_> {
         let operator = spec.operator.clone();
         let timeout = spec.execution_timeout;
         let done = done.clone();
+        let work = self
+            .executor
+            .shipping_log(&key, ti.try_number, run_try(operator, ctx, timeout));
         tokio::spawn(
             async move {
-                let outcome = run_try(operator, ctx, timeout).await.masked(&masker);
+                let outcome = work.await.masked(&masker);
                 drop(route);
                 // The slot stays taken until the executor has persisted the try's end.
                 let _ = done.send(Finished {

@@ -349,13 +349,35 @@ impl Worker {
             "worker {} on {} runs this try",
             self.options.name, self.executor.host
         ));
-        let ctx = self
-            .executor
-            .try_context(&dag, &run, &instances, task, ti.try_number, log, stop);
+        let ctx = self.executor.try_context(
+            &dag,
+            &run,
+            &instances,
+            task,
+            ti.try_number,
+            log.clone(),
+            stop,
+        );
         let spec = &dag.tasks[task];
-        let outcome = run_try(spec.operator.clone(), ctx, spec.execution_timeout)
+        let key = TaskKey {
+            dag_id: ti.dag_id.clone(),
+            run_id: ti.run_id.clone(),
+            task_id: ti.task_id.clone(),
+        };
+        // Events the operator traces inside the try reach its log, as in a local try.
+        let route = crate::trylog::route(log);
+        let span = tracing::info_span!("execute", try_log = route.id());
+        let outcome = self
+            .executor
+            .shipping_log(
+                &key,
+                ti.try_number,
+                run_try(spec.operator.clone(), ctx, spec.execution_timeout),
+            )
+            .instrument(span)
             .await
             .masked(&masker);
+        drop(route);
         Ok((dag.clone(), task, outcome))
     }
 }

@@ -17,7 +17,6 @@ use crate::runs::{start_run, StartError};
 use crate::schedule::{parse_instant, Schedule};
 use crate::state::{RunState, TaskState};
 use crate::store::{DagRun, RunFilter, RunType, TaskInstance, TaskKey};
-use crate::trylog::read_try_log_range;
 
 /// The API routes (mounted under `/api/v1`).
 pub fn routes() -> Router<AppState> {
@@ -927,13 +926,10 @@ async fn task_log(
         run_id,
         task_id,
     };
-    let logs_dir = state.logs_dir();
-    let chunk = tokio::task::spawn_blocking(move || {
-        read_try_log_range(&logs_dir, &key, try_number, offset, limit)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("reading a log: {e}")))?
-    .map_err(|e| ApiError::internal(format!("reading a log: {e}")))?;
+    // From this machine's folder when the try ran here, else from shared storage.
+    let chunk = crate::storage::logs::read_range(&state.places, &key, try_number, offset, limit)
+        .await
+        .map_err(|e| ApiError::internal(format!("reading a log: {e}")))?;
     let wants_text = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

@@ -151,12 +151,6 @@ async fn cache_reads(State(state): State<AppState>, request: Request, next: Next
 
 pub use events::watch_changes;
 
-impl AppState {
-    fn logs_dir(&self) -> std::path::PathBuf {
-        self.places.logs.clone()
-    }
-}
-
 /// An error answer: a status, a short title and a detail safe to show.
 #[derive(Debug)]
 pub struct ApiError {

@@ -87,6 +87,78 @@ pub async fn fresh_clickhouse_database() -> String {
     name
 }
 
+/// A new, empty bucket on the test's S3-compatible server (moto, started by
+/// `scripts/services`), with the settings a sluice process needs to use it.
+pub struct Bucket {
+    /// The bucket's name.
+    pub name: String,
+    /// The server (`http://127.0.0.1:port`).
+    pub endpoint: String,
+}
+
+impl Bucket {
+    /// Creates a bucket of its own.
+    pub async fn fresh() -> Self {
+        let endpoint = std::env::var("SLUICE_TEST_S3_ENDPOINT").expect(
+            "SLUICE_TEST_S3_ENDPOINT is not set: run the suite with scripts/test, or `eval \"$(scripts/services up)\"` first",
+        );
+        let name = format!("sluice-t-{}-{}", std::process::id(), rand_suffix()).replace('_', "-");
+        let response = reqwest::Client::new()
+            .put(format!("{endpoint}/{name}"))
+            .send()
+            .await
+            .expect("the S3 server answers");
+        assert!(
+            response.status().is_success(),
+            "create bucket {name}: {}",
+            response.status()
+        );
+        Self { name, endpoint }
+    }
+
+    /// `SLUICE_STORAGE_URL` for a prefix of this bucket.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", self.name)
+    }
+
+    /// The `AWS_*` variables that point the S3 client at the test server.
+    pub fn aws_env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "sluice-test"),
+            ("AWS_SECRET_ACCESS_KEY", "sluice-test-secret"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// The bucket's object keys under `prefix`, sorted (S3's ListObjectsV2 over HTTP).
+    pub async fn keys(&self, prefix: &str) -> Vec<String> {
+        let text = reqwest::Client::new()
+            .get(format!(
+                "{}/{}?list-type=2&prefix={prefix}",
+                self.endpoint, self.name
+            ))
+            .send()
+            .await
+            .expect("the S3 server answers")
+            .text()
+            .await
+            .unwrap();
+        let mut keys: Vec<String> = text
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|rest| rest.split("</Key>").next())
+            .map(str::to_string)
+            .collect();
+        keys.sort();
+        keys
+    }
+}
+
 /// The web server over `store` and the DAGs in `dags` on an ephemeral loopback port, as
 /// `sluice webserver` builds it; returns its base URL and the token that stops it.
 pub async fn serve_web(
@@ -109,6 +181,7 @@ pub async fn serve_web(
         places: sluice_core::retention::Places {
             logs: logs.to_path_buf(),
             artifacts: logs.with_file_name("artifacts"),
+            shared: None,
         },
         guards: Default::default(),
     };

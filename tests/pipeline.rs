@@ -1392,12 +1392,18 @@ async fn the_reference_pipeline_runs_with_each_task_on_its_own_worker() {
     let src = sources();
     seed(&p.crm, &p.telemetry, &src).await;
     let database = common::fresh_pg_database().await;
-    let command = |args: &[&str]| {
+    // Every process has its own home, as on machines of their own: artifacts and logs meet
+    // only in the shared storage (a bucket on the S3 server).
+    let bucket = common::Bucket::fresh().await;
+    let home = |name: &str| p.home.path().join(name);
+    let command = |home_name: &str, args: &[&str]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.args(args)
-            .env("SLUICE_HOME", p.home.path().join("home"))
+            .env("SLUICE_HOME", home(home_name))
             .env("SLUICE_DAGS_FOLDER", &p.dags)
             .env("SLUICE_DATABASE_URL", &database)
+            .env("SLUICE_STORAGE_URL", bucket.url("sluice"))
+            .envs(bucket.aws_env())
             .env("SLUICE_CONN_CRM", &p.crm)
             .env("SLUICE_CONN_TELEMETRY", &p.telemetry)
             .env(
@@ -1424,24 +1430,30 @@ async fn the_reference_pipeline_runs_with_each_task_on_its_own_worker() {
     ];
     // Killed when dropped, whatever happens to the test.
     let mut children = vec![support::Process(
-        command(&["scheduler", "--executor", "workers"])
+        command("scheduler", &["scheduler", "--executor", "workers"])
             .spawn()
             .unwrap(),
     )];
     for task in tasks {
         children.push(support::Process(
-            command(&["worker", "--name", &format!("w-{task}"), "--queues", task])
-                .spawn()
-                .unwrap(),
+            command(
+                &format!("w-{task}"),
+                &["worker", "--name", &format!("w-{task}"), "--queues", task],
+            )
+            .spawn()
+            .unwrap(),
         ));
     }
-    let trigger = command(&[
-        "dags",
-        "trigger",
-        "prosthesis_stats",
-        "--logical-date",
-        "2026-11-23T10:07:00Z",
-    ])
+    let trigger = command(
+        "scheduler",
+        &[
+            "dags",
+            "trigger",
+            "prosthesis_stats",
+            "--logical-date",
+            "2026-11-23T10:07:00Z",
+        ],
+    )
     .status()
     .unwrap();
     assert!(trigger.success());
@@ -1483,4 +1495,46 @@ async fn the_reference_pipeline_runs_with_each_task_on_its_own_worker() {
     want.sort_by(|a, b| a.chip_id.cmp(&b.chip_id));
     check_stats(&p.rows("user_prosthesis_stats", true).await, &want);
     assert!(p.receiver_count().await > 0, "the invalidations were sent");
+
+    // compute_metrics read the extracts through the bucket: its worker downloaded them into
+    // its own cache, and the other extract's worker never saw extract_crm's table.
+    let run_dir = |worker: &str| {
+        home(worker)
+            .join("artifacts/prosthesis_stats")
+            .join(&run.run_id)
+    };
+    assert!(run_dir("w-compute_metrics")
+        .join("extract_crm.try1.arrow")
+        .exists());
+    assert!(!run_dir("w-extract_telemetry")
+        .join("extract_crm.try1.arrow")
+        .exists());
+    let objects = bucket.keys("sluice/artifacts/prosthesis_stats/").await;
+    assert!(
+        objects.iter().any(|k| k.ends_with("/extract_crm.try1.arrow")),
+        "{objects:?}"
+    );
+
+    // A web server with a home of its own serves every try's log from the bucket.
+    let mut web = command("web", &["webserver", "--port", "0"]);
+    let (_web, base) = support::start_webserver(&mut web);
+    let client = reqwest::Client::new();
+    for task in tasks {
+        let log = client
+            .get(format!(
+                "{base}/api/v1/dags/prosthesis_stats/dagRuns/{}/taskInstances/{task}/logs/1",
+                url::form_urlencoded::byte_serialize(run.run_id.as_bytes()).collect::<String>()
+            ))
+            .header("accept", "text/plain")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(log.status(), 200, "{task}");
+        let text = log.text().await.unwrap();
+        assert!(
+            text.contains(&format!("worker w-{task} on")) && text.contains("try succeeded"),
+            "{task}'s log, served by the web server: {text}"
+        );
+    }
+    assert!(!home("web").join("logs").exists(), "no log was on the web server's disk");
 }

@@ -53,6 +53,25 @@ pub fn start_scheduler(home: &Path) -> Process {
     )
 }
 
+/// Starts `sluice webserver --port 0` from `cmd` and returns it with its base URL (read
+/// from what it prints); the rest of its output is drained.
+pub fn start_webserver(cmd: &mut Command) -> (Process, String) {
+    use std::io::BufRead;
+    let mut child = Process(cmd.stderr(Stdio::piped()).spawn().unwrap());
+    let mut lines = std::io::BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("the web server printed its address")
+            .unwrap();
+        if let Some(address) = line.strip_prefix("web server on ") {
+            break address.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, base)
+}
+
 /// A PostgreSQL server of the test's own (not the shared one of `scripts/services`), so the
 /// test may kill its connections and restart it: `initdb` in a temporary folder, on a free
 /// loopback port, stopped when dropped.

@@ -1511,7 +1511,9 @@ async fn the_reference_pipeline_runs_with_each_task_on_its_own_worker() {
         .exists());
     let objects = bucket.keys("sluice/artifacts/prosthesis_stats/").await;
     assert!(
-        objects.iter().any(|k| k.ends_with("/extract_crm.try1.arrow")),
+        objects
+            .iter()
+            .any(|k| k.ends_with("/extract_crm.try1.arrow")),
         "{objects:?}"
     );
 
@@ -1536,5 +1538,8 @@ async fn the_reference_pipeline_runs_with_each_task_on_its_own_worker() {
             "{task}'s log, served by the web server: {text}"
         );
     }
-    assert!(!home("web").join("logs").exists(), "no log was on the web server's disk");
+    assert!(
+        !home("web").join("logs").exists(),
+        "no log was on the web server's disk"
+    );
 }

@@ -249,6 +249,84 @@ fn remove_dir(dir: &Path) -> u64 {
     }
 }
 
+/// What a machine that only runs tries (a worker) keeps of finished runs: its folders are
+/// caches of shared storage or copies of shipped logs, and no scheduler cleans them.
+#[derive(Debug, Clone)]
+pub struct LocalSweep {
+    /// The folders.
+    pub places: Places,
+    /// Run folders of artifacts untouched for this long are removed (`SLUICE_ARTIFACT_RETENTION`).
+    pub artifacts: Option<std::time::Duration>,
+    /// Run folders of logs untouched for this long are removed (`SLUICE_RETENTION`).
+    pub logs: Option<std::time::Duration>,
+}
+
+impl LocalSweep {
+    /// Sweeps now and then every [`Policy::EVERY`] until `stop` fires.
+    pub async fn run(self, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            let now = std::time::SystemTime::now();
+            let freed = self.sweep(now);
+            if freed > 0 {
+                tracing::info!(
+                    bytes = freed,
+                    "retention: removed old run folders from this machine"
+                );
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Policy::EVERY) => {}
+            }
+        }
+    }
+
+    /// Removes the run folders (`<root>/<dag>/<run>`) not modified within their keep time as
+    /// of `now`; returns the bytes freed.
+    pub fn sweep(&self, now: std::time::SystemTime) -> u64 {
+        let mut freed = 0;
+        for (root, keep) in [
+            (&self.places.artifacts, self.artifacts),
+            (&self.places.logs, self.logs),
+        ] {
+            let Some(keep) = keep else { continue };
+            let Some(cutoff) = now.checked_sub(keep) else {
+                continue;
+            };
+            for dag in std::fs::read_dir(root).into_iter().flatten().flatten() {
+                for run in std::fs::read_dir(dag.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if newest_change(&run.path()) < cutoff {
+                        freed += remove_dir(&run.path());
+                    }
+                }
+            }
+        }
+        freed
+    }
+}
+
+/// When a file under `path` last changed (a folder without files: when it did).
+fn newest_change(path: &Path) -> std::time::SystemTime {
+    let modified = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
+    };
+    if !path.is_dir() {
+        return modified(path);
+    }
+    std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| newest_change(&e.path()))
+        .max()
+        .unwrap_or_else(|| modified(path))
+}
+
 /// Disk a DAG uses now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct DiskUsage {
@@ -263,5 +341,52 @@ pub fn disk_usage(places: &Places, dag_id: &str) -> DiskUsage {
     DiskUsage {
         log_bytes: bytes_under(&places.logs.join(dag_id)),
         artifact_bytes: bytes_under(&places.artifacts.join(dag_id)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn a_workers_sweep_removes_only_run_folders_untouched_for_their_keep_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let places = Places {
+            logs: dir.path().join("logs"),
+            artifacts: dir.path().join("artifacts"),
+            shared: None,
+        };
+        let day = Duration::from_secs(86_400);
+        let file = |path: &str, age: Duration| {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, b"12345").unwrap();
+            let f = std::fs::File::options().write(true).open(&path).unwrap();
+            f.set_modified(SystemTime::now() - age).unwrap();
+        };
+        file("artifacts/d/old/t.try1.arrow", 10 * day);
+        // One file written lately keeps its whole run folder.
+        file("artifacts/d/mixed/a.try1.arrow", 10 * day);
+        file("artifacts/d/mixed/b.try1.arrow", day);
+        file("logs/d/old/t/1.log", 10 * day);
+        let sweep = LocalSweep {
+            places,
+            artifacts: Some(7 * day),
+            logs: None,
+        };
+        let freed = sweep.sweep(SystemTime::now());
+        let exists = |p: &str| dir.path().join(p).exists();
+        assert!(!exists("artifacts/d/old"), "untouched for 10 days");
+        assert_eq!(freed, 5);
+        assert!(
+            exists("artifacts/d/mixed/a.try1.arrow") && exists("artifacts/d/mixed/b.try1.arrow")
+        );
+        assert!(
+            exists("logs/d/old/t/1.log"),
+            "logs are kept without a log retention"
+        );
+        assert_eq!(sweep.sweep(SystemTime::now() + 7 * day), 10);
+        assert!(!exists("artifacts/d/mixed"));
     }
 }

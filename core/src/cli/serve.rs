@@ -272,6 +272,15 @@ pub async fn worker(
         },
     );
     tokio::spawn(signals(shutdown.clone(), args.shutdown_grace));
+    // No scheduler cleans this machine's folders: the worker keeps them within retention.
+    tokio::spawn(
+        crate::retention::LocalSweep {
+            places,
+            artifacts: settings.artifact_retention,
+            logs: settings.retention,
+        }
+        .run(shutdown.clone()),
+    );
     worker.run(shutdown).await?;
     eprintln!("worker stopped");
     Ok(ExitCode::SUCCESS)

@@ -314,6 +314,156 @@ pub async fn mark_task(
     Ok((marked, run))
 }
 
+/// Why a run or a task instance could not be stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The run is over: nothing runs to stop.
+    #[error("run `{run_id}` has already finished ({state})")]
+    Finished {
+        /// The run.
+        run_id: String,
+        /// How it ended.
+        state: RunState,
+    },
+    /// The run has not started: none of its tasks runs yet (stop the run instead).
+    #[error("run `{0}` has not started; stop the run instead of one of its tasks")]
+    NotStarted(String),
+    /// The task is not in the run.
+    #[error("run `{run_id}` has no task `{task_id}`")]
+    NoSuchTask {
+        /// The run.
+        run_id: String,
+        /// The task.
+        task_id: String,
+    },
+    /// The task is over.
+    #[error("task `{task_id}` has already finished ({state})")]
+    TaskFinished {
+        /// The task.
+        task_id: String,
+        /// How it ended.
+        state: TaskState,
+    },
+}
+
+/// What a stop did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stop {
+    /// The run's driver was asked: it stops the running tries (with their grace period) and
+    /// records who stopped them, within a second or so.
+    Requested,
+    /// The run had not started: it ended at once, its tasks cancelled.
+    Done(DagRun),
+}
+
+/// Stops a run: a running run's driver stops its tries (process groups get their grace
+/// period) and cancels what has not started; the run ends `ends` (`failed` or `cancelled`).
+/// The history names `by`.
+pub async fn stop_run(
+    store: &Arc<dyn Store>,
+    run: &DagRun,
+    ends: RunState,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<Stop, StopError> {
+    debug_assert!(matches!(ends, RunState::Failed | RunState::Cancelled));
+    if run.state == RunState::Queued {
+        // Nobody drives a queued run: it ends here, unless a scheduler started it meanwhile.
+        match store
+            .set_run_state(&run.dag_id, &run.run_id, RunState::Queued, ends, now)
+            .await
+        {
+            Ok(stopped) => {
+                let tis = store.task_instances(&run.dag_id, &run.run_id).await?;
+                let changes: Vec<TaskChange> = tis
+                    .iter()
+                    .filter_map(|ti| {
+                        let transition = ti.state.to(TaskState::Cancelled).ok()?;
+                        let key = TaskKey {
+                            dag_id: run.dag_id.clone(),
+                            run_id: run.run_id.clone(),
+                            task_id: ti.task_id.clone(),
+                        };
+                        let mut change = TaskChange::new(key, transition, now);
+                        change.reason = Some(format!("run stopped by {by}"));
+                        Some(change)
+                    })
+                    .collect();
+                store.transitions(&changes).await?;
+                return Ok(Stop::Done(stopped));
+            }
+            Err(StoreError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    } else if run.state.is_finished() {
+        return Err(StopError::Finished {
+            run_id: run.run_id.clone(),
+            state: run.state,
+        });
+    }
+    store
+        .request_stop(&crate::store::StopRequest {
+            dag_id: run.dag_id.clone(),
+            run_id: run.run_id.clone(),
+            task_id: None,
+            requested_by: by.to_string(),
+            requested_at: now,
+            run_ends: ends,
+        })
+        .await?;
+    Ok(Stop::Requested)
+}
+
+/// Stops one task instance of a running run: its running try is stopped (its process group
+/// gets its grace period) and ends `failed` without a retry; a task that has not started
+/// is cancelled. The run goes on as its trigger rules say. The history names `by`.
+pub async fn stop_task(
+    store: &Arc<dyn Store>,
+    run: &DagRun,
+    task_id: &str,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<Stop, StopError> {
+    match run.state {
+        RunState::Running => {}
+        RunState::Queued => return Err(StopError::NotStarted(run.run_id.clone())),
+        state => {
+            return Err(StopError::Finished {
+                run_id: run.run_id.clone(),
+                state,
+            })
+        }
+    }
+    let tis = store.task_instances(&run.dag_id, &run.run_id).await?;
+    let ti = tis
+        .iter()
+        .find(|t| t.task_id == task_id)
+        .ok_or_else(|| StopError::NoSuchTask {
+            run_id: run.run_id.clone(),
+            task_id: task_id.to_string(),
+        })?;
+    if ti.state.is_finished() {
+        return Err(StopError::TaskFinished {
+            task_id: task_id.to_string(),
+            state: ti.state,
+        });
+    }
+    store
+        .request_stop(&crate::store::StopRequest {
+            dag_id: run.dag_id.clone(),
+            run_id: run.run_id.clone(),
+            task_id: Some(task_id.to_string()),
+            requested_by: by.to_string(),
+            requested_at: now,
+            run_ends: RunState::Failed,
+        })
+        .await?;
+    Ok(Stop::Requested)
+}
+
 #[cfg(test)]
 mod conf_tests {
     use super::*;

@@ -217,6 +217,8 @@ pub const RUN_STATES: [RunState; 5] = [
 pub const RUN_ALLOWED: &[(RunState, RunState)] = &[
     (RunState::Queued, RunState::Running),
     (RunState::Queued, RunState::Cancelled),
+    // A queued run stopped before it started (Airflow's PATCH of its state to failed).
+    (RunState::Queued, RunState::Failed),
     (RunState::Running, RunState::Success),
     (RunState::Running, RunState::Failed),
     (RunState::Running, RunState::Cancelled),

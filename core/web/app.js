@@ -139,9 +139,10 @@ const sluice = (() => {
     let follow = null;
     let selectedRun = null;
     const act = async (path, body, what) => {
-      try { await api(path, { method: body.new_state ? "PATCH" : "POST", body: JSON.stringify(body) }); show(""); refresh(); }
+      try { await api(path, { method: body.new_state || body.state ? "PATCH" : "POST", body: JSON.stringify(body) }); show(""); refresh(); }
       catch (e) { show(what + " refused: " + e.message); }
     };
+    const unfinished = (state) => ["pending", "queued", "running", "up_for_retry"].includes(state);
     // A followed log is read in pieces from where the last one ended: a long log is never
     // fetched twice, and the first view shows its tail.
     let logOffset = null;
@@ -152,6 +153,10 @@ const sluice = (() => {
       $("details").hidden = false;
       $("details-title").textContent = taskId + " · " + runId + " · try " + tryNumber + (state ? " · " + state : "");
       const ti = "/dags/" + encodeURIComponent(dagId) + "/dagRuns/" + encodeURIComponent(runId) + "/taskInstances/" + encodeURIComponent(taskId);
+      // A task still to run or running can be stopped; a finished one marked or cleared.
+      $("stop-task").hidden = !unfinished(state);
+      for (const id of ["mark-success", "mark-failed", "clear"]) $(id).hidden = unfinished(state);
+      $("stop-task").onclick = () => act(ti, { new_state: "failed" }, "Stop");
       $("mark-success").onclick = () => act(ti, { new_state: "success" }, "Mark success");
       $("mark-failed").onclick = () => act(ti, { new_state: "failed" }, "Mark failed");
       $("clear").onclick = () => act("/dags/" + encodeURIComponent(dagId) + "/clearTaskInstances", { dag_run_id: runId, task_ids: [taskId], include_downstream: true }, "Clear");
@@ -215,6 +220,13 @@ const sluice = (() => {
         const shown = runs.find((r) => r.dag_run_id === selectedRun) || runs[0];
         const states = shown ? Object.fromEntries((tis[shown.dag_run_id] || []).map((t) => [t.task_id, t.state])) : {};
         drawGraph(dag, states);
+        // The shown run, while it runs or waits to, can be stopped.
+        const stoppable = shown && (shown.state === "running" || shown.state === "queued");
+        $("stop-run").hidden = !stoppable;
+        if (stoppable) {
+          $("stop-run").textContent = "Stop run " + shown.dag_run_id;
+          $("stop-run").onclick = () => act("/dags/" + encodeURIComponent(dagId) + "/dagRuns/" + encodeURIComponent(shown.dag_run_id), { state: "failed" }, "Stop");
+        }
         // A run executes the DAG version it was created with: say when that is not the file's.
         if (shown && shown.dag_hash !== dag.file_hash) {
           const showChanges = async () => {

@@ -47,13 +47,13 @@ await step("with a viewer token the DAG list shows the DAG", async () => {
   await page.fill("#token", viewer);
   await page.dispatchEvent("#token", "change");
   await page.waitForSelector("#dags tbody tr a", { timeout: 10000 });
-  assert.deepEqual(await page.locator("#dags tbody tr a").allTextContents(), ["ui_demo"]);
+  assert.deepEqual(await page.locator("#dags tbody tr a").allTextContents(), ["ui_demo", "ui_stop"]);
   assert.ok(await page.locator("#audit-section").isHidden(), "a viewer does not see the audit log");
   await page.screenshot({ path: `${shots}/1-dag-list.png`, fullPage: true });
 });
 
 await step("a viewer's trigger is refused and says why", async () => {
-  await navigateBy("#dags tbody tr a", /\/dags\/ui_demo$/);
+  await navigateBy("#dags tbody tr:first-child a", /\/dags\/ui_demo$/);
   await page.waitForSelector("#trigger");
   await page.fill("#logical_date", "2026-01-01T00:00:00Z");
   await page.click("#trigger button[type=submit]");
@@ -109,6 +109,28 @@ await step("a run's DAG version and the changes to the file since are shown", as
   await page.waitForFunction(() => document.getElementById("version-diff").textContent.includes("+# edited after the run by the browser test"), null, { timeout: 10000 });
   assert.ok((await page.textContent("#version")).includes("the DAG file is now version"));
   await page.screenshot({ path: `${shots}/5b-version-diff.png`, fullPage: true });
+});
+
+await step("a running task is stopped from its panel, and the grid says who stopped it", async () => {
+  const started = await fetch(base + "/api/v1/dags/ui_stop/dagRuns", { method: "POST", headers: { "Authorization": "Bearer " + token, "Content-Type": "application/json" }, body: JSON.stringify({ conf: {} }) });
+  assert.equal(started.status, 200, await started.text());
+  await page.goto(base + "/dags/ui_stop");
+  await page.waitForSelector("#grid tbody tr:first-child span.cell.running", { timeout: 15000 });
+  assert.ok(await page.locator("#stop-run").isVisible(), "a running run can be stopped");
+  await page.click("#grid tbody tr:first-child span.cell.running");
+  await page.waitForSelector("#stop-task:not([hidden])", { timeout: 5000 });
+  assert.ok(await page.locator("#mark-success").isHidden(), "a running task is stopped, not marked");
+  await page.screenshot({ path: `${shots}/5c-running-task.png`, fullPage: true });
+  const clicked = Date.now();
+  await page.click("#stop-task");
+  // `sleep 600` ends within the poll (1 s) and the grace period (5 s) of the process group.
+  await page.waitForSelector("#grid tbody tr:first-child span.cell.failed", { timeout: 10000 });
+  assert.ok(Date.now() - clicked < 10000);
+  const title = await page.getAttribute("#grid tbody tr:first-child span.cell.failed", "title");
+  assert.ok(title.includes("stopped by api:admin"), title);
+  await page.waitForSelector("#grid thead span.cell.failed", { timeout: 10000 });
+  assert.ok(await page.locator("#stop-run").isHidden(), "a finished run has nothing to stop");
+  await page.screenshot({ path: `${shots}/5d-task-stopped.png`, fullPage: true });
 });
 
 await step("the token stays in this tab only", async () => {

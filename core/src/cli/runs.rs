@@ -44,6 +44,22 @@ pub enum RunsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Stop a run: its running tries are stopped (each process group gets its grace period),
+    /// what has not started is cancelled, and the run ends cancelled (or failed with
+    /// `--failed`). The history names who stopped it.
+    Stop {
+        /// The run id.
+        run_id: String,
+        /// The DAG (needed when several DAGs have a run with this id).
+        #[arg(long)]
+        dag: Option<String>,
+        /// End the run `failed` rather than `cancelled`.
+        #[arg(long)]
+        failed: bool,
+        /// Return at once rather than waiting until the run has ended.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Show how the DAG version a run executes differs from the DAG file (and its SQL files)
     /// in the folder now, as a unified diff; nothing when they are the same.
     Diff {
@@ -70,6 +86,20 @@ pub enum TasksCommand {
         /// Also clear every task downstream of it.
         #[arg(long)]
         downstream: bool,
+    },
+    /// Stop one task instance of a running run: its running try is stopped (its process group
+    /// gets its grace period) and fails without a retry; a task that has not started is
+    /// cancelled. The run goes on as its trigger rules say.
+    Stop {
+        /// The DAG id.
+        dag_id: String,
+        /// The run id.
+        run_id: String,
+        /// The task id.
+        task_id: String,
+        /// Return at once rather than waiting until the task has ended.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Print the log of one try of a task (the latest try by default).
     Logs {
@@ -164,6 +194,67 @@ pub async fn run(
         RunsCommand::Diff { run_id, dag } => {
             diff(store.as_ref(), settings, registry, &run_id, dag).await
         }
+        RunsCommand::Stop {
+            run_id,
+            dag,
+            failed,
+            no_wait,
+        } => {
+            let run = find_run(store.as_ref(), &run_id, dag).await?;
+            let ends = if failed {
+                RunState::Failed
+            } else {
+                RunState::Cancelled
+            };
+            let stop =
+                crate::runs::stop_run(&store, &run, ends, &cli_user(), chrono::Utc::now()).await?;
+            if let crate::runs::Stop::Done(run) = stop {
+                println!("run {} had not started: {}", run.run_id, run.state);
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!("asked the run's scheduler to stop run {}", run.run_id);
+            if no_wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let ended = wait_until(|| async {
+                let now = store.run(&run.dag_id, &run.run_id).await?;
+                Ok(now
+                    .filter(|r| r.state.is_finished())
+                    .map(|r| r.state.to_string()))
+            })
+            .await?;
+            println!("run {} {ended}", run.run_id);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Who runs this command, for the history of what it changes: `cli:<user>@<host>`.
+fn cli_user() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}@{}", crate::executor::hostname())
+}
+
+/// Polls `ended` until it answers, printing a note while it takes long: the driver acts within
+/// a second and a stopped try has its grace period (a few seconds) to end.
+async fn wait_until<F, Fut>(ended: F) -> anyhow::Result<String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<String>>>,
+{
+    let began = std::time::Instant::now();
+    let mut noted = false;
+    loop {
+        if let Some(state) = ended().await? {
+            return Ok(state);
+        }
+        if !noted && began.elapsed() > std::time::Duration::from_secs(15) {
+            eprintln!("still waiting: is a scheduler driving the run? (Ctrl-C leaves the request in place)");
+            noted = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 
@@ -360,6 +451,34 @@ pub async fn run_tasks(
             task_id,
             try_number,
         } => (dag_id, run_id, task_id, try_number),
+        TasksCommand::Stop {
+            dag_id,
+            run_id,
+            task_id,
+            no_wait,
+        } => {
+            let store = store::open(&settings.database_url).await?;
+            let run = store
+                .run(&dag_id, &run_id)
+                .await?
+                .ok_or_else(|| anyhow!("no run `{run_id}` for DAG `{dag_id}`"))?;
+            crate::runs::stop_task(&store, &run, &task_id, &cli_user(), chrono::Utc::now()).await?;
+            eprintln!("asked the run's scheduler to stop task {task_id} of run {run_id}");
+            if no_wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let ended = wait_until(|| async {
+                let tis = store.task_instances(&dag_id, &run_id).await?;
+                Ok(tis
+                    .into_iter()
+                    .find(|ti| ti.task_id == task_id)
+                    .filter(|ti| ti.state.is_finished())
+                    .map(|ti| ti.state.to_string()))
+            })
+            .await?;
+            println!("task {task_id} {ended}");
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     let store = store::open(&settings.database_url).await?;
     let tis = store.task_instances(&dag_id, &run_id).await?;

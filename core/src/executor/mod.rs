@@ -38,6 +38,9 @@ use crate::store::{
 };
 use crate::trylog::{self, try_log_path};
 pub use attempt::{run_try, TryOutcome, STOP_GRACE};
+
+/// How often a run's driver looks for requests to stop the run or one of its tasks.
+pub const STOP_POLL: Duration = Duration::from_secs(1);
 use decide::{decide, next_wakeup, TaskView};
 use plan::{overlay, try_ending, Ending, Planned};
 pub(crate) use processes::hostname;
@@ -194,6 +197,10 @@ struct RunDriver<'a> {
     /// Tries stopped without being their fault (a shutdown's grace or a store outage's
     /// deadline ran out): they end as interrupted and run again without using up a retry.
     interrupted: std::collections::HashSet<usize>,
+    /// The request that stops the whole run, once its driver acted on it.
+    stop: Option<crate::store::StopRequest>,
+    /// Running tries stopped by a request, with the reason their end records.
+    stopping: HashMap<usize, String>,
     /// Since when the store has not answered this driver (`None` while it answers).
     outage: Option<tokio::time::Instant>,
 }
@@ -578,6 +585,8 @@ impl Executor {
             lease_ends: claimed_at + self.lease,
             running: HashMap::new(),
             interrupted: Default::default(),
+            stop: None,
+            stopping: HashMap::new(),
             outage: None,
         };
         driver.drive(cancel).await
@@ -986,6 +995,8 @@ impl RunDriver<'_> {
     /// Drives the run; on an error, stops the tries it started before returning, so nobody
     /// later finds them `running` while they still run. Gives up the run's lease at the end.
     async fn drive(mut self, cancel: CancellationToken) -> Result<DagRun, ExecutorError> {
+        // The driver cancels the run itself when someone stops it.
+        let cancel = cancel.child_token();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
         let result = self.drive_loop(&cancel, &done_tx, &mut done_rx).await;
         if result.is_err() && !self.running.is_empty() {
@@ -1117,6 +1128,11 @@ impl RunDriver<'_> {
         let me = format!("{}/{}", self.dag.dag_id, self.run.run_id);
         let mut follow_tick = tokio::time::interval(follow.unwrap_or(Duration::from_secs(3600)));
         follow_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Stop requests (CLI, API, UI) are looked for every STOP_POLL; a run shorter than
+        // that never pays for a look.
+        let mut stop_tick = tokio::time::interval(STOP_POLL);
+        stop_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        stop_tick.tick().await;
         loop {
             let next = mode.next(cancel, &shutdown, self.executor.shutdown_grace);
             if next == Mode::Cancelling && mode != Mode::Cancelling {
@@ -1172,14 +1188,21 @@ impl RunDriver<'_> {
                     }
                     for Finished { task, outcome, at, slot } in done {
                         self.running.remove(&task);
+                        let stopped = self.stopping.remove(&task);
                         let ending = if self.interrupted.remove(&task) {
                             Ending::Interrupted
                         } else if mode == Mode::Cancelling || cancel.is_cancelled() {
                             Ending::Cancelling
+                        } else if stopped.is_some() {
+                            Ending::Stopped
                         } else {
                             Ending::Normal
                         };
-                        ended.push(Planned { at: Some(at), ..try_ending(task, &self.instances[task], &self.dag.tasks[task].retry, outcome, ending, at) });
+                        let mut planned = Planned { at: Some(at), ..try_ending(task, &self.instances[task], &self.dag.tasks[task].retry, outcome, ending, at) };
+                        if let Some(reason) = stopped.or_else(|| self.stop_reason()).filter(|_| planned.to != TaskState::Success) {
+                            planned.reason = Some(reason);
+                        }
+                        ended.push(planned);
                         // The slot is free now: the end is written, with the time it happened,
                         // before (or with) the start of any try that takes the slot in this run.
                         drop(slot);
@@ -1221,6 +1244,9 @@ impl RunDriver<'_> {
                         ended.extend(dead);
                     }
                 }
+                _ = stop_tick.tick(), if mode == Mode::Running => {
+                    self.take_stops(cancel).await?;
+                }
                 _ = follow_tick.tick(), if follow.is_some() => {
                     let dead = self.follow_workers(Some(heartbeat_timeout)).await?;
                     ended.extend(dead);
@@ -1242,7 +1268,9 @@ impl RunDriver<'_> {
             }
         }
         let outcome = if mode == Mode::Cancelling {
-            RunState::Cancelled
+            self.stop
+                .as_ref()
+                .map_or(RunState::Cancelled, |s| s.run_ends)
         } else {
             run_outcome(self.instances.iter().map(|ti| ti.state))
         };
@@ -1271,6 +1299,10 @@ impl RunDriver<'_> {
             }
         };
         let (dag_id, run_id) = (&dag_id, &run_id);
+        if run.is_ok() {
+            // Requests that came too late to matter must not stop a later attempt.
+            self.forget_stops().await;
+        }
         match run {
             Ok(run) => Ok(run),
             // An earlier try of this write landed before its connection broke.
@@ -1302,11 +1334,94 @@ impl RunDriver<'_> {
                     ) || (ti.state == TaskState::Running && ti.worker.is_some())
                 })
                 .map(|task| Planned {
-                    reason: Some("run cancelled".into()),
+                    reason: Some(self.stop_reason().unwrap_or_else(|| "run cancelled".into())),
                     ..Planned::to(task, TaskState::Cancelled)
                 }),
         );
         self.apply_all(plan).await
+    }
+
+    /// Why the run's tries end, when someone stopped the whole run.
+    fn stop_reason(&self) -> Option<String> {
+        self.stop
+            .as_ref()
+            .map(|s| format!("run stopped by {}", s.requested_by))
+    }
+
+    /// Acts on the run's stop requests: the whole run (its loop cancels it), or one task: a
+    /// running try is stopped and ends failed, a task that has not started is cancelled. A
+    /// request is removed once its task has ended (the run's, once the run has), so a driver
+    /// that resumes the run after this one died acts on it again.
+    async fn take_stops(&mut self, cancel: &CancellationToken) -> Result<(), ExecutorError> {
+        let store = self.executor.store.clone();
+        let requests = match store
+            .stop_requests(&self.dag.dag_id, &self.run.run_id)
+            .await
+        {
+            Ok(requests) => requests,
+            // Looked for again at the next tick.
+            Err(error) if error.is_transient() => return Ok(()),
+            Err(error) => return Err(error.into()),
+        };
+        for request in requests {
+            let Some(task_id) = &request.task_id else {
+                if self.stop.is_none() {
+                    tracing::info!(dag_id = %self.dag.dag_id, run_id = %self.run.run_id, by = %request.requested_by, "stopping the run");
+                    self.stop = Some(request);
+                    cancel.cancel();
+                }
+                continue;
+            };
+            let Some(task) = self.dag.task_index(task_id) else {
+                store.forget_stop(&request).await?;
+                continue;
+            };
+            if self.stopping.contains_key(&task) {
+                continue;
+            }
+            let reason = format!("stopped by {}", request.requested_by);
+            let ti = &self.instances[task];
+            let change = match ti.state {
+                TaskState::Running => match self.running.get(&task) {
+                    Some(token) => {
+                        // Its end, when the try has stopped, records the reason.
+                        token.cancel();
+                        self.stopping.insert(task, reason);
+                        continue;
+                    }
+                    // A worker's try: its worker sees at its next heartbeat that the try is
+                    // no longer its own and stops it.
+                    None => Some(TaskState::Failed),
+                },
+                TaskState::Pending | TaskState::Queued | TaskState::UpForRetry => {
+                    Some(TaskState::Cancelled)
+                }
+                _ => None,
+            };
+            if let Some(to) = change {
+                self.apply_all(vec![Planned {
+                    reason: Some(reason),
+                    ..Planned::to(task, to)
+                }])
+                .await?;
+            }
+            store.forget_stop(&request).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the run's stop requests once it has ended (best effort: they go with the run).
+    async fn forget_stops(&self) {
+        let store = &self.executor.store;
+        let Ok(requests) = store
+            .stop_requests(&self.dag.dag_id, &self.run.run_id)
+            .await
+        else {
+            return;
+        };
+        for request in requests {
+            let _ = store.forget_stop(&request).await;
+        }
     }
 
     /// A pass of a running run, written as one request: the ends that came in (`plan`), the

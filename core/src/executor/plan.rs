@@ -21,6 +21,8 @@ pub(super) enum Ending {
     Cancelling,
     /// The process is shutting down and stopped the try: it runs again later, without using up a retry.
     Interrupted,
+    /// Someone stopped this task (CLI, API, UI): the try fails without a retry.
+    Stopped,
 }
 
 /// A change this driver wants for one of its tasks, before the state machine approves it.
@@ -101,6 +103,12 @@ pub(super) fn try_ending(
                 next_retry_at: Some(now),
                 max_tries: Some(ti.max_tries + 1),
                 ..Planned::to(task, TaskState::UpForRetry)
+            }
+        }
+        TryOutcome::Failure { .. } | TryOutcome::Cancelled if ending == Ending::Stopped => {
+            Planned {
+                reason: Some(format!("try {} stopped", ti.try_number)),
+                ..Planned::to(task, TaskState::Failed)
             }
         }
         TryOutcome::Cancelled => Planned {

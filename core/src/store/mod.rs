@@ -780,6 +780,38 @@ pub trait Processes: Send + Sync + std::fmt::Debug {
     async fn processes(&self, dag_id: &str, run_id: &str) -> Result<Vec<TaskProcess>, StoreError>;
 }
 
+/// Requests to stop a running run or one of its task instances (see `runs::stop_run`).
+#[async_trait]
+pub trait Stops: Send + Sync + std::fmt::Debug {
+    /// Records a request (a repeated one replaces the earlier).
+    async fn request_stop(&self, request: &StopRequest) -> Result<(), StoreError>;
+    /// The requests waiting for a run's driver.
+    async fn stop_requests(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+    ) -> Result<Vec<StopRequest>, StoreError>;
+    /// Removes a request its driver acted on.
+    async fn forget_stop(&self, request: &StopRequest) -> Result<(), StoreError>;
+}
+
+/// A request to stop a running run (`task_id` none) or one task instance of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopRequest {
+    /// The DAG.
+    pub dag_id: String,
+    /// The run.
+    pub run_id: String,
+    /// The task to stop; none stops the whole run.
+    pub task_id: Option<String>,
+    /// Who asked (an API token's name, a CLI user), for the history.
+    pub requested_by: String,
+    /// When.
+    pub requested_at: DateTime<Utc>,
+    /// How a stopped run ends: `failed` or `cancelled`.
+    pub run_ends: crate::state::RunState,
+}
+
 /// A process group a try started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskProcess {
@@ -847,7 +879,7 @@ pub struct AuditEntry {
 /// The metadata store: all its parts, as one `Arc<dyn Store>` that front ends and the
 /// scheduler share. Code that needs one part can take `&dyn RunStore`, `&dyn ReadModel`, ….
 pub trait Store:
-    RunStore + ReadModel + Metrics + Heartbeats + AuditLog + Retention + Processes + Workers
+    RunStore + ReadModel + Metrics + Heartbeats + AuditLog + Retention + Processes + Workers + Stops
 {
 }
 
@@ -860,6 +892,7 @@ impl<T> Store for T where
         + Retention
         + Processes
         + Workers
+        + Stops
         + ?Sized
 {
 }

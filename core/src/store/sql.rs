@@ -1256,6 +1256,74 @@ impl Processes for SqlStore {
 }
 
 #[async_trait]
+impl Stops for SqlStore {
+    async fn request_stop(&self, request: &StopRequest) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        sqlx::query(
+            "INSERT INTO stop_request (dag_id, run_id, task_id, requested_by, requested_at, run_ends)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (dag_id, run_id, task_id) DO UPDATE
+             SET requested_by = excluded.requested_by, requested_at = excluded.requested_at,
+                 run_ends = excluded.run_ends",
+        )
+        .bind(&request.dag_id)
+        .bind(&request.run_id)
+        .bind(request.task_id.as_deref().unwrap_or(""))
+        .bind(&request.requested_by)
+        .bind(micros(request.requested_at))
+        .bind(request.run_ends.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("record a stop request"))?;
+        Ok(())
+    }
+
+    async fn stop_requests(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+    ) -> Result<Vec<StopRequest>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT task_id, requested_by, requested_at, run_ends FROM stop_request
+             WHERE dag_id = $1 AND run_id = $2 ORDER BY requested_at, task_id",
+        )
+        .bind(dag_id)
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("read stop requests"))?;
+        rows.iter()
+            .map(|row| {
+                let task_id: String = get(row, "task_id")?;
+                Ok(StopRequest {
+                    dag_id: dag_id.to_string(),
+                    run_id: run_id.to_string(),
+                    task_id: (!task_id.is_empty()).then_some(task_id),
+                    requested_by: get(row, "requested_by")?,
+                    requested_at: instant("requested_at", get(row, "requested_at")?)?,
+                    run_ends: parse("run_ends", get(row, "run_ends")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn forget_stop(&self, request: &StopRequest) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        sqlx::query(
+            "DELETE FROM stop_request WHERE dag_id = $1 AND run_id = $2 AND task_id = $3 AND requested_at = $4",
+        )
+        .bind(&request.dag_id)
+        .bind(&request.run_id)
+        .bind(request.task_id.as_deref().unwrap_or(""))
+        .bind(micros(request.requested_at))
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("forget a stop request"))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
 impl Retention for SqlStore {
     async fn runs_ended_before(
         &self,

@@ -26,7 +26,10 @@ pub fn routes() -> Router<AppState> {
         .route("/dags/{dag_id}/tasks", get(list_tasks))
         .route("/dags/{dag_id}/grid", get(grid))
         .route("/dags/{dag_id}/dagRuns", get(list_runs).post(trigger_run))
-        .route("/dags/{dag_id}/dagRuns/{dag_run_id}", get(get_run))
+        .route(
+            "/dags/{dag_id}/dagRuns/{dag_run_id}",
+            get(get_run).patch(patch_run),
+        )
         .route(
             "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances",
             get(list_task_instances),
@@ -993,10 +996,68 @@ pub(super) struct MarkBody {
     dry_run: bool,
 }
 
-/// `PATCH …/taskInstances/{task_id}` with `{"new_state": "success" | "failed"}` (Airflow's shape).
+/// `PATCH …/dagRuns/{dag_run_id}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RunPatch {
+    /// `failed` (Airflow's way to stop a run) or `cancelled`: a running run's tries are
+    /// stopped, what has not started is cancelled, and the run ends in this state.
+    state: String,
+}
+
+/// Who a request came from, for the history (`api:<token name>`).
+fn caller_name(caller: Option<axum::Extension<super::auth::Caller>>) -> String {
+    format!(
+        "api:{}",
+        caller.map_or_else(|| "anonymous".to_string(), |c| c.0.name)
+    )
+}
+
+fn stop_error(e: crate::runs::StopError) -> ApiError {
+    match e {
+        crate::runs::StopError::Store(e) => e.into(),
+        crate::runs::StopError::NoSuchTask { .. } => ApiError::not_found(e.to_string()),
+        other => ApiError::conflict(other.to_string()),
+    }
+}
+
+/// `PATCH …/dagRuns/{dag_run_id}` with `{"state": "failed"}`: stops a running or queued run.
+async fn patch_run(
+    State(state): State<AppState>,
+    Path((dag_id, run_id)): Path<(String, String)>,
+    caller: Option<axum::Extension<super::auth::Caller>>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let body: RunPatch = json_body(body, "{\"state\": \"failed\"}")?;
+    let ends = match body.state.as_str() {
+        "failed" => crate::state::RunState::Failed,
+        "cancelled" => crate::state::RunState::Cancelled,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "state must be failed or cancelled (a run stops and ends in it), not `{other}`"
+            )))
+        }
+    };
+    let run = state.store.run(&dag_id, &run_id).await?.ok_or_else(|| {
+        ApiError::not_found(format!("run `{run_id}` of DAG `{dag_id}` not found"))
+    })?;
+    let stop = crate::runs::stop_run(&state.store, &run, ends, &caller_name(caller), Utc::now())
+        .await
+        .map_err(stop_error)?;
+    let run = match stop {
+        crate::runs::Stop::Done(run) => run,
+        // Its driver stops it within a second or so; the answer shows it still running.
+        crate::runs::Stop::Requested => run,
+    };
+    Ok(Json(run_json(&run)))
+}
+
+/// `PATCH …/taskInstances/{task_id}` with `{"new_state": "success" | "failed"}` (Airflow's
+/// shape): marks a task of a finished run, or, with `failed` on a running run, stops the task.
 async fn mark_task_instance(
     State(state): State<AppState>,
     Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    caller: Option<axum::Extension<super::auth::Caller>>,
     body: Option<Json<Value>>,
 ) -> Result<Json<Value>, ApiError> {
     let body: MarkBody = json_body(
@@ -1018,6 +1079,26 @@ async fn mark_task_instance(
     if body.dry_run {
         return Ok(Json(
             json!({"task_id": task_id, "dag_run_id": run_id, "new_state": body.new_state, "dry_run": true}),
+        ));
+    }
+    if !run.state.is_finished() && to == crate::state::TaskState::Failed {
+        crate::runs::stop_task(
+            &state.store,
+            &run,
+            &task_id,
+            &caller_name(caller),
+            Utc::now(),
+        )
+        .await
+        .map_err(stop_error)?;
+        let tis = state.store.task_instances(&dag_id, &run_id).await?;
+        let ti = tis
+            .iter()
+            .find(|t| t.task_id == task_id)
+            .ok_or_else(|| ApiError::not_found(format!("task `{task_id}` not found")))?;
+        // Its run's driver stops it within a second or so.
+        return Ok(Json(
+            json!({"task_instance": task_instance_json(ti), "dag_run": run_json(&run), "stop_requested": true}),
         ));
     }
     match crate::runs::mark_task(&state.store, &run, &task_id, to, Utc::now()).await {

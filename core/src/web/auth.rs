@@ -324,7 +324,12 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
     let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
     let response = match refused {
         Some(response) => response,
-        None => next.run(request).await,
+        None => {
+            // Handlers name the caller in what they record (who stopped a run).
+            let mut request = request;
+            request.extensions_mut().insert(caller.clone());
+            next.run(request).await
+        }
     };
     // Requests without a valid token are not recorded: anyone can send them, and a flood of
     // them must not fill the store (they are logged at debug by the error middleware).

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 
 use super::api::{
     AuditLogJson, BackfillBody, ClearBody, DagPatch, DagRunCollection, DagRunJson, DagVersionJson,
-    DeliveryLedgerJson, MarkBody, ProblemJson, RunAttemptCollection, TaskInstanceCollection,
-    TriggerBody, WorkerCollection,
+    DeliveryLedgerJson, MarkBody, ProblemJson, RunAttemptCollection, RunPatch,
+    TaskInstanceCollection, TriggerBody, WorkerCollection,
 };
 
 /// One operation of the API, for the OpenAPI document.
@@ -154,6 +154,13 @@ pub const OPERATIONS: &[Operation] = &[
     )
     .answers(schema::<DagRunJson>),
     op(
+        "patch",
+        "/dags/{dag_id}/dagRuns/{dag_run_id}",
+        "Stop a running or queued run: its tries are stopped with their grace period, what has not started is cancelled, and the run ends in the state given (failed or cancelled)",
+        Some(schema::<RunPatch>),
+    )
+    .answers(schema::<DagRunJson>),
+    op(
         "get",
         "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances",
         "A run's task instances",
@@ -198,7 +205,7 @@ pub const OPERATIONS: &[Operation] = &[
     op(
         "patch",
         "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}",
-        "Mark a finished task success or failed",
+        "Mark a task of a finished run success or failed; `failed` on a running run stops the task (its try ends failed without a retry)",
         Some(schema::<MarkBody>),
     ),
     op(

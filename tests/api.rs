@@ -700,6 +700,10 @@ async fn every_operation_in_the_openapi_document_answers() {
                     .client
                     .patch(&url)
                     .json(&json!({"new_state": "failed", "dry_run": true})),
+                "patch" if path.ends_with("{dag_run_id}") => s
+                    .client
+                    .patch(&url)
+                    .json(&json!({"state": "failed", "dry_run": true})),
                 "patch" => s.client.patch(&url).json(&json!({"is_paused": false})),
                 "post" if path.ends_with("backfills") => s.client.post(&url).json(
                     &json!({"from_date": "2026-11-01", "to_date": "2026-11-02", "dry_run": true}),

@@ -356,7 +356,7 @@ pub enum Stop {
     /// records who stopped them, within a second or so.
     Requested,
     /// The run had not started: it ended at once, its tasks cancelled.
-    Done(DagRun),
+    Done(Box<DagRun>),
 }
 
 /// Stops a run: a running run's driver stops its tries (process groups get their grace
@@ -393,7 +393,7 @@ pub async fn stop_run(
                     })
                     .collect();
                 store.transitions(&changes).await?;
-                return Ok(Stop::Done(stopped));
+                return Ok(Stop::Done(Box::new(stopped)));
             }
             Err(StoreError::Conflict { .. }) => {}
             Err(e) => return Err(e.into()),

@@ -27,6 +27,7 @@ const LANDED: &[(&str, &str)] = &[
     ("postgres/0011_dag_versions.sql", "f80a3182415cc656"),
     ("postgres/0012_workers.sql", "bc739a72239de4ba"),
     ("postgres/0013_stop_requests.sql", "225b445d08fa87be"),
+    ("postgres/0014_notifications.sql", "e96bc5ba5e5bec8a"),
     ("sqlite/0001_core.sql", "9ca712b191ce86b1"),
     ("sqlite/0002_scheduler.sql", "b5ec939731a48592"),
     ("sqlite/0003_history_trigger.sql", "7168ac0d5082f7f9"),
@@ -40,6 +41,7 @@ const LANDED: &[(&str, &str)] = &[
     ("sqlite/0011_dag_versions.sql", "f80a3182415cc656"),
     ("sqlite/0012_workers.sql", "bc739a72239de4ba"),
     ("sqlite/0013_stop_requests.sql", "225b445d08fa87be"),
+    ("sqlite/0014_notifications.sql", "e96bc5ba5e5bec8a"),
 ];
 
 fn migrations_dir() -> std::path::PathBuf {

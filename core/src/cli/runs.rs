@@ -344,9 +344,15 @@ async fn show(
     for attempt in &mut attempts {
         attempt.conf = sluice_operator_api::secrets::with_keys_masked(&attempt.conf);
     }
+    let notifications: Vec<serde_json::Value> = store
+        .notifications(&run.dag_id, &run.run_id)
+        .await?
+        .iter()
+        .map(notification_json)
+        .collect();
     if as_json {
         print_json(
-            &json!({ "run": run, "attempts": attempts, "task_instances": tis, "history": history }),
+            &json!({ "run": run, "attempts": attempts, "task_instances": tis, "history": history, "notifications": notifications }),
         )?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -396,6 +402,20 @@ async fn show(
         }
         print!("{}", table.render());
     }
+    if !notifications.is_empty() {
+        println!("\nnotifications:");
+        let mut table = Table::new(&["event", "channel", "attempts", "sent", "last error"]);
+        for n in &notifications {
+            table.row(vec![
+                n["event"].as_str().unwrap_or_default().to_string(),
+                n["channel"].as_str().unwrap_or_default().to_string(),
+                n["attempts"].to_string(),
+                n["sent_at"].as_str().unwrap_or("-").to_string(),
+                n["last_error"].as_str().unwrap_or_default().to_string(),
+            ]);
+        }
+        print!("{}", table.render());
+    }
     println!("\nhistory:");
     for change in &history {
         let reason = change
@@ -415,6 +435,21 @@ async fn show(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A notification as `runs show` and the API show it: what, where, and how sending went.
+pub fn notification_json(n: &crate::notify::Notification) -> serde_json::Value {
+    json!({
+        "id": n.id,
+        "event": n.event,
+        "channel": n.channel,
+        "attempts": n.attempts,
+        "created_at": n.created_at,
+        "sent_at": n.sent_at,
+        "gave_up_at": n.gave_up_at,
+        "next_at": (n.sent_at.is_none() && n.gave_up_at.is_none()).then_some(n.next_at),
+        "last_error": n.last_error,
+    })
 }
 
 /// Runs a `tasks` subcommand.

@@ -194,7 +194,7 @@ pub async fn run(
         .with_run_limits()
         .with_shared_storage(places.shared.clone());
     let scheduler = Scheduler::new(
-        store,
+        store.clone(),
         executor,
         Arc::new(SystemClock),
         settings.dags_folder.clone(),
@@ -219,7 +219,12 @@ pub async fn run(
         }
     );
     tokio::spawn(signals(shutdown.clone(), args.shutdown_grace));
+    // Notifications are sent by every scheduler; a claim in the store keeps each to one.
+    let notifier =
+        crate::notify::send::Notifier::new(store.clone(), Arc::new(Connections::from_env()));
+    let notifier = tokio::spawn(notifier.run(shutdown.clone()));
     scheduler.run(shutdown).await?;
+    let _ = notifier.await;
     if let Some(web) = web_server {
         let _ = web.await;
     }

@@ -240,6 +240,15 @@ pub fn parse_dag(path: &Path, text: &str, registry: &Registry) -> Result<Dag, Ve
             continue;
         }
         first_index.insert(id, *index);
+        if let Some(header) = header {
+            check_channel_names(
+                &header.channels,
+                Some(id),
+                "",
+                &spec.retry_spec(),
+                &mut errors,
+            );
+        }
         if let Some(task) = build_task(*index, spec, &defaults, registry, &mut errors) {
             built.push((task, spec));
         }
@@ -276,6 +285,19 @@ pub fn parse_dag(path: &Path, text: &str, registry: &Registry) -> Result<Dag, Ve
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         tags: header.tags.clone(),
+        notify: std::sync::Arc::new(crate::notify::DagNotify {
+            // Checked by check_notifications: every channel has exactly one kind.
+            channels: header
+                .channels
+                .iter()
+                .filter_map(|(name, file)| Some((name.clone(), file.channel().ok()?)))
+                .collect(),
+            on_failure: header.on_failure.clone(),
+            on_success: header.on_success.clone(),
+            on_sla_miss: header.on_sla_miss.clone(),
+        }),
+        sla: header.sla.map(|d| d.0),
+        dagrun_timeout: header.dagrun_timeout.map(|d| d.0),
         tasks: wire(built, &graph),
     })
 }
@@ -301,6 +323,7 @@ impl Default for HeaderSettings {
 
 /// Checks the DAG's own settings (id, timezone, schedule, dates, limits, default_args).
 fn check_header(h: &file::DagHeader, errors: &mut Collector<'_>) -> HeaderSettings {
+    check_notifications(h, errors);
     let HeaderSettings {
         mut schedule,
         mut timezone,
@@ -395,6 +418,114 @@ fn check_header(h: &file::DagHeader, errors: &mut Collector<'_>) -> HeaderSettin
         timezone,
         start_date,
         end_date,
+    }
+}
+
+/// Checks that the `on_failure`/`on_retry`/`on_success` lists of a task (or of
+/// `default_args`, with `prefix` `default_args.`) name channels of the DAG.
+fn check_channel_names(
+    channels: &std::collections::BTreeMap<String, crate::notify::ChannelFile>,
+    task: Option<&str>,
+    prefix: &str,
+    spec: &RetrySpec,
+    errors: &mut Collector<'_>,
+) {
+    for (field, names) in [
+        ("on_failure", &spec.on_failure),
+        ("on_retry", &spec.on_retry),
+        ("on_success", &spec.on_success),
+    ] {
+        for name in names.iter().flatten() {
+            if !channels.contains_key(name) {
+                errors.push(
+                    task,
+                    unknown_channel(&format!("{prefix}{field}"), name, channels),
+                );
+            }
+        }
+    }
+}
+
+fn unknown_channel(
+    field: &str,
+    name: &str,
+    channels: &std::collections::BTreeMap<String, crate::notify::ChannelFile>,
+) -> String {
+    let known: Vec<&str> = channels.keys().map(String::as_str).collect();
+    format!(
+        "{field}: unknown channel `{name}`; channels of this DAG: {}",
+        if known.is_empty() {
+            "none (define them under `channels:`)".to_string()
+        } else {
+            known.join(", ")
+        }
+    )
+}
+
+/// Checks the DAG's channels (connection ids, addresses, templates) and the run-level
+/// `on_*` lists.
+fn check_notifications(h: &file::DagHeader, errors: &mut Collector<'_>) {
+    use crate::notify::{check_address, check_template, ChannelSpec};
+    for (name, channel) in &h.channels {
+        let at = format!("channels.{name}");
+        if let Err(e) = check_id(name) {
+            errors.push(None, format!("{at}: {e}"));
+        }
+        let channel = match channel.channel() {
+            Ok(channel) => channel,
+            Err(e) => {
+                errors.push(None, format!("{at}: {e}"));
+                continue;
+            }
+        };
+        match &channel {
+            ChannelSpec::Email(email) => {
+                if let Err(e) = check_id(&email.conn) {
+                    errors.push(None, format!("{at}.email.conn: {e}"));
+                }
+                if let Err(e) = check_address(&email.from) {
+                    errors.push(None, format!("{at}.email.from: {e}"));
+                }
+                if email.to.is_empty() {
+                    errors.push(None, format!("{at}.email.to: at least one recipient"));
+                }
+                for (i, to) in email.to.iter().enumerate() {
+                    if let Err(e) = check_address(to) {
+                        errors.push(None, format!("{at}.email.to[{i}]: {e}"));
+                    }
+                }
+                for (field, template) in [("subject", &email.subject), ("body", &email.body)] {
+                    if let Some(Err(e)) = template.as_deref().map(check_template) {
+                        errors.push(None, format!("{at}.email.{field}: {e}"));
+                    }
+                }
+            }
+            ChannelSpec::Webhook(hook) => {
+                if let Err(e) = check_id(&hook.conn) {
+                    errors.push(None, format!("{at}.webhook.conn: {e}"));
+                }
+                if let Some(Err(e)) = hook.text.as_deref().map(check_template) {
+                    errors.push(None, format!("{at}.webhook.text: {e}"));
+                }
+            }
+        }
+    }
+    for (field, names) in [
+        ("on_failure", &h.on_failure),
+        ("on_success", &h.on_success),
+        ("on_sla_miss", &h.on_sla_miss),
+    ] {
+        for name in names {
+            if !h.channels.contains_key(name) {
+                errors.push(None, unknown_channel(field, name, &h.channels));
+            }
+        }
+    }
+    check_channel_names(&h.channels, None, "default_args.", &h.default_args, errors);
+    for (field, value) in [("sla", h.sla), ("dagrun_timeout", h.dagrun_timeout)] {
+        if value.is_some_and(|d| d.0.is_zero()) {
+            errors.push(None, format!("{field}: must be longer than 0s"));
+        }
     }
 }
 
@@ -507,6 +638,23 @@ fn build_task(
             .clone()
             .or_else(|| defaults.queue.clone())
             .unwrap_or_else(|| DEFAULT_QUEUE.to_string()),
+        notify: crate::notify::TaskNotify {
+            on_failure: own
+                .on_failure
+                .clone()
+                .or_else(|| defaults.on_failure.clone())
+                .unwrap_or_default(),
+            on_retry: own
+                .on_retry
+                .clone()
+                .or_else(|| defaults.on_retry.clone())
+                .unwrap_or_default(),
+            on_success: own
+                .on_success
+                .clone()
+                .or_else(|| defaults.on_success.clone())
+                .unwrap_or_default(),
+        },
     })
 }
 

@@ -61,6 +61,12 @@ pub struct RetrySpec {
     /// The worker queue tries wait in when the scheduler dispatches to workers (default
     /// `default`).
     pub queue: Option<String>,
+    /// Channels told when a task fails for good (every task's, unless it names its own).
+    pub on_failure: Option<Vec<String>>,
+    /// Channels told when a task's try fails and is retried.
+    pub on_retry: Option<Vec<String>>,
+    /// Channels told when a task succeeds.
+    pub on_success: Option<Vec<String>>,
 }
 
 /// Everything of a DAG file but its tasks.
@@ -93,9 +99,27 @@ pub struct DagHeader {
     /// Most task instances of this DAG running at once, across its runs (default 16).
     #[serde(default)]
     pub max_active_tasks: Option<u32>,
-    /// Retry and timeout defaults for every task.
+    /// Retry, timeout, queue and notification defaults for every task.
     #[serde(default)]
     pub default_args: RetrySpec,
+    /// Notification channels by name (`email:` or `webhook:`).
+    #[serde(default)]
+    pub channels: BTreeMap<String, crate::notify::ChannelFile>,
+    /// Channels told when a run fails.
+    #[serde(default)]
+    pub on_failure: Vec<String>,
+    /// Channels told when a run succeeds.
+    #[serde(default)]
+    pub on_success: Vec<String>,
+    /// Channels told (once) when a run misses its SLA.
+    #[serde(default)]
+    pub on_sla_miss: Vec<String>,
+    /// A run not finished this long after its data interval ended has missed its SLA.
+    #[serde(default)]
+    pub sla: Option<HumanDuration>,
+    /// A run running longer than this is stopped: its tries are stopped and it fails.
+    #[serde(default)]
+    pub dagrun_timeout: Option<HumanDuration>,
     /// Parameters with defaults, visible to templates as `params`; a run's conf overrides them.
     #[serde(default)]
     pub params: BTreeMap<String, serde_json::Value>,
@@ -144,6 +168,15 @@ pub struct TaskSpec {
     /// Overrides `default_args.execution_timeout`.
     #[serde(default)]
     pub execution_timeout: Option<HumanDuration>,
+    /// Channels told when the task fails for good (overrides `default_args.on_failure`).
+    #[serde(default)]
+    pub on_failure: Option<Vec<String>>,
+    /// Channels told when a try fails and is retried (overrides `default_args.on_retry`).
+    #[serde(default)]
+    pub on_retry: Option<Vec<String>>,
+    /// Channels told when the task succeeds (overrides `default_args.on_success`).
+    #[serde(default)]
+    pub on_success: Option<Vec<String>>,
     /// Operator settings, checked by the operator's config struct.
     #[serde(default)]
     pub config: Option<serde_json::Value>,
@@ -160,6 +193,9 @@ impl TaskSpec {
             max_retry_delay: self.max_retry_delay,
             execution_timeout: self.execution_timeout,
             queue: self.queue.clone(),
+            on_failure: self.on_failure.clone(),
+            on_retry: self.on_retry.clone(),
+            on_success: self.on_success.clone(),
         }
     }
 }

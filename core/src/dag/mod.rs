@@ -77,6 +77,8 @@ pub struct Task {
     pub pool: Option<String>,
     /// The worker queue its tries wait in when the scheduler dispatches to workers.
     pub queue: String,
+    /// Who hears about its failures, retries and successes.
+    pub notify: crate::notify::TaskNotify,
 }
 
 /// A validated DAG.
@@ -111,6 +113,12 @@ pub struct Dag {
     pub params: serde_json::Map<String, serde_json::Value>,
     /// Labels.
     pub tags: Vec<String>,
+    /// Its notification channels and who hears about its runs.
+    pub notify: Arc<crate::notify::DagNotify>,
+    /// A run not finished this long after its data interval ended has missed its SLA.
+    pub sla: Option<Duration>,
+    /// A run running longer than this is stopped and fails.
+    pub dagrun_timeout: Option<Duration>,
     /// Tasks in topological order (every task after its upstream tasks).
     pub tasks: Vec<Task>,
 }

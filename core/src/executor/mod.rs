@@ -275,6 +275,17 @@ impl Executor {
         )
     }
 
+    /// Queues notifications; a store that fails is logged, never the run's problem (the
+    /// sweep at the run's end queues what was missed).
+    async fn enqueue(&self, notices: &[crate::notify::Notification]) {
+        if notices.is_empty() {
+            return;
+        }
+        if let Err(error) = self.store.enqueue_notifications(notices).await {
+            tracing::warn!(%error, count = notices.len(), "could not queue notifications");
+        }
+    }
+
     /// Stops every run this executor drives when `shutdown` fires: no new tries start,
     /// running ones get `grace` to finish, then are stopped and marked for retry. The runs
     /// stay `running` in the store and resume when a process drives them again.
@@ -674,9 +685,21 @@ impl RunDriver<'_> {
             }
             Err(error) => return Err(error),
         }
+        let mut notices = Vec::new();
         for ((p, from), change) in planned.into_iter().zip(froms).zip(changes) {
             let ti = &mut self.instances[p.task];
             ti.apply(&change);
+            notices.extend(crate::notify::for_task(
+                &self.dag.notify,
+                &self.dag.tasks[p.task].notify,
+                &self.run,
+                &ti.task_id,
+                ti.try_number,
+                ti.max_tries,
+                p.to,
+                p.reason.as_deref(),
+                change.at,
+            ));
             if let Some(observer) = &self.executor.observer {
                 let _ = observer.send(Progress {
                     task_id: ti.task_id.clone(),
@@ -688,6 +711,7 @@ impl RunDriver<'_> {
                 });
             }
         }
+        self.executor.enqueue(&notices).await;
         Ok(())
     }
 
@@ -1179,6 +1203,15 @@ impl RunDriver<'_> {
                 Mode::Stopping { grace_over } => Some(grace_over),
                 _ => None,
             };
+            // A run past its dagrun_timeout (counted from its start) is stopped and fails.
+            let timeout_left = self.dag.dagrun_timeout.map(|limit| {
+                let started = self.run.started_at.unwrap_or_else(Utc::now);
+                let deadline = chrono::Duration::from_std(limit)
+                    .ok()
+                    .and_then(|l| started.checked_add_signed(l))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                (deadline - Utc::now()).to_std().unwrap_or_default()
+            });
             tokio::select! {
                 Some(first) = done_rx.recv() => {
                     // Tries that ended meanwhile are recorded together, with the pass they wake.
@@ -1247,6 +1280,19 @@ impl RunDriver<'_> {
                 _ = stop_tick.tick(), if mode == Mode::Running => {
                     self.take_stops(cancel).await?;
                 }
+                _ = tokio::time::sleep(timeout_left.unwrap_or_default()), if mode == Mode::Running && timeout_left.is_some() => {
+                    let limit = self.dag.dagrun_timeout.unwrap_or_default();
+                    tracing::warn!(dag_id = %self.dag.dag_id, run_id = %self.run.run_id, "the run is over its dagrun_timeout: stopping it");
+                    self.stop = Some(crate::store::StopRequest {
+                        dag_id: self.dag.dag_id.clone(),
+                        run_id: self.run.run_id.clone(),
+                        task_id: None,
+                        requested_by: format!("its dagrun_timeout ({})", humantime::format_duration(limit)),
+                        requested_at: Utc::now(),
+                        run_ends: RunState::Failed,
+                    });
+                    cancel.cancel();
+                }
                 _ = follow_tick.tick(), if follow.is_some() => {
                     let dead = self.follow_workers(Some(heartbeat_timeout)).await?;
                     ended.extend(dead);
@@ -1299,9 +1345,10 @@ impl RunDriver<'_> {
             }
         };
         let (dag_id, run_id) = (&dag_id, &run_id);
-        if run.is_ok() {
+        if let Ok(run) = &run {
             // Requests that came too late to matter must not stop a later attempt.
             self.forget_stops().await;
+            self.notify_end(run).await;
         }
         match run {
             Ok(run) => Ok(run),
@@ -1354,13 +1401,17 @@ impl RunDriver<'_> {
     /// that resumes the run after this one died acts on it again.
     async fn take_stops(&mut self, cancel: &CancellationToken) -> Result<(), ExecutorError> {
         let store = self.executor.store.clone();
-        let requests = match store
-            .stop_requests(&self.dag.dag_id, &self.run.run_id)
-            .await
-        {
+        let began = tokio::time::Instant::now();
+        let (dag_id, run_id) = (self.dag.dag_id.clone(), self.run.run_id.clone());
+        let asked = store.stop_requests(&dag_id, &run_id);
+        let requests = match self.answered(began, asked).await {
             Ok(requests) => requests,
-            // Looked for again at the next tick.
-            Err(error) if error.is_transient() => return Ok(()),
+            // An outage like any other (its deadline counts from here); looked for again at
+            // the next tick.
+            Err(error) if error.is_transient() => {
+                self.outage_noticed(&error, began);
+                return Ok(());
+            }
             Err(error) => return Err(error.into()),
         };
         for request in requests {
@@ -1408,6 +1459,70 @@ impl RunDriver<'_> {
             store.forget_stop(&request).await?;
         }
         Ok(())
+    }
+
+    /// Queues the notifications of the run's end and, again, those of its tasks' ends as
+    /// the history has them: one lost between a write and its queuing (a crash, a store that
+    /// failed) is queued now; those already queued are left as they are (same ids).
+    async fn notify_end(&self, run: &DagRun) {
+        let notify = &self.dag.notify;
+        let event = match run.state {
+            RunState::Success => Some(crate::notify::Event::RunSucceeded),
+            RunState::Failed => Some(crate::notify::Event::RunFailed),
+            _ => None,
+        };
+        let mut notices = event
+            .map(|e| crate::notify::for_run(notify, run, e, Utc::now()))
+            .unwrap_or_default();
+        // A run that ended past its SLA before a scheduler looked missed it all the same.
+        let late = crate::scheduler::plan::sla_deadline(&self.dag, run)
+            .zip(run.ended_at)
+            .is_some_and(|(deadline, ended)| ended > deadline);
+        if late && run.sla_missed_at.is_none() {
+            let store = &self.executor.store;
+            if let Ok(true) = store
+                .mark_sla_missed(&run.dag_id, &run.run_id, Utc::now())
+                .await
+            {
+                notices.extend(crate::notify::for_run(
+                    notify,
+                    run,
+                    crate::notify::Event::SlaMissed,
+                    Utc::now(),
+                ));
+            }
+        }
+        let listens = self.dag.tasks.iter().any(|t| {
+            !(t.notify.on_failure.is_empty()
+                && t.notify.on_retry.is_empty()
+                && t.notify.on_success.is_empty())
+        });
+        if listens {
+            if let Ok(history) = self.executor.store.history(&run.dag_id, &run.run_id).await {
+                for change in history {
+                    let Some(task) = self.dag.task(&change.task_id) else {
+                        continue;
+                    };
+                    let max_tries = self
+                        .instances
+                        .iter()
+                        .find(|ti| ti.task_id == change.task_id)
+                        .map_or(change.try_number, |ti| ti.max_tries);
+                    notices.extend(crate::notify::for_task(
+                        notify,
+                        &task.notify,
+                        run,
+                        &change.task_id,
+                        change.try_number,
+                        max_tries,
+                        change.to,
+                        change.reason.as_deref(),
+                        change.at,
+                    ));
+                }
+            }
+        }
+        self.executor.enqueue(&notices).await;
     }
 
     /// Removes the run's stop requests once it has ended (best effort: they go with the run).

@@ -226,8 +226,8 @@ impl Worker {
                 stop.cancel();
             })
         };
-        let (planned_to, planned) = match self.execute(&ti, stop).await {
-            Ok((dag, task, outcome)) => {
+        let (planned_to, planned, notify) = match self.execute(&ti, stop).await {
+            Ok((dag, task, run, outcome)) => {
                 let ending = if interrupted.is_cancelled() {
                     Ending::Interrupted
                 } else {
@@ -241,7 +241,7 @@ impl Worker {
                     ending,
                     Utc::now(),
                 );
-                (planned.to, planned)
+                (planned.to, planned, Some((dag, task, run)))
             }
             Err(message) => {
                 // The try could not start here (the store did not answer, its DAG version
@@ -260,13 +260,14 @@ impl Worker {
                     Ending::Normal,
                     Utc::now(),
                 );
-                (planned.to, planned)
+                (planned.to, planned, None)
             }
         };
         watcher.abort();
         let Ok(transition) = TaskState::Running.to(planned_to) else {
             return;
         };
+        let max_tries = planned.max_tries.unwrap_or(ti.max_tries);
         let change = TaskChange {
             key: key.clone(),
             transition,
@@ -292,6 +293,20 @@ impl Worker {
         .await;
         match written {
             Ok(()) => {
+                if let Some((dag, task, run)) = &notify {
+                    let notices = crate::notify::for_task(
+                        &dag.notify,
+                        &dag.tasks[*task].notify,
+                        run,
+                        &key.task_id,
+                        ti.try_number,
+                        max_tries,
+                        planned_to,
+                        change.reason.as_deref(),
+                        change.at,
+                    );
+                    self.executor.enqueue(&notices).await;
+                }
                 // The run's driver decides what comes next at once.
                 let _ = store
                     .notify(
@@ -314,7 +329,7 @@ impl Worker {
         &self,
         ti: &TaskInstance,
         stop: CancellationToken,
-    ) -> Result<(Arc<Dag>, usize, TryOutcome), String> {
+    ) -> Result<(Arc<Dag>, usize, DagRun, TryOutcome), String> {
         let store = &self.executor.store;
         let run = store
             .run(&ti.dag_id, &ti.run_id)
@@ -378,7 +393,7 @@ impl Worker {
             .await
             .masked(&masker);
         drop(route);
-        Ok((dag.clone(), task, outcome))
+        Ok((dag.clone(), task, run, outcome))
     }
 }
 

@@ -275,6 +275,7 @@ impl Scheduler {
             for run in runs.iter().filter(|r| r.state == RunState::Running) {
                 self.drive(dag.clone(), run, done);
             }
+            self.notice_sla_misses(&dag, &runs).await;
             if paused.contains(&dag_id) {
                 continue;
             }
@@ -287,6 +288,34 @@ impl Scheduler {
             }
         }
         Ok(())
+    }
+
+    /// Records the runs of `dag` found unfinished past their SLA and queues the DAG's
+    /// `on_sla_miss` notices, once per run whichever scheduler sees it first.
+    async fn notice_sla_misses(&self, dag: &Dag, runs: &[DagRun]) {
+        let now = self.clock.now();
+        for run in plan::sla_misses(dag, runs, now) {
+            match self
+                .store
+                .mark_sla_missed(&run.dag_id, &run.run_id, now)
+                .await
+            {
+                Ok(true) => {
+                    tracing::warn!(dag_id = %run.dag_id, run_id = %run.run_id, "the run missed its SLA");
+                    let notices = crate::notify::for_run(
+                        &dag.notify,
+                        run,
+                        crate::notify::Event::SlaMissed,
+                        now,
+                    );
+                    if let Err(error) = self.store.enqueue_notifications(&notices).await {
+                        tracing::warn!(%error, "could not queue the SLA miss's notifications");
+                    }
+                }
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "could not record a missed SLA"),
+            }
+        }
     }
 
     /// Runs until `shutdown` fires, then waits for the runs it drives to stop (the executor's

@@ -104,3 +104,18 @@ pub fn runs_to_start(runs: &[DagRun], max_active_runs: u32) -> Vec<&DagRun> {
 #[cfg(test)]
 #[path = "plan_tests.rs"]
 mod tests;
+
+/// When `run` misses the DAG's SLA: its data interval's end plus `sla` (none without one).
+pub fn sla_deadline(dag: &Dag, run: &DagRun) -> Option<DateTime<Utc>> {
+    let sla = Duration::from_std(dag.sla?).ok()?;
+    run.data_interval_end.checked_add_signed(sla)
+}
+
+/// The runs of `runs` (a DAG's) that are still unfinished past their SLA at `now` and were
+/// not found so before.
+pub fn sla_misses<'a>(dag: &Dag, runs: &'a [DagRun], now: DateTime<Utc>) -> Vec<&'a DagRun> {
+    runs.iter()
+        .filter(|r| !r.state.is_finished() && r.sla_missed_at.is_none())
+        .filter(|r| sla_deadline(dag, r).is_some_and(|deadline| now >= deadline))
+        .collect()
+}

@@ -150,6 +150,7 @@ fn run(logical: &str, state: RunState) -> DagRun {
         ended_at: None,
         backfill_max_active_runs: None,
         attempt: 1,
+        sla_missed_at: None,
     }
 }
 

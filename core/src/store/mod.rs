@@ -103,6 +103,9 @@ pub struct DagRun {
     pub backfill_max_active_runs: Option<u32>,
     /// Which attempt of the run this is, from 1: a re-run of a finished run is a new attempt.
     pub attempt: u32,
+    /// When the run was found unfinished past its SLA (its data interval's end plus the
+    /// DAG's `sla`).
+    pub sla_missed_at: Option<DateTime<Utc>>,
 }
 
 /// One item of an item-by-item task, as the delivery ledger has it for one attempt of a run.
@@ -780,6 +783,59 @@ pub trait Processes: Send + Sync + std::fmt::Debug {
     async fn processes(&self, dag_id: &str, run_id: &str) -> Result<Vec<TaskProcess>, StoreError>;
 }
 
+/// Missed SLAs.
+#[async_trait]
+pub trait Slas: Send + Sync + std::fmt::Debug {
+    /// Records that the run missed its SLA at `at`; true only for the call that recorded it
+    /// (the one that then notifies), however many schedulers see it.
+    async fn mark_sla_missed(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+}
+
+/// The outbox of notifications (see [`crate::notify`]).
+#[async_trait]
+pub trait Outbox: Send + Sync + std::fmt::Debug {
+    /// Queues notifications; one whose id is already queued (or sent) is left as it is.
+    async fn enqueue_notifications(
+        &self,
+        notifications: &[crate::notify::Notification],
+    ) -> Result<(), StoreError>;
+    /// Notifications due at `now` (not sent, not given up), oldest first.
+    async fn due_notifications(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<crate::notify::Notification>, StoreError>;
+    /// Takes a due notification for one send: counts the attempt and moves `next_at` to
+    /// `lease` (when another may try, should this sender die). False if another sender took
+    /// it first.
+    async fn claim_notification(
+        &self,
+        notification: &crate::notify::Notification,
+        lease: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Records that a notification was sent.
+    async fn notification_sent(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Records a failed send: tried again at `next_at`, or given up when none.
+    async fn notification_failed(
+        &self,
+        id: &str,
+        error: &str,
+        next_at: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// A run's notifications, oldest first.
+    async fn notifications(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+    ) -> Result<Vec<crate::notify::Notification>, StoreError>;
+}
+
 /// Requests to stop a running run or one of its task instances (see `runs::stop_run`).
 #[async_trait]
 pub trait Stops: Send + Sync + std::fmt::Debug {
@@ -879,7 +935,17 @@ pub struct AuditEntry {
 /// The metadata store: all its parts, as one `Arc<dyn Store>` that front ends and the
 /// scheduler share. Code that needs one part can take `&dyn RunStore`, `&dyn ReadModel`, ….
 pub trait Store:
-    RunStore + ReadModel + Metrics + Heartbeats + AuditLog + Retention + Processes + Workers + Stops
+    RunStore
+    + ReadModel
+    + Metrics
+    + Heartbeats
+    + AuditLog
+    + Retention
+    + Processes
+    + Workers
+    + Stops
+    + Outbox
+    + Slas
 {
 }
 
@@ -893,6 +959,8 @@ impl<T> Store for T where
         + Processes
         + Workers
         + Stops
+        + Outbox
+        + Slas
         + ?Sized
 {
 }

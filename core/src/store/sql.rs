@@ -21,7 +21,7 @@ use super::*;
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
-const RUN_COLUMNS: &str = "dag_id, run_id, logical_date, data_interval_start, data_interval_end, run_type, state, conf, dag_hash, created_at, started_at, ended_at, backfill_max_active_runs, attempt";
+const RUN_COLUMNS: &str = "dag_id, run_id, logical_date, data_interval_start, data_interval_end, run_type, state, conf, dag_hash, created_at, started_at, ended_at, backfill_max_active_runs, attempt, sla_missed_at";
 /// The columns a new run is inserted with (`attempt` starts at its default, 1).
 const NEW_RUN_COLUMNS: &str = "dag_id, run_id, logical_date, data_interval_start, data_interval_end, run_type, state, conf, dag_hash, created_at, started_at, ended_at, backfill_max_active_runs";
 const TI_COLUMNS: &str = "dag_id, run_id, task_id, operator, state, try_number, max_tries, queued_at, started_at, ended_at, next_retry_at, output, error, updated_at, queue, worker, hostname, heartbeat_at, pool";
@@ -115,6 +115,7 @@ fn run_from_row(row: &AnyRow) -> Result<DagRun, StoreError> {
         backfill_max_active_runs: get::<Option<i64>>(row, "backfill_max_active_runs")?
             .map(|n| n as u32),
         attempt: get::<i64>(row, "attempt")? as u32,
+        sla_missed_at: opt_instant("sla_missed_at", get(row, "sla_missed_at")?)?,
     })
 }
 
@@ -1252,6 +1253,190 @@ impl Processes for SqlStore {
                 })
             })
             .collect()
+    }
+}
+
+const NOTIFICATION_COLUMNS: &str = "id, dag_id, run_id, channel, event, message, created_at, attempts, next_at, sent_at, gave_up_at, last_error";
+
+fn notification_row(row: &AnyRow) -> Result<crate::notify::Notification, StoreError> {
+    let message: String = get(row, "message")?;
+    Ok(crate::notify::Notification {
+        id: get(row, "id")?,
+        dag_id: get(row, "dag_id")?,
+        run_id: get(row, "run_id")?,
+        channel: get(row, "channel")?,
+        event: get(row, "event")?,
+        message: serde_json::from_str(&message).map_err(|e| StoreError::Corrupt {
+            what: "message",
+            message: e.to_string(),
+        })?,
+        created_at: instant("created_at", get(row, "created_at")?)?,
+        attempts: get::<i64>(row, "attempts")? as u32,
+        next_at: instant("next_at", get(row, "next_at")?)?,
+        sent_at: opt_instant("sent_at", get(row, "sent_at")?)?,
+        gave_up_at: opt_instant("gave_up_at", get(row, "gave_up_at")?)?,
+        last_error: get(row, "last_error")?,
+    })
+}
+
+#[async_trait]
+impl Outbox for SqlStore {
+    async fn enqueue_notifications(
+        &self,
+        notifications: &[crate::notify::Notification],
+    ) -> Result<(), StoreError> {
+        if notifications.is_empty() {
+            return Ok(());
+        }
+        let _turn = self.write_turn().await;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_error("queue notifications"))?;
+        for n in notifications {
+            let message = serde_json::to_string(&n.message).map_err(|e| StoreError::Corrupt {
+                what: "message",
+                message: e.to_string(),
+            })?;
+            sqlx::query(
+                "INSERT INTO notification (id, dag_id, run_id, channel, event, message, created_at, attempts, next_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&n.id)
+            .bind(&n.dag_id)
+            .bind(&n.run_id)
+            .bind(&n.channel)
+            .bind(&n.event)
+            .bind(message)
+            .bind(micros(n.created_at))
+            .bind(micros(n.next_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error("queue a notification"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(query_error("queue notifications"))?;
+        Ok(())
+    }
+
+    async fn due_notifications(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<crate::notify::Notification>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {NOTIFICATION_COLUMNS} FROM notification
+             WHERE sent_at IS NULL AND gave_up_at IS NULL AND next_at <= $1
+             ORDER BY next_at LIMIT $2"
+        ))
+        .bind(micros(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("read due notifications"))?;
+        rows.iter().map(notification_row).collect()
+    }
+
+    async fn claim_notification(
+        &self,
+        notification: &crate::notify::Notification,
+        lease: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
+        let claimed = sqlx::query(
+            "UPDATE notification SET attempts = attempts + 1, next_at = $1
+             WHERE id = $2 AND attempts = $3 AND sent_at IS NULL AND gave_up_at IS NULL",
+        )
+        .bind(micros(lease))
+        .bind(&notification.id)
+        .bind(i64::from(notification.attempts))
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("claim a notification"))?;
+        Ok(claimed.rows_affected() == 1)
+    }
+
+    async fn notification_sent(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        sqlx::query("UPDATE notification SET sent_at = $1, last_error = NULL WHERE id = $2")
+            .bind(micros(at))
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("record a sent notification"))?;
+        Ok(())
+    }
+
+    async fn notification_failed(
+        &self,
+        id: &str,
+        error: &str,
+        next_at: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        let query = match next_at {
+            Some(next) => {
+                sqlx::query("UPDATE notification SET last_error = $1, next_at = $2 WHERE id = $3")
+                    .bind(error)
+                    .bind(micros(next))
+                    .bind(id)
+            }
+            None => sqlx::query(
+                "UPDATE notification SET last_error = $1, gave_up_at = $2 WHERE id = $3",
+            )
+            .bind(error)
+            .bind(micros(at))
+            .bind(id),
+        };
+        query
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("record a failed notification"))?;
+        Ok(())
+    }
+
+    async fn notifications(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+    ) -> Result<Vec<crate::notify::Notification>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {NOTIFICATION_COLUMNS} FROM notification
+             WHERE dag_id = $1 AND run_id = $2 ORDER BY created_at, id"
+        ))
+        .bind(dag_id)
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("read notifications"))?;
+        rows.iter().map(notification_row).collect()
+    }
+}
+
+#[async_trait]
+impl Slas for SqlStore {
+    async fn mark_sla_missed(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
+        let marked = sqlx::query(
+            "UPDATE dag_run SET sla_missed_at = $1
+             WHERE dag_id = $2 AND run_id = $3 AND sla_missed_at IS NULL",
+        )
+        .bind(micros(at))
+        .bind(dag_id)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("record a missed SLA"))?;
+        Ok(marked.rows_affected() == 1)
     }
 }
 

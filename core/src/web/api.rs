@@ -163,6 +163,9 @@ pub(super) struct DagRunJson {
     dag_hash: String,
     /// Which attempt of the run this is, from 1: a re-run of a finished run is a new attempt.
     attempt: u32,
+    /// When the run was found unfinished past its SLA (absent if it never was).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sla_missed_at: Option<String>,
 }
 
 impl From<&DagRun> for DagRunJson {
@@ -182,6 +185,7 @@ impl From<&DagRun> for DagRunJson {
             conf: sluice_operator_api::secrets::with_keys_masked(&run.conf),
             dag_hash: run.dag_hash.clone(),
             attempt: run.attempt,
+            sla_missed_at: run.sla_missed_at.map(instant),
         }
     }
 }
@@ -1003,6 +1007,9 @@ pub(super) struct RunPatch {
     /// `failed` (Airflow's way to stop a run) or `cancelled`: a running run's tries are
     /// stopped, what has not started is cancelled, and the run ends in this state.
     state: String,
+    /// Answer with the run as it is, change nothing.
+    #[serde(default)]
+    dry_run: bool,
 }
 
 /// Who a request came from, for the history (`api:<token name>`).
@@ -1041,11 +1048,14 @@ async fn patch_run(
     let run = state.store.run(&dag_id, &run_id).await?.ok_or_else(|| {
         ApiError::not_found(format!("run `{run_id}` of DAG `{dag_id}` not found"))
     })?;
+    if body.dry_run {
+        return Ok(Json(run_json(&run)));
+    }
     let stop = crate::runs::stop_run(&state.store, &run, ends, &caller_name(caller), Utc::now())
         .await
         .map_err(stop_error)?;
     let run = match stop {
-        crate::runs::Stop::Done(run) => run,
+        crate::runs::Stop::Done(run) => *run,
         // Its driver stops it within a second or so; the answer shows it still running.
         crate::runs::Stop::Requested => run,
     };

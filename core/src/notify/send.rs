@@ -1,0 +1,211 @@
+//! Sending the outbox: a scheduler's [`Notifier`] takes notifications that are due, sends
+//! each (email over SMTP, webhook over HTTP) and records the outcome; a failed send is tried
+//! again with backoff, up to [`MAX_ATTEMPTS`], and is logged and counted. Nothing here can
+//! change a run.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use sluice_operator_api::{Connections, Masker};
+use tokio_util::sync::CancellationToken;
+
+use super::{Message, Notification};
+use crate::store::Store;
+
+/// Sends tried per notification before it is given up.
+pub const MAX_ATTEMPTS: u32 = 5;
+/// How often the outbox is looked at.
+pub const POLL: Duration = Duration::from_secs(1);
+/// Longest one send may take.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The wait after failed send number `attempt` (from 1): 5 s, 20 s, 80 s, 320 s.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(5 * 4u64.saturating_pow(attempt.saturating_sub(1).min(8)))
+}
+
+/// What the notifier did since its process started (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Notifications sent.
+    pub sent: AtomicU64,
+    /// Sends that failed (each retry counts).
+    pub failed: AtomicU64,
+    /// Notifications given up after [`MAX_ATTEMPTS`].
+    pub gave_up: AtomicU64,
+}
+
+/// Sends the store's due notifications.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    store: Arc<dyn Store>,
+    connections: Arc<Connections>,
+    masker: Masker,
+    http: reqwest::Client,
+    /// What it did.
+    pub counts: Arc<Counts>,
+}
+
+/// Why one send failed (masked: a connection's password never shows).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SendError(String);
+
+impl Notifier {
+    /// A notifier over `store`, sending through `connections`.
+    pub fn new(store: Arc<dyn Store>, connections: Arc<Connections>) -> Self {
+        let masker = Masker::new(connections.secrets());
+        Self {
+            store,
+            connections,
+            masker,
+            http: reqwest::Client::builder()
+                .timeout(SEND_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
+            counts: Default::default(),
+        }
+    }
+
+    /// Sends due notifications every [`POLL`] until `stop` fires.
+    pub async fn run(self, stop: CancellationToken) {
+        loop {
+            if let Err(error) = self.send_due().await {
+                tracing::warn!(%error, "notifications: could not read the outbox");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+
+    /// Sends what is due now; returns how many were sent.
+    pub async fn send_due(&self) -> Result<usize, crate::store::StoreError> {
+        let now = Utc::now();
+        let due = self.store.due_notifications(now, 50).await?;
+        let mut sent = 0;
+        for notification in due {
+            // Another scheduler may have taken it: only the one whose claim lands sends it.
+            let lease = now + chrono::Duration::from_std(SEND_TIMEOUT * 2).unwrap_or_default();
+            if !self.store.claim_notification(&notification, lease).await? {
+                continue;
+            }
+            let attempt = notification.attempts + 1;
+            match self.deliver(&notification).await {
+                Ok(()) => {
+                    self.counts.sent.fetch_add(1, Ordering::Relaxed);
+                    self.store
+                        .notification_sent(&notification.id, Utc::now())
+                        .await?;
+                    sent += 1;
+                }
+                Err(error) => {
+                    self.counts.failed.fetch_add(1, Ordering::Relaxed);
+                    let give_up = attempt >= MAX_ATTEMPTS;
+                    let next = (!give_up).then(|| {
+                        Utc::now()
+                            + chrono::Duration::from_std(backoff(attempt)).unwrap_or_default()
+                    });
+                    if give_up {
+                        self.counts.gave_up.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(id = %notification.id, channel = %notification.channel, %error, attempts = attempt, "notification given up");
+                    } else {
+                        tracing::warn!(id = %notification.id, channel = %notification.channel, %error, attempt, "notification failed; it is tried again");
+                    }
+                    self.store
+                        .notification_failed(&notification.id, &error.to_string(), next, Utc::now())
+                        .await?;
+                }
+            }
+        }
+        Ok(sent)
+    }
+
+    async fn deliver(&self, notification: &Notification) -> Result<(), SendError> {
+        let fail = |e: String| SendError(self.masker.mask(&e));
+        match &notification.message {
+            Message::Webhook { conn, payload } => {
+                let connection = self
+                    .connections
+                    .get(conn)
+                    .map_err(|e| fail(e.to_string()))?;
+                let response = self
+                    .http
+                    .post(connection.uri().clone())
+                    .header("Idempotency-Key", &notification.id)
+                    .json(payload)
+                    .send()
+                    .await
+                    // reqwest's errors name the URL, a secret for webhooks: say only what failed.
+                    .map_err(|e| {
+                        fail(format!(
+                            "POST to connection `{conn}` failed: {}",
+                            e.without_url()
+                        ))
+                    })?;
+                let status = response.status();
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(fail(format!(
+                        "POST to connection `{conn}` answered {status}"
+                    )))
+                }
+            }
+            Message::Email {
+                conn,
+                from,
+                to,
+                subject,
+                body,
+            } => {
+                use lettre::AsyncTransport;
+                let connection = self
+                    .connections
+                    .get(conn)
+                    .map_err(|e| fail(e.to_string()))?;
+                let mut builder = lettre::Message::builder()
+                    .from(
+                        from.parse()
+                            .map_err(|e| fail(format!("from `{from}`: {e}")))?,
+                    )
+                    .subject(subject)
+                    .header(lettre::message::header::ContentType::TEXT_PLAIN);
+                for address in to {
+                    builder = builder.to(address
+                        .parse()
+                        .map_err(|e| fail(format!("to `{address}`: {e}")))?);
+                }
+                let email = builder
+                    .body(body.clone())
+                    .map_err(|e| fail(e.to_string()))?;
+                let transport = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(
+                    connection.uri().as_str(),
+                )
+                .map_err(|e| fail(format!("connection `{conn}`: {e}")))?
+                .timeout(Some(SEND_TIMEOUT))
+                .build();
+                transport
+                    .send(email)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| fail(format!("SMTP through connection `{conn}`: {e}")))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off() {
+        assert_eq!(backoff(1), Duration::from_secs(5));
+        assert_eq!(backoff(2), Duration::from_secs(20));
+        assert_eq!(backoff(4), Duration::from_secs(320));
+    }
+}

@@ -208,3 +208,66 @@ fn backfill_dry_run_shows_the_plan_and_skips_existing_runs() {
         3
     );
 }
+
+#[test]
+fn json_logs_parse_line_by_line_and_name_the_run_task_and_try() {
+    let dir = home();
+    let mut scheduler = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("scheduler")
+        .env("SLUICE_HOME", dir.path().join("home"))
+        .env("SLUICE_DAGS_FOLDER", dir.path().join("dags"))
+        .env_remove("SLUICE_DATABASE_URL")
+        .env_remove("SLUICE_LOG")
+        .env("SLUICE_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = sluice(
+        dir.path(),
+        &[
+            "dags",
+            "trigger",
+            "hourly",
+            "--logical-date",
+            "2026-01-01T05:30:00Z",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let show = sluice(
+            dir.path(),
+            &[
+                "runs",
+                "show",
+                "manual__2026-01-01T05:00:00+00:00",
+                "--json",
+            ],
+        );
+        let show: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+        if show["run"]["state"] == "success" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{show:#}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    unsafe { libc::kill(scheduler.id() as i32, libc::SIGTERM) };
+    let log = scheduler.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&log.stderr);
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    assert!(events.iter().any(|e| e["message"] == "scheduler stopped"));
+    let ended = events
+        .iter()
+        .find(|e| e["message"] == "task state" && e["task_id"] == "a" && e["to"] == "success")
+        .unwrap_or_else(|| panic!("no end of task a in {stderr}"));
+    assert_eq!(ended["try_number"], 1);
+    assert_eq!(ended["level"], "INFO");
+    let run = &ended["spans"][0];
+    assert_eq!(run["name"], "run");
+    assert_eq!(run["dag_id"], "hourly");
+    assert_eq!(run["run_id"], "manual__2026-01-01T05:00:00+00:00");
+}

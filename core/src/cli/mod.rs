@@ -95,6 +95,24 @@ pub async fn main(registry: Registry) -> ExitCode {
     }
 }
 
+/// Whether the terminal log is JSON (`SLUICE_LOG_FORMAT=json`).
+pub fn json_logs() -> bool {
+    std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|f| f == "json")
+}
+
+/// What a long-running command tells its operator (listening address, shutdown): a line on
+/// stderr, or, with JSON logs, an event, so that every line parses.
+macro_rules! announce {
+    ($($arg:tt)*) => {
+        if $crate::cli::json_logs() {
+            tracing::info!(target: "sluice", "{}", format!($($arg)*));
+        } else {
+            eprintln!($($arg)*);
+        }
+    };
+}
+pub(crate) use announce;
+
 /// Installs the terminal and try-log logging for `cli`'s command: `SLUICE_LOG` takes the
 /// usual filter syntax (`info`, `sluice_core=debug`), quiet by default for one-shot commands
 /// so their output stays readable; try logs get their events whatever the terminal's level.
@@ -109,12 +127,23 @@ pub fn init_tracing(cli: &Cli) {
         "warn"
     };
     let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // SLUICE_LOG_FORMAT=json: one JSON object per line, with the fields of the run and try
+    // spans the event happened in (dag_id, run_id, task_id, try_number) under `spans`.
+    let terminal = if json_logs() {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed()
+    };
     tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_filter(filter),
-        )
+        .with(terminal.with_filter(filter))
         .with(crate::trylog::TryLogLayer.with_filter(tracing_subscriber::filter::LevelFilter::INFO))
         .init();
 }

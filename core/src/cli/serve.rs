@@ -80,13 +80,13 @@ async fn signals(shutdown: CancellationToken, grace: Duration) {
             return;
         };
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        eprintln!(
+        super::announce!(
             "shutting down: no new tries; running tries get {} to finish (signal again to exit now)",
             humantime::format_duration(grace)
         );
         shutdown.cancel();
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        eprintln!("second signal: exiting now; interrupted tries are retried when a scheduler resumes their runs");
+        super::announce!("second signal: exiting now; interrupted tries are retried when a scheduler resumes their runs");
         std::process::exit(130);
     }
     #[cfg(not(unix))]
@@ -115,9 +115,9 @@ async fn bind_web(
     let listener = tokio::net::TcpListener::bind((web.host.as_str(), web.port))
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", web.host, web.port))?;
-    eprintln!("web server on http://{}", listener.local_addr()?);
+    super::announce!("web server on http://{}", listener.local_addr()?);
     if tokens.is_empty() {
-        eprintln!("no SLUICE_API_TOKEN: the API is open to anyone on this machine, so the server listens on loopback only");
+        super::announce!("no SLUICE_API_TOKEN: the API is open to anyone on this machine, so the server listens on loopback only");
     }
     let state = crate::web::AppState {
         store: store.clone(),
@@ -208,7 +208,7 @@ pub async fn run(
             ..SchedulerOptions::default()
         },
     );
-    eprintln!(
+    super::announce!(
         "sluice scheduler: DAGs from {}, metadata in {}, {}",
         settings.dags_folder.display(),
         store::redact_url(&settings.database_url),
@@ -228,7 +228,7 @@ pub async fn run(
     if let Some(web) = web_server {
         let _ = web.await;
     }
-    eprintln!("scheduler stopped");
+    super::announce!("scheduler stopped");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -255,7 +255,7 @@ pub async fn worker(
     let executor = Executor::new(store.clone(), settings, Arc::new(Connections::from_env()))
         .with_shutdown(shutdown.clone(), args.shutdown_grace)
         .with_shared_storage(places.shared.clone());
-    eprintln!(
+    super::announce!(
         "sluice worker {name}: queues {}, concurrency {}, metadata in {}, artifacts and logs {}",
         args.queues.join(","),
         args.concurrency,
@@ -287,6 +287,6 @@ pub async fn worker(
         .run(shutdown.clone()),
     );
     worker.run(shutdown).await?;
-    eprintln!("worker stopped");
+    super::announce!("worker stopped");
     Ok(ExitCode::SUCCESS)
 }

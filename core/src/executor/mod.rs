@@ -600,7 +600,9 @@ impl Executor {
             stopping: HashMap::new(),
             outage: None,
         };
-        driver.drive(cancel).await
+        // Everything the driver logs names its run (JSON logs carry the span's fields).
+        let span = tracing::info_span!("run", dag_id = %driver.dag.dag_id, run_id = %run_id);
+        driver.drive(cancel).instrument(span).await
     }
 }
 
@@ -689,6 +691,7 @@ impl RunDriver<'_> {
         for ((p, from), change) in planned.into_iter().zip(froms).zip(changes) {
             let ti = &mut self.instances[p.task];
             ti.apply(&change);
+            tracing::info!(task_id = %ti.task_id, try_number = ti.try_number, from = %from, to = %p.to, reason = p.reason.as_deref().unwrap_or(""), "task state");
             notices.extend(crate::notify::for_task(
                 &self.dag.notify,
                 &self.dag.tasks[p.task].notify,

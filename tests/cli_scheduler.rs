@@ -212,7 +212,7 @@ fn backfill_dry_run_shows_the_plan_and_skips_existing_runs() {
 #[test]
 fn json_logs_parse_line_by_line_and_name_the_run_task_and_try() {
     let dir = home();
-    let mut scheduler = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let scheduler = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("scheduler")
         .env("SLUICE_HOME", dir.path().join("home"))
         .env("SLUICE_DAGS_FOLDER", dir.path().join("dags"))

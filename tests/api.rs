@@ -217,11 +217,11 @@ async fn dags_runs_and_the_auth_rule() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("sluice_dag_runs{state=\"queued\"} 1"),
+        metrics.contains("sluice_dag_runs_active{dag_id=\"etl\",state=\"queued\"} 1"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("sluice_task_instances{state=\"pending\"} 2"),
+        metrics.contains("sluice_task_instances_active{state=\"pending\"} 2"),
         "{metrics}"
     );
     assert!(
@@ -229,7 +229,7 @@ async fn dags_runs_and_the_auth_rule() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("sluice_task_try_duration_seconds_count 0"),
+        metrics.contains("# TYPE sluice_tries_running gauge"),
         "{metrics}"
     );
     s.stop.cancel();

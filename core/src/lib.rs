@@ -14,6 +14,7 @@ pub mod backfill;
 pub mod cli;
 pub mod dag;
 pub mod executor;
+pub mod metrics;
 pub mod notify;
 pub mod retention;
 pub mod runs;

@@ -37,6 +37,9 @@ pub struct Settings {
     /// storage for artifacts and try logs, so tries on several machines read each other's
     /// artifacts and a web server on any machine serves every log.
     pub storage_url: Option<String>,
+    /// `SLUICE_METRICS_ADDR` (e.g. `0.0.0.0:9102`; default: none): where a scheduler or worker
+    /// serves its Prometheus metrics (a web server serves them at `/metrics` anyway).
+    pub metrics_addr: Option<String>,
 }
 
 /// How long a store outage is waited out unless `SLUICE_STORE_OUTAGE_DEADLINE` says.
@@ -90,6 +93,7 @@ impl Settings {
             artifact_retention,
             store_outage_deadline,
             storage_url: lookup("SLUICE_STORAGE_URL"),
+            metrics_addr: lookup("SLUICE_METRICS_ADDR"),
         }
     }
 
@@ -106,6 +110,7 @@ impl Settings {
             artifact_retention: Some(DEFAULT_ARTIFACT_RETENTION),
             store_outage_deadline: DEFAULT_STORE_OUTAGE_DEADLINE,
             storage_url: None,
+            metrics_addr: None,
         }
     }
 

@@ -96,6 +96,18 @@ async fn signals(shutdown: CancellationToken, grace: Duration) {
     }
 }
 
+/// Serves this process's metrics at `SLUICE_METRICS_ADDR`, when set.
+fn spawn_metrics(settings: &Settings, shutdown: &CancellationToken) {
+    if let Some(addr) = settings.metrics_addr.clone() {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(error) = crate::metrics::serve(&addr, stop).await {
+                tracing::error!(%addr, %error, "cannot serve metrics");
+            }
+        });
+    }
+}
+
 /// Binds the web server, refusing a non-loopback address without a token.
 async fn bind_web(
     web: &WebArgs,
@@ -219,6 +231,7 @@ pub async fn run(
         }
     );
     tokio::spawn(signals(shutdown.clone(), args.shutdown_grace));
+    spawn_metrics(settings, &shutdown);
     // Notifications are sent by every scheduler; a claim in the store keeps each to one.
     let notifier =
         crate::notify::send::Notifier::new(store.clone(), Arc::new(Connections::from_env()));
@@ -277,6 +290,7 @@ pub async fn worker(
         },
     );
     tokio::spawn(signals(shutdown.clone(), args.shutdown_grace));
+    spawn_metrics(settings, &shutdown);
     // No scheduler cleans this machine's folders: the worker keeps them within retention.
     tokio::spawn(
         crate::retention::LocalSweep {

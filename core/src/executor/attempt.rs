@@ -55,6 +55,23 @@ impl TryOutcome {
     }
 }
 
+/// The `tries_running` gauge, up while a try runs (down when dropped, however it ends).
+struct Running(prometheus_client::metrics::gauge::Gauge);
+
+impl Running {
+    fn start() -> Self {
+        let gauge = crate::metrics::metrics().tries_running.clone();
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Runs `operator` once with `ctx`, stopping it after `timeout`.
 pub async fn run_try(
     operator: Arc<dyn Operator>,
@@ -63,6 +80,8 @@ pub async fn run_try(
 ) -> TryOutcome {
     let started = Instant::now();
     let cancel = ctx.cancel.clone();
+    // Counted while the try runs, whichever way it ends.
+    let _running = Running::start();
     let log = ctx.log.clone();
     let execution = AssertUnwindSafe(async move { operator.execute(&ctx).await }).catch_unwind();
     tokio::pin!(execution);

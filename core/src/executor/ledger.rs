@@ -47,6 +47,22 @@ impl DeliveryLedger for StoreLedger {
                 .record_deliveries(&self.key, self.attempt, outcomes, at)
         })
         .await
-        .map_err(|e| unavailable("record deliveries", e))
+        .map_err(|e| unavailable("record deliveries", e))?;
+        for outcome in outcomes {
+            crate::metrics::metrics()
+                .deliveries
+                .get_or_create(&crate::metrics::DeliveryLabels {
+                    dag_id: self.key.dag_id.clone(),
+                    task_id: self.key.task_id.clone(),
+                    outcome: if outcome.delivered {
+                        "delivered"
+                    } else {
+                        "failed"
+                    }
+                    .into(),
+                })
+                .inc();
+        }
+        Ok(())
     }
 }

@@ -692,6 +692,14 @@ impl RunDriver<'_> {
             let ti = &mut self.instances[p.task];
             ti.apply(&change);
             tracing::info!(task_id = %ti.task_id, try_number = ti.try_number, from = %from, to = %p.to, reason = p.reason.as_deref().unwrap_or(""), "task state");
+            crate::metrics::metrics().task_changed(
+                &ti.dag_id,
+                &ti.task_id,
+                p.to,
+                ti.queued_at,
+                ti.started_at,
+                change.at,
+            );
             notices.extend(crate::notify::for_task(
                 &self.dag.notify,
                 &self.dag.tasks[p.task].notify,
@@ -735,6 +743,7 @@ impl RunDriver<'_> {
             let began = tokio::time::Instant::now();
             match self.answered(began, store.transitions(&pending)).await {
                 Ok(()) => {
+                    crate::metrics::metrics().store_call("transitions", began.elapsed());
                     self.store_answers();
                     return Ok(());
                 }
@@ -1349,6 +1358,7 @@ impl RunDriver<'_> {
         };
         let (dag_id, run_id) = (&dag_id, &run_id);
         if let Ok(run) = &run {
+            crate::metrics::metrics().run_ended(run);
             // Requests that came too late to matter must not stop a later attempt.
             self.forget_stops().await;
             self.notify_end(run).await;
@@ -1487,6 +1497,12 @@ impl RunDriver<'_> {
                 .mark_sla_missed(&run.dag_id, &run.run_id, Utc::now())
                 .await
             {
+                crate::metrics::metrics()
+                    .sla_misses
+                    .get_or_create(&crate::metrics::DagLabels {
+                        dag_id: run.dag_id.clone(),
+                    })
+                    .inc();
                 notices.extend(crate::notify::for_run(
                     notify,
                     run,

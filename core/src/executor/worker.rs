@@ -293,6 +293,14 @@ impl Worker {
         .await;
         match written {
             Ok(()) => {
+                crate::metrics::metrics().task_changed(
+                    &key.dag_id,
+                    &key.task_id,
+                    planned_to,
+                    None,
+                    ti.started_at,
+                    change.at,
+                );
                 if let Some((dag, task, run)) = &notify {
                     let notices = crate::notify::for_task(
                         &dag.notify,

@@ -97,6 +97,7 @@ impl Notifier {
             match self.deliver(&notification).await {
                 Ok(()) => {
                     self.counts.sent.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::metrics().notification("sent");
                     self.store
                         .notification_sent(&notification.id, Utc::now())
                         .await?;
@@ -104,6 +105,7 @@ impl Notifier {
                 }
                 Err(error) => {
                     self.counts.failed.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::metrics().notification("failed");
                     let give_up = attempt >= MAX_ATTEMPTS;
                     let next = (!give_up).then(|| {
                         Utc::now()
@@ -111,6 +113,7 @@ impl Notifier {
                     });
                     if give_up {
                         self.counts.gave_up.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::metrics().notification("gave_up");
                         tracing::error!(id = %notification.id, channel = %notification.channel, %error, attempts = attempt, "notification given up");
                     } else {
                         tracing::warn!(id = %notification.id, channel = %notification.channel, %error, attempt, "notification failed; it is tried again");

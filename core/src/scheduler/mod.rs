@@ -302,6 +302,12 @@ impl Scheduler {
             {
                 Ok(true) => {
                     tracing::warn!(dag_id = %run.dag_id, run_id = %run.run_id, "the run missed its SLA");
+                    crate::metrics::metrics()
+                        .sla_misses
+                        .get_or_create(&crate::metrics::DagLabels {
+                            dag_id: run.dag_id.clone(),
+                        })
+                        .inc();
                     let notices = crate::notify::for_run(
                         &dag.notify,
                         run,
@@ -403,7 +409,12 @@ impl Scheduler {
                 }
                 Ok::<_, SchedulerError>(now)
             };
-            let now = match pass.await {
+            let pass_began = tokio::time::Instant::now();
+            let passed = pass.await;
+            crate::metrics::metrics()
+                .scheduler_pass_seconds
+                .observe(pass_began.elapsed().as_secs_f64());
+            let now = match passed {
                 Ok(now) => now,
                 Err(error) => {
                     // A store hiccup should not kill the scheduler: log, wait, try again.

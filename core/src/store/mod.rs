@@ -663,8 +663,9 @@ pub trait ReadModel: Send + Sync + std::fmt::Debug {
 /// What `/metrics` counts.
 #[async_trait]
 pub trait Metrics: Send + Sync + std::fmt::Debug {
-    /// Runs and task instances by state, for metrics.
-    async fn state_counts(&self) -> Result<StateCounts, StoreError>;
+    /// The unfinished runs (by DAG and state) and task instances (by state), for metrics:
+    /// read through the state indexes, so the cost follows what is active, not the history.
+    async fn active_counts(&self) -> Result<ActiveCounts, StoreError>;
 }
 
 /// Signs of life of scheduler processes.
@@ -974,26 +975,13 @@ pub struct QueuedMarker {
     pub newest_created_us: i64,
 }
 
-/// Runs and task instances by state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct StateCounts {
-    /// Runs per state name.
-    pub runs: Vec<(String, u64)>,
-    /// Task instances per state name.
+/// What is active now, for metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ActiveCounts {
+    /// Queued and running runs: (DAG, state, how many).
+    pub runs: Vec<(String, String, u64)>,
+    /// Pending, queued, running and up-for-retry task instances: (state, how many).
     pub task_instances: Vec<(String, u64)>,
-    /// Finished tries of the last day.
-    pub try_durations: DurationSummary,
-}
-
-/// How long finished tries took.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct DurationSummary {
-    /// How many tries.
-    pub count: u64,
-    /// Their total seconds.
-    pub total_seconds: f64,
-    /// The longest, in seconds.
-    pub longest_seconds: f64,
 }
 
 /// A scheduler process's sign of life.

@@ -1152,37 +1152,34 @@ impl ReadModel for SqlStore {
 
 #[async_trait]
 impl Metrics for SqlStore {
-    async fn state_counts(&self) -> Result<StateCounts, StoreError> {
-        let mut counts = StateCounts::default();
-        for (table, out) in [
-            ("dag_run", &mut counts.runs),
-            ("task_instance", &mut counts.task_instances),
-        ] {
-            let rows = sqlx::query(&format!(
-                "SELECT state, COUNT(*) AS n FROM {table} GROUP BY state ORDER BY state"
-            ))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error("count states"))?;
-            for row in &rows {
-                out.push((get::<String>(row, "state")?, get::<i64>(row, "n")? as u64));
-            }
-        }
-        // Durations of the last day's finished tries (the latest try of each instance).
-        let since = micros(Utc::now() - chrono::Duration::days(1));
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n, COALESCE(SUM(ended_at - started_at), 0) AS total, COALESCE(MAX(ended_at - started_at), 0) AS longest
-             FROM task_instance WHERE ended_at >= $1 AND started_at IS NOT NULL AND ended_at >= started_at",
+    async fn active_counts(&self) -> Result<ActiveCounts, StoreError> {
+        let mut counts = ActiveCounts::default();
+        let rows = sqlx::query(
+            "SELECT dag_id, state, COUNT(*) AS n FROM dag_run
+             WHERE state IN ('queued', 'running') GROUP BY dag_id, state ORDER BY dag_id, state",
         )
-        .bind(since)
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await
-        .map_err(query_error("read try durations"))?;
-        counts.try_durations = DurationSummary {
-            count: get::<i64>(&row, "n")? as u64,
-            total_seconds: get::<i64>(&row, "total")? as f64 / 1e6,
-            longest_seconds: get::<i64>(&row, "longest")? as f64 / 1e6,
-        };
+        .map_err(query_error("count active runs"))?;
+        for row in &rows {
+            counts.runs.push((
+                get(row, "dag_id")?,
+                get(row, "state")?,
+                get::<i64>(row, "n")? as u64,
+            ));
+        }
+        let rows = sqlx::query(
+            "SELECT state, COUNT(*) AS n FROM task_instance
+             WHERE state IN ('pending', 'queued', 'running', 'up_for_retry') GROUP BY state ORDER BY state",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("count active task instances"))?;
+        for row in &rows {
+            counts
+                .task_instances
+                .push((get(row, "state")?, get::<i64>(row, "n")? as u64));
+        }
         Ok(counts)
     }
 }

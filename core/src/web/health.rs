@@ -53,49 +53,52 @@ fn escape_label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// `/metrics`: this process's counters and histograms (see [`crate::metrics`]), what is
+/// active in the store (read through its state indexes: the cost follows the active runs,
+/// never the history), and the DAG folder's and the scheduler's health.
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut out = String::new();
+    crate::metrics::metrics().encode(&mut out);
     let bag = state.dags.get();
     let _ = writeln!(out, "# HELP sluice_dags Valid DAGs loaded from the DAG folder.\n# TYPE sluice_dags gauge\nsluice_dags {}", bag.dags.len());
     let _ = writeln!(out, "# HELP sluice_dag_import_errors Errors in DAG files.\n# TYPE sluice_dag_import_errors gauge\nsluice_dag_import_errors {}", bag.errors.len());
-    match state.store.state_counts().await {
+    let up = match state.store.active_counts().await {
         Ok(counts) => {
             let _ = writeln!(
                 out,
-                "# HELP sluice_dag_runs DAG runs by state.\n# TYPE sluice_dag_runs gauge"
+                "# HELP sluice_dag_runs_active Queued and running runs, by DAG and state.\n# TYPE sluice_dag_runs_active gauge"
             );
-            for (s, n) in &counts.runs {
-                let _ = writeln!(out, "sluice_dag_runs{{state=\"{}\"}} {n}", escape_label(s));
-            }
-            let _ = writeln!(out, "# HELP sluice_task_instances Task instances by state.\n# TYPE sluice_task_instances gauge");
-            for (s, n) in &counts.task_instances {
+            for (dag_id, s, n) in &counts.runs {
                 let _ = writeln!(
                     out,
-                    "sluice_task_instances{{state=\"{}\"}} {n}",
+                    "sluice_dag_runs_active{{dag_id=\"{}\",state=\"{}\"}} {n}",
+                    escape_label(dag_id),
                     escape_label(s)
                 );
             }
-            let crate::store::DurationSummary {
-                count: n,
-                total_seconds: total,
-                longest_seconds: longest,
-            } = counts.try_durations;
-            let _ = writeln!(out, "# HELP sluice_task_try_duration_seconds Durations of tries that ended in the last day.\n# TYPE sluice_task_try_duration_seconds summary\nsluice_task_try_duration_seconds_count {n}\nsluice_task_try_duration_seconds_sum {total}");
-            let _ = writeln!(out, "# HELP sluice_task_try_duration_seconds_max Longest try that ended in the last day.\n# TYPE sluice_task_try_duration_seconds_max gauge\nsluice_task_try_duration_seconds_max {longest}");
+            let _ = writeln!(out, "# HELP sluice_task_instances_active Unfinished task instances, by state.\n# TYPE sluice_task_instances_active gauge");
+            for (s, n) in &counts.task_instances {
+                let _ = writeln!(
+                    out,
+                    "sluice_task_instances_active{{state=\"{}\"}} {n}",
+                    escape_label(s)
+                );
+            }
             let queued: u64 = counts
                 .task_instances
                 .iter()
                 .filter(|(s, _)| s == "queued")
                 .map(|(_, n)| n)
                 .sum();
-            let _ = writeln!(out, "# HELP sluice_queue_depth Task instances waiting for a slot.\n# TYPE sluice_queue_depth gauge\nsluice_queue_depth {queued}");
-            let _ = writeln!(out, "# HELP sluice_metadatabase_up 1 if the metadata store answers.\n# TYPE sluice_metadatabase_up gauge\nsluice_metadatabase_up 1");
+            let _ = writeln!(out, "# HELP sluice_queue_depth Task instances waiting for a slot or a worker.\n# TYPE sluice_queue_depth gauge\nsluice_queue_depth {queued}");
+            1
         }
         Err(error) => {
             tracing::error!(%error, "metrics: the metadata store did not answer");
-            let _ = writeln!(out, "# HELP sluice_metadatabase_up 1 if the metadata store answers.\n# TYPE sluice_metadatabase_up gauge\nsluice_metadatabase_up 0");
+            0
         }
-    }
+    };
+    let _ = writeln!(out, "# HELP sluice_metadatabase_up 1 if the metadata store answers.\n# TYPE sluice_metadatabase_up gauge\nsluice_metadatabase_up {up}");
     if let Ok(Some(beat)) = state.store.last_scheduler_heartbeat().await {
         let age = (Utc::now() - beat.heartbeat_at).num_milliseconds() as f64 / 1000.0;
         let _ = writeln!(out, "# HELP sluice_scheduler_heartbeat_age_seconds Seconds since the last scheduler heartbeat.\n# TYPE sluice_scheduler_heartbeat_age_seconds gauge\nsluice_scheduler_heartbeat_age_seconds {age}");

@@ -53,6 +53,26 @@ const sluice = (() => {
   const cell = (state, title, onclick) => el("span", { class: "cell " + (state || ""), title: title, onclick: onclick || (() => {}) });
   const readable = (path) => { try { return decodeURIComponent(path); } catch (_) { return path; } };
   const when = (t) => t ? t.replace("T", " ").replace(/\.\d+Z$/, "Z") : "-";
+  // "11-23 10:00" (UTC): what a run column is labelled with.
+  const short = (t) => t ? t.slice(5, 16).replace("T", " ") : "";
+  const seconds = (a, b) => (a && b) ? (Date.parse(b) - Date.parse(a)) / 1000 : null;
+  const fmtDuration = (s) => s === null || s === undefined ? "" : s < 1 ? Math.round(s * 1000) + " ms" : s < 60 ? s.toFixed(1) + " s" : s < 3600 ? Math.floor(s / 60) + " min " + Math.round(s % 60) + " s" : (s / 3600).toFixed(1) + " h";
+  const count = (n) => Number(n).toLocaleString("en-US");
+  // What a task moved, from its recorded output: rows, deliveries sent and failed.
+  function moved(ti) {
+    const out = ti.output || {};
+    const v = out.values || {};
+    if (v.delivered !== undefined) return count(v.delivered) + " sent" + (v.failed ? " · " + count(v.failed) + " failed" : "");
+    if (v.rows !== undefined) return count(v.rows) + " rows";
+    if (out.table && out.table.rows !== undefined && out.table.rows !== null) return count(out.table.rows) + " rows";
+    return "";
+  }
+  function runLabel(run) {
+    const interval = run.data_interval_start === run.data_interval_end ? short(run.logical_date) : short(run.data_interval_start) + "–" + run.data_interval_end.slice(11, 16);
+    const took = seconds(run.start_date, run.end_date || (run.state === "running" ? new Date().toISOString() : null));
+    const facts = [fmtDuration(took) + (run.state === "running" ? " so far" : ""), run.attempt > 1 ? "attempt " + run.attempt : ""].filter(Boolean).join(" · ");
+    return [interval, facts];
+  }
 
   async function dagList() {
     async function refresh() {
@@ -131,6 +151,38 @@ const sluice = (() => {
     $("graph").replaceChildren(svg);
   }
 
+  // The selected run's tries on one time axis: which task waited, which took long.
+  function drawGantt(run, tis, dag) {
+    const box = $("gantt");
+    box.replaceChildren();
+    if (!run) return;
+    const started = tis.filter((t) => t.start_date);
+    if (!started.length) { box.append(el("p", { class: "muted", text: run.dag_run_id + " has not started a task yet" })); return; }
+    const now = new Date().toISOString();
+    const t0 = Math.min(...started.map((t) => Date.parse(t.start_date)));
+    const t1 = Math.max(...started.map((t) => Date.parse(t.end_date || now)), t0 + 1);
+    const span = t1 - t0;
+    box.append(el("div", { class: "muted", text: run.dag_run_id + " · " + fmtDuration(span / 1000) + " from the first try's start to the last one's end" }));
+    for (const task of dag.tasks) {
+      const ti = tis.find((t) => t.task_id === task.task_id);
+      const bar = el("div", { class: "bar " + (ti ? ti.state : "") });
+      if (ti && ti.start_date) {
+        const left = (Date.parse(ti.start_date) - t0) / span * 100;
+        const width = Math.max((Date.parse(ti.end_date || now) - Date.parse(ti.start_date)) / span * 100, 0.5);
+        bar.style.left = left + "%";
+        bar.style.width = width + "%";
+        bar.title = task.task_id + ": " + (ti.state || "") + " · " + fmtDuration(ti.duration);
+      } else {
+        bar.style.width = "0";
+      }
+      const facts = ti ? [fmtDuration(ti.duration), moved(ti)].filter(Boolean).join(" · ") : "";
+      box.append(el("div", { class: "gantt-row" },
+        el("span", { class: "gantt-task", text: task.task_id }),
+        el("span", { class: "gantt-track" }, bar),
+        el("span", { class: "facts", text: facts })));
+    }
+  }
+
   async function dagPage() {
     const dagId = decodeURIComponent(location.pathname.split("/").pop());
     $("title").textContent = dagId;
@@ -199,7 +251,14 @@ const sluice = (() => {
         const tis = {};
         for (const run of runs) {
           const attempt = run.attempt > 1 ? " · attempt " + run.attempt : "";
-          head.append(el("th", { title: run.dag_run_id + attempt }, cell(run.state, run.dag_run_id + attempt + ": " + run.state + " (click: show in the graph)", () => { selectedRun = run.dag_run_id; refresh(); })));
+          const [interval, facts] = runLabel(run);
+          // Failing windows and missed SLAs stand out: the whole column header says so.
+          const classes = "runhead" + (run.state === "failed" ? " run-failed" : "") + (run.sla_missed_at ? " run-sla" : "");
+          head.append(el("th", { class: classes, title: run.dag_run_id + attempt },
+            cell(run.state, run.dag_run_id + attempt + ": " + run.state + " (click: show in the graph and timeline)", () => { selectedRun = run.dag_run_id; refresh(); }),
+            el("div", { class: "interval", text: interval }),
+            el("div", { class: "facts", text: facts }),
+            run.sla_missed_at ? el("div", { class: "sla", text: "SLA missed" }) : ""));
           tis[run.dag_run_id] = [];
         }
         for (const ti of grid.task_instances) (tis[ti.dag_run_id] = tis[ti.dag_run_id] || []).push(ti);
@@ -211,8 +270,11 @@ const sluice = (() => {
           for (const run of runs) {
             const ti = (tis[run.dag_run_id] || []).find((t) => t.task_id === task.task_id);
             const state = ti ? ti.state : "";
-            row.append(el("td", { class: "cellcol" }, cell(state, task.task_id + " · " + run.dag_run_id + ": " + state + (ti && ti.error ? " · " + ti.error : ""),
-              () => ti && ti.try_number > 0 ? showLog(run.dag_run_id, task.task_id, ti.try_number, ti.state) : show(task.task_id + " has not run in " + run.dag_run_id))));
+            const open = () => ti && ti.try_number > 0 ? showLog(run.dag_run_id, task.task_id, ti.try_number, ti.state) : show(task.task_id + " has not run in " + run.dag_run_id);
+            // Under each square: how long the try took, what it moved, and its try if not the first.
+            const facts = ti ? [fmtDuration(ti.duration), moved(ti), ti.try_number > 1 ? "try " + ti.try_number + "/" + ti.max_tries : ""].filter(Boolean).join(" · ") : "";
+            row.append(el("td", { class: "cellcol" }, cell(state, task.task_id + " · " + run.dag_run_id + ": " + state + (ti && ti.error ? " · " + ti.error : ""), open),
+              facts ? el("div", { class: "facts", text: facts }) : ""));
           }
           body.append(row);
         }
@@ -220,6 +282,7 @@ const sluice = (() => {
         const shown = runs.find((r) => r.dag_run_id === selectedRun) || runs[0];
         const states = shown ? Object.fromEntries((tis[shown.dag_run_id] || []).map((t) => [t.task_id, t.state])) : {};
         drawGraph(dag, states);
+        drawGantt(shown, tis[shown ? shown.dag_run_id : ""] || [], dag);
         // The shown run, while it runs or waits to, can be stopped.
         const stoppable = shown && (shown.state === "running" || shown.state === "queued");
         $("stop-run").hidden = !stoppable;

@@ -47,13 +47,13 @@ await step("with a viewer token the DAG list shows the DAG", async () => {
   await page.fill("#token", viewer);
   await page.dispatchEvent("#token", "change");
   await page.waitForSelector("#dags tbody tr a", { timeout: 10000 });
-  assert.deepEqual(await page.locator("#dags tbody tr a").allTextContents(), ["ui_demo", "ui_stop"]);
+  assert.deepEqual(await page.locator("#dags tbody tr a").allTextContents(), ["prosthesis_stats", "ui_demo", "ui_stop"]);
   assert.ok(await page.locator("#audit-section").isHidden(), "a viewer does not see the audit log");
   await page.screenshot({ path: `${shots}/1-dag-list.png`, fullPage: true });
 });
 
 await step("a viewer's trigger is refused and says why", async () => {
-  await navigateBy("#dags tbody tr:first-child a", /\/dags\/ui_demo$/);
+  await navigateBy('#dags tbody tr a:text-is("ui_demo")', /\/dags\/ui_demo$/);
   await page.waitForSelector("#trigger");
   await page.fill("#logical_date", "2026-01-01T00:00:00Z");
   await page.click("#trigger button[type=submit]");
@@ -131,6 +131,24 @@ await step("a running task is stopped from its panel, and the grid says who stop
   await page.waitForSelector("#grid thead span.cell.failed", { timeout: 10000 });
   assert.ok(await page.locator("#stop-run").isHidden(), "a finished run has nothing to stop");
   await page.screenshot({ path: `${shots}/5d-task-stopped.png`, fullPage: true });
+});
+
+await step("the reference pipeline's run shows its window, duration and the rows it moved", async () => {
+  await page.goto(base + "/dags/prosthesis_stats");
+  // The scheduled run for the latest window started with the server.
+  await page.waitForSelector("#grid thead th.runhead span.cell.success", { timeout: 120000 });
+  const head = await page.textContent("#grid thead th.runhead");
+  assert.match(head, /\d\d-\d\d \d\d:\d\d–\d\d:\d\d/, "the column is labelled with its interval: " + head);
+  assert.match(head, /\d(\.\d)? (ms|s)/, "and its duration: " + head);
+  const row = async (task) => page.textContent(`#grid tbody tr:has(td:text-is("${task}"))`);
+  for (const task of ["extract_telemetry", "compute_metrics", "load_stats", "quarantine", "load_quarantine"]) {
+    assert.match(await row(task), /\d[\d,]* rows/, task + " shows the rows it moved: " + await row(task));
+  }
+  assert.match(await row("invalidate_reports"), /\d[\d,]* sent/, "the invalidations sent: " + await row("invalidate_reports"));
+  // The timeline has a bar for every task of the run.
+  const bars = await page.locator("#gantt .gantt-track .bar.success").count();
+  assert.equal(bars, 7, "a bar per task");
+  await page.screenshot({ path: `${shots}/7-reference-run.png`, fullPage: true });
 });
 
 await step("the token stays in this tab only", async () => {

@@ -664,7 +664,8 @@ pub trait ReadModel: Send + Sync + std::fmt::Debug {
 #[async_trait]
 pub trait Metrics: Send + Sync + std::fmt::Debug {
     /// The unfinished runs (by DAG and state) and task instances (by state), for metrics:
-    /// read through the state indexes, so the cost follows what is active, not the history.
+    /// read through the runs' state index, so the cost follows what is active, not the
+    /// history.
     async fn active_counts(&self) -> Result<ActiveCounts, StoreError>;
 }
 

@@ -1168,9 +1168,15 @@ impl Metrics for SqlStore {
                 get::<i64>(row, "n")? as u64,
             ));
         }
+        // Unfinished task instances only exist in unfinished runs: found through the runs'
+        // state index and the instances' key, never a scan of the history (task_instance
+        // has no state index: every transition would have to maintain it).
         let rows = sqlx::query(
-            "SELECT state, COUNT(*) AS n FROM task_instance
-             WHERE state IN ('pending', 'queued', 'running', 'up_for_retry') GROUP BY state ORDER BY state",
+            "SELECT ti.state AS state, COUNT(*) AS n
+             FROM dag_run r JOIN task_instance ti ON ti.dag_id = r.dag_id AND ti.run_id = r.run_id
+             WHERE r.state IN ('queued', 'running')
+               AND ti.state IN ('pending', 'queued', 'running', 'up_for_retry')
+             GROUP BY ti.state ORDER BY ti.state",
         )
         .fetch_all(&self.pool)
         .await

@@ -6,55 +6,9 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-/// What the webhook receiver got: each POST's JSON and its Idempotency-Key.
-#[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<(Value, String)>>>);
-
-impl Received {
-    fn events(&self) -> Vec<String> {
-        let mut events: Vec<String> = self
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(body, _)| body["event"].as_str().unwrap_or_default().to_string())
-            .collect();
-        events.sort();
-        events
-    }
-}
-
-/// An HTTP receiver on a free loopback port; returns its URL.
-async fn receiver() -> (String, Received) {
-    let received = Received::default();
-    let app = axum::Router::new()
-        .route(
-            "/hook",
-            axum::routing::post(
-                |axum::extract::State(r): axum::extract::State<Received>,
-                 headers: axum::http::HeaderMap,
-                 axum::Json(body): axum::Json<Value>| async move {
-                    let key = headers
-                        .get("idempotency-key")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_string();
-                    r.0.lock().unwrap().push((body, key));
-                    "ok"
-                },
-            ),
-        )
-        .with_state(received.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, received)
-}
 
 /// The messages in the test SMTP server's Maildir addressed to `to`.
 fn mails_to(to: &str) -> Vec<String> {
@@ -178,7 +132,7 @@ async fn until(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn a_failing_task_sends_one_email_and_one_webhook_and_a_webhook_per_retry() {
-    let (hook, received) = receiver().await;
+    let (hook, received) = support::receiver().await;
     let oncall = unique("oncall");
     let dag = format!(
         "dag_id: flaky\nchannels:\n  mail: {{email: {{conn: smtp, from: sluice@example.com, to: ['{oncall}'], subject: '{{{{ dag_id }}}}.{{{{ task_id }}}} {{{{ event }}}}: {{{{ reason }}}}'}}}}\n  hook: {{webhook: {{conn: hook}}}}\n  down: {{webhook: {{conn: down}}}}\non_failure: [hook]\ntasks:\n  - id: extract\n    operator: shell\n    retries: 2\n    retry_delay: 100ms\n    on_failure: [mail, hook, down]\n    on_retry: [hook]\n    config: {{command: 'echo cannot reach the source >&2; exit 3'}}\n"
@@ -267,16 +221,31 @@ async fn a_failing_task_sends_one_email_and_one_webhook_and_a_webhook_per_retry(
 
 #[tokio::test]
 async fn an_sla_miss_notifies_once_and_a_run_over_its_timeout_fails_with_its_tries_stopped() {
-    let (hook, received) = receiver().await;
+    let (hook, received) = support::receiver().await;
     let oncall = unique("sla");
-    // A manual run's data interval ends at its logical date: the SLA runs out 1 s after the
-    // trigger, while the task still sleeps; the run stops at 4 s.
+    // Every minute, no catchup: the scheduler starts a run for the minute that just ended.
+    // Its SLA (1 s after that minute) has run out while the task sleeps; the run stops at 4 s.
     let dag = format!(
-        "dag_id: slow\nsla: 1s\ndagrun_timeout: 4s\nchannels:\n  mail: {{email: {{conn: smtp, from: sluice@example.com, to: ['{oncall}']}}}}\n  hook: {{webhook: {{conn: hook}}}}\non_sla_miss: [mail]\non_failure: [hook]\ntasks:\n  - {{id: crunch, operator: shell, config: {{command: 'sleep 619'}}}}\n  - {{id: publish, operator: noop, depends_on: crunch}}\n"
+        "dag_id: slow\nschedule: '* * * * *'\nsla: 1s\ndagrun_timeout: 4s\nchannels:\n  mail: {{email: {{conn: smtp, from: sluice@example.com, to: ['{oncall}']}}}}\n  hook: {{webhook: {{conn: hook}}}}\non_sla_miss: [mail]\non_failure: [hook]\ntasks:\n  - {{id: crunch, operator: shell, config: {{command: 'sleep 619'}}}}\n  - {{id: publish, operator: noop, depends_on: crunch}}\n"
     );
-    let s = Scheduler::start(&dag, &hook);
     let began = Instant::now();
-    let run_id = s.trigger("slow");
+    let s = Scheduler::start(&dag, &hook);
+    let run_id = loop {
+        let out = support::sluice(s.dir.path())
+            .args(["runs", "list", "--dag", "slow", "--json"])
+            .output()
+            .unwrap();
+        let runs: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(id) = runs.get(0).and_then(|r| r["run_id"].as_str()) {
+            break id.to_string();
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "no scheduled run"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(run_id.starts_with("scheduled__"), "{run_id}");
     let show = s.finished(&run_id, Duration::from_secs(20));
     assert!(
         began.elapsed() < Duration::from_secs(15),
@@ -312,6 +281,6 @@ async fn an_sla_miss_notifies_once_and_a_run_over_its_timeout_fails_with_its_tri
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mails = mails_to(&oncall);
     assert_eq!(mails.len(), 1, "an SLA miss is told once: {mails:#?}");
-    assert!(mails[0].contains("slow run manual__"), "{}", mails[0]);
+    assert!(mails[0].contains("slow run scheduled__"), "{}", mails[0]);
     assert!(mails[0].contains("missed its SLA"), "{}", mails[0]);
 }

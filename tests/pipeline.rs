@@ -1427,6 +1427,7 @@ async fn the_reference_pipeline_runs_with_each_task_on_its_own_worker() {
         "load_stats",
         "load_quarantine",
         "invalidate_reports",
+        "check_window",
     ];
     // Killed when dropped, whatever happens to the test.
     let mut children = vec![support::Process(
@@ -1541,5 +1542,140 @@ async fn the_reference_pipeline_runs_with_each_task_on_its_own_worker() {
     assert!(
         !home("web").join("logs").exists(),
         "no log was on the web server's disk"
+    );
+}
+
+/// Clean sources: `chips` known, active chips with a few errors each (all `ok`), and
+/// `unknown` more chips the CRM has never heard of.
+fn generated(chips: usize, unknown: usize) -> Sources {
+    let (s, _) = window();
+    let leak = |text: String| -> &'static str { Box::leak(text.into_boxed_str()) };
+    let customers = (0..chips)
+        .map(|i| Customer {
+            id: i as i64 + 1,
+            user_id: 1000 + i as i64,
+            name: leak(format!("customer {i}")),
+            region: "eu-west",
+        })
+        .collect();
+    let prostheses = (0..chips)
+        .map(|i| Prosthesis {
+            chip: leak(format!("K-{i:03}")),
+            customer: i as i64 + 1,
+            model: 1,
+            active: true,
+        })
+        .collect();
+    let mut events = Vec::new();
+    let names: Vec<String> = (0..chips)
+        .map(|i| format!("K-{i:03}"))
+        .chain((0..unknown).map(|i| format!("U-{i:03}")))
+        .collect();
+    for chip in names {
+        for n in 0..100 {
+            events.push(Event {
+                chip: chip.clone(),
+                ts: s + Duration::seconds(n * 5),
+                is_error: n == 0,
+                cycles: 2,
+                battery: Some(60.0),
+                latency: Some(12.0),
+            });
+        }
+    }
+    Sources {
+        models: vec![(1, "Grip", 1000)],
+        customers,
+        prostheses,
+        events,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_windows_checks_pass_on_clean_data_and_alert_when_a_third_of_the_chips_are_unknown() {
+    let (alerts, received) = support::receiver().await;
+    // Clean: 30 known chips, nothing quarantined, nothing critical.
+    let clean = Pipeline::new(reports::Behaviour::default(), |d| d).await;
+    seed(&clean.crm, &clean.telemetry, &generated(30, 0)).await;
+    let out = clean
+        .run("clean", &[("SLUICE_CONN_ALERTS", alerts.clone())])
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let show = clean
+        .sluice(
+            "clean",
+            &[
+                "runs",
+                "show",
+                "manual__2026-11-23T10:00:00+00:00",
+                "--json",
+            ],
+            &[],
+        )
+        .await;
+    let show: Value = serde_json::from_slice(&show.stdout).unwrap();
+    let check = show["task_instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task_id"] == "check_window")
+        .unwrap()
+        .clone();
+    assert_eq!(check["state"], "success", "{check:#}");
+    let results = check["output"]["values"]["checks"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(results.len(), 3);
+    for result in &results {
+        assert_eq!(result["passed"], true, "{result:#}");
+    }
+    let measured = |name: &str| {
+        results.iter().find(|r| r["name"] == name).unwrap()["measured"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(measured("quarantined_share"), 0.0);
+    assert_eq!(measured("every_row_has_a_user"), 0.0);
+    assert!(
+        received.events().is_empty(),
+        "no alert on clean data: {:?}",
+        received.0.lock().unwrap()
+    );
+
+    // A third of the chips unknown: the share of quarantined aggregates is a third, over the
+    // quarter it may be; the check warns, the alerts channel hears it, the loads go on.
+    let dirty = Pipeline::new(reports::Behaviour::default(), |d| d).await;
+    seed(&dirty.crm, &dirty.telemetry, &generated(30, 15)).await;
+    let out = dirty
+        .run("dirty", &[("SLUICE_CONN_ALERTS", alerts.clone())])
+        .await;
+    assert!(
+        out.status.success(),
+        "a warning does not fail the run: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("notification task_warned to alerts: sent"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(received.events(), ["task_warned"]);
+    let (alert, _) = received.0.lock().unwrap()[0].clone();
+    assert_eq!(alert["task_id"], "check_window");
+    let reason = alert["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("quarantined_share: measured 0.333")
+            && reason.contains("expected ≤ 0.25"),
+        "{alert:#}"
+    );
+    assert!(alert["text"]
+        .as_str()
+        .unwrap()
+        .contains("succeeded with warnings"));
+    assert_eq!(
+        dirty.rows("user_prosthesis_stats", true).await.len(),
+        30,
+        "loaded all the same"
     );
 }

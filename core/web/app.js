@@ -63,6 +63,7 @@ const sluice = (() => {
     const out = ti.output || {};
     const v = out.values || {};
     if (v.delivered !== undefined) return count(v.delivered) + " sent" + (v.failed ? " · " + count(v.failed) + " failed" : "");
+    if (Array.isArray(v.checks)) return v.passed + "/" + v.checks.length + " checks passed" + (v.warned ? " · " + v.warned + " warned" : "");
     if (v.rows !== undefined) return count(v.rows) + " rows";
     if (out.table && out.table.rows !== undefined && out.table.rows !== null) return count(out.table.rows) + " rows";
     return "";

@@ -12,6 +12,8 @@ pub mod shell;
 pub mod sleep;
 
 #[cfg(feature = "etl")]
+pub mod check;
+#[cfg(feature = "etl")]
 pub mod clickhouse_load;
 #[cfg(feature = "etl")]
 pub mod frame;
@@ -45,7 +47,8 @@ pub fn registry() -> Registry {
         .with::<postgres_extract::PostgresExtractConfig>()
         .with::<polars_sql::PolarsSqlConfig>()
         .with::<clickhouse_load::ClickhouseLoadConfig>()
-        .with::<http_webhook::HttpWebhookConfig>();
+        .with::<http_webhook::HttpWebhookConfig>()
+        .with::<check::CheckConfig>();
     registry
 }
 

@@ -147,7 +147,8 @@ await step("the reference pipeline's run shows its window, duration and the rows
   assert.match(await row("invalidate_reports"), /\d[\d,]* sent/, "the invalidations sent: " + await row("invalidate_reports"));
   // The timeline has a bar for every task of the run.
   const bars = await page.locator("#gantt .gantt-track .bar.success").count();
-  assert.equal(bars, 7, "a bar per task");
+  assert.equal(bars, await page.locator("#grid tbody tr").count(), "a bar per task");
+  assert.match(await row("check_window"), /3\/3 checks passed/, "the window's checks: " + await row("check_window"));
   await page.screenshot({ path: `${shots}/7-reference-run.png`, fullPage: true });
 });
 

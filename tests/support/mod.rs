@@ -314,3 +314,49 @@ async fn forward(
     let down = pump(server_read, client_write, false, state);
     tokio::join!(up, down);
 }
+
+/// What the webhook receiver got: each POST's JSON and its Idempotency-Key.
+#[derive(Clone, Default)]
+pub struct Received(pub std::sync::Arc<std::sync::Mutex<Vec<(serde_json::Value, String)>>>);
+
+impl Received {
+    /// The `event` of each POST, sorted.
+    pub fn events(&self) -> Vec<String> {
+        let mut events: Vec<String> = self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(body, _)| body["event"].as_str().unwrap_or_default().to_string())
+            .collect();
+        events.sort();
+        events
+    }
+}
+
+/// An HTTP receiver on a free loopback port; returns its URL.
+pub async fn receiver() -> (String, Received) {
+    let received = Received::default();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                |axum::extract::State(r): axum::extract::State<Received>,
+                 headers: axum::http::HeaderMap,
+                 axum::Json(body): axum::Json<serde_json::Value>| async move {
+                    let key = headers
+                        .get("idempotency-key")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    r.0.lock().unwrap().push((body, key));
+                    "ok"
+                },
+            ),
+        )
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
+}

@@ -416,6 +416,22 @@ async fn test(
             ti.error.as_deref().unwrap_or_default()
         );
     }
+    // The run's notifications are sent now (once each: a failed send is left in the outbox
+    // for a scheduler to try again), as a scheduler would.
+    let queued = store.notifications(&dag.dag_id, &run_id).await?;
+    if !queued.is_empty() {
+        let notifier =
+            crate::notify::send::Notifier::new(store.clone(), Arc::new(Connections::from_env()));
+        notifier.send_due().await?;
+        for n in store.notifications(&dag.dag_id, &run_id).await? {
+            let outcome = match (&n.sent_at, &n.last_error) {
+                (Some(_), _) => "sent".to_string(),
+                (None, Some(error)) => format!("not sent: {error}"),
+                (None, None) => "queued".to_string(),
+            };
+            println!("  notification {} to {}: {outcome}", n.event, n.channel);
+        }
+    }
     Ok(if run.state == RunState::Success {
         ExitCode::SUCCESS
     } else {

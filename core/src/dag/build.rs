@@ -434,6 +434,7 @@ fn check_channel_names(
         ("on_failure", &spec.on_failure),
         ("on_retry", &spec.on_retry),
         ("on_success", &spec.on_success),
+        ("on_warning", &spec.on_warning),
     ] {
         for name in names.iter().flatten() {
             if !channels.contains_key(name) {
@@ -653,6 +654,11 @@ fn build_task(
                 .on_success
                 .clone()
                 .or_else(|| defaults.on_success.clone())
+                .unwrap_or_default(),
+            on_warning: own
+                .on_warning
+                .clone()
+                .or_else(|| defaults.on_warning.clone())
                 .unwrap_or_default(),
         },
     })

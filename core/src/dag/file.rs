@@ -67,6 +67,8 @@ pub struct RetrySpec {
     pub on_retry: Option<Vec<String>>,
     /// Channels told when a task succeeds.
     pub on_success: Option<Vec<String>>,
+    /// Channels told when a task succeeds with warnings (a `check`'s failed `warn` checks).
+    pub on_warning: Option<Vec<String>>,
 }
 
 /// Everything of a DAG file but its tasks.
@@ -177,6 +179,9 @@ pub struct TaskSpec {
     /// Channels told when the task succeeds (overrides `default_args.on_success`).
     #[serde(default)]
     pub on_success: Option<Vec<String>>,
+    /// Channels told when the task succeeds with warnings (overrides `default_args.on_warning`).
+    #[serde(default)]
+    pub on_warning: Option<Vec<String>>,
     /// Operator settings, checked by the operator's config struct.
     #[serde(default)]
     pub config: Option<serde_json::Value>,
@@ -196,6 +201,7 @@ impl TaskSpec {
             on_failure: self.on_failure.clone(),
             on_retry: self.on_retry.clone(),
             on_success: self.on_success.clone(),
+            on_warning: self.on_warning.clone(),
         }
     }
 }

@@ -709,6 +709,7 @@ impl RunDriver<'_> {
                 ti.max_tries,
                 p.to,
                 p.reason.as_deref(),
+                p.output.as_ref(),
                 change.at,
             ));
             if let Some(observer) = &self.executor.observer {
@@ -1536,6 +1537,7 @@ impl RunDriver<'_> {
                         max_tries,
                         change.to,
                         change.reason.as_deref(),
+                        None,
                         change.at,
                     ));
                 }

@@ -311,6 +311,7 @@ impl Worker {
                         max_tries,
                         planned_to,
                         change.reason.as_deref(),
+                        change.output.as_ref(),
                         change.at,
                     );
                     self.executor.enqueue(&notices).await;

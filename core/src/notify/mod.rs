@@ -43,6 +43,8 @@ pub enum Event {
     TaskRetry,
     /// A task succeeded.
     TaskSucceeded,
+    /// A task succeeded with warnings (a `check` whose `warn` checks failed).
+    TaskWarned,
     /// The run failed.
     RunFailed,
     /// The run succeeded.
@@ -58,6 +60,7 @@ impl Event {
             Event::TaskFailed => "task_failed",
             Event::TaskRetry => "task_retry",
             Event::TaskSucceeded => "task_succeeded",
+            Event::TaskWarned => "task_warned",
             Event::RunFailed => "run_failed",
             Event::RunSucceeded => "run_succeeded",
             Event::SlaMissed => "sla_missed",
@@ -137,6 +140,8 @@ pub struct TaskNotify {
     pub on_retry: Vec<String>,
     /// Channels told when the task succeeds.
     pub on_success: Vec<String>,
+    /// Channels told when the task succeeds with warnings (failed `warn` checks).
+    pub on_warning: Vec<String>,
 }
 
 /// A DAG's channels and who hears about its runs.
@@ -221,6 +226,7 @@ impl Notice {
         let what = match event {
             Event::TaskFailed => "failed",
             Event::TaskRetry => "failed and is retried",
+            Event::TaskWarned => "succeeded with warnings",
             _ => "succeeded",
         };
         Self {
@@ -404,16 +410,47 @@ pub fn for_task(
     max_tries: u32,
     to: TaskState,
     reason: Option<&str>,
+    output: Option<&sluice_operator_api::TaskOutput>,
     at: DateTime<Utc>,
 ) -> Vec<Notification> {
+    // A success with warnings (a check's `warn` checks that failed) is also a warning.
+    let warnings: Vec<String> = output
+        .and_then(|o| o.values.get("warnings"))
+        .and_then(|w| w.as_array())
+        .map(|w| {
+            w.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    if to == TaskState::Success && !warnings.is_empty() && !task.on_warning.is_empty() {
+        let reason = warnings.join("; ");
+        let notice = Notice::task(
+            Event::TaskWarned,
+            run,
+            task_id,
+            try_number,
+            max_tries,
+            Some(&reason),
+            at,
+        );
+        let key = format!(
+            "{}/{}/{task_id}/{try_number}/{}",
+            run.dag_id,
+            run.run_id,
+            Event::TaskWarned.as_str()
+        );
+        out.extend(notifications(notify, &task.on_warning, &notice, &key, at));
+    }
     let (event, channels) = match to {
         TaskState::Failed => (Event::TaskFailed, &task.on_failure),
         TaskState::UpForRetry => (Event::TaskRetry, &task.on_retry),
         TaskState::Success => (Event::TaskSucceeded, &task.on_success),
-        _ => return Vec::new(),
+        _ => return out,
     };
     if channels.is_empty() {
-        return Vec::new();
+        return out;
     }
     let notice = Notice::task(event, run, task_id, try_number, max_tries, reason, at);
     let key = format!(
@@ -422,7 +459,8 @@ pub fn for_task(
         run.run_id,
         event.as_str()
     );
-    notifications(notify, channels, &notice, &key, at)
+    out.extend(notifications(notify, channels, &notice, &key, at));
+    out
 }
 
 /// The notifications a run's end (or missed SLA) raises, if any.
@@ -526,6 +564,7 @@ mod tests {
             2,
             TaskState::Failed,
             Some("line one\r\nBcc: attacker@example.com"),
+            None,
             at,
         );
         assert_eq!(out.len(), 2);
@@ -564,9 +603,42 @@ mod tests {
             2,
             TaskState::Success,
             None,
+            None,
             at
         )
         .is_empty());
+        // A success with warnings is told to the task's on_warning channels.
+        let warned = TaskNotify {
+            on_warning: vec!["chat".into()],
+            ..Default::default()
+        };
+        let output = sluice_operator_api::TaskOutput::values(
+            serde_json::json!({"warnings": ["quarantined_share: measured 0.33, expected ≤ 0.1"]})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let out = for_task(
+            &notify(),
+            &warned,
+            &run(),
+            "check",
+            1,
+            1,
+            TaskState::Success,
+            None,
+            Some(&output),
+            at,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].event, "task_warned");
+        let Message::Webhook { payload, .. } = &out[0].message else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            payload["reason"],
+            "quarantined_share: measured 0.33, expected ≤ 0.1"
+        );
     }
 
     #[test]

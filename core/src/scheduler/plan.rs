@@ -106,7 +106,12 @@ pub fn runs_to_start(runs: &[DagRun], max_active_runs: u32) -> Vec<&DagRun> {
 mod tests;
 
 /// When `run` misses the DAG's SLA: its data interval's end plus `sla` (none without one).
+/// Only scheduled runs have one, as in Airflow: a manual run or a backfill of an old window
+/// is not late.
 pub fn sla_deadline(dag: &Dag, run: &DagRun) -> Option<DateTime<Utc>> {
+    if run.run_type != RunType::Scheduled {
+        return None;
+    }
     let sla = Duration::from_std(dag.sla?).ok()?;
     run.data_interval_end.checked_add_signed(sla)
 }

@@ -161,18 +161,18 @@ impl OperatorConfig for CheckConfig {
         for (i, check) in self.checks.iter().enumerate() {
             let at = |field: &str| format!("checks[{i}].{field}");
             if check.name.trim().is_empty() {
-                return Err(ConfigError::field(&at("name"), "must not be empty"));
+                return Err(ConfigError::field(at("name"), "must not be empty"));
             }
             if !names.insert(check.name.clone()) {
                 return Err(ConfigError::field(
-                    &at("name"),
+                    at("name"),
                     format!("`{}` is used twice", check.name),
                 ));
             }
             let kinds = check.kinds();
             if kinds.len() != 1 {
                 return Err(ConfigError::field(
-                    &format!("checks[{i}]"),
+                    format!("checks[{i}]"),
                     format!(
                         "`{}` needs exactly one of row_count, null_fraction, unique, range, freshness, sql (found {})",
                         check.name,
@@ -184,14 +184,14 @@ impl OperatorConfig for CheckConfig {
                 (Some(sql), _) => {
                     if sql.query.trim().is_empty() || template::is_template(&sql.query) {
                         return Err(ConfigError::field(
-                            &at("sql.query"),
+                            at("sql.query"),
                             "a query without templates (select values as columns upstream)",
                         ));
                     }
                 }
                 (None, None) => {
                     return Err(ConfigError::field(
-                        &at("table"),
+                        at("table"),
                         format!(
                             "`{}` needs the upstream task whose table it checks",
                             check.name
@@ -203,7 +203,7 @@ impl OperatorConfig for CheckConfig {
             if let Some(unique) = &check.unique {
                 if unique.columns.is_empty() {
                     return Err(ConfigError::field(
-                        &at("unique.columns"),
+                        at("unique.columns"),
                         "at least one column",
                     ));
                 }
@@ -217,14 +217,14 @@ impl OperatorConfig for CheckConfig {
             if let Some((min, max)) = bounds {
                 if min.is_none() && max.is_none() {
                     return Err(ConfigError::field(
-                        &format!("checks[{i}].{}", kinds[0]),
+                        format!("checks[{i}].{}", kinds[0]),
                         "give min, max or both",
                     ));
                 }
                 if let (Some(lo), Some(hi)) = (min, max) {
                     if lo > hi {
                         return Err(ConfigError::field(
-                            &format!("checks[{i}].{}", kinds[0]),
+                            format!("checks[{i}].{}", kinds[0]),
                             format!("min {lo} is above max {hi}"),
                         ));
                     }

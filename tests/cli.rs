@@ -95,7 +95,7 @@ fn validate_prints_every_error_of_the_broken_file_and_exits_1() {
     let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
     let expected = [
         format!("{file}: -: schedule: `99 * * * *` is not a valid cron expression"),
-        format!("{file}: a: operator: unknown operator `sleeep`; known: clickhouse_load, http_webhook, noop, polars_sql, postgres_extract, shell, sleep"),
+        format!("{file}: a: operator: unknown operator `sleeep`; known: check, clickhouse_load, http_webhook, noop, polars_sql, postgres_extract, shell, sleep"),
         format!("{file}: b: config.command: template uses unknown variable(s) oops"),
         format!("{file}: b: depends_on: unknown task `ghost`"),
         format!("{file}: c: config.comand: unknown field `comand`"),
@@ -352,7 +352,7 @@ fn operators_are_listed_and_described() {
     );
     let out = home.sluice(&["operators", "describe", "shel"]);
     assert!(
-        stderr(&out).contains("unknown operator `shel`; known: clickhouse_load, http_webhook, noop, polars_sql, postgres_extract, shell, sleep"),
+        stderr(&out).contains("unknown operator `shel`; known: check, clickhouse_load, http_webhook, noop, polars_sql, postgres_extract, shell, sleep"),
         "{}",
         stderr(&out)
     );

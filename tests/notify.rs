@@ -275,12 +275,15 @@ async fn an_sla_miss_notifies_once_and_a_run_over_its_timeout_fails_with_its_tri
     })
     .await;
     until(Duration::from_secs(10), "the run's failure", || {
-        received.events() == ["run_failed"]
+        received.events().contains(&"run_failed".to_string())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mails = mails_to(&oncall);
+    // The next minute's run may start meanwhile (and miss its own SLA): this run's mails.
+    let mails: Vec<String> = mails_to(&oncall)
+        .into_iter()
+        .filter(|m| m.contains(&run_id))
+        .collect();
     assert_eq!(mails.len(), 1, "an SLA miss is told once: {mails:#?}");
-    assert!(mails[0].contains("slow run scheduled__"), "{}", mails[0]);
     assert!(mails[0].contains("missed its SLA"), "{}", mails[0]);
 }

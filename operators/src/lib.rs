@@ -64,6 +64,7 @@ mod tests {
         assert_eq!(
             registry.names(),
             [
+                "check",
                 "clickhouse_load",
                 "http_webhook",
                 "noop",

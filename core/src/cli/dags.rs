@@ -422,7 +422,7 @@ async fn test(
     if !queued.is_empty() {
         let notifier =
             crate::notify::send::Notifier::new(store.clone(), Arc::new(Connections::from_env()));
-        notifier.send_due().await?;
+        notifier.send_due_of(&dag.dag_id, &run_id).await?;
         for n in store.notifications(&dag.dag_id, &run_id).await? {
             let outcome = match (&n.sent_at, &n.last_error) {
                 (Some(_), _) => "sent".to_string(),

@@ -89,7 +89,11 @@ pub async fn main(registry: Registry) -> ExitCode {
     match run(cli, registry).await {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            if json_logs() {
+                tracing::error!(error = %format!("{error:#}"), "exiting");
+            } else {
+                eprintln!("error: {error:#}");
+            }
             ExitCode::from(2)
         }
     }

@@ -692,26 +692,35 @@ impl RunDriver<'_> {
             let ti = &mut self.instances[p.task];
             ti.apply(&change);
             tracing::info!(task_id = %ti.task_id, try_number = ti.try_number, from = %from, to = %p.to, reason = p.reason.as_deref().unwrap_or(""), "task state");
-            crate::metrics::metrics().task_changed(
-                &ti.dag_id,
-                &ti.task_id,
-                p.to,
-                ti.queued_at,
-                ti.started_at,
-                change.at,
+            // An interruption (a shutdown, an outage's deadline) is no retry of the task's own.
+            let interrupted = p.to == TaskState::UpForRetry && p.max_tries.is_some();
+            if !interrupted {
+                crate::metrics::metrics().task_changed(
+                    &ti.dag_id,
+                    &ti.task_id,
+                    p.to,
+                    ti.queued_at,
+                    // A try's duration only for a try that ran (not a clear's leftover start).
+                    ti.started_at.filter(|_| from == TaskState::Running),
+                    change.at,
+                );
+            }
+            notices.extend(
+                crate::notify::for_task(
+                    &self.dag.notify,
+                    &self.dag.tasks[p.task].notify,
+                    &self.run,
+                    &ti.task_id,
+                    ti.try_number,
+                    ti.max_tries,
+                    p.to,
+                    p.reason.as_deref(),
+                    p.output.as_ref(),
+                    change.at,
+                )
+                .into_iter()
+                .filter(|_| !interrupted),
             );
-            notices.extend(crate::notify::for_task(
-                &self.dag.notify,
-                &self.dag.tasks[p.task].notify,
-                &self.run,
-                &ti.task_id,
-                ti.try_number,
-                ti.max_tries,
-                p.to,
-                p.reason.as_deref(),
-                p.output.as_ref(),
-                change.at,
-            ));
             if let Some(observer) = &self.executor.observer {
                 let _ = observer.send(Progress {
                     task_id: ti.task_id.clone(),
@@ -1438,7 +1447,7 @@ impl RunDriver<'_> {
                 continue;
             };
             let Some(task) = self.dag.task_index(task_id) else {
-                store.forget_stop(&request).await?;
+                self.forget_stop(&request).await;
                 continue;
             };
             if self.stopping.contains_key(&task) {
@@ -1469,10 +1478,23 @@ impl RunDriver<'_> {
                     ..Planned::to(task, to)
                 }])
                 .await?;
+                // A worker claimed or ended it meanwhile (the write met a conflict and the run
+                // was read again): the next look decides from where it stands now.
+                if self.instances[task].state != to && !self.instances[task].state.is_finished() {
+                    continue;
+                }
             }
-            store.forget_stop(&request).await?;
+            self.forget_stop(&request).await;
         }
         Ok(())
+    }
+
+    /// Removes a request the driver acted on; a store that does not answer only means the
+    /// request is looked at again (acting on it twice changes nothing).
+    async fn forget_stop(&self, request: &crate::store::StopRequest) {
+        if let Err(error) = self.executor.store.forget_stop(request).await {
+            tracing::debug!(%error, "could not remove a stop request; it is looked at again");
+        }
     }
 
     /// Queues the notifications of the run's end and, again, those of its tasks' ends as
@@ -1523,6 +1545,14 @@ impl RunDriver<'_> {
                     let Some(task) = self.dag.task(&change.task_id) else {
                         continue;
                     };
+                    // Interruptions are not the task's retries (see apply_all).
+                    if change
+                        .reason
+                        .as_deref()
+                        .is_some_and(|r| r.contains("interrupted"))
+                    {
+                        continue;
+                    }
                     let max_tries = self
                         .instances
                         .iter()

@@ -291,7 +291,17 @@ impl Worker {
             || store.transitions(std::slice::from_ref(&change)),
         )
         .await;
+        // An interruption (the worker's shutdown) is no retry of the task's own.
+        let interrupted = planned_to == TaskState::UpForRetry && planned.max_tries.is_some();
         match written {
+            Ok(()) if interrupted => {
+                let _ = store
+                    .notify(
+                        crate::store::Wake::Ended,
+                        &format!("{}/{}", key.dag_id, key.run_id),
+                    )
+                    .await;
+            }
             Ok(()) => {
                 crate::metrics::metrics().task_changed(
                     &key.dag_id,

@@ -84,17 +84,48 @@ impl Notifier {
 
     /// Sends what is due now; returns how many were sent.
     pub async fn send_due(&self) -> Result<usize, crate::store::StoreError> {
+        let due = self.store.due_notifications(Utc::now(), 50).await?;
+        self.send(due).await
+    }
+
+    /// Sends what is due of one run's notifications (`dags test`: never another run's, whose
+    /// channels this process may not reach).
+    pub async fn send_due_of(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+    ) -> Result<usize, crate::store::StoreError> {
         let now = Utc::now();
-        let due = self.store.due_notifications(now, 50).await?;
+        let due = self
+            .store
+            .notifications(dag_id, run_id)
+            .await?
+            .into_iter()
+            .filter(|n| n.sent_at.is_none() && n.gave_up_at.is_none() && n.next_at <= now)
+            .collect();
+        self.send(due).await
+    }
+
+    async fn send(&self, due: Vec<Notification>) -> Result<usize, crate::store::StoreError> {
         let mut sent = 0;
         for notification in due {
             // Another scheduler may have taken it: only the one whose claim lands sends it.
-            let lease = now + chrono::Duration::from_std(SEND_TIMEOUT * 2).unwrap_or_default();
+            // The lease counts from this claim and outlasts the longest send.
+            let lease =
+                Utc::now() + chrono::Duration::from_std(SEND_TIMEOUT * 2).unwrap_or_default();
             if !self.store.claim_notification(&notification, lease).await? {
                 continue;
             }
             let attempt = notification.attempts + 1;
-            match self.deliver(&notification).await {
+            let delivered = tokio::time::timeout(SEND_TIMEOUT, self.deliver(&notification))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(SendError(format!(
+                        "no answer within {}s",
+                        SEND_TIMEOUT.as_secs()
+                    )))
+                });
+            match delivered {
                 Ok(()) => {
                     self.counts.sent.fetch_add(1, Ordering::Relaxed);
                     crate::metrics::metrics().notification("sent");

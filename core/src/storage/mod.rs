@@ -102,8 +102,10 @@ impl Storage {
         url: &str,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, StorageError> {
+        // A URL with credentials in it is refused, and never shown with them.
+        let shown_url = sluice_operator_api::connection::redact_url(url);
         let config = |reason: String| StorageError::Config {
-            url: url.to_string(),
+            url: shown_url.clone(),
             reason,
         };
         let parsed = url::Url::parse(url).map_err(|e| config(e.to_string()))?;

@@ -717,6 +717,13 @@ impl RunStore for SqlStore {
             return Err(self.run_not_in(dag_id, run_id, from).await);
         };
         let run = run_from_row(&row)?;
+        // A stop asked of the earlier attempt (too late to act on) never stops this one.
+        sqlx::query("DELETE FROM stop_request WHERE dag_id = $1 AND run_id = $2")
+            .bind(dag_id)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error("forget the earlier attempt's stop requests"))?;
         sqlx::query(
             "INSERT INTO dag_run_attempt (dag_id, run_id, attempt, conf, state, queued_at, dag_hash) VALUES ($1, $2, $3, $4, 'queued', $5, $6)",
         )

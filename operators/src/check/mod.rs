@@ -144,7 +144,7 @@ pub fn measure(
     if let Some(range) = &check.range {
         let df = table()?;
         let values = column(df, &range.column)?
-            .cast(&DataType::Float64)
+            .strict_cast(&DataType::Float64)
             .map_err(&err)?;
         let outside = values
             .f64()
@@ -192,7 +192,7 @@ pub fn measure(
     )))
 }
 
-/// The first value of the first column, as a number (null reads as 0).
+/// The first value of the first column, as a number.
 fn first_number(df: &DataFrame) -> Result<f64, PolarsError> {
     let first = df
         .columns()
@@ -201,8 +201,12 @@ fn first_number(df: &DataFrame) -> Result<f64, PolarsError> {
     if first.is_empty() {
         return Err(PolarsError::NoData("the query returned no row".into()));
     }
-    let value = first.cast(&DataType::Float64)?.f64()?.get(0);
-    Ok(value.unwrap_or(0.0))
+    // NULL is no measure (MIN over nulls only): the check errs rather than pass.
+    first
+        .strict_cast(&DataType::Float64)?
+        .f64()?
+        .get(0)
+        .ok_or_else(|| PolarsError::NoData("the measure is NULL".into()))
 }
 
 #[async_trait]
@@ -370,6 +374,15 @@ mod tests {
             missing.contains("has no column `nope`") && missing.contains("user_id"),
             "{missing}"
         );
+        // A NULL measure is no pass: MAX over no rows.
+        let null = measure(
+            &spec("{name: n, sql: {query: 'SELECT MAX(battery) FROM stats WHERE battery > 1000', min: 0}}"),
+            &t,
+            0,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(null.contains("the measure is NULL"), "{null}");
     }
 
     #[test]

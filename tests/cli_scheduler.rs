@@ -262,7 +262,13 @@ fn json_logs_parse_line_by_line_and_name_the_run_task_and_try() {
     assert!(events.iter().any(|e| e["message"] == "scheduler stopped"));
     let ended = events
         .iter()
-        .find(|e| e["message"] == "task state" && e["task_id"] == "a" && e["to"] == "success")
+        // The hourly schedule adds a run of its own: the triggered run's event.
+        .find(|e| {
+            e["message"] == "task state"
+                && e["task_id"] == "a"
+                && e["to"] == "success"
+                && e["spans"][0]["run_id"] == "manual__2026-01-01T05:00:00+00:00"
+        })
         .unwrap_or_else(|| panic!("no end of task a in {stderr}"));
     assert_eq!(ended["try_number"], 1);
     assert_eq!(ended["level"], "INFO");

@@ -7,5 +7,7 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    #[cfg(feature = "etl")]
+    sluice_core::metrics::add_collector(sluice_operators::http_webhook::breaker::encode_metrics);
     sluice_core::cli::main(sluice_operators::registry()).await
 }

@@ -75,6 +75,36 @@ pub struct DeliveryLabels {
     pub outcome: String,
 }
 
+/// A data check's result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    /// The DAG.
+    pub dag_id: String,
+    /// The check task.
+    pub task_id: String,
+    /// The check's name.
+    pub check: String,
+    /// `passed` or `warned`.
+    pub outcome: String,
+}
+
+/// Writes metrics that live outside the core (an operator's, such as the webhooks' circuit
+/// breakers), registered by the program that links them.
+pub type Collector = fn(&mut String);
+
+fn collectors() -> &'static std::sync::Mutex<Vec<Collector>> {
+    static COLLECTORS: OnceLock<std::sync::Mutex<Vec<Collector>>> = OnceLock::new();
+    COLLECTORS.get_or_init(Default::default)
+}
+
+/// Adds `collector` to every scrape of this process.
+pub fn add_collector(collector: Collector) {
+    collectors()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(collector);
+}
+
 /// Every metric this process records.
 #[derive(Debug)]
 pub struct Metrics {
@@ -101,6 +131,8 @@ pub struct Metrics {
     pub sla_misses: Family<DagLabels, Counter>,
     /// Tries running in this process now.
     pub tries_running: Gauge,
+    /// Data checks of successful `check` tries, by DAG, task, check and outcome.
+    pub checks: Family<CheckLabels, Counter>,
 }
 
 /// Every family this module registers (without the `sluice_` prefix) and its type: empty
@@ -117,6 +149,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("scheduler_pass_duration_seconds", "histogram"),
     ("sla_misses", "counter"),
     ("tries_running", "gauge"),
+    ("check_results", "counter"),
 ];
 
 /// The sample names of [`FAMILIES`] as a scrape has them (`sluice_x_total`, `sluice_y_bucket`, …).
@@ -211,6 +244,12 @@ impl Metrics {
             "Runs found unfinished past their SLA",
             sla_misses.clone(),
         );
+        let checks = Family::<CheckLabels, Counter>::default();
+        registry.register(
+            "check_results",
+            "Data checks of successful check tries, by DAG, task, check and outcome (passed, warned)",
+            checks.clone(),
+        );
         let tries_running = Gauge::default();
         registry.register(
             "tries_running",
@@ -230,6 +269,33 @@ impl Metrics {
             scheduler_pass_seconds,
             sla_misses,
             tries_running,
+            checks,
+        }
+    }
+
+    /// The results in a successful `check` try's output (`values.checks`), if any.
+    pub fn check_results(
+        &self,
+        dag_id: &str,
+        task_id: &str,
+        output: Option<&sluice_operator_api::TaskOutput>,
+    ) {
+        let Some(checks) = output
+            .and_then(|o| o.values.get("checks"))
+            .and_then(|c| c.as_array())
+        else {
+            return;
+        };
+        for check in checks {
+            let passed = check["passed"].as_bool().unwrap_or(false);
+            self.checks
+                .get_or_create(&CheckLabels {
+                    dag_id: dag_id.into(),
+                    task_id: task_id.into(),
+                    check: check["name"].as_str().unwrap_or_default().into(),
+                    outcome: if passed { "passed" } else { "warned" }.into(),
+                })
+                .inc();
         }
     }
 
@@ -240,6 +306,13 @@ impl Metrics {
         let _ =
             prometheus_client::encoding::text::encode_registry(&mut open_metrics, &self.registry);
         out.push_str(&classic_counters(&open_metrics));
+        for collector in collectors()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            collector(out);
+        }
     }
 
     /// A task's change to `state`, which ended a try that started at `started` (if it did).
@@ -473,6 +546,16 @@ mod tests {
         m.sla_misses
             .get_or_create(&DagLabels { dag_id: "d".into() })
             .inc();
+        m.check_results(
+            "d",
+            "c",
+            Some(&sluice_operator_api::TaskOutput::values(
+                serde_json::json!({"checks": [{"name": "rows", "passed": true}]})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            )),
+        );
         let mut out = String::new();
         m.encode(&mut out);
         for name in sample_names() {

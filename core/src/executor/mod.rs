@@ -705,6 +705,9 @@ impl RunDriver<'_> {
                     change.at,
                 );
             }
+            if p.to == TaskState::Success {
+                crate::metrics::metrics().check_results(&ti.dag_id, &ti.task_id, p.output.as_ref());
+            }
             notices.extend(
                 crate::notify::for_task(
                     &self.dag.notify,

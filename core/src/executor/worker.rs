@@ -303,6 +303,13 @@ impl Worker {
                     .await;
             }
             Ok(()) => {
+                if planned_to == TaskState::Success {
+                    crate::metrics::metrics().check_results(
+                        &key.dag_id,
+                        &key.task_id,
+                        change.output.as_ref(),
+                    );
+                }
                 crate::metrics::metrics().task_changed(
                     &key.dag_id,
                     &key.task_id,

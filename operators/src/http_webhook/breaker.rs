@@ -107,18 +107,49 @@ impl Breaker {
     }
 }
 
+fn breakers() -> &'static Mutex<HashMap<String, Arc<Mutex<Breaker>>>> {
+    static BREAKERS: OnceLock<Mutex<HashMap<String, Arc<Mutex<Breaker>>>>> = OnceLock::new();
+    BREAKERS.get_or_init(Default::default)
+}
+
 /// The process's breaker for a connection (keyed by its id and URI), created with these
 /// settings the first time it is asked for.
 pub fn for_connection(key: &str, threshold: u32, cooldown: Duration) -> Arc<Mutex<Breaker>> {
-    static BREAKERS: OnceLock<Mutex<HashMap<String, Arc<Mutex<Breaker>>>>> = OnceLock::new();
-    let mut breakers = BREAKERS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let mut breakers = breakers().lock().unwrap_or_else(|p| p.into_inner());
     breakers
         .entry(key.to_string())
         .or_insert_with(|| Arc::new(Mutex::new(Breaker::new(threshold, cooldown))))
         .clone()
+}
+
+/// The breakers' states as Prometheus text (`sluice_webhook_breaker_open{conn}`: 1 while open
+/// or probing), labelled by connection id only: a webhook's URI may hold a secret.
+pub fn encode_metrics(out: &mut String) {
+    use std::fmt::Write as _;
+    let breakers = breakers().lock().unwrap_or_else(|p| p.into_inner());
+    if breakers.is_empty() {
+        return;
+    }
+    let mut open: std::collections::BTreeMap<String, u8> = Default::default();
+    for (key, breaker) in breakers.iter() {
+        let conn = key.split('=').next().unwrap_or_default().to_string();
+        let state = breaker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .state
+            .clone();
+        let is_open = u8::from(!matches!(state, State::Closed { .. }));
+        let entry = open.entry(conn).or_default();
+        *entry = (*entry).max(is_open);
+    }
+    let _ = writeln!(out, "# HELP sluice_webhook_breaker_open 1 while a connection's circuit breaker is open (requests fail fast) or probing.\n# TYPE sluice_webhook_breaker_open gauge");
+    for (conn, is_open) in open {
+        let conn = conn.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(
+            out,
+            "sluice_webhook_breaker_open{{conn=\"{conn}\"}} {is_open}"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -167,5 +198,22 @@ mod tests {
             assert!(!b.failed(t0, "x"));
         }
         assert!(b.admit(t0).is_ok());
+    }
+
+    #[test]
+    fn an_open_breaker_shows_in_the_metrics_by_connection_id_only() {
+        let breaker = for_connection(
+            "alerts_hook=https://hooks.example.com/T0/secret-path",
+            1,
+            Duration::from_secs(60),
+        );
+        breaker.lock().unwrap().failed(Instant::now(), "503");
+        let mut out = String::new();
+        encode_metrics(&mut out);
+        assert!(
+            out.contains("sluice_webhook_breaker_open{conn=\"alerts_hook\"} 1"),
+            "{out}"
+        );
+        assert!(!out.contains("secret-path"), "{out}");
     }
 }

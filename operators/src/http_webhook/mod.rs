@@ -18,7 +18,7 @@ use sluice_operator_api::{
     template, DeliveryOutcome, Operator, OperatorError, TaskContext, TaskOutput,
 };
 
-mod breaker;
+pub mod breaker;
 mod config;
 pub use config::{ForEach, HttpWebhookConfig};
 

@@ -1594,8 +1594,12 @@ fn generated(chips: usize, unknown: usize) -> Sources {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_windows_checks_pass_on_clean_data_and_alert_when_a_third_of_the_chips_are_unknown() {
     let (alerts, received) = support::receiver().await;
-    // Clean: 30 known chips, nothing quarantined, nothing critical.
-    let clean = Pipeline::new(reports::Behaviour::default(), |d| d).await;
+    // Clean: 30 known chips, nothing quarantined, nothing critical. A check of the loaded
+    // table in ClickHouse counts the window's rows (the run's values bound as literals).
+    let with_loaded_check = |dag: String| {
+        dag + "\n  - id: check_loaded\n    operator: check\n    depends_on: load_stats\n    config:\n      checks:\n        - name: rows_loaded_for_the_window\n          clickhouse:\n            conn: clickhouse\n            query: SELECT count() FROM user_prosthesis_stats FINAL WHERE window_start = parseDateTimeBestEffort({data_interval_start}) AND _deleted = 0\n            min: 1\n"
+    };
+    let clean = Pipeline::new(reports::Behaviour::default(), with_loaded_check).await;
     seed(&clean.crm, &clean.telemetry, &generated(30, 0)).await;
     let out = clean
         .run("clean", &[("SLUICE_CONN_ALERTS", alerts.clone())])
@@ -1637,6 +1641,16 @@ async fn the_windows_checks_pass_on_clean_data_and_alert_when_a_third_of_the_chi
     };
     assert_eq!(measured("quarantined_share"), 0.0);
     assert_eq!(measured("every_row_has_a_user"), 0.0);
+    let loaded = show["task_instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task_id"] == "check_loaded")
+        .unwrap()["output"]["values"]["checks"][0]
+        .clone();
+    assert_eq!(loaded["kind"], "clickhouse");
+    assert_eq!(loaded["measured"], 30.0, "{loaded:#}");
+    assert_eq!(loaded["passed"], true);
     assert!(
         received.events().is_empty(),
         "no alert on clean data: {:?}",

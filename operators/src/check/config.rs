@@ -59,6 +59,28 @@ pub struct CheckSpec {
     /// within `min` and `max`.
     #[serde(default)]
     pub sql: Option<SqlCheck>,
+    /// A query on a ClickHouse table (a load's result) whose first value is the measure,
+    /// within `min` and `max`.
+    #[serde(default)]
+    pub clickhouse: Option<ClickhouseCheck>,
+}
+
+/// `clickhouse:`.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClickhouseCheck {
+    /// Connection id of the server (`SLUICE_CONN_<ID>=clickhouse://host:http_port/database`).
+    pub conn: String,
+    /// The query; `{data_interval_start}`, `{data_interval_end}`, `{logical_date}`, `{run_id}`
+    /// and `{dag_id}` stand for the run's values as quoted string literals (data, never SQL:
+    /// `parseDateTimeBestEffort({data_interval_start})`). No templates.
+    pub query: String,
+    /// Lowest value that passes.
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// Highest value that passes.
+    #[serde(default)]
+    pub max: Option<f64>,
 }
 
 /// Inclusive bounds; either may be absent.
@@ -141,6 +163,7 @@ impl CheckSpec {
             ("range", self.range.is_some()),
             ("freshness", self.freshness.is_some()),
             ("sql", self.sql.is_some()),
+            ("clickhouse", self.clickhouse.is_some()),
         ]
         .into_iter()
         .filter(|(_, given)| *given)
@@ -174,13 +197,28 @@ impl OperatorConfig for CheckConfig {
                 return Err(ConfigError::field(
                     format!("checks[{i}]"),
                     format!(
-                        "`{}` needs exactly one of row_count, null_fraction, unique, range, freshness, sql (found {})",
+                        "`{}` needs exactly one of row_count, null_fraction, unique, range, freshness, sql, clickhouse (found {})",
                         check.name,
                         if kinds.is_empty() { "none".to_string() } else { kinds.join(", ") }
                     ),
                 ));
             }
+            if let Some(ch) = &check.clickhouse {
+                if ch.conn.trim().is_empty() {
+                    return Err(ConfigError::field(
+                        at("clickhouse.conn"),
+                        "must not be empty",
+                    ));
+                }
+                if ch.query.trim().is_empty() || template::is_template(&ch.query) {
+                    return Err(ConfigError::field(
+                        at("clickhouse.query"),
+                        "a query without templates: {data_interval_start}, {run_id}, … stand for the run's values",
+                    ));
+                }
+            }
             match (&check.sql, &check.table) {
+                _ if check.clickhouse.is_some() => {}
                 (Some(sql), _) => {
                     if sql.query.trim().is_empty() || template::is_template(&sql.query) {
                         return Err(ConfigError::field(
@@ -208,10 +246,16 @@ impl OperatorConfig for CheckConfig {
                     ));
                 }
             }
-            let bounds = match (&check.row_count, &check.range, &check.sql) {
-                (Some(b), _, _) => Some((b.min, b.max)),
-                (_, Some(r), _) => Some((r.min, r.max)),
-                (_, _, Some(s)) => Some((s.min, s.max)),
+            let bounds = match (
+                &check.row_count,
+                &check.range,
+                &check.sql,
+                &check.clickhouse,
+            ) {
+                (Some(b), _, _, _) => Some((b.min, b.max)),
+                (_, Some(r), _, _) => Some((r.min, r.max)),
+                (_, _, Some(s), _) => Some((s.min, s.max)),
+                (_, _, _, Some(c)) => Some((c.min, c.max)),
                 _ => None,
             };
             if let Some((min, max)) = bounds {

@@ -1,6 +1,7 @@
 //! `check`: data checks with thresholds over the upstream tasks' tables (Polars). Each check
 //! measures one number (rows, a share of nulls, duplicated keys, values out of range, the age
-//! of the newest timestamp, or a SQL measure) and compares it with its bounds. Every result is
+//! of the newest timestamp, a SQL measure, or a measure of a ClickHouse table) and compares
+//! it with its bounds. Every result is
 //! logged and recorded in the task's output with its measured value; a failed `fail` check
 //! fails the task (not retryable: the data does not change on a retry), a failed `warn` check
 //! is a warning the task's `on_warning` channels hear of.
@@ -192,6 +193,55 @@ pub fn measure(
     )))
 }
 
+/// The query of a ClickHouse check with the run's values in place, each a quoted string
+/// literal (data, never SQL).
+pub fn clickhouse_query(query: &str, vars: &sluice_operator_api::TemplateVars) -> String {
+    use crate::clickhouse_load::clickhouse_http::quote;
+    let mut sql = query.trim().trim_end_matches(';').to_string();
+    for (name, value) in [
+        ("data_interval_start", &vars.data_interval_start),
+        ("data_interval_end", &vars.data_interval_end),
+        ("logical_date", &vars.logical_date),
+        ("run_id", &vars.run_id),
+        ("dag_id", &vars.dag_id),
+    ] {
+        sql = sql.replace(&format!("{{{name}}}"), &quote(value));
+    }
+    sql
+}
+
+async fn measure_clickhouse(
+    check: &CheckSpec,
+    ch: &config::ClickhouseCheck,
+    ctx: &TaskContext,
+) -> Result<Outcome, OperatorError> {
+    let server = crate::clickhouse_load::clickhouse_http::ClickHouse::new(
+        ctx.connection(&ch.conn)?,
+        std::time::Duration::from_secs(60),
+    )?;
+    let sql = clickhouse_query(&ch.query, &ctx.vars);
+    let answer = server.execute(&format!("{sql} FORMAT TSV")).await?;
+    let first = answer
+        .lines()
+        .next()
+        .and_then(|l| l.split('\t').next())
+        .unwrap_or_default();
+    let measured: f64 = first.trim().parse().map_err(|_| {
+        OperatorError::fatal(format!(
+            "check `{}`: the ClickHouse query's first value `{first}` is not a number",
+            check.name
+        ))
+    })?;
+    Ok(Outcome {
+        name: check.name.clone(),
+        kind: "clickhouse",
+        measured,
+        expected: expected(ch.min, ch.max),
+        passed: within(measured, ch.min, ch.max),
+        severity: check.severity,
+    })
+}
+
 /// The first value of the first column, as a number.
 fn first_number(df: &DataFrame) -> Result<f64, PolarsError> {
     let first = df
@@ -226,20 +276,38 @@ impl Operator for Check {
         let end = chrono::DateTime::parse_from_rfc3339(&ctx.vars.data_interval_end)
             .map(|t| t.timestamp_micros())
             .map_err(|e| OperatorError::fatal(format!("data interval end: {e}")))?;
-        let checks = self.config.checks.clone();
-        // Reading and measuring are CPU work: off the async threads.
-        let outcomes = tokio::task::spawn_blocking(move || {
-            let mut tables = std::collections::BTreeMap::new();
-            for (task, path) in &paths {
-                tables.insert(task.clone(), frame::read_ipc(path)?);
+        let checks: Vec<CheckSpec> = self
+            .config
+            .checks
+            .iter()
+            .filter(|c| c.clickhouse.is_none())
+            .cloned()
+            .collect();
+        // Reading and measuring tables are CPU work: off the async threads.
+        let mut outcomes = if checks.is_empty() {
+            Vec::new()
+        } else {
+            tokio::task::spawn_blocking(move || {
+                let mut tables = std::collections::BTreeMap::new();
+                for (task, path) in &paths {
+                    tables.insert(task.clone(), frame::read_ipc(path)?);
+                }
+                checks
+                    .iter()
+                    .map(|check| measure(check, &tables, end))
+                    .collect::<Result<Vec<Outcome>, OperatorError>>()
+            })
+            .await
+            .map_err(|e| OperatorError::fatal(format!("checks panicked: {e}")))??
+        };
+        for check in &self.config.checks {
+            if let Some(ch) = &check.clickhouse {
+                outcomes.push(measure_clickhouse(check, ch, ctx).await?);
             }
-            checks
-                .iter()
-                .map(|check| measure(check, &tables, end))
-                .collect::<Result<Vec<Outcome>, OperatorError>>()
-        })
-        .await
-        .map_err(|e| OperatorError::fatal(format!("checks panicked: {e}")))??;
+        }
+        // In the order the config lists them.
+        let order = |name: &str| self.config.checks.iter().position(|c| c.name == name);
+        outcomes.sort_by_key(|o| order(&o.name));
         let mut failed = Vec::new();
         let mut warnings = Vec::new();
         for o in &outcomes {
@@ -413,5 +481,31 @@ mod tests {
                 .contains("without templates")
         );
         assert!(build("checks: [{name: a, table: t, row_count: {min: 1}}, {name: a, table: t, row_count: {min: 1}}]").unwrap().contains("used twice"));
+    }
+
+    #[test]
+    fn a_clickhouse_query_gets_the_runs_values_as_quoted_literals() {
+        use chrono::TimeZone;
+        let t = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 23, 10, 0, 0)
+            .unwrap();
+        let vars = sluice_operator_api::TemplateVars::new(
+            "d",
+            "manual__x' OR 1=1 --",
+            "t",
+            1,
+            t,
+            (t, t + chrono::Duration::minutes(15)),
+            serde_json::json!({}),
+            serde_json::json!({}),
+        );
+        let sql = clickhouse_query(
+            "SELECT count() FROM t WHERE run_id = {run_id} AND w = parseDateTimeBestEffort({data_interval_start});",
+            &vars,
+        );
+        assert_eq!(
+            sql,
+            "SELECT count() FROM t WHERE run_id = 'manual__x\\' OR 1=1 --' AND w = parseDateTimeBestEffort('2026-11-23T10:00:00Z')"
+        );
     }
 }

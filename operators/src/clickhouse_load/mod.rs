@@ -13,7 +13,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-mod clickhouse_http;
+pub(crate) mod clickhouse_http;
 mod rowbinary;
 mod tombstones;
 

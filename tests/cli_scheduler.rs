@@ -223,6 +223,17 @@ fn json_logs_parse_line_by_line_and_name_the_run_task_and_try() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // A failed assertion below must not leave the scheduler running (once it is waited for,
+    // its pid is no longer ours: only a panic before that kills).
+    struct KillOnDrop(i32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                unsafe { libc::kill(self.0, libc::SIGKILL) };
+            }
+        }
+    }
+    let _guard = KillOnDrop(scheduler.id() as i32);
     let out = sluice(
         dir.path(),
         &[

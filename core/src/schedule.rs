@@ -11,6 +11,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
+use croner::parser::{CronParser, Seconds, Year};
 
 /// When a DAG runs by itself.
 #[derive(Debug, Clone)]
@@ -23,8 +24,8 @@ pub enum Schedule {
     Cron {
         /// The expression as written (preset or 5 fields).
         written: String,
-        /// The parsed expression (with the seconds field the `cron` crate needs).
-        cron: Box<cron::Schedule>,
+        /// The parsed expression.
+        cron: Box<croner::Cron>,
     },
 }
 
@@ -58,56 +59,70 @@ const PRESETS: &[(&str, &str)] = &[
     ("@annually", "0 0 1 1 *"),
 ];
 
-/// Standard cron numbers days of the week 0–7 from Sunday; the `cron` crate 1–7 from
-/// Sunday. Numbers are expanded to a set and written back as the crate's ordinals.
-fn normalize_day_of_week(field: &str) -> Result<String, String> {
-    if field == "*" || field == "?" {
-        return Ok(field.to_string());
-    }
-    let mut out: Vec<String> = Vec::new();
-    for item in field.split(',') {
-        let (range, step) = match item.split_once('/') {
-            Some((range, step)) => {
-                let step: u32 = step
-                    .parse()
-                    .map_err(|_| format!("bad step `{step}` in day of week"))?;
-                if step == 0 {
-                    return Err("a step of 0 in day of week".into());
-                }
-                (range, step)
-            }
-            None => (item, 1),
-        };
-        if range.chars().any(|c| c.is_ascii_alphabetic()) {
-            // names (MON-FRI) mean the same to both
-            out.push(item.to_string());
-            continue;
-        }
-        let (lo, hi) = match range {
-            "*" => (0, 6),
-            _ => match range.split_once('-') {
-                Some((a, b)) => (parse_day(a)?, parse_day(b)?),
-                None if step > 1 => (parse_day(range)?, 6),
-                None => (parse_day(range)?, parse_day(range)?),
-            },
-        };
-        if lo > hi {
-            return Err(format!("day-of-week range `{range}` runs backwards"));
-        }
-        let mut day = lo;
-        while day <= hi {
-            out.push(((day % 7) + 1).to_string());
-            day += step;
-        }
-    }
-    Ok(out.join(","))
+/// The five fields in order, to name the one an error is in.
+const FIELDS: [&str; 5] = [
+    "minute",
+    "hour",
+    "day-of-month",
+    "month",
+    "day-of-week",
+];
+
+/// The cron dialect sluice reads: five fields, POSIX/Vixie day rules, as Airflow's croniter.
+fn parser() -> CronParser {
+    CronParser::builder()
+        // Five fields only: croniter's optional sixth field is seconds *last*, croner's is
+        // seconds first, so accepting six would mean different things to the two.
+        .seconds(Seconds::Disallowed)
+        .year(Year::Disallowed)
+        // POSIX/Vixie: when both day fields are restricted, a day matches if EITHER does.
+        .dom_and_dow(false)
+        // Sunday is 0 or 7, Monday 1 (not Quartz's 1 = Sunday).
+        .alternative_weekdays(false)
+        // croniter (so Airflow) reads `10/5` as `10-59/5`; accept it the same way.
+        .sloppy_ranges(true)
+        .build()
 }
 
-fn parse_day(text: &str) -> Result<u32, String> {
-    match text.parse::<u32>() {
-        Ok(day) if day <= 7 => Ok(day),
-        _ => Err(format!("day of week `{text}` is not 0-7 or a name")),
+/// A one-line reason from croner's error, without its "Component error:" style prefix.
+fn reason(error: &croner::errors::CronError) -> String {
+    let text = error.to_string();
+    let text = text
+        .split_once(": ")
+        .map(|(_, rest)| rest.to_string())
+        .unwrap_or(text);
+    text.trim_end_matches('.').to_string()
+}
+
+/// Parses a 5-field expression; an error names the field that is wrong.
+fn parse_cron(written: &str, expression: &str) -> Result<croner::Cron, String> {
+    let fields: Vec<&str> = expression.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err(format!(
+            "`{written}` has {} fields; a cron schedule has 5 (minute hour day-of-month month day-of-week)",
+            fields.len()
+        ));
     }
+    let parser = parser();
+    parser.parse(expression).map_err(|whole| {
+        // croner's messages do not say which field failed: parse each field alone (the
+        // others `*`) and blame the first that fails by itself.
+        for (index, field) in fields.iter().enumerate() {
+            let mut alone = ["*"; 5];
+            alone[index] = field;
+            if let Err(e) = parser.parse(&alone.join(" ")) {
+                return format!(
+                    "`{written}` is not a valid cron expression: {} field `{field}`: {}",
+                    FIELDS[index],
+                    reason(&e)
+                );
+            }
+        }
+        format!(
+            "`{written}` is not a valid cron expression: {}",
+            reason(&whole)
+        )
+    })
 }
 
 impl FromStr for Schedule {
@@ -132,30 +147,7 @@ impl FromStr for Schedule {
             }
             None => written,
         };
-        let fields: Vec<&str> = expression.split_whitespace().collect();
-        if fields.len() != 5 {
-            return Err(format!(
-                "`{written}` has {} fields; a cron schedule has 5 (minute hour day-of-month month day-of-week)",
-                fields.len()
-            ));
-        }
-        let dow = normalize_day_of_week(fields[4]).map_err(|e| format!("`{written}`: {e}"))?;
-        let six = format!(
-            "0 {} {} {} {} {dow}",
-            fields[0], fields[1], fields[2], fields[3]
-        );
-        let cron = cron::Schedule::from_str(&six).map_err(|e| {
-            // The crate's message echoes its own 6-field form with a caret line; keep only the reason.
-            let text = e.to_string();
-            let reason = text
-                .lines()
-                .map(str::trim)
-                .rfind(|l| !l.is_empty())
-                .unwrap_or("invalid");
-            // "Minutes must be less than 59" means at most 59.
-            let reason = reason.replace("must be less than", "must be at most");
-            format!("`{written}` is not a valid cron expression: {reason}")
-        })?;
+        let cron = parse_cron(written, expression)?;
         Ok(Schedule::Cron {
             written: written.to_string(),
             cron: Box::new(cron),
@@ -215,13 +207,10 @@ impl Schedule {
     /// The latest fire time at or before `t`.
     pub fn fire_at_or_before(&self, tz: Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
-            Schedule::Cron { cron, .. } => {
-                // `after(x).next_back()` is the latest fire strictly before x; fires are whole seconds.
-                let probe = (t + ChronoDuration::seconds(1)).with_timezone(&tz);
-                cron.after(&probe)
-                    .next_back()
-                    .map(|f| f.with_timezone(&Utc))
-            }
+            Schedule::Cron { cron, .. } => cron
+                .find_previous_occurrence(&t.with_timezone(&tz), true)
+                .ok()
+                .map(|f| f.with_timezone(&Utc)),
             _ => None,
         }
     }
@@ -230,11 +219,28 @@ impl Schedule {
     pub fn fire_after(&self, tz: Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
             Schedule::Cron { cron, .. } => cron
-                .after(&t.with_timezone(&tz))
-                .next()
+                .find_next_occurrence(&t.with_timezone(&tz), false)
+                .ok()
                 .map(|f| f.with_timezone(&Utc)),
             _ => None,
         }
+    }
+
+    /// The next `n` fire times strictly after `after`, oldest first (fewer if the expression
+    /// stops firing; none without a cron schedule). What `dags next-execution -n N` prints.
+    pub fn next_fire_times(&self, tz: Tz, after: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        let mut times = Vec::with_capacity(n.min(1024));
+        let mut last = after;
+        while times.len() < n {
+            match self.fire_after(tz, last) {
+                Some(next) => {
+                    times.push(next);
+                    last = next;
+                }
+                None => break,
+            }
+        }
+        times
     }
 
     /// The interval a run with logical date near `t` covers: it starts at the latest fire

@@ -1,4 +1,4 @@
-//! The DAG file format: typed YAML structs, and the only place serde_yaml is called.
+//! The DAG file format: typed YAML structs, and the only place YAML is parsed (serde_norway).
 //!
 //! Parsing is split so one mistake does not hide the others: the YAML is read once, the
 //! header (everything but `tasks`) and each task are deserialized separately, and every
@@ -129,7 +129,7 @@ pub struct DagHeader {
     #[serde(default)]
     pub tags: Vec<String>,
     /// The tasks, read one by one (see [`TaskSpec`]).
-    pub tasks: Vec<serde_yaml::Value>,
+    pub tasks: Vec<serde_norway::Value>,
 }
 
 /// One task as written in the file.
@@ -220,7 +220,7 @@ pub struct ParsedFile {
 fn path_error<E: fmt::Display>(e: serde_path_to_error::Error<E>) -> String {
     let path = e.path().to_string();
     let inner = e.into_inner().to_string();
-    // serde_yaml appends " at line N column M" to messages even when reading a Value, where the position is meaningless.
+    // serde_norway (like serde_yaml) appends " at line N column M" to messages even when reading a Value, where the position is meaningless.
     if path == "." {
         inner
     } else {
@@ -231,7 +231,7 @@ fn path_error<E: fmt::Display>(e: serde_path_to_error::Error<E>) -> String {
 /// Reads a DAG file's text, collecting every problem instead of stopping at the first.
 pub fn parse(text: &str) -> ParsedFile {
     let mut parsed = ParsedFile::default();
-    let root: serde_yaml::Value = match serde_yaml::from_str(text) {
+    let root: serde_norway::Value = match serde_norway::from_str(text) {
         Ok(value) => value,
         Err(e) => {
             let at = e
@@ -266,8 +266,8 @@ pub fn parse(text: &str) -> ParsedFile {
         return parsed;
     }
     // Tasks are read even when the header is broken, so their problems are reported too.
-    let raw_tasks: Vec<serde_yaml::Value> = match root.get("tasks") {
-        Some(serde_yaml::Value::Sequence(seq)) => seq.clone(),
+    let raw_tasks: Vec<serde_norway::Value> = match root.get("tasks") {
+        Some(serde_norway::Value::Sequence(seq)) => seq.clone(),
         _ => Vec::new(),
     };
     match serde_path_to_error::deserialize::<_, DagHeader>(root) {
@@ -280,9 +280,9 @@ pub fn parse(text: &str) -> ParsedFile {
     for (index, raw) in raw_tasks.into_iter().enumerate() {
         // Name the task as its author would, even when its id is not a string.
         let label = match raw.get("id") {
-            Some(serde_yaml::Value::String(id)) if !id.is_empty() => id.clone(),
-            Some(serde_yaml::Value::Number(n)) => n.to_string(),
-            Some(serde_yaml::Value::Bool(b)) => b.to_string(),
+            Some(serde_norway::Value::String(id)) if !id.is_empty() => id.clone(),
+            Some(serde_norway::Value::Number(n)) => n.to_string(),
+            Some(serde_norway::Value::Bool(b)) => b.to_string(),
             _ => format!("tasks[{index}]"),
         };
         match serde_path_to_error::deserialize::<_, TaskSpec>(raw) {

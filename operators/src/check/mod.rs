@@ -377,7 +377,7 @@ mod tests {
     use super::*;
 
     fn spec(yaml: &str) -> CheckSpec {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_norway::from_str(yaml).unwrap()
     }
 
     fn tables() -> std::collections::BTreeMap<String, DataFrame> {
@@ -457,7 +457,7 @@ mod tests {
     fn a_config_is_checked_whole() {
         use sluice_operator_api::OperatorConfig;
         let build = |yaml: &str| {
-            serde_yaml::from_str::<CheckConfig>(yaml)
+            serde_norway::from_str::<CheckConfig>(yaml)
                 .unwrap()
                 .build()
                 .err()

@@ -531,6 +531,7 @@ mod tests {
             backfill_max_active_runs: None,
             attempt: 1,
             sla_missed_at: None,
+            note: None,
         };
         m.run_ended(&run);
         m.notification("sent");

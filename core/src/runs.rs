@@ -18,6 +18,17 @@ pub enum StartError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The run id asked for is taken by another logical date, or the logical date already
+    /// has a run under another id (one run per logical date).
+    #[error("DAG `{dag_id}` cannot start run `{requested}`: {reason}")]
+    Conflict {
+        /// The DAG.
+        dag_id: String,
+        /// The run id asked for.
+        requested: String,
+        /// What is in the way.
+        reason: String,
+    },
     /// The run for this logical date has not finished: it cannot get a new attempt yet.
     #[error("run `{run_id}` of DAG `{dag_id}` for this logical date is still {state}")]
     Unfinished {
@@ -61,6 +72,34 @@ pub fn check_conf(conf: &serde_json::Value) -> Result<(), String> {
         return Err(format!(
             "conf nests {nesting} levels deep; at most {MAX_CONF_DEPTH}"
         ));
+    }
+    Ok(())
+}
+
+/// The longest run id a caller may choose.
+pub const MAX_RUN_ID_LEN: usize = 250;
+
+/// Checks a run id a caller chose (`--run-id`, the API's `dag_run_id`): 1 to
+/// [`MAX_RUN_ID_LEN`] characters from Airflow's set `A-Z a-z 0-9 _ . ~ : + -`, not starting
+/// with a dot. Run ids name folders and object keys (logs, artifacts), so nothing else gets in.
+pub fn check_run_id(run_id: &str) -> Result<(), String> {
+    if run_id.is_empty() || run_id.len() > MAX_RUN_ID_LEN {
+        return Err(format!(
+            "a run id has 1 to {MAX_RUN_ID_LEN} characters; this one has {}",
+            run_id.len()
+        ));
+    }
+    if let Some(bad) = run_id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_.~:+-".contains(*c)))
+    {
+        return Err(format!(
+            "run id `{}` contains {bad:?}; allowed are letters, digits and `_ . ~ : + -`",
+            run_id.escape_default()
+        ));
+    }
+    if run_id.starts_with('.') {
+        return Err(format!("run id `{run_id}` starts with a dot"));
     }
     Ok(())
 }
@@ -144,21 +183,53 @@ pub async fn start_run(
     conf: serde_json::Value,
     now: DateTime<Utc>,
 ) -> Result<(DagRun, Start), StartError> {
-    let new_run = new_run(dag, interval, run_type, conf, now);
+    start_run_with_id(store, dag, interval, run_type, conf, None, now).await
+}
+
+/// [`start_run`] under the run id a caller chose (checked with [`check_run_id`] first), or
+/// the usual `<type>__<logical date>` when `run_id` is `None`. A finished run gets a new
+/// attempt only when the chosen id is its id; a logical date holds one run, whatever its id.
+pub async fn start_run_with_id(
+    store: &Arc<dyn Store>,
+    dag: &Dag,
+    interval: DataInterval,
+    run_type: RunType,
+    conf: serde_json::Value,
+    run_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(DagRun, Start), StartError> {
+    let mut new_run = new_run(dag, interval, run_type, conf, now);
+    if let Some(id) = run_id {
+        check_run_id(id).map_err(|reason| StartError::Conflict {
+            dag_id: dag.dag_id.clone(),
+            requested: id.to_string(),
+            reason,
+        })?;
+        new_run.run_id = id.to_string();
+    }
     match store.create_run(&new_run).await {
         Ok(run) => Ok((run, Start::Created)),
         Err(StoreError::RunExists { .. }) => {
+            let conflict = |reason: String| StartError::Conflict {
+                dag_id: dag.dag_id.clone(),
+                requested: new_run.run_id.clone(),
+                reason,
+            };
             let existing = store
                 .run_for_date(&dag.dag_id, interval.start)
                 .await?
                 .ok_or_else(|| {
-                    // The id exists under another logical date: report the original conflict.
-                    StoreError::RunExists {
-                        dag_id: dag.dag_id.clone(),
-                        run_id: new_run.run_id.clone(),
-                        logical_date: interval.start,
-                    }
+                    // The id exists under another logical date.
+                    conflict("the run id is taken by a run of another logical date".into())
                 })?;
+            // Without a chosen id, a trigger for a date a scheduled run holds re-runs it.
+            if run_id.is_some() && existing.run_id != new_run.run_id {
+                return Err(conflict(format!(
+                    "logical date {} already has run `{}`",
+                    interval.start.to_rfc3339(),
+                    existing.run_id
+                )));
+            }
             // The new attempt runs with the conf it was started with, not the last one's.
             let run = clear_run(store, dag, &existing, Some(&new_run.conf), now).await?;
             Ok((run, Start::NewAttempt))

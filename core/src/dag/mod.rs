@@ -160,6 +160,25 @@ impl Dag {
             .collect())
     }
 
+    /// `ids` (task ids of this DAG) and every task they depend on, directly or not, in
+    /// discovery order; ids the DAG does not have are kept as they are.
+    pub fn with_upstream(&self, ids: &[String]) -> Vec<String> {
+        let mut chosen: Vec<String> = ids.to_vec();
+        let mut i = 0;
+        while i < chosen.len() {
+            if let Some(task) = self.task(&chosen[i]) {
+                for &up in &task.upstream {
+                    let id = &self.tasks[up].id;
+                    if !chosen.contains(id) {
+                        chosen.push(id.clone());
+                    }
+                }
+            }
+            i += 1;
+        }
+        chosen
+    }
+
     /// Tasks without downstream tasks.
     pub fn leaves(&self) -> impl Iterator<Item = &Task> {
         self.tasks.iter().filter(|t| t.downstream.is_empty())

@@ -151,6 +151,7 @@ fn run(logical: &str, state: RunState) -> DagRun {
         backfill_max_active_runs: None,
         attempt: 1,
         sla_missed_at: None,
+            note: None,
     }
 }
 

@@ -11,6 +11,7 @@
 //! - a run is unique per (DAG, logical date), so creating one twice is an error, never a
 //!   duplicate.
 
+pub mod migrations;
 pub mod outage;
 mod sql;
 mod transitions;
@@ -106,6 +107,8 @@ pub struct DagRun {
     /// When the run was found unfinished past its SLA (its data interval's end plus the
     /// DAG's `sla`).
     pub sla_missed_at: Option<DateTime<Utc>>,
+    /// A note for the people reading the run (Airflow's run note), set through the API.
+    pub note: Option<String>,
 }
 
 /// One item of an item-by-item task, as the delivery ledger has it for one attempt of a run.
@@ -630,6 +633,14 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     ) -> Result<(), StoreError>;
     /// Ids of paused DAGs.
     async fn paused_dags(&self) -> Result<Vec<String>, StoreError>;
+    /// Sets (or, with `None`, removes) a run's note; false if there is no such run.
+    async fn set_run_note(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        note: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
 }
 
 /// The read model of the UI, the API and the CLI's listings: pages of runs and task

@@ -21,7 +21,7 @@ use super::*;
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
-const RUN_COLUMNS: &str = "dag_id, run_id, logical_date, data_interval_start, data_interval_end, run_type, state, conf, dag_hash, created_at, started_at, ended_at, backfill_max_active_runs, attempt, sla_missed_at";
+const RUN_COLUMNS: &str = "dag_id, run_id, logical_date, data_interval_start, data_interval_end, run_type, state, conf, dag_hash, created_at, started_at, ended_at, backfill_max_active_runs, attempt, sla_missed_at, note";
 /// The columns a new run is inserted with (`attempt` starts at its default, 1).
 const NEW_RUN_COLUMNS: &str = "dag_id, run_id, logical_date, data_interval_start, data_interval_end, run_type, state, conf, dag_hash, created_at, started_at, ended_at, backfill_max_active_runs";
 const TI_COLUMNS: &str = "dag_id, run_id, task_id, operator, state, try_number, max_tries, queued_at, started_at, ended_at, next_retry_at, output, error, updated_at, queue, worker, hostname, heartbeat_at, pool";
@@ -40,6 +40,64 @@ pub struct SqlStore {
     transitions: transitions::GroupCommit,
     /// The database URL, for PostgreSQL's listening connections (never shown).
     url: String,
+}
+
+/// A PostgreSQL URL's `sslrootcert` file must be readable: sqlx would report a missing one
+/// as a bare "No such file or directory" from the middle of the handshake.
+fn check_root_cert(url: &str) -> Result<(), sqlx::Error> {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Ok(()); // sqlx reports an unparseable URL itself
+    };
+    for (key, path) in parsed.query_pairs() {
+        if matches!(&*key, "sslrootcert" | "ssl-root-cert" | "ssl-ca") {
+            std::fs::metadata(&*path).map_err(|e| {
+                sqlx::Error::Configuration(format!("sslrootcert {path}: {e}").into())
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// sqlx reports a refused server certificate as an I/O error ("error communicating with
+/// database: invalid peer certificate: UnknownIssuer"); this says that it is TLS, which host
+/// and what was trusted. Other errors pass unchanged. The URL's password is never used.
+fn plain_tls_error(url: &str, error: sqlx::Error) -> sqlx::Error {
+    // The innermost match is rustls' own words, without sqlx's prefix.
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    let mut detail = None;
+    while let Some(e) = current {
+        let text = e.to_string();
+        if text.contains("invalid peer certificate") || text.starts_with("received fatal alert") {
+            detail = Some(text);
+        }
+        current = e.source();
+    }
+    let (Some(detail), Ok(parsed)) = (detail, url::Url::parse(url)) else {
+        return error;
+    };
+    let host = format!(
+        "{}:{}",
+        parsed.host_str().unwrap_or("localhost"),
+        parsed.port().unwrap_or(5432)
+    );
+    let trusted = match parsed.query_pairs().find(|(k, _)| k == "sslrootcert") {
+        Some((_, path)) => format!("the CA in sslrootcert {path} and the public web roots"),
+        None => {
+            "the public web roots only; name a private CA with ?sslrootcert=/path/ca.pem".into()
+        }
+    };
+    let what = if detail.contains("UnknownIssuer") {
+        "its certificate is not signed by a trusted CA"
+    } else if detail.contains("not valid for name") || detail.contains("NotValidForName") {
+        "its certificate is not for this host name"
+    } else if detail.contains("Expired") {
+        "its certificate has expired"
+    } else {
+        "its certificate was refused"
+    };
+    sqlx::Error::Tls(
+        format!("TLS handshake with {host} failed: {what} ({detail}); trusted: {trusted}").into(),
+    )
 }
 
 fn micros(t: DateTime<Utc>) -> i64 {
@@ -116,6 +174,7 @@ fn run_from_row(row: &AnyRow) -> Result<DagRun, StoreError> {
             .map(|n| n as u32),
         attempt: get::<i64>(row, "attempt")? as u32,
         sla_missed_at: opt_instant("sla_missed_at", get(row, "sla_missed_at")?)?,
+        note: get(row, "note")?,
     })
 }
 
@@ -264,6 +323,10 @@ impl SqlStore {
         let shown = redact_url(url);
         let mut migration_lock = None;
         let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            check_root_cert(url).map_err(|source| StoreError::Open {
+                url: shown.clone(),
+                source,
+            })?;
             (Backend::Postgres, url.to_string())
         } else if let Some(path) = url
             .strip_prefix("sqlite://")
@@ -315,7 +378,7 @@ impl SqlStore {
             })
             .connect(&url)
             .await
-            .map_err(|source| StoreError::Open { url: shown.clone(), source })?;
+            .map_err(|source| StoreError::Open { url: shown.clone(), source: plain_tls_error(&url, source) })?;
         match backend {
             Backend::Sqlite => {
                 // sqlx takes no lock for SQLite migrations: two processes opening a new store at
@@ -934,6 +997,42 @@ impl RunStore for SqlStore {
         .await
         .map_err(query_error("pause DAG"))?;
         Ok(())
+    }
+
+    async fn set_run_note(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        note: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_error("set a run's note"))?;
+        let set = sqlx::query("UPDATE dag_run SET note = $1 WHERE dag_id = $2 AND run_id = $3")
+            .bind(note)
+            .bind(dag_id)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error("set a run's note"))?;
+        // The change marker moves with the DAG row's updated_at, so cached reads see the note.
+        sqlx::query(
+            "INSERT INTO dag (dag_id, is_paused, updated_at) VALUES ($1, 0, $2)
+             ON CONFLICT (dag_id) DO UPDATE SET updated_at =
+                 CASE WHEN dag.updated_at >= excluded.updated_at THEN dag.updated_at + 1
+                      ELSE excluded.updated_at END",
+        )
+        .bind(dag_id)
+        .bind(micros(at))
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error("set a run's note"))?;
+        tx.commit().await.map_err(query_error("set a run's note"))?;
+        Ok(set.rows_affected() == 1)
     }
 
     async fn paused_dags(&self) -> Result<Vec<String>, StoreError> {
@@ -1951,7 +2050,7 @@ impl Workers for SqlStore {
             .await
             .map_err(|source| StoreError::Open {
                 url: redact_url(&self.url),
-                source,
+                source: plain_tls_error(&self.url, source),
             })?;
         listener
             .listen(wake.channel())

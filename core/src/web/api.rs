@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
 use crate::dag::Dag;
-use crate::runs::{start_run, StartError};
+use crate::runs::{start_run_with_id, StartError};
 use crate::schedule::{parse_instant, Schedule};
 use crate::state::{RunState, TaskState};
 use crate::store::{DagRun, RunFilter, RunType, TaskInstance, TaskKey};
@@ -48,7 +48,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route(
             "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}",
-            axum::routing::patch(mark_task_instance),
+            get(get_task_instance).patch(mark_task_instance),
         )
         .route(
             "/dags/{dag_id}/clearTaskInstances",
@@ -93,7 +93,7 @@ impl Paging {
 }
 
 /// The request body as `T`, or a 400 saying what to send.
-fn json_body<T: serde::de::DeserializeOwned>(
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(
     body: Option<Json<Value>>,
     hint: &str,
 ) -> Result<T, ApiError> {
@@ -118,7 +118,7 @@ fn time(t: Option<DateTime<Utc>>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn find_dag(state: &AppState, dag_id: &str) -> Result<std::sync::Arc<Dag>, ApiError> {
+pub(super) fn find_dag(state: &AppState, dag_id: &str) -> Result<std::sync::Arc<Dag>, ApiError> {
     state
         .dags
         .get()
@@ -166,6 +166,8 @@ pub(super) struct DagRunJson {
     /// When the run was found unfinished past its SLA (absent if it never was).
     #[serde(skip_serializing_if = "Option::is_none")]
     sla_missed_at: Option<String>,
+    /// The note given when the run was triggered (or its tasks cleared) through the API.
+    note: Option<String>,
 }
 
 impl From<&DagRun> for DagRunJson {
@@ -186,6 +188,7 @@ impl From<&DagRun> for DagRunJson {
             dag_hash: run.dag_hash.clone(),
             attempt: run.attempt,
             sla_missed_at: run.sla_missed_at.map(instant),
+            note: run.note.clone(),
         }
     }
 }
@@ -483,14 +486,17 @@ pub(super) struct TaskInstanceJson {
     error: Option<String>,
     /// What the successful try returned: a table by reference, small values by value.
     output: Option<sluice_operator_api::TaskOutput>,
-    /// The machine of the latest try (Airflow's `hostname`).
+    /// The machine of the latest try (Airflow's `hostname`; absent before the first try, as
+    /// Airflow 2's clients take no null here).
+    #[serde(skip_serializing_if = "Option::is_none")]
     hostname: Option<String>,
     /// The worker that ran the latest try (null when the scheduler's process ran it).
     worker: Option<String>,
     /// The worker queue it waits in or was claimed from (null: it runs in the scheduler).
     queue: Option<String>,
-    /// The pool whose slots its tries take.
-    pool: Option<String>,
+    /// The pool whose slots its tries take (`default_pool` when the task names none, as
+    /// Airflow calls the pool every task is in).
+    pool: String,
 }
 
 impl From<&TaskInstance> for TaskInstanceJson {
@@ -519,7 +525,7 @@ impl From<&TaskInstance> for TaskInstanceJson {
             hostname: ti.hostname.clone(),
             worker: ti.worker.clone(),
             queue: ti.queue.clone(),
-            pool: ti.pool.clone(),
+            pool: ti.pool.clone().unwrap_or_else(|| "default_pool".into()),
         }
     }
 }
@@ -565,24 +571,29 @@ fn task_instance_json(ti: &TaskInstance) -> Value {
     serde_json::to_value(TaskInstanceJson::from(ti)).expect("a task instance serializes")
 }
 
+/// The interval of a cron DAG's next scheduled run: it ends at the next fire time.
+pub(super) fn next_interval(dag: &Dag) -> Option<crate::schedule::DataInterval> {
+    match &dag.schedule {
+        Schedule::Cron { .. } => dag
+            .schedule
+            .fire_after(dag.timezone, Utc::now())
+            .map(|end| crate::schedule::DataInterval {
+                start: dag
+                    .schedule
+                    .fire_at_or_before(dag.timezone, end - chrono::Duration::seconds(1))
+                    .unwrap_or(end),
+                end,
+            }),
+        _ => None,
+    }
+}
+
 fn dag_json(dag: &Dag, paused: bool, recent: &[DagRun]) -> Value {
     let schedule = match &dag.schedule {
         Schedule::Manual => Value::Null,
         other => json!({"__type": "CronExpression", "value": other.to_string()}),
     };
-    let next = match &dag.schedule {
-        Schedule::Cron { .. } => dag
-            .schedule
-            .fire_after(dag.timezone, Utc::now())
-            .map(|end| {
-                let start = dag
-                    .schedule
-                    .fire_at_or_before(dag.timezone, end - chrono::Duration::seconds(1))
-                    .unwrap_or(end);
-                (start, end)
-            }),
-        _ => None,
-    };
+    let next = next_interval(dag).map(|n| (n.start, n.end));
     json!({
         "dag_id": dag.dag_id,
         "description": dag.description,
@@ -618,7 +629,9 @@ async fn recent_of(state: &AppState, dag_id: &str) -> Result<Vec<DagRun>, ApiErr
         .await?)
 }
 
-async fn paused_set(state: &AppState) -> Result<std::collections::HashSet<String>, ApiError> {
+pub(super) async fn paused_set(
+    state: &AppState,
+) -> Result<std::collections::HashSet<String>, ApiError> {
     Ok(state.store.paused_dags().await?.into_iter().collect())
 }
 
@@ -798,9 +811,9 @@ pub(super) struct TriggerBody {
     #[serde(default)]
     #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     conf: Option<Value>,
-    /// Refused: sluice names runs by type and logical date.
+    /// The run's id (letters, digits and `_ . ~ : + -`); default `manual__<logical date>`.
     dag_run_id: Option<String>,
-    /// Accepted and ignored (Airflow clients send it).
+    /// A note kept with the run (at most 1,000 characters).
     note: Option<String>,
 }
 
@@ -821,12 +834,11 @@ async fn trigger_run(
             note: None,
         },
     };
-    if body.dag_run_id.is_some() {
-        return Err(ApiError::bad_request(
-            "dag_run_id: sluice names runs by type and logical date; leave it out",
-        ));
+    if let Some(id) = &body.dag_run_id {
+        crate::runs::check_run_id(id)
+            .map_err(|e| ApiError::bad_request(format!("dag_run_id: {e}")))?;
     }
-    let _ = body.note;
+    super::v2::check_note(body.note.as_deref())?;
     let conf = body.conf.unwrap_or_else(|| json!({}));
     crate::runs::check_conf(&conf).map_err(ApiError::bad_request)?;
     let interval = match body.logical_date.or(body.execution_date) {
@@ -836,17 +848,22 @@ async fn trigger_run(
         ),
         None => dag.default_interval(Utc::now()),
     };
-    match start_run(
+    match start_run_with_id(
         &state.store,
         &dag,
         interval,
         RunType::Manual,
         conf,
+        body.dag_run_id.as_deref(),
         Utc::now(),
     )
     .await
     {
-        Ok((run, _)) => Ok(Json(run_json(&run))),
+        Ok((run, _)) => {
+            let run = super::v2::with_note(&state, run, body.note).await?;
+            Ok(Json(run_json(&run)))
+        }
+        Err(e @ StartError::Conflict { .. }) => Err(ApiError::conflict(e.to_string())),
         Err(StartError::Unfinished {
             run_id,
             state: run_state,
@@ -871,17 +888,51 @@ async fn get_run(
 async fn list_task_instances(
     State(state): State<AppState>,
     Path((dag_id, run_id)): Path<(String, String)>,
+    Query(paging): Query<Paging>,
 ) -> Result<Json<TaskInstanceCollection>, ApiError> {
-    let tis = state.store.task_instances(&dag_id, &run_id).await?;
-    if tis.is_empty() {
+    let (limit, offset) = paging.bounds()?;
+    let task_state = paging
+        .state
+        .as_deref()
+        .map(|s| {
+            s.parse::<TaskState>()
+                .map_err(|e| ApiError::bad_request(format!("state: {e}")))
+        })
+        .transpose()?;
+    if state.store.run(&dag_id, &run_id).await?.is_none() {
         return Err(ApiError::not_found(format!(
             "run `{run_id}` of DAG `{dag_id}` not found"
         )));
     }
+    let tis: Vec<TaskInstance> = state
+        .store
+        .task_instances(&dag_id, &run_id)
+        .await?
+        .into_iter()
+        .filter(|ti| task_state.is_none_or(|s| ti.state == s))
+        .collect();
     Ok(Json(TaskInstanceCollection {
-        task_instances: tis.iter().map(TaskInstanceJson::from).collect(),
+        task_instances: tis
+            .iter()
+            .skip(offset as usize)
+            .take(limit as usize)
+            .map(TaskInstanceJson::from)
+            .collect(),
         total_entries: tis.len() as u64,
     }))
+}
+
+async fn get_task_instance(
+    State(state): State<AppState>,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+) -> Result<Json<TaskInstanceJson>, ApiError> {
+    let tis = state.store.task_instances(&dag_id, &run_id).await?;
+    let ti = tis.iter().find(|t| t.task_id == task_id).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "task `{task_id}` of run `{run_id}` of DAG `{dag_id}` not found"
+        ))
+    })?;
+    Ok(Json(TaskInstanceJson::from(ti)))
 }
 
 /// `?offset=N` (or Airflow's `token=N`, the `continuation_token` of the previous answer) and
@@ -1013,7 +1064,7 @@ pub(super) struct RunPatch {
 }
 
 /// Who a request came from, for the history (`api:<token name>`).
-fn caller_name(caller: Option<axum::Extension<super::auth::Caller>>) -> String {
+pub(super) fn caller_name(caller: Option<axum::Extension<super::auth::Caller>>) -> String {
     format!(
         "api:{}",
         caller.map_or_else(|| "anonymous".to_string(), |c| c.0.name)
@@ -1137,6 +1188,32 @@ pub(super) struct ClearBody {
     /// Answer with what would be cleared, change nothing.
     #[serde(default)]
     dry_run: bool,
+    /// Clear what they depend on too.
+    #[serde(default)]
+    include_upstream: bool,
+    /// Only those that failed or whose upstream failed (default false: every task named;
+    /// Airflow 2 clients send it explicitly).
+    #[serde(default)]
+    only_failed: bool,
+    /// Airflow 2 fields sluice does not act on: accepted when false, refused when true
+    /// (sluice clears tasks of one finished run).
+    #[serde(default)]
+    only_running: bool,
+    /// See `only_running`.
+    #[serde(default)]
+    include_future: bool,
+    /// See `only_running`.
+    #[serde(default)]
+    include_past: bool,
+    /// See `only_running`.
+    #[serde(default)]
+    include_subdags: bool,
+    /// See `only_running`.
+    #[serde(default)]
+    include_parentdag: bool,
+    /// Accepted: a clear always queues the run's next attempt.
+    #[serde(default)]
+    reset_dag_runs: Option<bool>,
 }
 
 /// `POST /dags/{dag_id}/clearTaskInstances`: clears tasks of a finished run (and what depends
@@ -1148,11 +1225,39 @@ async fn clear_task_instances(
 ) -> Result<Json<Value>, ApiError> {
     let dag = find_dag(&state, &dag_id)?;
     let body: ClearBody = json_body(body, "{\"dag_run_id\": …, \"task_ids\": […]}")?;
-    let ids = dag
+    for (field, set) in [
+        ("only_running", body.only_running),
+        ("include_future", body.include_future),
+        ("include_past", body.include_past),
+        ("include_subdags", body.include_subdags),
+        ("include_parentdag", body.include_parentdag),
+    ] {
+        if set {
+            return Err(ApiError::bad_request(format!(
+                "{field}: sluice clears tasks of one finished run; leave it false"
+            )));
+        }
+    }
+    let _ = body.reset_dag_runs;
+    let mut ids = dag
         .tasks_to_clear(&body.task_ids, body.include_downstream)
         .map_err(|id| {
             ApiError::bad_request(format!("task_ids: DAG `{dag_id}` has no task `{id}`"))
         })?;
+    if body.include_upstream {
+        ids = dag.with_upstream(&ids);
+    }
+    if body.only_failed {
+        let tis = state
+            .store
+            .task_instances(&dag_id, &body.dag_run_id)
+            .await?;
+        ids.retain(|id| {
+            tis.iter().any(|t| {
+                t.task_id == *id && matches!(t.state, TaskState::Failed | TaskState::UpstreamFailed)
+            })
+        });
+    }
     let run = state
         .store
         .run(&dag_id, &body.dag_run_id)
@@ -1181,6 +1286,7 @@ async fn clear_task_instances(
             "run `{run_id}` is still {s}: clear its tasks once it has finished"
         ))),
         Err(StartError::Store(e)) => Err(e.into()),
+        Err(e @ StartError::Conflict { .. }) => Err(ApiError::conflict(e.to_string())),
     }
 }
 

@@ -239,6 +239,23 @@ pub struct Caller {
     pub role: Option<Role>,
 }
 
+/// The token an `Authorization` header presents: `Bearer <token>`, or `Basic` with the token
+/// as the password (Airflow 2's clients authenticate with a user name and password; the
+/// user name is not checked: the token says who the caller is).
+fn presented_token(header: &str) -> Option<String> {
+    use base64::Engine as _;
+    if let Some(token) = header.strip_prefix("Bearer ") {
+        return Some(token.to_string());
+    }
+    let encoded = header.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let pair = String::from_utf8(decoded).ok()?;
+    pair.split_once(':')
+        .map(|(_, password)| password.to_string())
+}
+
 fn refuse(status: StatusCode, detail: &str) -> Response {
     let title = status.canonical_reason().unwrap_or("Error");
     let mut response = (
@@ -249,7 +266,7 @@ fn refuse(status: StatusCode, detail: &str) -> Response {
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
+            header::HeaderValue::from_static("Bearer, Basic realm=\"sluice\""),
         );
     }
     response
@@ -284,9 +301,9 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        match state.tokens.find(given) {
+            .and_then(presented_token)
+            .unwrap_or_default();
+        match state.tokens.find(&given) {
             None => (
                 Caller {
                     name: if given.is_empty() { "anonymous" } else { "unknown token" }.into(),
@@ -294,7 +311,7 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
                 },
                 Some(refuse(
                     StatusCode::UNAUTHORIZED,
-                    "send Authorization: Bearer <token> (SLUICE_API_TOKEN or a token of SLUICE_API_TOKENS_FILE)",
+                    "send Authorization: Bearer <token> (SLUICE_API_TOKEN or a token of SLUICE_API_TOKENS_FILE), or Basic auth with the token as the password",
                 )),
             ),
             Some(token) if token.role < needed => (

@@ -22,28 +22,67 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-async fn health(State(state): State<AppState>) -> impl IntoResponse {
+/// What `/health` and Airflow 3's `/api/v2/monitor/health` report.
+pub(super) struct Report {
+    database_ok: bool,
+    scheduler_ok: bool,
+    latest_beat: Option<chrono::DateTime<Utc>>,
+}
+
+impl Report {
+    pub(super) fn database_status(&self) -> &'static str {
+        if self.database_ok {
+            "healthy"
+        } else {
+            "unhealthy"
+        }
+    }
+
+    pub(super) fn scheduler_status(&self) -> &'static str {
+        if self.scheduler_ok {
+            "healthy"
+        } else {
+            "unhealthy"
+        }
+    }
+
+    pub(super) fn latest_scheduler_heartbeat(&self) -> Option<String> {
+        self.latest_beat.map(|t| t.to_rfc3339())
+    }
+
+    /// The web server answers for itself: only an unreachable store makes it unhealthy.
+    pub(super) fn http_status(&self) -> StatusCode {
+        if self.database_ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    }
+}
+
+/// The store's and the schedulers' health, as of now.
+pub(super) async fn report(state: &AppState) -> Report {
     let beat = state.store.last_scheduler_heartbeat().await;
     let database_ok = beat.is_ok();
-    let beat = beat.ok().flatten();
-    let scheduler_ok = beat
-        .as_ref()
-        .is_some_and(|b| b.heartbeat_at > Utc::now() - SCHEDULER_STALE);
+    let latest_beat = beat.ok().flatten().map(|b| b.heartbeat_at);
+    Report {
+        database_ok,
+        scheduler_ok: latest_beat.is_some_and(|t| t > Utc::now() - SCHEDULER_STALE),
+        latest_beat,
+    }
+}
+
+async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let report = report(&state).await;
     let body = json!({
-        "status": if database_ok { "ok" } else { "error" },
-        "metadatabase": {"status": if database_ok { "healthy" } else { "unhealthy" }},
+        "status": if report.database_ok { "ok" } else { "error" },
+        "metadatabase": {"status": report.database_status()},
         "scheduler": {
-            "status": if scheduler_ok { "healthy" } else { "unhealthy" },
-            "latest_scheduler_heartbeat": beat.map(|b| b.heartbeat_at.to_rfc3339()),
+            "status": report.scheduler_status(),
+            "latest_scheduler_heartbeat": report.latest_scheduler_heartbeat(),
         },
     });
-    // The web server answers for itself: only an unreachable store makes it unhealthy.
-    let status = if database_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body))
+    (report.http_status(), Json(body))
 }
 
 fn escape_label(value: &str) -> String {

@@ -15,6 +15,7 @@ pub mod hardening;
 mod health;
 mod openapi;
 mod ui;
+mod v2;
 
 use std::sync::Arc;
 
@@ -123,7 +124,11 @@ async fn cache_reads(State(state): State<AppState>, request: Request, next: Next
         }
         return response;
     }
-    let key = request.uri().to_string();
+    // The full path: the same route under /api/v1 and /api/v2 answers in different shapes.
+    let key = request
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| request.uri().to_string(), |o| o.0.to_string());
     let version = (
         *state.changes.borrow(),
         Arc::as_ptr(&state.dags.get()) as usize,
@@ -280,24 +285,12 @@ async fn require_json(request: Request, next: Next) -> Response {
 
 /// The whole application.
 pub fn router(state: AppState) -> Router {
-    let api = api::routes()
-        .layer(middleware::from_fn_with_state(state.clone(), cache_reads))
-        .layer(middleware::from_fn(require_json))
-        .layer(axum::extract::DefaultBodyLimit::max(
-            hardening::MAX_BODY_BYTES,
-        ))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            hardening::REQUEST_TIMEOUT,
-        ))
-        // The event stream is long-lived: outside the request timeout, inside the auth check.
-        .merge(events::routes())
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::authorize,
-        ));
     let app = Router::new()
-        .nest("/api/v1", api)
+        .nest("/api/v1", guarded(&state, api::routes(), events::routes()))
+        .nest(
+            "/api/v2",
+            guarded(&state, v2::routes(), Router::new()).merge(v2::public_routes()),
+        )
         .merge(health::routes())
         .merge(ui::routes())
         .fallback(|| async { ApiError::not_found("no such page or endpoint") })
@@ -308,6 +301,31 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(log_errors))
         .with_state(state);
     hardening::security_headers(app)
+}
+
+/// An API's routes behind the read cache, the JSON and size checks, the request timeout and
+/// the token check; `streams` (long-lived event streams) stay outside the request timeout,
+/// inside the token check.
+fn guarded(
+    state: &AppState,
+    routes: Router<AppState>,
+    streams: Router<AppState>,
+) -> Router<AppState> {
+    routes
+        .layer(middleware::from_fn_with_state(state.clone(), cache_reads))
+        .layer(middleware::from_fn(require_json))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            hardening::MAX_BODY_BYTES,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            hardening::REQUEST_TIMEOUT,
+        ))
+        .merge(streams)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
 }
 
 pub use hardening::serve;

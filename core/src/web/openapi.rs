@@ -10,8 +10,9 @@ use serde_json::{json, Value};
 use super::api::{
     AuditLogJson, BackfillBody, ClearBody, DagPatch, DagRunCollection, DagRunJson, DagVersionJson,
     DeliveryLedgerJson, MarkBody, ProblemJson, RunAttemptCollection, RunPatch,
-    TaskInstanceCollection, TriggerBody, WorkerCollection,
+    TaskInstanceCollection, TaskInstanceJson, TriggerBody, WorkerCollection,
 };
+use super::v2;
 
 /// One operation of the API, for the OpenAPI document.
 pub struct Operation {
@@ -48,6 +49,17 @@ fn schema<T: JsonSchema>() -> Value {
 fn as_openapi3(schema: &mut Value) {
     match schema {
         Value::Object(object) => {
+            // JSON Schema's `true` (anything) is not an OpenAPI 3.0 schema: `{}` is.
+            if object.get("items") == Some(&Value::Bool(true)) {
+                object.insert("items".into(), json!({}));
+            }
+            if let Some(Value::Object(properties)) = object.get_mut("properties") {
+                for property in properties.values_mut() {
+                    if *property == Value::Bool(true) {
+                        *property = json!({});
+                    }
+                }
+            }
             if let Some(value) = object.remove("const") {
                 object.insert("enum".into(), Value::Array(vec![value]));
             }
@@ -203,6 +215,13 @@ pub const OPERATIONS: &[Operation] = &[
     )
     .answers(schema::<AuditLogJson>),
     op(
+        "get",
+        "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}",
+        "One task instance",
+        None,
+    )
+    .answers(schema::<TaskInstanceJson>),
+    op(
         "patch",
         "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}",
         "Mark a task of a finished run success or failed; `failed` on a running run stops the task (its try ends failed without a retry)",
@@ -242,9 +261,96 @@ pub const OPERATIONS: &[Operation] = &[
     op("get", "/openapi.json", "This document", None),
 ];
 
-/// `GET /api/v1/openapi.json`, generated from [`OPERATIONS`]: request and answer schemas come from
-/// the types the handlers read and write; types they share sit under `components/schemas`.
+/// `GET /api/v1/openapi.json`, generated from [`OPERATIONS`].
 pub(super) async fn openapi() -> Json<Value> {
+    Json(document(
+        "sluice REST API (Airflow 2's /api/v1)",
+        "/api/v1",
+        OPERATIONS,
+    ))
+}
+
+/// Every operation of `/api/v2` (Airflow 3's shapes; a test calls each one with the official
+/// Airflow 3 client).
+pub const V2_OPERATIONS: &[Operation] = &[
+    op("get", "/dags", "List DAGs (limit, offset, paused, dag_id_pattern)", None)
+        .answers(schema::<v2::DagCollection>),
+    op("get", "/dags/{dag_id}", "One DAG", None).answers(schema::<v2::DagJson>),
+    op(
+        "patch",
+        "/dags/{dag_id}",
+        "Pause or unpause a DAG",
+        Some(schema::<v2::DagPatchBody>),
+    )
+    .answers(schema::<v2::DagJson>),
+    op(
+        "get",
+        "/dags/{dag_id}/dagRuns",
+        "A DAG's runs, newest first (limit, offset, state)",
+        None,
+    )
+    .answers(schema::<v2::DagRunCollection>),
+    op(
+        "post",
+        "/dags/{dag_id}/dagRuns",
+        "Trigger a run, optionally with its own dag_run_id and a note",
+        Some(schema::<v2::TriggerBody>),
+    )
+    .answers(schema::<v2::DagRunJson>),
+    op("get", "/dags/{dag_id}/dagRuns/{dag_run_id}", "One run", None)
+        .answers(schema::<v2::DagRunJson>),
+    op(
+        "get",
+        "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances",
+        "A run's task instances (limit, offset, state)",
+        None,
+    )
+    .answers(schema::<v2::TaskInstanceCollection>),
+    op(
+        "get",
+        "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}",
+        "One task instance",
+        None,
+    )
+    .answers(schema::<v2::TaskInstanceJson>),
+    op(
+        "get",
+        "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/logs/{try_number}",
+        "A try's log from its start, in pieces (token: the previous piece's continuation_token)",
+        None,
+    )
+    .answers(schema::<v2::LogJson>),
+    op(
+        "post",
+        "/dags/{dag_id}/clearTaskInstances",
+        "Clear tasks of a finished run so they run again (Airflow's defaults: dry_run and only_failed are true)",
+        Some(schema::<v2::ClearBody>),
+    )
+    .answers(schema::<v2::TaskInstanceCollection>),
+    op("get", "/version", "sluice's version (no token needed)", None)
+        .answers(schema::<v2::VersionJson>),
+    op(
+        "get",
+        "/monitor/health",
+        "The metadata store's and the schedulers' health (no token needed)",
+        None,
+    ),
+    op("get", "/openapi.json", "This document", None),
+];
+
+/// `GET /api/v2/openapi.json`, generated from [`V2_OPERATIONS`].
+pub(super) async fn openapi_v2() -> Json<Value> {
+    Json(document(
+        "sluice REST API (Airflow 3's /api/v2)",
+        "/api/v2",
+        V2_OPERATIONS,
+    ))
+}
+
+/// The OpenAPI document of `operations` served under `server`: request and answer schemas
+/// come from the types the handlers read and write; types they share sit under
+/// `components/schemas`.
+fn document(title: &str, server: &str, operations: &[Operation]) -> Value {
     let mut components = serde_json::Map::new();
     // A schema's own subschemas move to the document's components (their `$ref`s point there).
     let mut hoist = |mut schema: Value| {
@@ -262,7 +368,7 @@ pub(super) async fn openapi() -> Json<Value> {
     };
     let problem = hoist(schema::<ProblemJson>());
     let mut paths = serde_json::Map::new();
-    for operation in OPERATIONS {
+    for operation in operations {
         let params: Vec<Value> = operation
             .path
             .split('/')
@@ -283,20 +389,23 @@ pub(super) async fn openapi() -> Json<Value> {
         });
         if let Some(body) = operation.body {
             op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": hoist(body())}}});
-            op["security"] = json!([{"bearer": []}]);
+            op["security"] = json!([{"bearer": []}, {"basic": []}]);
         }
         paths
             .entry(operation.path.to_string())
             .or_insert_with(|| json!({}))[operation.method] = op;
     }
-    Json(json!({
+    json!({
         "openapi": "3.0.3",
-        "info": {"title": "sluice REST API", "version": env!("CARGO_PKG_VERSION")},
-        "servers": [{"url": "/api/v1"}],
+        "info": {"title": title, "version": env!("CARGO_PKG_VERSION")},
+        "servers": [{"url": server}],
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "basic": {"type": "http", "scheme": "basic", "description": "Airflow 2 clients: any user name, the token as the password"},
+            },
             "schemas": components,
         },
         "paths": paths,
-    }))
+    })
 }

@@ -23,6 +23,8 @@ pub mod http_webhook;
 pub mod polars_sql;
 #[cfg(feature = "etl")]
 pub mod postgres_extract;
+#[cfg(feature = "etl")]
+pub(crate) mod tls;
 
 #[cfg(test)]
 mod test_support;

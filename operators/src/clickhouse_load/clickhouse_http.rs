@@ -16,10 +16,16 @@ use sluice_operator_api::Connection;
 use sluice_operator_api::OperatorError;
 
 /// A ClickHouse server and database from a `clickhouse://[user[:pw]@]host:port/db` connection.
+///
+/// HTTPS: `clickhouse://…?secure=true` (port 8443 unless given, ClickHouse's `https_port`) or
+/// `https://host[:port]/db` (port 443 unless given, as any https URL); `sslrootcert=/path/ca.pem`
+/// trusts a private CA besides the public web roots ([`crate::tls`]).
 #[derive(Clone)]
 pub struct ClickHouse {
     http: reqwest::Client,
     endpoint: Url,
+    /// The CA file the connection names, for messages about refused certificates.
+    root_cert: Option<String>,
     database: String,
     user: Option<String>,
     password: Option<String>,
@@ -76,20 +82,42 @@ pub fn quote_ident(name: &str) -> String {
 impl ClickHouse {
     /// A client for the connection; `timeout` bounds each request.
     pub fn new(conn: &Connection, timeout: Duration) -> Result<Self, OperatorError> {
-        let uri = conn.uri();
         let shown = conn.to_string();
-        if !matches!(uri.scheme(), "clickhouse" | "http" | "https") {
+        let (root_cert, uri) = crate::tls::split_root_cert(conn.uri());
+        let secure_param = uri
+            .query_pairs()
+            .find(|(k, _)| k == "secure")
+            .map(|(_, v)| v.into_owned());
+        let secure = match (uri.scheme(), secure_param.as_deref()) {
+            ("https", _) => true,
+            ("http", _) | ("clickhouse", None | Some("false" | "0")) => false,
+            ("clickhouse", Some("true" | "1")) => true,
+            ("clickhouse", Some(other)) => {
+                return Err(OperatorError::fatal(format!(
+                    "connection {shown}: secure must be true or false, not `{other}`"
+                )))
+            }
+            _ => {
+                return Err(OperatorError::fatal(format!(
+                    "connection {shown}: expected a clickhouse://host:http_port/database URI (HTTPS: add ?secure=true)"
+                )))
+            }
+        };
+        if root_cert.is_some() && !secure {
+            // A CA file says the user expects a verified server: never send in the clear instead.
             return Err(OperatorError::fatal(format!(
-                "connection {shown}: expected a clickhouse://host:http_port/database URI"
+                "connection {shown}: sslrootcert is set but the connection is plain HTTP; add ?secure=true (or use https://)"
             )));
         }
-        let scheme = if uri.scheme() == "https" {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = if secure { "https" } else { "http" };
         let host = uri.host_str().unwrap_or("localhost");
-        let port = uri.port().unwrap_or(8123);
+        // An https:// URL means port 443 when it names none (the URL parser drops an explicit
+        // `:443`); otherwise ClickHouse's own defaults.
+        let port = match (uri.scheme(), secure) {
+            ("https", _) => uri.port_or_known_default().unwrap_or(443),
+            (_, true) => uri.port().unwrap_or(8443),
+            (_, false) => uri.port().unwrap_or(8123),
+        };
         let endpoint = Url::parse(&format!("{scheme}://{host}:{port}/"))
             .map_err(|e| OperatorError::fatal(format!("connection {shown}: {e}")))?;
         let database = uri.path().trim_matches('/');
@@ -106,14 +134,16 @@ impl ClickHouse {
         };
         let user = (!uri.username().is_empty()).then(|| decode(uri.username()));
         let password = uri.password().map(decode);
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(timeout)
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(10));
+        let http = crate::tls::trust_root_cert(conn, root_cert.as_deref(), builder)?
             .build()
-            .map_err(|e| OperatorError::fatal(format!("HTTP client: {e}")))?;
+            .map_err(|e| OperatorError::fatal(format!("connection {shown}: HTTP client: {e}")))?;
         Ok(Self {
             http,
             endpoint,
+            root_cert,
             database,
             user,
             password,
@@ -155,6 +185,19 @@ impl ClickHouse {
         request: reqwest::RequestBuilder,
     ) -> Result<Bytes, OperatorError> {
         let response = request.send().await.map_err(|e| {
+            // An untrusted certificate stays untrusted on the next try: a setting to fix.
+            if let Some(detail) = crate::tls::tls_failure(&e) {
+                let host = format!(
+                    "{}:{}",
+                    self.endpoint.host_str().unwrap_or_default(),
+                    self.endpoint.port_or_known_default().unwrap_or_default()
+                );
+                return OperatorError::fatal(format!(
+                    "ClickHouse {}: {what}: {}",
+                    self.shown,
+                    crate::tls::explain_tls_failure(&host, &detail, self.root_cert.as_deref())
+                ));
+            }
             // reqwest's message can include the URL; ours never carries the password.
             OperatorError::retryable(format!(
                 "ClickHouse {}: {what}: {}",
@@ -334,6 +377,33 @@ mod tests {
                 .unwrap()
                 .database(),
             "default"
+        );
+    }
+
+    #[test]
+    fn https_is_chosen_by_scheme_or_secure_and_ports_follow_clickhouse_and_url_defaults() {
+        let endpoint = |uri: &str| {
+            let conn = Connection::parse("ch", uri).unwrap();
+            ClickHouse::new(&conn, Duration::from_secs(5))
+                .map(|ch| ch.endpoint.to_string())
+                .map_err(|e| e.to_string())
+        };
+        let ok = |uri: &str| endpoint(uri).unwrap();
+        assert_eq!(ok("clickhouse://h/db"), "http://h:8123/");
+        assert_eq!(ok("clickhouse://h/db?secure=true"), "https://h:8443/");
+        assert_eq!(ok("clickhouse://h:9443/db?secure=1"), "https://h:9443/");
+        assert_eq!(ok("clickhouse://h/db?secure=false"), "http://h:8123/");
+        assert_eq!(ok("https://h/db"), "https://h/");
+        assert_eq!(ok("https://h:8443/db"), "https://h:8443/");
+        let bad = endpoint("clickhouse://h/db?secure=yes").unwrap_err();
+        assert!(bad.contains("secure must be true or false"), "{bad}");
+        // A CA file on a plain connection would have been a false sense of security.
+        let plain = endpoint("clickhouse://u:s3cret@h/db?sslrootcert=/ca.pem").unwrap_err();
+        assert!(
+            plain.contains("plain HTTP")
+                && plain.contains("secure=true")
+                && !plain.contains("s3cret"),
+            "{plain}"
         );
     }
 }

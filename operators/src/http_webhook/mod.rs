@@ -110,6 +110,15 @@ fn describe_error(e: &reqwest::Error) -> String {
     }
 }
 
+/// Where requests go: the client (trusting the connection's CA, if it names one), the
+/// connection's URL without sluice's parameters, and the CA file for messages.
+#[derive(Clone, Copy)]
+struct Receiver<'a> {
+    client: &'a reqwest::Client,
+    base: &'a url::Url,
+    root_cert: Option<&'a str>,
+}
+
 /// One value's request, rendered.
 struct PreparedRequest {
     url: url::Url,
@@ -173,14 +182,18 @@ impl HttpWebhook {
 
     async fn deliver(
         &self,
-        client: &reqwest::Client,
-        base: &url::Url,
+        receiver: &Receiver<'_>,
         breaker: &std::sync::Mutex<Breaker>,
         ctx: &TaskContext,
         item: Option<sluice_operator_api::template::Value>,
         seed: u64,
     ) -> Delivery {
         let lock = || breaker.lock().unwrap_or_else(|p| p.into_inner());
+        let Receiver {
+            client,
+            base,
+            root_cert,
+        } = *receiver;
         let (url, body, headers) = match self.prepare(base, ctx, item.as_ref()) {
             Ok(request) => (request.url, request.body, request.headers),
             Err(reason) => {
@@ -267,7 +280,22 @@ impl HttpWebhook {
                     }
                     (reason, retry_after)
                 }
-                Err(e) => (describe_error(&e), None),
+                Err(e) => {
+                    // An untrusted certificate stays untrusted: no retry, no breaker count.
+                    if let Some(detail) = crate::tls::tls_failure(&e) {
+                        let host = format!(
+                            "{}:{}",
+                            url.host_str().unwrap_or_default(),
+                            url.port_or_known_default().unwrap_or_default()
+                        );
+                        return Delivery::Failed {
+                            attempts: attempt,
+                            permanent: true,
+                            reason: crate::tls::explain_tls_failure(&host, &detail, root_cert),
+                        };
+                    }
+                    (describe_error(&e), None)
+                }
             };
             if lock().failed(std::time::Instant::now(), &reason) {
                 ctx.log.warn(&format!(
@@ -311,7 +339,13 @@ impl Operator for HttpWebhook {
                 "connection {conn}: expected an http(s):// URI"
             )));
         }
-        let base = conn.uri().clone();
+        // `sslrootcert` is for sluice (a CA to trust), never sent to the receiver.
+        let (root_cert, base) = crate::tls::split_root_cert(conn.uri());
+        if root_cert.is_some() && base.scheme() != "https" {
+            return Err(OperatorError::fatal(format!(
+                "connection {conn}: sslrootcert is set but the URI is http://; use https://"
+            )));
+        }
         let items: Vec<Option<sluice_operator_api::template::Value>> = match &self.config.for_each {
             None => vec![None],
             Some(each) => {
@@ -359,11 +393,12 @@ impl Operator for HttpWebhook {
                 "{skipped} of {before} item(s) were delivered by an earlier try of this attempt: not sent again"
             ));
         }
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .pool_max_idle_per_host(self.config.concurrency)
-            .connect_timeout(self.config.timeout.0)
+            .connect_timeout(self.config.timeout.0);
+        let client = crate::tls::trust_root_cert(conn, root_cert.as_deref(), builder)?
             .build()
-            .map_err(|e| OperatorError::fatal(format!("HTTP client: {e}")))?;
+            .map_err(|e| OperatorError::fatal(format!("connection {conn}: HTTP client: {e}")))?;
         ctx.log.info(&format!(
             "sending {} request(s) to {conn} with up to {} in flight",
             items.len(),
@@ -380,11 +415,16 @@ impl Operator for HttpWebhook {
         let done_failed = std::sync::atomic::AtomicUsize::new(0);
         let deliveries = stream::iter(items.into_iter().enumerate())
             .map(|(i, item)| {
-                let (client, base, breaker) = (&client, &base, &breaker);
+                let receiver = Receiver {
+                    client: &client,
+                    base: &base,
+                    root_cert: root_cert.as_deref(),
+                };
+                let breaker = &breaker;
                 let (done_ok, done_failed) = (&done_ok, &done_failed);
                 async move {
                     let delivery = self
-                        .deliver(client, base, breaker, ctx, item.clone(), i as u64)
+                        .deliver(&receiver, breaker, ctx, item.clone(), i as u64)
                         .await;
                     let counter = match delivery {
                         Delivery::Delivered { .. } => done_ok,

@@ -109,13 +109,33 @@ impl Operator for PostgresExtract {
 
         let conn = ctx.connection(&self.config.conn)?;
         let shown = conn.to_string();
+        // sqlx reads sslmode, sslrootcert, sslcert and sslkey from the URI, as libpq does.
         let options = PgConnectOptions::from_str(conn.uri().as_str())
             .map_err(|e| OperatorError::fatal(format!("connection {shown}: {e}")))?
             .application_name("sluice")
             .disable_statement_logging();
-        let mut db = PgConnection::connect_with(&options)
-            .await
-            .map_err(|e| classify(&format!("connecting to {shown}"), e))?;
+        let (root_cert, _) = crate::tls::split_root_cert(conn.uri());
+        let root_cert = root_cert.as_deref();
+        if let Some(path) = root_cert {
+            // sqlx would report a missing file as a bare "No such file or directory".
+            std::fs::metadata(path).map_err(|e| {
+                OperatorError::fatal(format!("connection {shown}: sslrootcert {path}: {e}"))
+            })?;
+        }
+        let mut db = PgConnection::connect_with(&options).await.map_err(|e| {
+            // An untrusted certificate stays untrusted on the next try: a setting to fix.
+            match crate::tls::tls_failure(&e) {
+                Some(detail) => OperatorError::fatal(format!(
+                    "connecting to {shown}: {}",
+                    crate::tls::explain_tls_failure(
+                        &format!("{}:{}", options.get_host(), options.get_port()),
+                        &detail,
+                        root_cert
+                    )
+                )),
+                None => classify(&format!("connecting to {shown}"), e),
+            }
+        })?;
         let mut tx = db.begin().await.map_err(|e| classify("BEGIN", e))?;
         for (i, value) in bound.params.iter().enumerate() {
             if *value == BindValue::Null {

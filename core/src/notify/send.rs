@@ -158,6 +158,56 @@ impl Notifier {
         Ok(sent)
     }
 
+    /// The client and URL for a webhook connection. A connection naming a private CA
+    /// (`?sslrootcert=/path/ca.pem`, as in PostgreSQL URLs) gets a client trusting it besides
+    /// the public web roots; the parameter is sluice's and never sent to the receiver.
+    fn webhook_client(
+        &self,
+        connection: &sluice_operator_api::Connection,
+    ) -> Result<(reqwest::Client, url::Url), String> {
+        let mut url = connection.uri().clone();
+        let Some(path) = url
+            .query_pairs()
+            .find(|(k, _)| k == "sslrootcert")
+            .map(|(_, v)| v.into_owned())
+        else {
+            return Ok((self.http.clone(), url));
+        };
+        let rest: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(k, _)| k != "sslrootcert")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if rest.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(rest);
+        }
+        let id = connection.id();
+        if url.scheme() != "https" {
+            return Err(format!(
+                "connection `{id}`: sslrootcert is set but the URI is not https://"
+            ));
+        }
+        let pem = std::fs::read(&path)
+            .map_err(|e| format!("connection `{id}`: sslrootcert {path}: cannot read it: {e}"))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .ok()
+            .filter(|certs| !certs.is_empty())
+            .ok_or_else(|| {
+                format!("connection `{id}`: sslrootcert {path}: holds no PEM certificate")
+            })?;
+        // Notifications are few: a client per send costs less than keeping one per CA file.
+        let builder = certs.into_iter().fold(
+            reqwest::Client::builder().timeout(SEND_TIMEOUT),
+            |builder, cert| builder.add_root_certificate(cert),
+        );
+        let http = builder
+            .build()
+            .map_err(|e| format!("connection `{id}`: HTTP client: {e}"))?;
+        Ok((http, url))
+    }
+
     async fn deliver(&self, notification: &Notification) -> Result<(), SendError> {
         let fail = |e: String| SendError(self.masker.mask(&e));
         match &notification.message {
@@ -166,17 +216,25 @@ impl Notifier {
                     .connections
                     .get(conn)
                     .map_err(|e| fail(e.to_string()))?;
-                let response = self
-                    .http
-                    .post(connection.uri().clone())
+                let (http, url) = self.webhook_client(connection).map_err(fail)?;
+                let response = http
+                    .post(url)
                     .header("Idempotency-Key", &notification.id)
                     .json(payload)
                     .send()
                     .await
                     // reqwest's errors name the URL, a secret for webhooks: say only what failed.
                     .map_err(|e| {
+                        // The innermost cause says what went wrong (a refused certificate,
+                        // a refused connection); reqwest's own text only that a send failed.
+                        let mut cause = String::new();
+                        let mut source = std::error::Error::source(&e);
+                        while let Some(s) = source {
+                            cause = format!(": {s}");
+                            source = s.source();
+                        }
                         fail(format!(
-                            "POST to connection `{conn}` failed: {}",
+                            "POST to connection `{conn}` failed: {}{cause}",
                             e.without_url()
                         ))
                     })?;

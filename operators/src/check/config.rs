@@ -69,7 +69,7 @@ pub struct CheckSpec {
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClickhouseCheck {
-    /// Connection id of the server (`SLUICE_CONN_<ID>=clickhouse://host:http_port/database`).
+    /// Connection id of the server (`SLUICE_CONN_<ID>=clickhouse://host:http_port/database`; HTTPS: `?secure=true`).
     pub conn: String,
     /// The query; `{data_interval_start}`, `{data_interval_end}`, `{logical_date}`, `{run_id}`
     /// and `{dag_id}` stand for the run's values as quoted string literals (data, never SQL:

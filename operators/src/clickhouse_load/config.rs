@@ -20,7 +20,7 @@ fn default_timeout() -> HumanDuration {
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClickhouseLoadConfig {
-    /// Connection id of the server (`SLUICE_CONN_<ID>=clickhouse://[user[:pw]@]host:http_port/database`).
+    /// Connection id of the server (`SLUICE_CONN_<ID>=clickhouse://[user[:pw]@]host:http_port/database`; HTTPS: `?secure=true`, with `&sslrootcert=/path/ca.pem` for a private CA).
     pub conn: String,
     /// Target table, in the connection's database.
     pub table: String,

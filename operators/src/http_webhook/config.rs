@@ -45,7 +45,7 @@ fn default_breaker_cooldown() -> HumanDuration {
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpWebhookConfig {
-    /// Connection id of the receiving service (`http(s)://host:port[/base]`).
+    /// Connection id of the receiving service (`http(s)://host:port[/base]`; `?sslrootcert=/path/ca.pem` trusts a private CA).
     pub conn: String,
     /// HTTP method (default POST).
     #[serde(default = "default_method")]

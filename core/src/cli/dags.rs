@@ -66,6 +66,23 @@ pub enum DagsCommand {
     },
     /// Queue a run for every schedule interval starting between two dates (inclusive).
     Backfill(super::trigger::BackfillArgs),
+    /// List a DAG's runs, newest logical date first.
+    ListRuns(super::trigger::ListRunsArgs),
+    /// The next times a DAG's schedule fires (each ends an interval and starts its run),
+    /// in the DAG's timezone and UTC.
+    NextExecution {
+        /// The DAG id.
+        dag_id: String,
+        /// How many fire times.
+        #[arg(short, long = "num-executions", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        num_executions: u32,
+        /// Fire times after this instant (RFC 3339 or YYYY-MM-DD in the DAG's timezone; default: now).
+        #[arg(long)]
+        after: Option<String>,
+        /// How to print.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: super::Output,
+    },
     /// Run one DAG run in this process and exit 0 iff it succeeds.
     Test {
         /// The DAG id.
@@ -118,6 +135,18 @@ pub async fn run(
         DagsCommand::Backfill(args) => {
             super::trigger::backfill(find(&bag, &args.dag_id)?.clone(), &args, settings).await
         }
+        DagsCommand::ListRuns(args) => super::trigger::list_runs(&args, settings).await,
+        DagsCommand::NextExecution {
+            dag_id,
+            num_executions,
+            after,
+            output,
+        } => super::trigger::next_execution(
+            find(&bag, &dag_id)?,
+            num_executions,
+            after.as_deref(),
+            output,
+        ),
         DagsCommand::Test {
             dag_id,
             logical_date,

@@ -2,36 +2,62 @@
 //! message and an exit code; everything below returns typed errors.
 
 mod audit;
+mod config;
 mod dags;
 mod db;
 mod operators;
 mod runs;
 mod serve;
 mod table;
+mod tasks;
 mod trigger;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 use sluice_operator_api::Registry;
 
-use crate::settings::Settings;
+use crate::settings::{Config, Settings};
 
 /// sluice: a scheduled ETL orchestrator in one binary.
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, about, long_about = None)]
+#[command(
+    name = "sluice",
+    version,
+    about = "sluice: a scheduled ETL orchestrator in one binary",
+    long_about = None
+)]
 pub struct Cli {
+    /// The config file (default: ./sluice.toml when it exists). Environment variables win
+    /// over its values.
+    #[arg(long, global = true, env = crate::settings::CONFIG_VAR, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// How a listing command prints (Airflow's `-o/--output`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns with a header.
+    #[default]
+    Table,
+    /// A JSON array of objects.
+    Json,
+    /// Tab-separated values, no header (for scripts).
+    Plain,
+}
+
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the scheduler with a local executor: creates runs on schedule, starts queued and
-    /// triggered runs, resumes interrupted ones. Stops gracefully on SIGTERM/SIGINT.
+    /// Run the scheduler: creates runs on schedule, starts queued and triggered runs, resumes interrupted ones.
+    ///
+    /// Tries run in this process unless `--executor workers`. Stops gracefully on
+    /// SIGTERM/SIGINT.
     Scheduler(serve::ServeArgs),
     /// Scheduler, local executor and web server (UI + REST API) in one process.
     Standalone {
@@ -44,16 +70,17 @@ pub enum Command {
     },
     /// The web server alone: UI, REST API, /health and /metrics over the metadata store.
     Webserver(serve::WebArgs),
-    /// A worker: claims tries that a scheduler with `--executor workers` queued, runs them,
-    /// and records how they ended. Run any number, on any machine sharing the store.
+    /// A worker: claims the tries a scheduler with `--executor workers` queued, runs them, records their ends.
+    ///
+    /// Run any number, on any machine sharing the store.
     Worker(serve::WorkerArgs),
-    /// List, show, validate, test, trigger, pause and backfill DAGs.
+    /// List, show, validate, test, trigger, pause and backfill DAGs; list their runs and next fire times.
     #[command(subcommand)]
     Dags(dags::DagsCommand),
     /// Inspect DAG runs.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
-    /// Read a try's log, see a task's delivery ledger, clear tasks to run them again.
+    /// List and test tasks, show their states in a run, read a try's log, clear and stop tasks.
     #[command(subcommand)]
     Tasks(runs::TasksCommand),
     /// List and describe operators.
@@ -61,9 +88,17 @@ pub enum Command {
     Operators(operators::OperatorsCommand),
     /// Who changed what through the API (every mutation, granted or refused), newest first.
     Audit(audit::AuditArgs),
-    /// The metadata store's upkeep: `db clean` removes old finished runs and their files.
+    /// The metadata store: apply its migrations, check it answers, remove old finished runs.
     #[command(subcommand)]
     Db(db::DbCommand),
+    /// Show the settings in force (environment, config file, defaults), secrets masked.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+    /// Print a shell completion script (bash, zsh or fish) on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Cli {
@@ -85,8 +120,17 @@ impl Cli {
 /// registry that has them too (see `examples/custom_operator`).
 pub async fn main(registry: Registry) -> ExitCode {
     let cli = Cli::parse();
+    // Read before logging starts: the file may set SLUICE_LOG and SLUICE_LOG_FORMAT.
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    config.export_file_values();
     init_tracing(&cli);
-    match run(cli, registry).await {
+    match run_with(cli, registry, config).await {
         Ok(code) => code,
         Err(error) => {
             if json_logs() {
@@ -156,7 +200,19 @@ pub fn init_tracing(cli: &Cli) {
 /// operators DAG files may use: the program's one registry, carried to the scheduler, the
 /// web server and every command that parses DAGs.
 pub async fn run(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
-    let settings = Settings::from_env();
+    let config = Config::load(cli.config.as_deref())?;
+    run_with(cli, registry, config).await
+}
+
+/// Runs a parsed command line with the settings of `config` (environment over config file).
+async fn run_with(cli: Cli, registry: Registry, config: Config) -> anyhow::Result<ExitCode> {
+    let settings = Settings::from_config(&config);
+    match &cli.command {
+        // These work whatever the settings hold.
+        Command::Config(cmd) => return config::run(cmd, &config),
+        Command::Completions { shell } => return Ok(config::completions(*shell)),
+        _ => {}
+    }
     crate::executor::slots::parse_pools(&settings.pools)?;
     match cli.command {
         Command::Scheduler(args) => serve::run(args, None, &settings, registry).await,
@@ -171,6 +227,7 @@ pub async fn run(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
         Command::Operators(cmd) => operators::run(cmd, &registry),
         Command::Audit(args) => audit::run(args, &settings).await,
         Command::Db(cmd) => db::run(cmd, &settings).await,
+        Command::Config(_) | Command::Completions { .. } => unreachable!("handled above"),
     }
 }
 

@@ -74,6 +74,15 @@ pub enum RunsCommand {
 /// `sluice tasks` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum TasksCommand {
+    /// List a DAG's tasks (in the DAG's order), or as a tree with --tree.
+    List(super::tasks::ListArgs),
+    /// Run one task once in this process, its log on stdout, recording nothing; exit 0 iff it succeeded.
+    ///
+    /// No state, no delivery ledger: its log and artifacts go to `$SLUICE_HOME/tasks-test`.
+    /// It sees the upstream outputs of the run for that logical date, if there is one.
+    Test(super::tasks::TestArgs),
+    /// Each task instance of a run with its state, try and times.
+    StatesForDagRun(super::tasks::StatesArgs),
     /// Clear a task of a finished run (and optionally its downstream tasks) so the scheduler
     /// runs it again as a new try; the run is queued again.
     Clear {
@@ -459,6 +468,9 @@ pub async fn run_tasks(
     registry: &Registry,
 ) -> anyhow::Result<ExitCode> {
     let (dag_id, run_id, task_id, try_number) = match cmd {
+        TasksCommand::List(args) => return super::tasks::list(&args, settings, registry),
+        TasksCommand::Test(args) => return super::tasks::test(&args, settings, registry).await,
+        TasksCommand::StatesForDagRun(args) => return super::tasks::states(&args, settings).await,
         TasksCommand::Clear {
             dag_id,
             run_id,

@@ -264,3 +264,200 @@ pub async fn backfill(
         ExitCode::FAILURE
     })
 }
+
+/// `dags list-runs` arguments (Airflow's names).
+#[derive(Debug, clap::Args)]
+pub struct ListRunsArgs {
+    /// The DAG id.
+    pub dag_id: String,
+    /// Only runs in this state (queued, running, success, failed, cancelled).
+    #[arg(long)]
+    pub state: Option<RunState>,
+    /// Only runs whose logical date is at or after this (RFC 3339 or YYYY-MM-DD, UTC).
+    #[arg(long)]
+    pub start_date: Option<String>,
+    /// Only runs whose logical date is at or before this.
+    #[arg(long)]
+    pub end_date: Option<String>,
+    /// Leave backfill runs out.
+    #[arg(long)]
+    pub no_backfill: bool,
+    /// How to print.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: super::Output,
+}
+
+/// `dags list-runs`: the DAG's runs, newest logical date first, within the dates given.
+pub async fn list_runs(args: &ListRunsArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let bound =
+        |text: &Option<String>, flag: &str| -> anyhow::Result<Option<chrono::DateTime<Utc>>> {
+            text.as_deref()
+                .map(|t| parse_instant(t, chrono_tz::UTC).map_err(|e| anyhow!("{flag}: {e}")))
+                .transpose()
+        };
+    let from = bound(&args.start_date, "--start-date")?;
+    let to = bound(&args.end_date, "--end-date")?;
+    let store = store::open(&settings.database_url).await?;
+    let mut runs = Vec::new();
+    // Pages of the store's listing (newest logical date first) until past --start-date.
+    const PAGE: u32 = 500;
+    let mut offset = 0;
+    'pages: loop {
+        let page = store
+            .list_runs(&store::RunFilter {
+                dag_id: Some(args.dag_id.clone()),
+                run_id: None,
+                state: args.state,
+                limit: PAGE,
+                offset,
+            })
+            .await?;
+        let last = page.len() < PAGE as usize;
+        for run in page {
+            if from.is_some_and(|from| run.logical_date < from) {
+                break 'pages;
+            }
+            let in_range = to.is_none_or(|to| run.logical_date <= to);
+            if in_range && !(args.no_backfill && run.run_type == RunType::Backfill) {
+                runs.push(run);
+            }
+        }
+        if last {
+            break;
+        }
+        offset += PAGE;
+    }
+    for run in &mut runs {
+        run.conf = sluice_operator_api::secrets::with_keys_masked(&run.conf);
+    }
+    let time = |t: Option<chrono::DateTime<Utc>>| super::show_time(t);
+    match args.output {
+        super::Output::Json => {
+            let items: Vec<_> = runs
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "dag_id": r.dag_id,
+                        "run_id": r.run_id,
+                        "state": r.state.as_str(),
+                        "run_type": r.run_type.as_str(),
+                        "logical_date": r.logical_date,
+                        "data_interval_start": r.data_interval_start,
+                        "data_interval_end": r.data_interval_end,
+                        "start_date": r.started_at,
+                        "end_date": r.ended_at,
+                        "attempt": r.attempt,
+                        "conf": r.conf,
+                    })
+                })
+                .collect();
+            super::print_json(&items)?;
+        }
+        super::Output::Plain => {
+            for r in &runs {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    r.run_id,
+                    r.state,
+                    time(Some(r.logical_date)),
+                    r.run_type.as_str()
+                );
+            }
+        }
+        super::Output::Table => {
+            if runs.is_empty() {
+                println!("no runs of {}", args.dag_id);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut table = Table::new(&[
+                "run_id",
+                "state",
+                "logical_date",
+                "type",
+                "start_date",
+                "end_date",
+            ]);
+            for r in &runs {
+                table.row(vec![
+                    r.run_id.clone(),
+                    r.state.to_string(),
+                    time(Some(r.logical_date)),
+                    r.run_type.as_str().into(),
+                    time(r.started_at),
+                    time(r.ended_at),
+                ]);
+            }
+            print!("{}", table.render());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dags next-execution`: the schedule's next `n` fire times after `after` (default now),
+/// none past the DAG's end date.
+pub fn next_execution(
+    dag: &Dag,
+    n: u32,
+    after: Option<&str>,
+    output: super::Output,
+) -> anyhow::Result<ExitCode> {
+    let after = match after {
+        Some(text) => parse_instant(text, dag.timezone).map_err(|e| anyhow!("--after: {e}"))?,
+        None => Utc::now(),
+    };
+    let fires: Vec<chrono::DateTime<Utc>> = match &dag.schedule {
+        crate::schedule::Schedule::Manual => {
+            println!(
+                "{} has no schedule (manual runs only): no next execution",
+                dag.dag_id
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        crate::schedule::Schedule::Once => {
+            // Its one run is for its start date.
+            dag.start_date
+                .filter(|&start| start > after)
+                .into_iter()
+                .collect()
+        }
+        schedule => schedule
+            .next_fire_times(dag.timezone, after, n as usize)
+            .into_iter()
+            .take_while(|&fire| dag.end_date.is_none_or(|end| fire <= end))
+            .collect(),
+    };
+    let local = |t: &chrono::DateTime<Utc>| {
+        t.with_timezone(&dag.timezone)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let utc = |t: &chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    match output {
+        super::Output::Json => {
+            let items: Vec<_> = fires
+                .iter()
+                .map(|t| serde_json::json!({"fire_time": local(t), "fire_time_utc": utc(t), "timezone": dag.timezone.name()}))
+                .collect();
+            super::print_json(&items)?;
+        }
+        super::Output::Plain | super::Output::Table => {
+            if fires.is_empty() {
+                println!(
+                    "{} ({}) fires no more{}",
+                    dag.dag_id,
+                    dag.schedule,
+                    dag.end_date
+                        .map(|end| format!(" (end date {})", utc(&end)))
+                        .unwrap_or_default()
+                );
+            }
+            for t in &fires {
+                if output == super::Output::Plain {
+                    println!("{}", local(t));
+                } else {
+                    println!("{}  ({} UTC)", local(t), utc(t));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

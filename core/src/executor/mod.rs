@@ -13,6 +13,7 @@ mod ledger;
 mod plan;
 mod processes;
 pub mod slots;
+mod task_test;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap};
@@ -44,6 +45,7 @@ pub const STOP_POLL: Duration = Duration::from_secs(1);
 use decide::{decide, next_wakeup, TaskView};
 use plan::{overlay, try_ending, Ending, Planned};
 pub(crate) use processes::hostname;
+pub use task_test::{task_test_log, TaskTest};
 pub use worker::{Worker, WorkerOptions};
 
 /// A state change the executor made, for live progress output.

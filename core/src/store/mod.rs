@@ -12,6 +12,7 @@
 //!   duplicate.
 
 pub mod migrations;
+pub mod migrations;
 pub mod outage;
 mod sql;
 mod transitions;

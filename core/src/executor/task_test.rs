@@ -164,6 +164,7 @@ impl Executor {
                     backfill_max_active_runs: None,
                     attempt: 1,
                     sla_missed_at: None,
+                    note: None,
                 };
                 (run, instances)
             }

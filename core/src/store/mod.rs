@@ -12,7 +12,6 @@
 //!   duplicate.
 
 pub mod migrations;
-pub mod migrations;
 pub mod outage;
 mod sql;
 mod transitions;

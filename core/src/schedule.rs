@@ -5,11 +5,52 @@
 //! interval's start. Everything here is pure and works on UTC instants, with
 //! the timezone applied only when asking the cron expression for fire times, so DST
 //! changes shift instants the way a wall clock in that zone would.
+//!
+//! # The cron dialect
+//!
+//! Cron as Vixie cron, POSIX and Airflow (croniter) read it, checked fire time by fire time
+//! against croniter by `core/tests/cron_croniter.rs`:
+//!
+//! - five fields, `minute hour day-of-month month day-of-week`; `*`, lists, ranges, steps
+//!   (`*/15`, `10-40/5`, and croniter's `10/5` = `10-59/5`); month and day names (`JAN`,
+//!   `mon-fri`, any case); day of week 0-7 with 0 and 7 both Sunday; presets `@hourly`,
+//!   `@daily`/`@midnight`, `@weekly`, `@monthly`, `@yearly`/`@annually`;
+//! - **day-of-month OR day-of-week**: when both are restricted a day matches if either
+//!   does (`0 0 1 * 1` = every 1st and every Monday); when one is `*` (or `?`) the other
+//!   alone decides;
+//! - `L` (last day of the month) and `nW` (the weekday nearest the nth, within the month) in
+//!   day-of-month; `d#n` (the nth weekday d of the month) and `Ld` or `d#L` (the last one)
+//!   in day-of-week;
+//! - ranges that wrap as croniter's do: `22-2` hours are 22, 23, 0, 1, 2; `FRI-MON` days;
+//! - no seconds or years field (croniter's sixth field is seconds *last*, croner's first:
+//!   six fields would mean different things to different tools, so they are refused).
+//!
+//! # Daylight saving time
+//!
+//! Fire times are wall-clock times in the DAG's timezone. Where the clock jumps:
+//!
+//! - **Skipped hour** (spring forward, e.g. 02:00→03:00 in Europe/Berlin): a fire time in
+//!   the gap fires once at the first instant after it (`30 2 * * *` fires at 03:00 that day;
+//!   `0,30 2 * * *` fires once at 03:00). When the hour field is every hour (`*`, `*/1`,
+//!   `0-23`) the skipped times are simply skipped: the next regular fire time follows
+//!   within the hour. This is croniter's rule (and Airflow's, whose timetables move a
+//!   nonexistent time forward).
+//! - **Repeated hour** (fall back, e.g. 03:00→02:00): with an every-hour hour field the
+//!   expression follows real time and fires in both passes (`*/15 * * * *` keeps firing
+//!   every 15 minutes; `0 * * * *` fires at 02:00 CEST and 02:00 CET), as croniter and
+//!   Airflow do. Otherwise each wall-clock time fires **once**, at its first occurrence
+//!   (`30 2 * * *` runs once, at 02:30 CEST), as Vixie cron and Airflow's cron timetables do:
+//!   a daily DAG gets one run that day, not a second one an hour later. croniter fires such
+//!   a time in both passes; that is a listed, deliberate difference
+//!   (`core/tests/fixtures/cron/differences.txt`).
 
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, TimeZone, Utc};
+use chrono::{
+    DateTime, Duration as ChronoDuration, LocalResult, NaiveDate, NaiveDateTime, Offset, TimeZone,
+    Utc,
+};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 
@@ -25,8 +66,18 @@ pub enum Schedule {
         /// The expression as written (preset or 5 fields).
         written: String,
         /// The parsed expression.
-        cron: Box<croner::Cron>,
+        cron: Box<CronExpression>,
     },
+}
+
+/// A parsed 5-field cron expression (see the module documentation for the dialect).
+#[derive(Debug, Clone)]
+pub struct CronExpression {
+    /// The expression read on a naive wall clock; DST is applied by [`Schedule`] itself.
+    cron: croner::Cron,
+    /// Whether the hour field matches all 24 hours: such an expression follows real time
+    /// through DST changes (skipped times are skipped, repeated ones fire twice).
+    every_hour: bool,
 }
 
 /// The half-open range of data a run processes: `[start, end)`.
@@ -60,13 +111,7 @@ const PRESETS: &[(&str, &str)] = &[
 ];
 
 /// The five fields in order, to name the one an error is in.
-const FIELDS: [&str; 5] = [
-    "minute",
-    "hour",
-    "day-of-month",
-    "month",
-    "day-of-week",
-];
+const FIELDS: [&str; 5] = ["minute", "hour", "day-of-month", "month", "day-of-week"];
 
 /// The cron dialect sluice reads: five fields, POSIX/Vixie day rules, as Airflow's croniter.
 fn parser() -> CronParser {
@@ -94,8 +139,71 @@ fn reason(error: &croner::errors::CronError) -> String {
     text.trim_end_matches('.').to_string()
 }
 
+const MONTHS: [&str; 12] = [
+    "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+];
+const WEEKDAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+
+/// Rewrites croniter spellings croner reads otherwise (or not at all) into croner's, so an
+/// expression means to sluice what it means to Airflow: names become numbers (so a range of
+/// names can be checked for wrapping), a range that runs backwards wraps around (`22-2`),
+/// `Ld` in day-of-week is croner's `d#L`, and `d/n` in day-of-week stops at Saturday (6) as
+/// croniter's does (croner would go on to 7, Sunday again). Anything else is left for croner
+/// to accept or refuse.
+fn croniter_spelling(index: usize, field: &str) -> String {
+    let names: &[&str] = match index {
+        3 => &MONTHS,
+        4 => &WEEKDAYS,
+        _ => &[],
+    };
+    let (min, max) = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 6)][index];
+    let items: Vec<String> = field
+        .split(',')
+        .map(|item| {
+            let mut item = item.to_ascii_uppercase();
+            for (number, name) in names.iter().enumerate() {
+                let number = number as u32 + if index == 3 { 1 } else { 0 };
+                item = item.replace(name, &number.to_string());
+            }
+            if index == 4 {
+                if let Some(day) = item.strip_prefix('L').filter(|d| d.parse::<u8>().is_ok()) {
+                    return format!("{day}#L");
+                }
+            }
+            let (range, step) = match item.split_once('/') {
+                Some((range, step)) => (range.to_string(), step.parse::<u32>().ok()),
+                None => (item.clone(), Some(1)),
+            };
+            let Some(step) = step.filter(|s| *s > 0) else {
+                return item;
+            };
+            let bounds = range
+                .split_once('-')
+                .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)));
+            match bounds {
+                // croniter wraps a backwards range and keeps stepping across the wrap:
+                // hours `22-2/2` are 22, 0, 2. (Day of week 7 is Sunday, i.e. 0.)
+                Some((from, to)) if from > to && from <= max + 1 && to >= min => {
+                    let period = max - min + 1;
+                    let length = (to + period - from) % period;
+                    (0..=length)
+                        .step_by(step as usize)
+                        .map(|k| (min + (from - min + k) % period).to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }
+                None if index == 4 && item.contains('/') && range.parse::<u32>().is_ok() => {
+                    format!("{range}-{max}/{step}")
+                }
+                _ => item,
+            }
+        })
+        .collect();
+    items.join(",")
+}
+
 /// Parses a 5-field expression; an error names the field that is wrong.
-fn parse_cron(written: &str, expression: &str) -> Result<croner::Cron, String> {
+fn parse_cron(written: &str, expression: &str) -> Result<CronExpression, String> {
     let fields: Vec<&str> = expression.split_whitespace().collect();
     if fields.len() != 5 {
         return Err(format!(
@@ -103,13 +211,25 @@ fn parse_cron(written: &str, expression: &str) -> Result<croner::Cron, String> {
             fields.len()
         ));
     }
+    // croner skips an empty list item (`1,,2`); croniter refuses it, and so does sluice.
+    if let Some(index) = fields.iter().position(|f| f.split(',').any(str::is_empty)) {
+        return Err(format!(
+            "`{written}` is not a valid cron expression: {} field `{}`: an empty item in a list",
+            FIELDS[index], fields[index]
+        ));
+    }
+    let spelled: Vec<String> = fields
+        .iter()
+        .enumerate()
+        .map(|(index, field)| croniter_spelling(index, field))
+        .collect();
     let parser = parser();
-    parser.parse(expression).map_err(|whole| {
+    let cron = parser.parse(&spelled.join(" ")).map_err(|whole| {
         // croner's messages do not say which field failed: parse each field alone (the
         // others `*`) and blame the first that fails by itself.
         for (index, field) in fields.iter().enumerate() {
             let mut alone = ["*"; 5];
-            alone[index] = field;
+            alone[index] = &spelled[index];
             if let Err(e) = parser.parse(&alone.join(" ")) {
                 return format!(
                     "`{written}` is not a valid cron expression: {} field `{field}`: {}",
@@ -122,7 +242,17 @@ fn parse_cron(written: &str, expression: &str) -> Result<croner::Cron, String> {
             "`{written}` is not a valid cron expression: {}",
             reason(&whole)
         )
-    })
+    })?;
+    // Every hour matches if the hour field alone, on any day, matches all 24 hours.
+    let hours = parser
+        .parse(&format!("0 {} * * *", spelled[1]))
+        .map_err(|e| format!("`{written}`: {}", reason(&e)))?;
+    let day = NaiveDate::from_ymd_opt(2000, 1, 1).expect("a valid date");
+    let every_hour = (0..24).all(|hour| {
+        day.and_hms_opt(hour, 0, 0)
+            .is_some_and(|t| hours.is_time_matching(&t).unwrap_or(false))
+    });
+    Ok(CronExpression { cron, every_hour })
 }
 
 impl FromStr for Schedule {
@@ -203,14 +333,115 @@ pub fn parse_instant(text: &str, tz: Tz) -> Result<DateTime<Utc>, String> {
     }
 }
 
+/// Farther than any DST shift (at most 2 hours anywhere): a wall-clock time maps to an instant
+/// within this of its naive reading, so searching this far around a time finds every fire
+/// time a clock change could have moved across it.
+const DST_MARGIN: ChronoDuration = ChronoDuration::hours(3);
+
+impl CronExpression {
+    // croner's own DST handling is not used: it skips a skipped hour's fire times for any
+    // expression but a single fixed time (croniter and Airflow move them after the gap) and
+    // classifies jobs by other rules than croniter's `*` hour. Fire times are found on the
+    // naive wall clock and turned into instants here, by the rules in the module docs.
+
+    /// The instants a wall-clock fire time stands for: one; none or the first instant after
+    /// the gap when the clock skips it; one or both passes when the clock repeats it.
+    fn instants(&self, tz: Tz, local: NaiveDateTime) -> Vec<DateTime<Utc>> {
+        match tz.from_local_datetime(&local) {
+            LocalResult::Single(t) => vec![t.with_timezone(&Utc)],
+            LocalResult::Ambiguous(first, second) if self.every_hour => {
+                vec![first.with_timezone(&Utc), second.with_timezone(&Utc)]
+            }
+            LocalResult::Ambiguous(first, _) => vec![first.with_timezone(&Utc)],
+            LocalResult::None if self.every_hour => Vec::new(),
+            // As croniter: the first whole minute after the time that exists.
+            LocalResult::None => (1..=DST_MARGIN.num_minutes())
+                .find_map(|m| {
+                    tz.from_local_datetime(&(local + ChronoDuration::minutes(m)))
+                        .earliest()
+                })
+                .map(|t| vec![t.with_timezone(&Utc)])
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Whether the zone's offset is the same all around `t`: then wall clock and instants map
+    /// one to one near `t`, and the next naive fire time is the next fire time.
+    fn steady_around(tz: Tz, t: DateTime<Utc>) -> bool {
+        let offset = |t: DateTime<Utc>| tz.offset_from_utc_datetime(&t.naive_utc()).fix();
+        offset(t - DST_MARGIN) == offset(t) && offset(t) == offset(t + DST_MARGIN)
+    }
+
+    fn naive_after(&self, local: NaiveDateTime, inclusive: bool) -> Option<NaiveDateTime> {
+        self.cron.find_next_occurrence(&local, inclusive).ok()
+    }
+
+    fn naive_before(&self, local: NaiveDateTime, inclusive: bool) -> Option<NaiveDateTime> {
+        self.cron.find_previous_occurrence(&local, inclusive).ok()
+    }
+
+    fn fire_after(&self, tz: Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = |t: DateTime<Utc>| t.with_timezone(&tz).naive_local();
+        let steady = Self::steady_around(tz, t);
+        // Near a clock change, fire times from a little before `t` on the wall clock may
+        // land after it (moved past a gap, or a repeated hour's second pass).
+        let mut naive = if steady {
+            self.naive_after(local(t), false)?
+        } else {
+            self.naive_after(local(t - DST_MARGIN), true)?
+        };
+        let mut best: Option<DateTime<Utc>> = None;
+        loop {
+            if let Some(found) = best {
+                if steady || naive > local(found) + DST_MARGIN {
+                    return Some(found);
+                }
+            }
+            for instant in self.instants(tz, naive) {
+                if instant > t && best.is_none_or(|b| instant < b) {
+                    best = Some(instant);
+                }
+            }
+            naive = match self.naive_after(naive, false) {
+                Some(next) => next,
+                None => return best,
+            };
+        }
+    }
+
+    fn fire_at_or_before(&self, tz: Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = |t: DateTime<Utc>| t.with_timezone(&tz).naive_local();
+        let steady = Self::steady_around(tz, t);
+        let mut naive = if steady {
+            self.naive_before(local(t), true)?
+        } else {
+            self.naive_before(local(t + DST_MARGIN), true)?
+        };
+        let mut best: Option<DateTime<Utc>> = None;
+        loop {
+            if let Some(found) = best {
+                if steady || naive < local(found) - DST_MARGIN {
+                    return Some(found);
+                }
+            }
+            for instant in self.instants(tz, naive) {
+                if instant <= t && best.is_none_or(|b| instant > b) {
+                    best = Some(instant);
+                }
+            }
+            naive = match self.naive_before(naive, false) {
+                Some(previous) => previous,
+                None => return best,
+            };
+        }
+    }
+}
+
 impl Schedule {
     /// The latest fire time at or before `t`.
     pub fn fire_at_or_before(&self, tz: Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
-            Schedule::Cron { cron, .. } => cron
-                .find_previous_occurrence(&t.with_timezone(&tz), true)
-                .ok()
-                .map(|f| f.with_timezone(&Utc)),
+            Schedule::Cron { cron, .. } => cron.fire_at_or_before(tz, t),
             _ => None,
         }
     }
@@ -218,10 +449,7 @@ impl Schedule {
     /// The first fire time strictly after `t`.
     pub fn fire_after(&self, tz: Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
-            Schedule::Cron { cron, .. } => cron
-                .find_next_occurrence(&t.with_timezone(&tz), false)
-                .ok()
-                .map(|f| f.with_timezone(&Utc)),
+            Schedule::Cron { cron, .. } => cron.fire_after(tz, t),
             _ => None,
         }
     }
@@ -380,7 +608,8 @@ mod tests {
             .contains("has 3 fields"));
         let out_of_range = "61 * * * *".parse::<Schedule>().unwrap_err();
         assert!(
-            out_of_range.contains("not a valid cron") && out_of_range.contains("'61'"),
+            out_of_range
+                .starts_with("`61 * * * *` is not a valid cron expression: minute field `61`"),
             "{out_of_range}"
         );
         assert!(!out_of_range.contains('\n'), "{out_of_range}");
@@ -388,10 +617,12 @@ mod tests {
             .parse::<Schedule>()
             .unwrap_err()
             .contains("unknown preset"));
-        assert!("0 0 * * 9"
-            .parse::<Schedule>()
-            .unwrap_err()
-            .contains("day of week"));
+        let weekday = "0 0 * * 9".parse::<Schedule>().unwrap_err();
+        assert!(weekday.contains("day-of-week field `9`"), "{weekday}");
+        let six = "0 0 0 * * *".parse::<Schedule>().unwrap_err();
+        assert!(six.contains("has 6 fields"), "{six}");
+        let empty = "1,,2 * * * *".parse::<Schedule>().unwrap_err();
+        assert!(empty.contains("minute field `1,,2`"), "{empty}");
         assert!(matches!(
             "@once".parse::<Schedule>().unwrap(),
             Schedule::Once
@@ -468,6 +699,208 @@ mod tests {
                 .intervals_from(chrono_tz::UTC, utc("2026-03-01T10:00:00Z"))
                 .count(),
             0
+        );
+    }
+
+    fn fires(expr: &str, tz: Tz, after: &str, n: usize) -> Vec<String> {
+        let schedule: Schedule = expr.parse().unwrap();
+        schedule
+            .next_fire_times(tz, utc(after), n)
+            .iter()
+            .map(|t| {
+                t.with_timezone(&tz)
+                    .format("%a %Y-%m-%d %H:%M %Z")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn day_of_month_or_day_of_week_when_both_are_restricted() {
+        // Every 1st AND every Monday, as Vixie cron, POSIX and croniter read it.
+        assert_eq!(
+            fires("0 0 1 * 1", Tz::UTC, "2026-05-20T00:00:00Z", 5),
+            [
+                "Mon 2026-05-25 00:00 UTC",
+                "Mon 2026-06-01 00:00 UTC",
+                "Mon 2026-06-08 00:00 UTC",
+                "Mon 2026-06-15 00:00 UTC",
+                "Mon 2026-06-22 00:00 UTC",
+            ]
+        );
+        assert_eq!(
+            fires("0 0 1 * 1", Tz::UTC, "2026-06-22T00:00:00Z", 3),
+            [
+                "Mon 2026-06-29 00:00 UTC",
+                "Wed 2026-07-01 00:00 UTC",
+                "Mon 2026-07-06 00:00 UTC",
+            ]
+        );
+        // Friday the 13th is a Friday OR a 13th.
+        assert_eq!(
+            fires("0 9 13 * FRI", Tz::UTC, "2026-02-01T00:00:00Z", 4),
+            [
+                "Fri 2026-02-06 09:00 UTC",
+                "Fri 2026-02-13 09:00 UTC",
+                "Fri 2026-02-20 09:00 UTC",
+                "Fri 2026-02-27 09:00 UTC",
+            ]
+        );
+        // A `*` in one day field leaves the other alone in charge (no OR with "every day").
+        assert_eq!(
+            fires("0 0 * * 1", Tz::UTC, "2026-06-01T00:00:00Z", 2),
+            ["Mon 2026-06-08 00:00 UTC", "Mon 2026-06-15 00:00 UTC"]
+        );
+        assert_eq!(
+            fires("0 0 15 * ?", Tz::UTC, "2026-06-01T00:00:00Z", 2),
+            ["Mon 2026-06-15 00:00 UTC", "Wed 2026-07-15 00:00 UTC"]
+        );
+        // croner's `+` asks for the old AND reading explicitly: a Monday that is the 1st.
+        assert_eq!(
+            fires("0 0 1 * +1", Tz::UTC, "2026-01-01T00:00:00Z", 2),
+            ["Mon 2026-06-01 00:00 UTC", "Mon 2027-02-01 00:00 UTC"]
+        );
+    }
+
+    #[test]
+    fn croniter_spellings_mean_what_they_mean_to_airflow() {
+        // Last Friday, croniter's `L5`; nth weekday; nearest weekday; last day.
+        assert_eq!(
+            fires("0 0 * * L5", Tz::UTC, "2026-01-01T00:00:00Z", 2),
+            ["Fri 2026-01-30 00:00 UTC", "Fri 2026-02-27 00:00 UTC"]
+        );
+        assert_eq!(
+            fires("0 0 * * 2#2", Tz::UTC, "2026-01-01T00:00:00Z", 2),
+            ["Tue 2026-01-13 00:00 UTC", "Tue 2026-02-10 00:00 UTC"]
+        );
+        // 2026-02-15 is a Sunday: the nearest weekday is Monday the 16th.
+        assert_eq!(
+            fires("0 0 15W 2 *", Tz::UTC, "2026-01-01T00:00:00Z", 1),
+            ["Mon 2026-02-16 00:00 UTC"]
+        );
+        assert_eq!(
+            fires("0 0 L 2 *", Tz::UTC, "2027-06-01T00:00:00Z", 2),
+            ["Tue 2028-02-29 00:00 UTC", "Wed 2029-02-28 00:00 UTC"]
+        );
+        // Backwards ranges wrap; `d/n` days stop at Saturday.
+        assert_eq!(
+            fires("0 22-1 * * *", Tz::UTC, "2026-01-01T12:00:00Z", 5),
+            [
+                "Thu 2026-01-01 22:00 UTC",
+                "Thu 2026-01-01 23:00 UTC",
+                "Fri 2026-01-02 00:00 UTC",
+                "Fri 2026-01-02 01:00 UTC",
+                "Fri 2026-01-02 22:00 UTC",
+            ]
+        );
+        assert_eq!(
+            fires("0 0 * * FRI-MON", Tz::UTC, "2026-01-01T12:00:00Z", 5),
+            [
+                "Fri 2026-01-02 00:00 UTC",
+                "Sat 2026-01-03 00:00 UTC",
+                "Sun 2026-01-04 00:00 UTC",
+                "Mon 2026-01-05 00:00 UTC",
+                "Fri 2026-01-09 00:00 UTC",
+            ]
+        );
+        assert_eq!(
+            fires("0 0 * * 6/1", Tz::UTC, "2026-01-01T12:00:00Z", 2),
+            ["Sat 2026-01-03 00:00 UTC", "Sat 2026-01-10 00:00 UTC"]
+        );
+    }
+
+    #[test]
+    fn next_fire_times_lists_the_next_n_strictly_after() {
+        let s: Schedule = "*/15 * * * *".parse().unwrap();
+        let times = s.next_fire_times(Tz::UTC, utc("2026-03-01T10:15:00Z"), 3);
+        assert_eq!(
+            times,
+            [
+                utc("2026-03-01T10:30:00Z"),
+                utc("2026-03-01T10:45:00Z"),
+                utc("2026-03-01T11:00:00Z")
+            ]
+        );
+        assert!(s
+            .next_fire_times(Tz::UTC, utc("2026-03-01T10:15:00Z"), 0)
+            .is_empty());
+        assert!(Schedule::Manual
+            .next_fire_times(Tz::UTC, utc("2026-03-01T10:15:00Z"), 3)
+            .is_empty());
+        assert!(Schedule::Once
+            .next_fire_times(Tz::UTC, utc("2026-03-01T10:15:00Z"), 3)
+            .is_empty());
+        // An expression that never fires gives no times rather than searching forever.
+        let never: Schedule = "0 0 30 2 *".parse().unwrap();
+        assert!(never
+            .next_fire_times(Tz::UTC, utc("2026-03-01T10:15:00Z"), 3)
+            .is_empty());
+    }
+
+    #[test]
+    fn a_skipped_hour_fires_once_after_the_gap_unless_every_hour_fires() {
+        let berlin = chrono_tz::Europe::Berlin;
+        // 2026-03-29: 02:00 CET becomes 03:00 CEST.
+        assert_eq!(
+            fires("30 2 * * *", berlin, "2026-03-28T12:00:00Z", 2),
+            ["Sun 2026-03-29 03:00 CEST", "Mon 2026-03-30 02:30 CEST"]
+        );
+        // Both skipped times fire once, at 03:00.
+        assert_eq!(
+            fires("0,30 2 * * *", berlin, "2026-03-28T12:00:00Z", 3),
+            [
+                "Sun 2026-03-29 03:00 CEST",
+                "Mon 2026-03-30 02:00 CEST",
+                "Mon 2026-03-30 02:30 CEST",
+            ]
+        );
+        assert_eq!(
+            fires("15 * * * *", berlin, "2026-03-28T23:30:00Z", 3),
+            [
+                "Sun 2026-03-29 01:15 CET",
+                "Sun 2026-03-29 03:15 CEST",
+                "Sun 2026-03-29 04:15 CEST",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_repeated_hour_fires_fixed_times_once_and_every_hour_in_both_passes() {
+        let berlin = chrono_tz::Europe::Berlin;
+        // 2026-10-25: 03:00 CEST becomes 02:00 CET; 02:30 happens twice.
+        assert_eq!(
+            fires("30 2 * * *", berlin, "2026-10-24T12:00:00Z", 2),
+            ["Sun 2026-10-25 02:30 CEST", "Mon 2026-10-26 02:30 CET"]
+        );
+        assert_eq!(
+            fires("30 * * * *", berlin, "2026-10-24T23:00:00Z", 3),
+            [
+                "Sun 2026-10-25 01:30 CEST",
+                "Sun 2026-10-25 02:30 CEST",
+                "Sun 2026-10-25 02:30 CET",
+            ]
+        );
+        // The data intervals of a daily DAG that day: one run, 25 hours long.
+        let daily: Schedule = "30 2 * * *".parse().unwrap();
+        let hours: Vec<i64> = daily
+            .intervals_from(berlin, utc("2026-10-24T00:00:00Z"))
+            .take(3)
+            .map(|i| (i.end - i.start).num_hours())
+            .collect();
+        assert_eq!(hours, [24, 25, 24]);
+        // Stepping back agrees with stepping forward, in both passes.
+        let hourly: Schedule = "30 * * * *".parse().unwrap();
+        assert_eq!(
+            hourly.fire_at_or_before(berlin, utc("2026-10-25T01:29:00Z")),
+            Some(utc("2026-10-25T00:30:00Z"))
+        );
+        assert_eq!(
+            hourly.fire_at_or_before(berlin, utc("2026-10-25T01:45:00Z")),
+            Some(utc("2026-10-25T01:30:00Z"))
+        );
+        assert_eq!(
+            daily.fire_at_or_before(berlin, utc("2026-10-25T01:45:00Z")),
+            Some(utc("2026-10-25T00:30:00Z"))
         );
     }
 }

@@ -89,19 +89,21 @@ fn daily_at_two_in_berlin_across_both_dst_changes() {
     );
     let due = due_intervals(&d, None, utc("2026-03-31T12:00:00Z"));
     let starts: Vec<DateTime<Utc>> = due.iter().map(|i| i.start).collect();
-    // 02:00 CET = 01:00 UTC; on 29 March 02:00 does not exist (clocks jump to 03:00), then CEST = 00:00 UTC
+    // 02:00 CET = 01:00 UTC; on 29 March 02:00 does not exist (clocks jump to 03:00): the run
+    // fires at 03:00 CEST = 01:00 UTC, as croniter and Airflow do; then 02:00 CEST = 00:00 UTC
     assert_eq!(
         starts,
         [
             utc("2026-03-27T01:00:00Z"),
             utc("2026-03-28T01:00:00Z"),
+            utc("2026-03-29T01:00:00Z"),
             utc("2026-03-30T00:00:00Z")
         ]
     );
     assert_eq!(
-        due[1].end,
+        due[2].end,
         utc("2026-03-30T00:00:00Z"),
-        "the interval over the gap spans two days"
+        "the interval after the gap is 23 hours"
     );
     let autumn = dag(
         "schedule: '0 2 * * *'\ntimezone: Europe/Berlin\ncatchup: true\nstart_date: '2026-10-24'",
@@ -151,7 +153,7 @@ fn run(logical: &str, state: RunState) -> DagRun {
         backfill_max_active_runs: None,
         attempt: 1,
         sla_missed_at: None,
-            note: None,
+        note: None,
     }
 }
 

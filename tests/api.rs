@@ -933,3 +933,86 @@ async fn a_runs_dag_version_and_its_changes_since_are_served() {
     assert_eq!(status, 404, "{missing}");
     s.stop.cancel();
 }
+
+/// What a browser watching the status page costs: an unchanged answer is revalidated with its
+/// ETag and answered 304 without a body, a changed one gets a new ETag, and a client that
+/// accepts gzip gets the same JSON compressed.
+#[tokio::test]
+async fn unchanged_reads_are_answered_304_and_gzipped_for_clients_that_take_it() {
+    use std::io::Read as _;
+    let s = server(Some("s3cret-token")).await;
+    let url = format!("{}/api/v1/dags?limit=100", s.base);
+    let get = |headers: &[(&str, &str)]| {
+        let mut request = s.client.get(&url).bearer_auth("s3cret-token");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+
+    let first = get(&[]).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let etag = first.headers()["etag"].to_str().unwrap().to_string();
+    assert_eq!(first.headers()["cache-control"], "private, no-cache");
+    let plain: Value = first.json().await.unwrap();
+    assert_eq!(plain["dags"][0]["dag_id"], "etl");
+
+    let again = get(&[("if-none-match", &etag)]).await.unwrap();
+    assert_eq!(again.status(), 304, "nothing changed");
+    assert_eq!(again.headers()["etag"].to_str().unwrap(), etag);
+    assert!(again.bytes().await.unwrap().is_empty());
+    // Another tag, or none: the whole answer.
+    assert_eq!(
+        get(&[("if-none-match", "\"not-it\"")])
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // A large answer (the OpenAPI document) goes gzipped to a client that takes gzip.
+    let document = format!("{}/api/v1/openapi.json", s.base);
+    let fetch = |encoding: &str| {
+        s.client
+            .get(&document)
+            .bearer_auth("s3cret-token")
+            .header("accept-encoding", encoding)
+            .send()
+    };
+    let whole = fetch("identity").await.unwrap();
+    assert!(whole.headers().get("content-encoding").is_none());
+    let whole: Value = whole.json().await.unwrap();
+    let zipped = fetch("gzip, deflate, br").await.unwrap();
+    assert_eq!(zipped.status(), 200);
+    assert_eq!(zipped.headers()["content-encoding"], "gzip");
+    let bytes = zipped.bytes().await.unwrap();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&bytes[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    assert!(
+        bytes.len() * 3 < text.len(),
+        "gzip pays: {} of {}",
+        bytes.len(),
+        text.len()
+    );
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), whole);
+    let refused = fetch("gzip;q=0").await.unwrap();
+    assert!(refused.headers().get("content-encoding").is_none());
+
+    // A change: the old tag no longer matches, and the answer says so.
+    let (status, _) = s
+        .send(
+            reqwest::Method::PATCH,
+            "/api/v1/dags/etl",
+            json!({"is_paused": true}),
+            Some("s3cret-token"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let changed = get(&[("if-none-match", &etag)]).await.unwrap();
+    assert_eq!(changed.status(), 200);
+    assert_ne!(changed.headers()["etag"].to_str().unwrap(), etag);
+    let changed: Value = changed.json().await.unwrap();
+    assert_eq!(changed["dags"][0]["is_paused"], true);
+}

@@ -1,7 +1,10 @@
 //! The web server under load: 500 DAGs × 25 runs (× 5 tasks) in a SQLite store, served by
 //! `router()` on a local port to 100 concurrent clients that load what the UI loads: the
 //! DAG list (`/api/v1/dags?limit=1000`) and a DAG's grid (`/api/v1/dags/{id}/grid?limit=25`),
-//! first all on one DAG, then spread over every DAG (mostly cache misses).
+//! first all on one DAG, then spread over every DAG (mostly cache misses). Each page is
+//! measured twice: with plain clients (no compression, no revalidation: the previous
+//! figures), and with clients that behave like the browsers running the status page
+//! (`Accept-Encoding: gzip`, and `If-None-Match` with the ETag of the answer they hold).
 //!
 //! ```sh
 //! cargo run --release --example bench_web -- --requests 2000
@@ -34,6 +37,9 @@ struct Args {
     #[arg(long, default_value_t = 2000)]
     requests: usize,
 }
+
+/// The path a client asks for on its i-th request.
+type PathOf = Box<dyn Fn(usize) -> String + Send + Sync>;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -124,11 +130,10 @@ async fn main() {
         .await
         .unwrap();
 
-    for (page, path_of) in [
+    let pages = [
         (
             "dag_list",
-            Box::new(|_: usize| "/api/v1/dags?limit=1000".to_string())
-                as Box<dyn Fn(usize) -> String + Send + Sync>,
+            Box::new(|_: usize| "/api/v1/dags?limit=1000".to_string()) as PathOf,
         ),
         // everyone watching one DAG (the usual case), then every DAG's grid once per few requests (the worst)
         (
@@ -139,22 +144,47 @@ async fn main() {
             "dag_grid_all_dags",
             Box::new(|i: usize| format!("/api/v1/dags/dag_{:04}/grid?limit=25", i % 500)),
         ),
-    ] {
-        let path_of = Arc::new(path_of);
+    ];
+    let pages: Vec<(&str, Arc<PathOf>)> = pages
+        .into_iter()
+        .map(|(page, path_of)| (page, Arc::new(path_of)))
+        .collect();
+    for (browser, (page, path_of)) in [false, true]
+        .into_iter()
+        .flat_map(|b| pages.iter().map(move |p| (b, p)))
+    {
+        let page = if browser {
+            format!("{page}_browser")
+        } else {
+            page.to_string()
+        };
         let per_client = args.requests / args.clients;
         let began = Instant::now();
         let workers = (0..args.clients).map(|c| {
             let (client, base, path_of) = (client.clone(), base.clone(), path_of.clone());
             tokio::spawn(async move {
                 let mut times = Vec::with_capacity(per_client);
+                // What this "browser" holds: the ETag of each page it has loaded.
+                let mut held: std::collections::HashMap<String, String> = Default::default();
                 for i in 0..per_client {
+                    let path = path_of(c * per_client + i);
                     let t = Instant::now();
-                    let response = client
-                        .get(format!("{base}{}", path_of(c * per_client + i)))
-                        .send()
-                        .await
-                        .unwrap();
-                    assert!(response.status().is_success());
+                    let mut request = client.get(format!("{base}{path}"));
+                    if browser {
+                        request = request.header("accept-encoding", "gzip, deflate, br");
+                        if let Some(etag) = held.get(&path) {
+                            request = request.header("if-none-match", etag);
+                        }
+                    }
+                    let response = request.send().await.unwrap();
+                    assert!(
+                        response.status().is_success() || response.status() == 304,
+                        "{}",
+                        response.status()
+                    );
+                    if let Some(etag) = response.headers().get("etag") {
+                        held.insert(path, etag.to_str().unwrap().to_string());
+                    }
                     response.bytes().await.unwrap();
                     times.push(t.elapsed().as_secs_f64() * 1000.0);
                 }

@@ -50,7 +50,9 @@ pub struct AppState {
 
 /// Serialized answers to API reads, keyed by URI and tagged with the change marker and DAG
 /// catalog they were computed from: a hundred browsers watching a busy scheduler cost one
-/// computation per change, not one per request. Bounded in bytes, not entries.
+/// computation per change, not one per request. Each answer is kept with its gzip form
+/// (compressed once, served to every client that accepts it) and an ETag, so a browser
+/// revalidating an unchanged page gets a 304 without a body. Bounded in bytes, not entries.
 #[derive(Debug, Default)]
 pub struct ReadCache {
     entries: std::sync::Mutex<CacheEntries>,
@@ -58,30 +60,141 @@ pub struct ReadCache {
 
 #[derive(Debug, Default)]
 struct CacheEntries {
-    by_uri: std::collections::HashMap<String, (CacheVersion, axum::body::Bytes)>,
+    by_uri: std::collections::HashMap<String, Cached>,
     bytes: usize,
+}
+
+/// One cached answer.
+#[derive(Debug, Clone)]
+struct Cached {
+    version: CacheVersion,
+    body: axum::body::Bytes,
+    /// The body gzipped, when that is smaller.
+    gzip: Option<axum::body::Bytes>,
+    /// A strong ETag: a hash of the body, so an answer recomputed unchanged keeps its tag.
+    etag: header::HeaderValue,
+}
+
+impl Cached {
+    fn new(version: CacheVersion, body: axum::body::Bytes) -> Self {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(&body);
+        let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+        let etag = header::HeaderValue::from_str(&format!("\"{hex}\""))
+            .expect("hex is a valid header value");
+        Self {
+            version,
+            gzip: gzipped(&body),
+            body,
+            etag,
+        }
+    }
+
+    fn size(&self) -> usize {
+        self.body.len() + self.gzip.as_ref().map_or(0, |g| g.len())
+    }
+
+    /// The answer for a request with these headers: 304 when the client holds this
+    /// version, else the body, gzipped when the client takes it.
+    fn respond(&self, request: &axum::http::HeaderMap) -> Response {
+        let mut response = if if_none_match(request, &self.etag) {
+            StatusCode::NOT_MODIFIED.into_response()
+        } else {
+            match &self.gzip {
+                Some(gzip) if accepts_gzip(request) => (
+                    [
+                        (header::CONTENT_TYPE, "application/json"),
+                        (header::CONTENT_ENCODING, "gzip"),
+                    ],
+                    gzip.clone(),
+                )
+                    .into_response(),
+                _ => (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    self.body.clone(),
+                )
+                    .into_response(),
+            }
+        };
+        let headers = response.headers_mut();
+        headers.insert(header::ETAG, self.etag.clone());
+        // Browsers keep the answer but ask again each time (with If-None-Match).
+        headers.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("private, no-cache"),
+        );
+        headers.insert(
+            header::VARY,
+            header::HeaderValue::from_static("Accept-Encoding, Authorization"),
+        );
+        response
+    }
+}
+
+/// Answers smaller than this go uncompressed: gzip would not pay for its header.
+const GZIP_FROM: usize = 1024;
+
+/// `body` gzipped at the fastest level (once per change, for every client), when that is
+/// smaller.
+fn gzipped(body: &[u8]) -> Option<axum::body::Bytes> {
+    use std::io::Write as _;
+    if body.len() < GZIP_FROM {
+        return None;
+    }
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
+    encoder.write_all(body).ok()?;
+    let out = encoder.finish().ok()?;
+    (out.len() < body.len()).then(|| out.into())
+}
+
+fn accepts_gzip(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| matches!(p.trim(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        })
+}
+
+fn if_none_match(headers: &axum::http::HeaderMap, etag: &header::HeaderValue) -> bool {
+    let ours = etag.as_bytes();
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.trim_start_matches("W/").as_bytes() == ours)
 }
 
 /// What a cached answer was computed from: the store's change marker and the DAG catalog.
 type CacheVersion = (i64, usize);
 
 /// Most bytes of answers (and URIs) the cache holds; it is cleared when full.
-const CACHE_BYTES: usize = 32 << 20;
-/// Answers larger than this are not cached (a full page of runs is far smaller).
-const CACHE_LARGEST: usize = 1 << 20;
+const CACHE_BYTES: usize = 64 << 20;
+/// Answers larger than this are not cached (the DAG list of a thousand DAGs is ~2 MiB).
+const CACHE_LARGEST: usize = 8 << 20;
 
 impl ReadCache {
-    fn get(&self, key: &str, version: CacheVersion) -> Option<axum::body::Bytes> {
+    fn get(&self, key: &str, version: CacheVersion) -> Option<Cached> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
             .by_uri
             .get(key)
-            .filter(|(v, _)| *v == version)
-            .map(|(_, body)| body.clone())
+            .filter(|c| c.version == version)
+            .cloned()
     }
 
-    fn put(&self, key: String, version: CacheVersion, body: axum::body::Bytes) {
-        let size = key.len() + body.len();
+    fn put(&self, key: String, cached: Cached) {
+        let size = key.len() + cached.size();
         if size > CACHE_LARGEST {
             return;
         }
@@ -89,8 +202,8 @@ impl ReadCache {
         if entries.bytes + size > CACHE_BYTES {
             *entries = CacheEntries::default();
         }
-        if let Some((_, old)) = entries.by_uri.insert(key.clone(), (version, body)) {
-            entries.bytes -= key.len() + old.len();
+        if let Some(old) = entries.by_uri.insert(key.clone(), cached) {
+            entries.bytes -= key.len() + old.size();
         }
         entries.bytes += size;
     }
@@ -107,8 +220,9 @@ impl ReadCache {
 }
 
 /// Serves repeated API reads from the cache while the store's change marker and the DAG
-/// catalog are unchanged. Changes made elsewhere show within the marker's poll interval;
-/// changes made through this server clear the cache at once.
+/// catalog are unchanged (304 to a client that holds the answer already). Changes made
+/// elsewhere show within the marker's poll interval; changes made through this server clear
+/// the cache at once.
 async fn cache_reads(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
     // Logs and the delivery ledger grow while a try runs, without a state change to mark it.
@@ -133,18 +247,21 @@ async fn cache_reads(State(state): State<AppState>, request: Request, next: Next
         *state.changes.borrow(),
         Arc::as_ptr(&state.dags.get()) as usize,
     );
-    if let Some(body) = state.cache.get(&key, version) {
-        return ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if let Some(cached) = state.cache.get(&key, version) {
+        return cached.respond(request.headers());
     }
+    let headers = request.headers().clone();
     let response = next.run(request).await;
     if response.status() != StatusCode::OK {
         return response;
     }
-    let (parts, body) = response.into_parts();
+    let (_, body) = response.into_parts();
     match axum::body::to_bytes(body, 64 << 20).await {
         Ok(bytes) => {
-            state.cache.put(key, version, bytes.clone());
-            Response::from_parts(parts, axum::body::Body::from(bytes))
+            let cached = Cached::new(version, bytes);
+            let response = cached.respond(&headers);
+            state.cache.put(key, cached);
+            response
         }
         Err(_) => ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,

@@ -99,8 +99,9 @@ async fn main() {
         args.runs,
         started.elapsed().as_secs_f64()
     );
+    let cache: Arc<sluice_core::web::ReadCache> = Default::default();
     let state = AppState {
-        cache: Default::default(),
+        cache: cache.clone(),
         guards: Default::default(),
         changes: watch_changes(store.clone(), Duration::from_millis(500)),
         store,
@@ -158,6 +159,8 @@ async fn main() {
         } else {
             page.to_string()
         };
+        // Every phase starts cold: its first request for each page computes the answer.
+        cache.clear();
         let per_client = args.requests / args.clients;
         let began = Instant::now();
         let workers = (0..args.clients).map(|c| {

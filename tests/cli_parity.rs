@@ -653,3 +653,84 @@ fn the_readme_command_line_section_matches_sluice_help() {
         }
     }
 }
+
+#[test]
+fn trigger_takes_a_run_id() {
+    let dir = project(&[("etl.yaml", ETL)]);
+    let text = ok(
+        dir.path(),
+        &[
+            "dags",
+            "trigger",
+            "etl",
+            "-l",
+            "2026-01-05T00:00:00Z",
+            "--run-id",
+            "nightly-reload.1",
+            "-c",
+            "{\"full\": true}",
+        ],
+    );
+    assert!(
+        text.contains("queued run nightly-reload.1 of etl"),
+        "{text}"
+    );
+    let runs: serde_json::Value =
+        serde_json::from_str(&ok(dir.path(), &["dags", "list-runs", "etl", "-o", "json"])).unwrap();
+    assert_eq!(runs[0]["run_id"], "nightly-reload.1");
+    assert_eq!(runs[0]["logical_date"], "2026-01-05T00:00:00Z");
+    assert_eq!(runs[0]["conf"], serde_json::json!({"full": true}));
+    // The run's tasks are there under its id.
+    let states = ok(
+        dir.path(),
+        &[
+            "tasks",
+            "states-for-dag-run",
+            "etl",
+            "nightly-reload.1",
+            "-o",
+            "plain",
+        ],
+    );
+    assert!(
+        states.contains("extract\tqueued\t0") || states.contains("extract\tpending\t0"),
+        "{states}"
+    );
+
+    // The logical date holds one run: another id for it is refused, naming the one it has.
+    let out = run(
+        dir.path(),
+        &[
+            "dags",
+            "trigger",
+            "etl",
+            "-l",
+            "2026-01-05T00:00:00Z",
+            "-r",
+            "other",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("nightly-reload.1"),
+        "{}",
+        stderr(&out)
+    );
+    // An id that could not name a folder is refused before anything is queued.
+    let out = run(
+        dir.path(),
+        &[
+            "dags",
+            "trigger",
+            "etl",
+            "-l",
+            "2026-01-06T00:00:00Z",
+            "-r",
+            "../escape",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--run-id"), "{}", stderr(&out));
+    let runs = ok(dir.path(), &["dags", "list-runs", "etl", "-o", "plain"]);
+    assert_eq!(runs.lines().count(), 1, "{runs}");
+}

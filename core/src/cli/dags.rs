@@ -45,11 +45,16 @@ pub enum DagsCommand {
         /// The DAG id.
         dag_id: String,
         /// Logical date (default: the latest complete interval).
-        #[arg(long)]
+        #[arg(short, long)]
         logical_date: Option<String>,
         /// Run configuration as a JSON object (overrides params).
-        #[arg(long)]
+        #[arg(short, long)]
         conf: Option<String>,
+        /// The run's id (default `manual__<logical date>`): letters, digits and `_ . ~ : + -`.
+        /// A finished run with this id gets a new attempt; a date that has a run under another id
+        /// refuses it.
+        #[arg(short, long)]
+        run_id: Option<String>,
         /// Follow the run until it finishes; exit 0 iff it succeeded.
         #[arg(long)]
         wait: bool,
@@ -115,12 +120,14 @@ pub async fn run(
             dag_id,
             logical_date,
             conf,
+            run_id,
             wait,
         } => {
             super::trigger::trigger(
                 find(&bag, &dag_id)?.clone(),
                 logical_date.as_deref(),
                 conf.as_deref(),
+                run_id.as_deref(),
                 wait,
                 settings,
             )

@@ -14,7 +14,7 @@ use chrono::Utc;
 use super::table::Table;
 use crate::backfill::{self, BackfillRequest};
 use crate::dag::Dag;
-use crate::runs::{start_run, Start};
+use crate::runs::{start_run_with_id, Start};
 use crate::schedule::{parse_instant, DataInterval};
 use crate::settings::Settings;
 use crate::state::{RunState, TaskState};
@@ -122,9 +122,13 @@ pub async fn trigger(
     dag: Arc<Dag>,
     logical_date: Option<&str>,
     conf: Option<&str>,
+    run_id: Option<&str>,
     wait: bool,
     settings: &Settings,
 ) -> anyhow::Result<ExitCode> {
+    if let Some(id) = run_id {
+        crate::runs::check_run_id(id).map_err(|e| anyhow!("--run-id: {e}"))?;
+    }
     let conf = parse_conf(conf)?;
     let interval = interval_for(&dag, logical_date)?;
     let store = store::open(&settings.database_url).await?;
@@ -132,7 +136,16 @@ pub async fn trigger(
     if wait && !alive {
         bail!("{NO_SCHEDULER}");
     }
-    let (run, start) = start_run(&store, &dag, interval, RunType::Manual, conf, Utc::now()).await?;
+    let (run, start) = start_run_with_id(
+        &store,
+        &dag,
+        interval,
+        RunType::Manual,
+        conf,
+        run_id,
+        Utc::now(),
+    )
+    .await?;
     match start {
         Start::Created => println!(
             "queued run {} of {} for data interval {interval}",

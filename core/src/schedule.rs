@@ -113,6 +113,15 @@ const PRESETS: &[(&str, &str)] = &[
 /// The five fields in order, to name the one an error is in.
 const FIELDS: [&str; 5] = ["minute", "hour", "day-of-month", "month", "day-of-week"];
 
+/// What each field accepts, said after an error in it.
+const ALLOWED: [&str; 5] = [
+    "0-59",
+    "0-23",
+    "1-31, L, LW or nW",
+    "1-12 or JAN-DEC",
+    "0-7 (0 and 7 are Sunday), SUN-SAT, d#n, Ld or d#L",
+];
+
 /// The cron dialect sluice reads: five fields, POSIX/Vixie day rules, as Airflow's croniter.
 fn parser() -> CronParser {
     CronParser::builder()
@@ -136,7 +145,13 @@ fn reason(error: &croner::errors::CronError) -> String {
         .split_once(": ")
         .map(|(_, rest)| rest.to_string())
         .unwrap_or(text);
-    text.trim_end_matches('.').to_string()
+    let text = text.trim_end_matches('.');
+    // "Number out of bounds" reads as part of a sentence here.
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => "invalid".into(),
+    }
 }
 
 const MONTHS: [&str; 12] = [
@@ -232,9 +247,10 @@ fn parse_cron(written: &str, expression: &str) -> Result<CronExpression, String>
             alone[index] = &spelled[index];
             if let Err(e) = parser.parse(&alone.join(" ")) {
                 return format!(
-                    "`{written}` is not a valid cron expression: {} field `{field}`: {}",
+                    "`{written}` is not a valid cron expression: {} field `{field}`: {}; it takes {}",
                     FIELDS[index],
-                    reason(&e)
+                    reason(&e),
+                    ALLOWED[index]
                 );
             }
         }

@@ -156,6 +156,29 @@ fn json<T: serde::de::DeserializeOwned>(
     .transpose()
 }
 
+/// The `WHERE` clause of a run listing and the values it binds (`$1`…): only the filters
+/// given, so the planner uses the `(dag_id, logical_date)` index for one DAG's runs instead
+/// of scanning every run (`$1 = '' OR dag_id = $1` defeats the index on SQLite).
+fn run_filter_sql(filter: &RunFilter) -> (String, Vec<String>) {
+    let mut conditions = Vec::new();
+    let mut values = Vec::new();
+    for (column, value) in [
+        ("dag_id", filter.dag_id.clone()),
+        ("run_id", filter.run_id.clone()),
+        ("state", filter.state.map(|s| s.as_str().to_string())),
+    ] {
+        if let Some(value) = value.filter(|v| !v.is_empty()) {
+            values.push(value);
+            conditions.push(format!("{column} = ${}", values.len()));
+        }
+    }
+    if conditions.is_empty() {
+        (String::new(), values)
+    } else {
+        (format!(" WHERE {}", conditions.join(" AND ")), values)
+    }
+}
+
 fn run_from_row(row: &AnyRow) -> Result<DagRun, StoreError> {
     Ok(DagRun {
         dag_id: get(row, "dag_id")?,
@@ -1104,37 +1127,42 @@ impl RunStore for SqlStore {
 #[async_trait]
 impl ReadModel for SqlStore {
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<DagRun>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM dag_run
-             WHERE ($1 = '' OR dag_id = $1) AND ($2 = '' OR run_id = $2) AND ($3 = '' OR state = $3)
-             ORDER BY logical_date DESC, dag_id, run_id LIMIT $4 OFFSET $5"
-        ))
-        .bind(filter.dag_id.clone().unwrap_or_default())
-        .bind(filter.run_id.clone().unwrap_or_default())
-        .bind(filter.state.map(|s| s.as_str()).unwrap_or_default())
-        .bind(i64::from(if filter.limit == 0 {
-            100
-        } else {
-            filter.limit
-        }))
-        .bind(i64::from(filter.offset))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_error("list runs"))?;
+        let (conditions, values) = run_filter_sql(filter);
+        let n = values.len();
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM dag_run{conditions}
+             ORDER BY logical_date DESC, dag_id, run_id LIMIT ${} OFFSET ${}",
+            n + 1,
+            n + 2
+        );
+        let mut query = sqlx::query(&sql);
+        for value in values {
+            query = query.bind(value);
+        }
+        let rows = query
+            .bind(i64::from(if filter.limit == 0 {
+                100
+            } else {
+                filter.limit
+            }))
+            .bind(i64::from(filter.offset))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("list runs"))?;
         rows.iter().map(run_from_row).collect()
     }
 
     async fn count_runs(&self, filter: &RunFilter) -> Result<u64, StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM dag_run
-             WHERE ($1 = '' OR dag_id = $1) AND ($2 = '' OR run_id = $2) AND ($3 = '' OR state = $3)",
-        )
-        .bind(filter.dag_id.clone().unwrap_or_default())
-        .bind(filter.run_id.clone().unwrap_or_default())
-        .bind(filter.state.map(|s| s.as_str()).unwrap_or_default())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(query_error("count runs"))?;
+        let (conditions, values) = run_filter_sql(filter);
+        let sql = format!("SELECT COUNT(*) AS n FROM dag_run{conditions}");
+        let mut query = sqlx::query(&sql);
+        for value in values {
+            query = query.bind(value);
+        }
+        let row = query
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_error("count runs"))?;
         Ok(get::<i64>(&row, "n")? as u64)
     }
 

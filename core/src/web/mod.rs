@@ -56,6 +56,9 @@ pub struct AppState {
 #[derive(Debug, Default)]
 pub struct ReadCache {
     entries: std::sync::Mutex<CacheEntries>,
+    /// One computation per URL at a time: a hundred browsers asking for a page the moment it
+    /// changed wait for one answer instead of computing a hundred.
+    computing: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Debug, Default)]
@@ -208,6 +211,20 @@ impl ReadCache {
         entries.bytes += size;
     }
 
+    /// The gate of `key`'s computation (see `computing`).
+    fn gate(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut computing = self.computing.lock().unwrap_or_else(|p| p.into_inner());
+        computing.entry(key.to_string()).or_default().clone()
+    }
+
+    /// Drops `key`'s gate once its answer is in (later requests find the answer cached).
+    fn ungate(&self, key: &str) {
+        self.computing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
     /// Forgets everything (after a mutation through this server).
     pub fn clear(&self) {
         *self.entries.lock().unwrap_or_else(|p| p.into_inner()) = CacheEntries::default();
@@ -250,6 +267,12 @@ async fn cache_reads(State(state): State<AppState>, request: Request, next: Next
     if let Some(cached) = state.cache.get(&key, version) {
         return cached.respond(request.headers());
     }
+    let gate = state.cache.gate(&key);
+    let _turn = gate.lock().await;
+    // Computed by the request that held the gate while this one waited.
+    if let Some(cached) = state.cache.get(&key, version) {
+        return cached.respond(request.headers());
+    }
     let headers = request.headers().clone();
     let response = next.run(request).await;
     if response.status() != StatusCode::OK {
@@ -258,9 +281,13 @@ async fn cache_reads(State(state): State<AppState>, request: Request, next: Next
     let (_, body) = response.into_parts();
     match axum::body::to_bytes(body, 64 << 20).await {
         Ok(bytes) => {
-            let cached = Cached::new(version, bytes);
+            // Compressing and hashing a large answer is CPU work: off the async threads.
+            let cached = tokio::task::spawn_blocking(move || Cached::new(version, bytes))
+                .await
+                .expect("caching an answer does not panic");
             let response = cached.respond(&headers);
-            state.cache.put(key, cached);
+            state.cache.put(key.clone(), cached);
+            state.cache.ungate(&key);
             response
         }
         Err(_) => ApiError {

@@ -1016,3 +1016,35 @@ async fn unchanged_reads_are_answered_304_and_gzipped_for_clients_that_take_it()
     let changed: Value = changed.json().await.unwrap();
     assert_eq!(changed["dags"][0]["is_paused"], true);
 }
+
+/// Every list pages with `limit` and `offset`, and says how many there are in all.
+#[tokio::test]
+async fn every_list_pages() {
+    let s = server(None).await;
+    let (status, tasks) = s.get("/api/v1/dags/etl/tasks?limit=1&offset=1").await;
+    assert_eq!(status, 200);
+    assert_eq!(tasks["total_entries"], 2);
+    let ids: Vec<&str> = tasks["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["load"]);
+    let (_, all) = s.get("/api/v1/operators").await;
+    let total = all["total_entries"].as_u64().unwrap();
+    assert!(total > 3);
+    let (_, page) = s.get("/api/v1/operators?limit=2&offset=1").await;
+    assert_eq!(page["total_entries"], total);
+    assert_eq!(page["operators"].as_array().unwrap().len(), 2);
+    assert_eq!(page["operators"][0]["name"], all["operators"][1]["name"]);
+    let (_, errors) = s.get("/api/v1/importErrors?limit=1&offset=1").await;
+    assert_eq!(errors["total_entries"], 1);
+    assert_eq!(errors["import_errors"], json!([]));
+    let (status, _) = s.get("/api/v1/workers?limit=0").await;
+    assert_eq!(status, 400, "a limit below 1 is refused");
+    let (status, runs) = s
+        .get("/api/v1/dags/etl/dagRuns/nope/taskInstances?limit=5")
+        .await;
+    assert_eq!(status, 404, "{runs}");
+}

@@ -376,7 +376,11 @@ pub(super) struct WorkerCollection {
 }
 
 /// `GET /workers`.
-async fn list_workers(State(state): State<AppState>) -> Result<Json<WorkerCollection>, ApiError> {
+async fn list_workers(
+    State(state): State<AppState>,
+    Query(paging): Query<Paging>,
+) -> Result<Json<WorkerCollection>, ApiError> {
+    let (limit, offset) = paging.bounds()?;
     let alive_since = Utc::now() - chrono::Duration::seconds(30);
     let workers: Vec<WorkerJson> = state
         .store
@@ -396,7 +400,11 @@ async fn list_workers(State(state): State<AppState>) -> Result<Json<WorkerCollec
         .collect();
     Ok(Json(WorkerCollection {
         total_entries: workers.len() as u64,
-        workers,
+        workers: workers
+            .into_iter()
+            .skip(offset as usize)
+            .take(limit as usize)
+            .collect(),
     }))
 }
 
@@ -703,13 +711,27 @@ fn tasks_json(dag: &Dag) -> Value {
     )
 }
 
+/// A page (`limit`, `offset`) of a list held in memory, as the collection's items.
+fn page_of(items: Vec<Value>, paging: &Paging) -> Result<Vec<Value>, ApiError> {
+    let (limit, offset) = paging.bounds()?;
+    Ok(items
+        .into_iter()
+        .skip(offset as usize)
+        .take(limit as usize)
+        .collect())
+}
+
 async fn list_tasks(
     State(state): State<AppState>,
     Path(dag_id): Path<String>,
+    Query(paging): Query<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     let dag = find_dag(&state, &dag_id)?;
+    let Value::Array(tasks) = tasks_json(&dag) else {
+        unreachable!("tasks_json gives an array")
+    };
     Ok(Json(
-        json!({"tasks": tasks_json(&dag), "total_entries": dag.tasks.len()}),
+        json!({"tasks": page_of(tasks, &paging)?, "total_entries": dag.tasks.len()}),
     ))
 }
 
@@ -1030,24 +1052,35 @@ async fn task_log(
     .into_response())
 }
 
-async fn import_errors(State(state): State<AppState>) -> Json<Value> {
+async fn import_errors(
+    State(state): State<AppState>,
+    Query(paging): Query<Paging>,
+) -> Result<Json<Value>, ApiError> {
     let bag = state.dags.get();
     let errors: Vec<Value> = bag
         .errors
         .iter()
         .map(|e| json!({"filename": e.file.display().to_string(), "task_id": e.task, "stack_trace": e.message}))
         .collect();
-    Json(json!({"import_errors": errors, "total_entries": bag.errors.len()}))
+    Ok(Json(
+        json!({"import_errors": page_of(errors, &paging)?, "total_entries": bag.errors.len()}),
+    ))
 }
 
-async fn operators(State(state): State<AppState>) -> Json<Value> {
+async fn operators(
+    State(state): State<AppState>,
+    Query(paging): Query<Paging>,
+) -> Result<Json<Value>, ApiError> {
     let items: Vec<Value> = state
         .dags
         .registry()
         .kinds()
         .map(|k| json!({"name": k.name, "summary": k.summary, "config_schema": k.schema()}))
         .collect();
-    Json(json!({"operators": items, "total_entries": items.len()}))
+    let total = items.len();
+    Ok(Json(
+        json!({"operators": page_of(items, &paging)?, "total_entries": total}),
+    ))
 }
 
 /// `PATCH …/taskInstances/{task_id}`.

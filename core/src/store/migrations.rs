@@ -57,7 +57,7 @@ pub async fn status(url: &str) -> Result<MigrationStatus, StoreError> {
     let shown = redact_url(url);
     let open_error = |source: sqlx::Error| StoreError::Open {
         url: shown.clone(),
-        source,
+        cause: source,
     };
     let (backend, migrator, connect_url) =
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {

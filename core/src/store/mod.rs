@@ -407,13 +407,13 @@ pub struct RunFilter {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be reached or opened (the URL is shown without password).
-    #[error("cannot open the metadata store {url}: {source}")]
+    #[error("cannot open the metadata store {url}: {cause}")]
     Open {
         /// Redacted URL.
         url: String,
-        /// Driver error.
-        #[source]
-        source: sqlx::Error,
+        /// Driver error. Part of the message and not a `source`: its own message already
+        /// carries its causes, and an error chain printed in full would repeat them.
+        cause: sqlx::Error,
     },
     /// A migration failed.
     #[error("metadata store migration failed: {0}")]

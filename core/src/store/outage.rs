@@ -19,7 +19,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Unavailable { .. } => true,
-            StoreError::Query { source, .. } | StoreError::Open { source, .. } => {
+            StoreError::Query { source, .. } | StoreError::Open { cause: source, .. } => {
                 transient_driver_error(source)
             }
             _ => false,

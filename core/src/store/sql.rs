@@ -348,7 +348,7 @@ impl SqlStore {
         let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             check_root_cert(url).map_err(|source| StoreError::Open {
                 url: shown.clone(),
-                source,
+                cause: source,
             })?;
             (Backend::Postgres, url.to_string())
         } else if let Some(path) = url
@@ -363,7 +363,7 @@ impl SqlStore {
             {
                 std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
                     url: shown.clone(),
-                    source: sqlx::Error::Io(e),
+                    cause: sqlx::Error::Io(e),
                 })?;
             }
             let url = if path.contains('?') {
@@ -375,9 +375,7 @@ impl SqlStore {
         } else {
             return Err(StoreError::Open {
                 url: shown,
-                source: sqlx::Error::Configuration(
-                    "expected a sqlite:// or postgres:// URL".into(),
-                ),
+                cause: sqlx::Error::Configuration("expected a sqlite:// or postgres:// URL".into()),
             });
         };
         let pool = AnyPoolOptions::new()
@@ -401,7 +399,7 @@ impl SqlStore {
             })
             .connect(&url)
             .await
-            .map_err(|source| StoreError::Open { url: shown.clone(), source: plain_tls_error(&url, source) })?;
+            .map_err(|source| StoreError::Open { url: shown.clone(), cause: plain_tls_error(&url, source) })?;
         match backend {
             Backend::Sqlite => {
                 // sqlx takes no lock for SQLite migrations: two processes opening a new store at
@@ -409,7 +407,7 @@ impl SqlStore {
                 let lock = migration_lock.expect("set for SQLite");
                 let _guard = lock_file(lock).await.map_err(|e| StoreError::Open {
                     url: shown.clone(),
-                    source: sqlx::Error::Io(e),
+                    cause: sqlx::Error::Io(e),
                 })?;
                 SQLITE_MIGRATIONS.run(&pool).await?
             }
@@ -2078,7 +2076,7 @@ impl Workers for SqlStore {
             .await
             .map_err(|source| StoreError::Open {
                 url: redact_url(&self.url),
-                source: plain_tls_error(&self.url, source),
+                cause: plain_tls_error(&self.url, source),
             })?;
         listener
             .listen(wake.channel())

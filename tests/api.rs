@@ -999,6 +999,16 @@ async fn unchanged_reads_are_answered_304_and_gzipped_for_clients_that_take_it()
     assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), whole);
     let refused = fetch("gzip;q=0").await.unwrap();
     assert!(refused.headers().get("content-encoding").is_none());
+    let refused = fetch("gzip;Q=0, *").await.unwrap();
+    assert!(
+        refused.headers().get("content-encoding").is_none(),
+        "gzip refused by name beats the wildcard"
+    );
+    let any = fetch("*").await.unwrap();
+    assert_eq!(any.headers()["content-encoding"], "gzip");
+    // Two representations, two tags: a 304 never stands for the other form.
+    let plain_tag = fetch("identity").await.unwrap().headers()["etag"].clone();
+    assert_ne!(any.headers()["etag"], plain_tag);
 
     // A change: the old tag no longer matches, and the answer says so.
     let (status, _) = s
@@ -1047,4 +1057,153 @@ async fn every_list_pages() {
         .get("/api/v1/dags/etl/dagRuns/nope/taskInstances?limit=5")
         .await;
     assert_eq!(status, 404, "{runs}");
+}
+
+/// Airflow 2's clients authenticate with Basic auth: the token is the password, the user name
+/// is not checked, and the token's role still decides. The challenge stays `Bearer` (a Basic
+/// one would make browsers pop their own login dialog over the UI).
+#[tokio::test]
+async fn basic_auth_takes_the_token_as_the_password_and_keeps_its_role() {
+    use sluice_core::web::auth::{Role, Tokens};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("dags")).unwrap();
+    std::fs::write(dir.path().join("dags/etl.yaml"), ETL).unwrap();
+    let store = common::sqlite_store(dir.path()).await;
+    let tokens = Tokens::admin("admin-token-0123456789").with(
+        Role::Viewer,
+        "dashboards",
+        "viewer-token-0123456789",
+    );
+    let (base, _stop) = common::serve_web(
+        &dir.path().join("dags"),
+        &dir.path().join("logs"),
+        store,
+        sluice_operators::registry(),
+        tokens,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let read = |user: &str, password: &str| {
+        client
+            .get(format!("{base}/api/v1/dags"))
+            .basic_auth(user, Some(password))
+            .send()
+    };
+    assert_eq!(
+        read("anyone", "viewer-token-0123456789")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        read("", "admin-token-0123456789").await.unwrap().status(),
+        200
+    );
+    let wrong = read("admin", "not-a-token-at-all").await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(wrong.headers()["www-authenticate"], "Bearer");
+    let garbled = client
+        .get(format!("{base}/api/v1/dags"))
+        .header("authorization", "Basic %%%not-base64")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbled.status(), 401);
+    // The viewer's token reads but may not pause, whichever way it is sent.
+    let pause = client
+        .patch(format!("{base}/api/v1/dags/etl"))
+        .basic_auth("anyone", Some("viewer-token-0123456789"))
+        .json(&json!({"is_paused": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pause.status(), 403);
+    let pause = client
+        .patch(format!("{base}/api/v2/dags/etl"))
+        .basic_auth("anyone", Some("admin-token-0123456789"))
+        .json(&json!({"is_paused": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pause.status(), 200);
+    // Airflow 3's version and health need no token.
+    for path in ["/api/v2/version", "/api/v2/monitor/health"] {
+        let open = client.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(open.status(), 200, "{path}");
+    }
+    assert_eq!(
+        client
+            .get(format!("{base}/api/v2/dags"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+}
+
+/// Clearing only the failed tasks of a run without failures changes nothing: the run keeps
+/// its state and attempt (it is not queued again).
+#[tokio::test]
+async fn clearing_only_failed_tasks_of_a_successful_run_changes_nothing() {
+    let s = server(None).await;
+    let run = finished_run(&s);
+    let (status, answer) = s
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/dags/etl/clearTaskInstances",
+            json!({"dag_run_id": run, "task_ids": ["extract", "load"], "only_failed": true}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["task_instances"], json!([]));
+    let (_, after) = s.get(&format!("/api/v1/dags/etl/dagRuns/{run}")).await;
+    assert_eq!(
+        (after["state"].as_str(), after["attempt"].as_u64()),
+        (Some("success"), Some(1))
+    );
+    // Airflow 3's defaults (dry_run, only_failed) are as careful.
+    let (status, answer) = s
+        .send(
+            reqwest::Method::POST,
+            "/api/v2/dags/etl/clearTaskInstances",
+            json!({"dag_run_id": run}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["total_entries"], 0);
+    // A chosen run id: created once, refused when posted again; sluice's own forms refused.
+    let body = json!({"dag_run_id": "reload-1", "logical_date": "2026-11-20T00:00:00Z"});
+    let (status, created) = s
+        .send(
+            reqwest::Method::POST,
+            "/api/v2/dags/etl/dagRuns",
+            body.clone(),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["dag_run_id"], "reload-1");
+    let (status, again) = s
+        .send(
+            reqwest::Method::POST,
+            "/api/v2/dags/etl/dagRuns",
+            body,
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{again}");
+    let (status, refused) = s
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/dags/etl/dagRuns",
+            json!({"dag_run_id": "scheduled__2030-01-01T00:00:00+00:00"}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused["detail"].as_str().unwrap().contains("scheduled__"));
 }

@@ -435,6 +435,11 @@ fn config_list_shows_each_value_with_its_source_and_masks_secrets() {
             "SLUICE_CONN_REPORTS",
             "https://reports:env-pw-9012@reports.example/",
         ),
+        // A webhook's secret is its path (and sometimes a user name or a parameter).
+        (
+            "SLUICE_CONN_SLACK",
+            "https://hook-user-77@hooks.example/services/T0/B0/path-secret-3456?sig=sig-secret-42",
+        ),
     ];
     let out = clean(dir.path(), &env, &["config", "list"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -444,6 +449,9 @@ fn config_list_shows_each_value_with_its_source_and_masks_secrets() {
         "tok-abcdefghijklmnop",
         "conn-pw-5678",
         "env-pw-9012",
+        "path-secret-3456",
+        "hook-user-77",
+        "sig-secret-42",
     ] {
         assert!(!text.contains(secret), "{secret} printed:\n{text}");
     }
@@ -474,6 +482,11 @@ fn config_list_shows_each_value_with_its_source_and_masks_secrets() {
         ]
     );
     assert_eq!(row("SLUICE_CONN_REPORTS")[3], "env");
+    assert_eq!(
+        row("SLUICE_CONN_SLACK")[2],
+        "https://***@hooks.example/***?sig=***",
+        "where the webhook goes stays readable"
+    );
     assert!(text.starts_with(&format!("config file: {file}")), "{text}");
 
     let out = clean(dir.path(), &env, &["config", "list", "-o", "json"]);
@@ -716,6 +729,36 @@ fn trigger_takes_a_run_id() {
         "{}",
         stderr(&out)
     );
+    // The same id again (a retry of the same request) is refused, not run again.
+    let out = run(
+        dir.path(),
+        &[
+            "dags",
+            "trigger",
+            "etl",
+            "-l",
+            "2026-01-05T00:00:00Z",
+            "-r",
+            "nightly-reload.1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("exists"), "{}", stderr(&out));
+    // An id of the form sluice gives its own runs would take a later run's name.
+    let out = run(
+        dir.path(),
+        &[
+            "dags",
+            "trigger",
+            "etl",
+            "-l",
+            "2026-01-06T00:00:00Z",
+            "-r",
+            "scheduled__2030-01-01T00:00:00+00:00",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("scheduled__"), "{}", stderr(&out));
     // An id that could not name a folder is refused before anything is queued.
     let out = run(
         dir.path(),

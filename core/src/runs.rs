@@ -76,12 +76,15 @@ pub fn check_conf(conf: &serde_json::Value) -> Result<(), String> {
     Ok(())
 }
 
+/// How the ids of the runs sluice makes begin (see [`RunType::run_id`]).
+const GENERATED_PREFIXES: [&str; 3] = ["scheduled__", "manual__", "backfill__"];
+
 /// The longest run id a caller may choose.
 pub const MAX_RUN_ID_LEN: usize = 250;
 
 /// Checks a run id a caller chose (`--run-id`, the API's `dag_run_id`): 1 to
 /// [`MAX_RUN_ID_LEN`] characters from Airflow's set `A-Z a-z 0-9 _ . ~ : + -`, not starting
-/// with a dot. Run ids name folders and object keys (logs, artifacts), so nothing else gets in.
+/// with a dot nor with `scheduled__`, `manual__` or `backfill__` (sluice's own names). Run ids name folders and object keys (logs, artifacts), so nothing else gets in.
 pub fn check_run_id(run_id: &str) -> Result<(), String> {
     if run_id.is_empty() || run_id.len() > MAX_RUN_ID_LEN {
         return Err(format!(
@@ -100,6 +103,14 @@ pub fn check_run_id(run_id: &str) -> Result<(), String> {
     }
     if run_id.starts_with('.') {
         return Err(format!("run id `{run_id}` starts with a dot"));
+    }
+    // sluice names the runs it makes `<type>__<logical date>`: a chosen id of that form would
+    // take the name of a run the scheduler (or a trigger without an id) makes later.
+    if let Some(prefix) = GENERATED_PREFIXES.iter().find(|p| run_id.starts_with(**p)) {
+        return Err(format!(
+            "run id `{run_id}` starts with `{prefix}`: ids starting with {} name the runs sluice makes; choose another",
+            GENERATED_PREFIXES.map(|p| format!("`{p}`")).join(", ")
+        ));
     }
     Ok(())
 }
@@ -187,8 +198,9 @@ pub async fn start_run(
 }
 
 /// [`start_run`] under the run id a caller chose (checked with [`check_run_id`] first), or
-/// the usual `<type>__<logical date>` when `run_id` is `None`. A finished run gets a new
-/// attempt only when the chosen id is its id; a logical date holds one run, whatever its id.
+/// the usual `<type>__<logical date>` when `run_id` is `None`. A chosen id creates a run or
+/// is refused (it exists, or its logical date has a run already: one run per date); only a
+/// trigger without one re-runs a finished run.
 pub async fn start_run_with_id(
     store: &Arc<dyn Store>,
     dag: &Dag,
@@ -200,11 +212,12 @@ pub async fn start_run_with_id(
 ) -> Result<(DagRun, Start), StartError> {
     let mut new_run = new_run(dag, interval, run_type, conf, now);
     if let Some(id) = run_id {
-        check_run_id(id).map_err(|reason| StartError::Conflict {
+        let refuse = |reason: String| StartError::Conflict {
             dag_id: dag.dag_id.clone(),
             requested: id.to_string(),
             reason,
-        })?;
+        };
+        check_run_id(id).map_err(refuse)?;
         new_run.run_id = id.to_string();
     }
     match store.create_run(&new_run).await {
@@ -222,13 +235,21 @@ pub async fn start_run_with_id(
                     // The id exists under another logical date.
                     conflict("the run id is taken by a run of another logical date".into())
                 })?;
-            // Without a chosen id, a trigger for a date a scheduled run holds re-runs it.
-            if run_id.is_some() && existing.run_id != new_run.run_id {
-                return Err(conflict(format!(
-                    "logical date {} already has run `{}`",
-                    interval.start.to_rfc3339(),
-                    existing.run_id
-                )));
+            // A chosen id names one run: posting it again (a client's retry) must not run
+            // it again. Without one, a trigger for a date that ran is a re-run.
+            if run_id.is_some() {
+                return Err(conflict(if existing.run_id == new_run.run_id {
+                    format!(
+                        "the run exists ({}); clear its tasks to run them again",
+                        existing.state
+                    )
+                } else {
+                    format!(
+                        "logical date {} already has run `{}`",
+                        interval.start.to_rfc3339(),
+                        existing.run_id
+                    )
+                }));
             }
             // The new attempt runs with the conf it was started with, not the last one's.
             let run = clear_run(store, dag, &existing, Some(&new_run.conf), now).await?;

@@ -594,9 +594,36 @@ impl Config {
 pub fn shown(kind: Kind, value: &str) -> String {
     match kind {
         Kind::Secret => sluice_operator_api::secrets::MASK.to_string(),
-        Kind::Url => crate::store::redact_url(value),
+        Kind::Url => shown_url(value),
         Kind::Plain | Kind::Path => value.to_string(),
     }
+}
+
+/// A URL as `config list` shows it: the password and secret parameters masked (as in
+/// errors), and for HTTP(S) URLs also the user name, the path and every parameter value,
+/// since webhook URLs carry their secret there (`https://hooks.example/services/T0/B0/XXXX`).
+fn shown_url(value: &str) -> String {
+    let masked = crate::store::redact_url(value);
+    let Ok(mut url) = url::Url::parse(&masked) else {
+        return masked;
+    };
+    if !matches!(url.scheme(), "http" | "https") {
+        return masked;
+    }
+    let mask = sluice_operator_api::secrets::MASK;
+    if !url.username().is_empty() {
+        let _ = url.set_username(mask);
+    }
+    if !matches!(url.path(), "" | "/") {
+        url.set_path(&format!("/{mask}"));
+    }
+    if url.query().is_some() {
+        let keys: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
+        url.query_pairs_mut()
+            .clear()
+            .extend_pairs(keys.iter().map(|k| (k.as_str(), mask)));
+    }
+    url.to_string()
 }
 
 /// One line of `config list`.

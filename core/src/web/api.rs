@@ -1318,6 +1318,12 @@ async fn clear_task_instances(
             .collect();
         return Ok(Json(json!({"task_instances": would, "dry_run": true})));
     }
+    if ids.is_empty() {
+        // Nothing to clear (only_failed on a run without failures): the run stays as it is.
+        return Ok(Json(
+            json!({"task_instances": [], "dag_run": run_json(&run)}),
+        ));
+    }
     match crate::runs::clear_tasks(&state.store, &dag, &run, &ids, None, Utc::now()).await {
         Ok((run, cleared)) => Ok(Json(json!({
             "task_instances": cleared.iter().map(|c| json!({"task_id": c.task_id, "dag_run_id": run.run_id, "previous_state": c.previous_state.as_str()})).collect::<Vec<_>>(),

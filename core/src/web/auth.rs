@@ -266,7 +266,9 @@ fn refuse(status: StatusCode, detail: &str) -> Response {
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer, Basic realm=\"sluice\""),
+            // Only Bearer: a Basic challenge makes browsers pop their own login dialog over
+            // the UI. Airflow 2's clients send Basic credentials without being asked.
+            header::HeaderValue::from_static("Bearer"),
         );
     }
     response

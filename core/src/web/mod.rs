@@ -56,9 +56,37 @@ pub struct AppState {
 #[derive(Debug, Default)]
 pub struct ReadCache {
     entries: std::sync::Mutex<CacheEntries>,
-    /// One computation per URL at a time: a hundred browsers asking for a page the moment it
-    /// changed wait for one answer instead of computing a hundred.
+    /// The URLs being computed, each with a lock its computing request holds: a hundred
+    /// browsers asking for a page the moment it changed wait for one answer instead of
+    /// computing a hundred.
     computing: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// What a request that missed the cache does about the answer's computation.
+enum Turn {
+    /// It computes the answer; the gate opens when this is dropped, on every path (an
+    /// error, a timeout, a client gone).
+    Compute(Gate),
+    /// Another request is computing it: wait for that one to end.
+    Wait(Arc<tokio::sync::Mutex<()>>),
+}
+
+/// The computing request's hold on its URL's gate.
+struct Gate {
+    cache: Arc<ReadCache>,
+    key: String,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        // Out of the map first, so nobody waits on a gate after it opened.
+        self.cache
+            .computing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +104,8 @@ struct Cached {
     gzip: Option<axum::body::Bytes>,
     /// A strong ETag: a hash of the body, so an answer recomputed unchanged keeps its tag.
     etag: header::HeaderValue,
+    /// The gzip form's own strong ETag (another representation, another tag).
+    gzip_etag: header::HeaderValue,
 }
 
 impl Cached {
@@ -83,13 +113,16 @@ impl Cached {
         use sha2::{Digest, Sha256};
         let digest = Sha256::digest(&body);
         let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-        let etag = header::HeaderValue::from_str(&format!("\"{hex}\""))
-            .expect("hex is a valid header value");
+        let tag = |suffix: &str| {
+            header::HeaderValue::from_str(&format!("\"{hex}{suffix}\""))
+                .expect("hex is a valid header value")
+        };
         Self {
             version,
             gzip: gzipped(&body),
             body,
-            etag,
+            etag: tag(""),
+            gzip_etag: tag("-gzip"),
         }
     }
 
@@ -100,11 +133,17 @@ impl Cached {
     /// The answer for a request with these headers: 304 when the client holds this
     /// version, else the body, gzipped when the client takes it.
     fn respond(&self, request: &axum::http::HeaderMap) -> Response {
-        let mut response = if if_none_match(request, &self.etag) {
+        let gzip = self.gzip.as_ref().filter(|_| accepts_gzip(request));
+        let etag = if gzip.is_some() {
+            &self.gzip_etag
+        } else {
+            &self.etag
+        };
+        let mut response = if if_none_match(request, etag) {
             StatusCode::NOT_MODIFIED.into_response()
         } else {
-            match &self.gzip {
-                Some(gzip) if accepts_gzip(request) => (
+            match gzip {
+                Some(gzip) => (
                     [
                         (header::CONTENT_TYPE, "application/json"),
                         (header::CONTENT_ENCODING, "gzip"),
@@ -112,7 +151,7 @@ impl Cached {
                     gzip.clone(),
                 )
                     .into_response(),
-                _ => (
+                None => (
                     [(header::CONTENT_TYPE, "application/json")],
                     self.body.clone(),
                 )
@@ -120,7 +159,7 @@ impl Cached {
             }
         };
         let headers = response.headers_mut();
-        headers.insert(header::ETAG, self.etag.clone());
+        headers.insert(header::ETAG, etag.clone());
         // Browsers keep the answer but ask again each time (with If-None-Match).
         headers.insert(
             header::CACHE_CONTROL,
@@ -153,18 +192,35 @@ fn gzipped(body: &[u8]) -> Option<axum::body::Bytes> {
     (out.len() < body.len()).then(|| out.into())
 }
 
+/// Whether `Accept-Encoding` takes gzip: named with a q above 0, or, when gzip is not
+/// named at all, through `*` with a q above 0 (RFC 9110 §12.5.3).
 fn accepts_gzip(headers: &axum::http::HeaderMap) -> bool {
-    headers
+    let mut named = None;
+    let mut any = None;
+    for coding in headers
         .get_all(header::ACCEPT_ENCODING)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|coding| {
-            let mut parts = coding.split(';');
-            let name = parts.next().unwrap_or("").trim();
-            let refused = parts.any(|p| matches!(p.trim(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
-            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
-        })
+    {
+        let mut parts = coding.split(';');
+        let name = parts.next().unwrap_or("").trim();
+        let weight = parts
+            .filter_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                k.trim()
+                    .eq_ignore_ascii_case("q")
+                    .then(|| v.trim().parse::<f32>().ok())?
+            })
+            .next()
+            .unwrap_or(1.0);
+        if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
+            named = Some(weight > 0.0);
+        } else if name == "*" {
+            any = Some(weight > 0.0);
+        }
+    }
+    named.or(any).unwrap_or(false)
 }
 
 fn if_none_match(headers: &axum::http::HeaderMap, etag: &header::HeaderValue) -> bool {
@@ -211,18 +267,28 @@ impl ReadCache {
         entries.bytes += size;
     }
 
-    /// The gate of `key`'s computation (see `computing`).
-    fn gate(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// Whether the request for `key` computes its answer or waits for the one computing it.
+    fn turn(self: &Arc<Self>, key: &str) -> Turn {
         let mut computing = self.computing.lock().unwrap_or_else(|p| p.into_inner());
-        computing.entry(key.to_string()).or_default().clone()
+        if let Some(gate) = computing.get(key) {
+            return Turn::Wait(gate.clone());
+        }
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
+        let held = gate.clone().try_lock_owned().expect("a new lock is free");
+        computing.insert(key.to_string(), gate);
+        Turn::Compute(Gate {
+            cache: self.clone(),
+            key: key.to_string(),
+            _held: held,
+        })
     }
 
-    /// Drops `key`'s gate once its answer is in (later requests find the answer cached).
-    fn ungate(&self, key: &str) {
+    /// URLs being computed now.
+    pub fn computing(&self) -> usize {
         self.computing
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+            .len()
     }
 
     /// Forgets everything (after a mutation through this server).
@@ -267,12 +333,18 @@ async fn cache_reads(State(state): State<AppState>, request: Request, next: Next
     if let Some(cached) = state.cache.get(&key, version) {
         return cached.respond(request.headers());
     }
-    let gate = state.cache.gate(&key);
-    let _turn = gate.lock().await;
-    // Computed by the request that held the gate while this one waited.
-    if let Some(cached) = state.cache.get(&key, version) {
-        return cached.respond(request.headers());
-    }
+    let _gate = match state.cache.turn(&key) {
+        Turn::Compute(gate) => Some(gate),
+        Turn::Wait(gate) => {
+            drop(gate.lock().await);
+            // Computed by the request that held the gate; if it was not (an error, an answer
+            // too large to keep), this one computes its own, alongside the other waiters.
+            if let Some(cached) = state.cache.get(&key, version) {
+                return cached.respond(request.headers());
+            }
+            None
+        }
+    };
     let headers = request.headers().clone();
     let response = next.run(request).await;
     if response.status() != StatusCode::OK {
@@ -286,8 +358,7 @@ async fn cache_reads(State(state): State<AppState>, request: Request, next: Next
                 .await
                 .expect("caching an answer does not panic");
             let response = cached.respond(&headers);
-            state.cache.put(key.clone(), cached);
-            state.cache.ungate(&key);
+            state.cache.put(key, cached);
             response
         }
         Err(_) => ApiError {
@@ -473,3 +544,48 @@ fn guarded(
 }
 
 pub use hardening::serve;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_request_computes_a_url_and_its_gate_opens_on_every_path() {
+        let cache = Arc::new(ReadCache::default());
+        let Turn::Compute(first) = cache.turn("/api/v1/dags") else {
+            panic!("the first request computes")
+        };
+        let Turn::Wait(gate) = cache.turn("/api/v1/dags") else {
+            panic!("the second waits")
+        };
+        assert!(matches!(cache.turn("/api/v1/other"), Turn::Compute(_)));
+        let waiter = tokio::spawn(async move {
+            drop(gate.lock().await);
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "the waiter waits while it computes");
+        // The computing request ends however it ends (an error, a timeout): dropped.
+        drop(first);
+        waiter.await.unwrap();
+        assert_eq!(cache.computing(), 0, "no gate is left behind");
+        assert!(matches!(cache.turn("/api/v1/dags"), Turn::Compute(_)));
+    }
+
+    #[test]
+    fn gzip_is_taken_by_name_or_wildcard_and_refused_with_q_zero() {
+        let takes = |value: &str| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert(header::ACCEPT_ENCODING, value.parse().unwrap());
+            accepts_gzip(&headers)
+        };
+        assert!(takes("gzip, deflate, br"));
+        assert!(takes("br;q=1.0, gzip;q=0.8"));
+        assert!(takes("*"));
+        assert!(!takes("gzip;q=0"));
+        assert!(!takes("GZIP;Q=0.000"));
+        assert!(!takes("gzip;q=0, *"));
+        assert!(!takes("identity"));
+        assert!(!takes("*;q=0"));
+        assert!(!accepts_gzip(&axum::http::HeaderMap::new()));
+    }
+}

@@ -13,13 +13,46 @@ pub fn pg_admin_url() -> String {
     )
 }
 
-/// A new, empty PostgreSQL database on the test server; returns its URL.
+/// True when the test process that named a `sluice_t_<pid>_…` database or bucket is gone.
+fn left_by_a_finished_process(name: &str) -> bool {
+    let pid = name
+        .trim_start_matches("sluice_t_")
+        .split('_')
+        .next()
+        .and_then(|p| p.parse::<u32>().ok());
+    pid.is_some_and(|pid| {
+        pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    })
+}
+
+/// Whether this process already removed what finished test processes left (once per process).
+fn first_in_process(flag: &std::sync::atomic::AtomicBool) -> bool {
+    !flag.swap(true, std::sync::atomic::Ordering::SeqCst)
+}
+
+/// A new, empty PostgreSQL database on the test server; returns its URL. The first call of a
+/// test process also drops the databases of test processes that have ended: tests do not
+/// drop their own (a failed one's is kept to look at), and a dev server would fill its disk.
 pub async fn fresh_pg_database() -> String {
+    static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let admin = pg_admin_url();
     let name = format!("sluice_t_{}_{}", std::process::id(), rand_suffix());
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
         .expect("connect to the test PostgreSQL");
+    if first_in_process(&SWEPT) {
+        let left: Vec<String> =
+            sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'sluice_t_%'")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap_or_default();
+        for old in left.iter().filter(|n| left_by_a_finished_process(n)) {
+            // Another process may sweep the same one at once: whoever loses gets an error.
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {old} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await;
+        }
+    }
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut conn)
         .await
@@ -80,8 +113,21 @@ pub async fn clickhouse(sql: &str) -> String {
     text
 }
 
-/// A new, empty ClickHouse database; returns its name.
+/// A new, empty ClickHouse database; returns its name. The first call of a test process
+/// also drops the databases of test processes that have ended (as [`fresh_pg_database`]).
 pub async fn fresh_clickhouse_database() -> String {
+    static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if first_in_process(&SWEPT) {
+        let left =
+            clickhouse("SELECT name FROM system.databases WHERE name LIKE 'sluice\\_t\\_%'").await;
+        for old in left.lines().filter(|n| left_by_a_finished_process(n)) {
+            let _ = reqwest::Client::new()
+                .post(clickhouse_http())
+                .body(format!("DROP DATABASE IF EXISTS {old}"))
+                .send()
+                .await;
+        }
+    }
     let name = format!("sluice_t_{}_{}", std::process::id(), rand_suffix());
     clickhouse(&format!("CREATE DATABASE {name}")).await;
     name

@@ -107,6 +107,15 @@ fn the_airflow_3_client_drives_api_v2() {
         r["ti_pages"],
         serde_json::json!([[["extract", "success", 1]], [["load", "success", 1]], []])
     );
+    // Filters take Airflow's state names, repeated as the client sends them.
+    assert_eq!(
+        r["tis_by_state"],
+        serde_json::json!({"success": 2, "failed": 0, "skipped": 0, "none": 0})
+    );
+    assert_eq!(
+        r["runs_by_state"],
+        serde_json::json!({"success": 1, "failed": 0})
+    );
     let lines: Vec<&str> = r["log"]["lines"]
         .as_array()
         .unwrap()

@@ -108,6 +108,25 @@ fn next_execution_prints_fire_times_in_the_dags_timezone_and_utc() {
         text.contains("no schedule") && text.contains("no next execution"),
         "{text}"
     );
+    // A DAG starting later: its first fire ends its first interval, not before.
+    std::fs::write(
+        dir.path().join("dags/later.yaml"),
+        "dag_id: later\nschedule: '@daily'\nstart_date: 2031-06-10T12:00:00Z\ntasks:\n  - {id: a, operator: noop}\n",
+    )
+    .unwrap();
+    let text = ok(
+        dir.path(),
+        &["dags", "next-execution", "later", "-n", "2", "-o", "plain"],
+    );
+    let firsts: Vec<&str> = text
+        .lines()
+        .map(|l| l.split('\t').next_back().unwrap())
+        .collect();
+    assert_eq!(
+        firsts,
+        ["2031-06-12T00:00:00Z", "2031-06-13T00:00:00Z"],
+        "the first interval starts 2031-06-11: {text}"
+    );
     let out = run(dir.path(), &["dags", "next-execution", "nope"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(

@@ -77,6 +77,13 @@ with af.ApiClient(af.Configuration(host=base, access_token=token)) as client:
         ti_pages.append([(t.task_id, t.state.value if t.state else None, t.try_number) for t in page.task_instances])
         report["tis_total"] = page.total_entries
     report["ti_pages"] = ti_pages
+    report["tis_by_state"] = {
+        state: tis.get_task_instances(dag_id, run_id, state=[state]).total_entries
+        for state in ("success", "failed", "skipped", "none")
+    }
+    report["runs_by_state"] = {
+        state: runs.get_dag_runs(dag_id, state=[state]).total_entries for state in ("success", "failed")
+    }
 
     log = tis.get_log(dag_id, run_id, "extract", 1)
     lines = log.content.actual_instance

@@ -161,6 +161,7 @@ pub async fn run(
                     state,
                     limit,
                     offset: 0,
+                    ..Default::default()
                 })
                 .await?;
             let runs: Vec<_> = runs
@@ -320,6 +321,7 @@ async fn find_run(store: &dyn Store, run_id: &str, dag: Option<String>) -> anyho
             state: None,
             limit: 10,
             offset: 0,
+            ..Default::default()
         })
         .await?;
     match runs.len() {

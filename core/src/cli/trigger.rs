@@ -323,6 +323,7 @@ pub async fn list_runs(args: &ListRunsArgs, settings: &Settings) -> anyhow::Resu
                 state: args.state,
                 limit: PAGE,
                 offset,
+                ..Default::default()
             })
             .await?;
         let last = page.len() < PAGE as usize;
@@ -407,7 +408,7 @@ pub async fn list_runs(args: &ListRunsArgs, settings: &Settings) -> anyhow::Resu
 }
 
 /// `dags next-execution`: the schedule's next `n` fire times after `after` (default now),
-/// none past the DAG's end date.
+/// none before the end of the first interval from the DAG's start date, none past its end date.
 pub fn next_execution(
     dag: &Dag,
     n: u32,
@@ -433,11 +434,23 @@ pub fn next_execution(
                 .into_iter()
                 .collect()
         }
-        schedule => schedule
-            .next_fire_times(dag.timezone, after, n as usize)
-            .into_iter()
-            .take_while(|&fire| dag.end_date.is_none_or(|end| fire <= end))
-            .collect(),
+        schedule => {
+            // The scheduler runs the intervals that start at or after the DAG's start date:
+            // the first fire that counts ends the first such interval.
+            let first_start = dag.start_date.and_then(|start| {
+                if schedule.fire_at_or_before(dag.timezone, start) == Some(start) {
+                    Some(start)
+                } else {
+                    schedule.fire_after(dag.timezone, start)
+                }
+            });
+            let after = first_start.map_or(after, |first| first.max(after));
+            schedule
+                .next_fire_times(dag.timezone, after, n as usize)
+                .into_iter()
+                .take_while(|&fire| dag.end_date.is_none_or(|end| fire <= end))
+                .collect()
+        }
     };
     let local = |t: &chrono::DateTime<Utc>| {
         t.with_timezone(&dag.timezone)

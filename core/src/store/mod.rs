@@ -397,6 +397,8 @@ pub struct RunFilter {
     pub run_id: Option<String>,
     /// Only runs in this state.
     pub state: Option<RunState>,
+    /// Only runs in one of these states (none: any).
+    pub states: Vec<RunState>,
     /// Most rows (newest logical dates first); 0 means 100.
     pub limit: u32,
     /// Rows to skip (paging).

@@ -172,6 +172,12 @@ fn run_filter_sql(filter: &RunFilter) -> (String, Vec<String>) {
             conditions.push(format!("{column} = ${}", values.len()));
         }
     }
+    if !filter.states.is_empty() {
+        let first = values.len() + 1;
+        values.extend(filter.states.iter().map(|s| s.as_str().to_string()));
+        let placeholders: Vec<String> = (first..=values.len()).map(|i| format!("${i}")).collect();
+        conditions.push(format!("state IN ({})", placeholders.join(", ")));
+    }
     if conditions.is_empty() {
         (String::new(), values)
     } else {

@@ -451,21 +451,21 @@ async fn list_runs(
     let (limit, offset) = query.bounds()?;
     query.check_order(&["-logical_date", "-run_after"])?;
     find_dag(&state, &dag_id)?;
-    let run_state = match query.state.as_slice() {
-        [] => None,
-        [one] => Some(
-            one.parse::<RunState>()
-                .map_err(|e| ApiError::bad_request(format!("state: {e}")))?,
-        ),
-        _ => {
-            return Err(ApiError::bad_request(
-                "state: give one state (sluice filters runs by a single state)",
-            ))
+    // Airflow's names, as the answers show states: `failed` includes cancelled runs.
+    let mut states = Vec::new();
+    for name in &query.state {
+        match name.as_str() {
+            "failed" => states.extend([RunState::Failed, RunState::Cancelled]),
+            other => states.push(
+                other
+                    .parse::<RunState>()
+                    .map_err(|e| ApiError::bad_request(format!("state: {e}")))?,
+            ),
         }
-    };
+    }
     let filter = RunFilter {
         dag_id: Some(dag_id),
-        state: run_state,
+        states,
         limit,
         offset,
         ..Default::default()
@@ -562,7 +562,11 @@ async fn trigger_run(
             "partition_key: sluice has no partitioned schedules; leave it out",
         ));
     }
-    if body.run_after.is_some_and(|t| t > now) {
+    // A minute's grace: a client whose clock runs ahead may send its "now".
+    if body
+        .run_after
+        .is_some_and(|t| t > now + chrono::Duration::seconds(60))
+    {
         return Err(ApiError::bad_request(
             "run_after: a triggered run starts now; a later start is not supported",
         ));
@@ -747,7 +751,7 @@ fn task_instance_json(ti: &TaskInstance, run: &DagRun) -> TaskInstanceJson {
 /// A page of task instances (Airflow 3's `TaskInstanceCollectionResponse`).
 #[derive(Debug, Serialize, JsonSchema)]
 pub(super) struct TaskInstanceCollection {
-    /// In the DAG's task order.
+    /// By task id.
     task_instances: Vec<TaskInstanceJson>,
     /// How many match, over all pages.
     total_entries: u64,
@@ -761,14 +765,20 @@ async fn list_task_instances(
     let (limit, offset) = query.bounds()?;
     query.check_order(&["map_index"])?;
     let run = find_run(&state, &dag_id, &run_id).await?;
-    let states: Vec<TaskState> = query
-        .state
-        .iter()
-        .map(|s| {
-            s.parse::<TaskState>()
-                .map_err(|e| ApiError::bad_request(format!("state: {e}")))
-        })
-        .collect::<Result<_, _>>()?;
+    // Airflow's names, as the answers show states: `skipped` includes cancelled tasks, and
+    // `none` (Airflow's "no status") is a pending one.
+    let mut states: Vec<TaskState> = Vec::new();
+    for name in &query.state {
+        match name.as_str() {
+            "skipped" => states.extend([TaskState::Skipped, TaskState::Cancelled]),
+            "none" | "no_status" => states.push(TaskState::Pending),
+            other => states.push(
+                other
+                    .parse::<TaskState>()
+                    .map_err(|e| ApiError::bad_request(format!("state: {e}")))?,
+            ),
+        }
+    }
     let matching: Vec<TaskInstance> = state
         .store
         .task_instances(&dag_id, &run_id)

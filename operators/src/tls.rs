@@ -75,13 +75,33 @@ pub(crate) fn tls_failure(error: &(dyn std::error::Error + 'static)) -> Option<S
         let text = e.to_string();
         if text.contains("invalid peer certificate")
             || text.contains("peer sent no certificates")
-            || text.starts_with("received fatal alert")
+            || refusing_alert(&text)
         {
             found = Some(text);
         }
         current = e.source();
     }
     found
+}
+
+/// Whether `text` is a fatal alert by which the server refuses this client's settings (its
+/// certificate, the protocol version, the ciphers): a setting to fix. Other alerts (an
+/// `InternalError` from a proxy restarting, a `DecodeError`) may pass: they are retried.
+fn refusing_alert(text: &str) -> bool {
+    const REFUSALS: [&str; 10] = [
+        "BadCertificate",
+        "UnsupportedCertificate",
+        "CertificateRevoked",
+        "CertificateExpired",
+        "CertificateUnknown",
+        "UnknownCA",
+        "AccessDenied",
+        "ProtocolVersion",
+        "HandshakeFailure",
+        "InsufficientSecurity",
+    ];
+    text.strip_prefix("received fatal alert")
+        .is_some_and(|alert| REFUSALS.iter().any(|r| alert.contains(r)))
 }
 
 /// What a user reads for a TLS failure with `host`: what happened in words, rustls' own
@@ -107,6 +127,19 @@ pub(crate) fn explain_tls_failure(host: &str, detail: &str, root_cert: Option<&s
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_alerts_that_refuse_the_settings_are_failures_to_fix() {
+        assert!(super::refusing_alert("received fatal alert: UnknownCA"));
+        assert!(super::refusing_alert(
+            "received fatal alert: HandshakeFailure"
+        ));
+        assert!(!super::refusing_alert(
+            "received fatal alert: InternalError"
+        ));
+        assert!(!super::refusing_alert("received fatal alert: DecodeError"));
+        assert!(!super::refusing_alert("connection reset by peer"));
+    }
+
     use super::*;
 
     #[test]

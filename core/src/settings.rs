@@ -438,6 +438,22 @@ impl FileValues {
             if is_path && !text.is_empty() && Path::new(&text).is_relative() {
                 text = normalized(&folder.join(&text)).display().to_string();
             }
+            // A SQLite file named relatively is, like the paths, relative to the file: run
+            // from elsewhere, it must not become a new, empty store.
+            if var == "SLUICE_DATABASE_URL" {
+                if let Some(file) = text.strip_prefix("sqlite://") {
+                    let (file, query) = file
+                        .split_once('?')
+                        .map_or((file, None), |(f, q)| (f, Some(q)));
+                    if !file.is_empty() && Path::new(file).is_relative() {
+                        let absolute = normalized(&folder.join(file)).display().to_string();
+                        text = match query {
+                            Some(query) => format!("sqlite://{absolute}?{query}"),
+                            None => format!("sqlite://{absolute}"),
+                        };
+                    }
+                }
+            }
             values.insert(var.to_string(), text);
         }
         for (id, value) in connections {
@@ -688,6 +704,27 @@ mod tests {
         let crm = entry("SLUICE_CONN_CRM");
         assert_eq!(crm.key, "connections.crm");
         assert!(!crm.value.unwrap().contains("crm-secret"));
+    }
+
+    #[test]
+    fn a_relative_sqlite_file_is_relative_to_the_config_file() {
+        let config = |url: &str| {
+            let file = format!("database_url = \"{url}\"\n");
+            let config =
+                Config::from_parts([], Some((Path::new("/etc/sluice/sluice.toml"), &file)))
+                    .unwrap();
+            Settings::from_config(&config).database_url
+        };
+        assert_eq!(
+            config("sqlite://state/sluice.db"),
+            "sqlite:///etc/sluice/state/sluice.db"
+        );
+        assert_eq!(
+            config("sqlite://state/sluice.db?mode=rwc"),
+            "sqlite:///etc/sluice/state/sluice.db?mode=rwc"
+        );
+        assert_eq!(config("sqlite:///var/lib/s.db"), "sqlite:///var/lib/s.db");
+        assert_eq!(config("postgres://db/s"), "postgres://db/s");
     }
 
     #[test]

@@ -5,9 +5,8 @@
 
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     #[cfg(feature = "etl")]
     sluice_core::metrics::add_collector(sluice_operators::http_webhook::breaker::encode_metrics);
-    sluice_core::cli::main(sluice_operators::registry()).await
+    sluice_core::cli::main(sluice_operators::registry())
 }

@@ -142,6 +142,7 @@ pub fn new_run(
         tasks: dag.tasks.iter().map(new_task_instance).collect(),
         at: now,
         backfill_max_active_runs: None,
+        note: None,
     }
 }
 
@@ -194,7 +195,16 @@ pub async fn start_run(
     conf: serde_json::Value,
     now: DateTime<Utc>,
 ) -> Result<(DagRun, Start), StartError> {
-    start_run_with_id(store, dag, interval, run_type, conf, None, now).await
+    start_run_with_id(store, dag, interval, run_type, conf, Chosen::default(), now).await
+}
+
+/// What a caller may choose for a run it triggers (the API's `dag_run_id` and `note`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Chosen<'a> {
+    /// The run's id (checked with [`check_run_id`]); default `<type>__<logical date>`.
+    pub run_id: Option<&'a str>,
+    /// A note kept with the run.
+    pub note: Option<&'a str>,
 }
 
 /// [`start_run`] under the run id a caller chose (checked with [`check_run_id`] first), or
@@ -207,10 +217,12 @@ pub async fn start_run_with_id(
     interval: DataInterval,
     run_type: RunType,
     conf: serde_json::Value,
-    run_id: Option<&str>,
+    chosen: Chosen<'_>,
     now: DateTime<Utc>,
 ) -> Result<(DagRun, Start), StartError> {
+    let run_id = chosen.run_id;
     let mut new_run = new_run(dag, interval, run_type, conf, now);
+    new_run.note = chosen.note.map(str::to_string);
     if let Some(id) = run_id {
         let refuse = |reason: String| StartError::Conflict {
             dag_id: dag.dag_id.clone(),
@@ -252,7 +264,13 @@ pub async fn start_run_with_id(
                 }));
             }
             // The new attempt runs with the conf it was started with, not the last one's.
-            let run = clear_run(store, dag, &existing, Some(&new_run.conf), now).await?;
+            let mut run = clear_run(store, dag, &existing, Some(&new_run.conf), now).await?;
+            if let Some(note) = new_run.note {
+                store
+                    .set_run_note(&run.dag_id, &run.run_id, Some(&note), now)
+                    .await?;
+                run.note = Some(note);
+            }
             Ok((run, Start::NewAttempt))
         }
         Err(e) => Err(e.into()),

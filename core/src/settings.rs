@@ -547,7 +547,8 @@ impl Config {
     /// Sets every variable the file gives and the environment lacks in this process's
     /// environment, so the parts of sluice that read variables themselves (connections, API
     /// tokens, allowed hosts, log settings, secret masking) see the file's values too. Call
-    /// it once, at start-up, before other threads read the environment.
+    /// it once, at start-up, before any other thread exists ([`crate::cli::main`] does, before
+    /// it starts the async runtime).
     pub fn export_file_values(&self) {
         let Some(file) = &self.file else { return };
         for (var, value) in &file.values {

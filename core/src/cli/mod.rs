@@ -118,7 +118,11 @@ impl Cli {
 /// runs the command and turns an error into a message and exit code 2. The `sluice` binary
 /// is this with the built-in operators; a program with operators of its own passes a
 /// registry that has them too (see `examples/custom_operator`).
-pub async fn main(registry: Registry) -> ExitCode {
+///
+/// It builds the async runtime itself: the config file's values are set in the process
+/// environment first, while the process has one thread (setting a variable while another
+/// thread may read the environment is undefined behaviour on glibc).
+pub fn main(registry: Registry) -> ExitCode {
     let cli = Cli::parse();
     // Read before logging starts: the file may set SLUICE_LOG and SLUICE_LOG_FORMAT.
     let config = match Config::load(cli.config.as_deref()) {
@@ -129,6 +133,20 @@ pub async fn main(registry: Registry) -> ExitCode {
         }
     };
     config.export_file_values();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(main_with(cli, registry, config))
+}
+
+async fn main_with(cli: Cli, registry: Registry, config: Config) -> ExitCode {
     init_tracing(&cli);
     match run_with(cli, registry, config).await {
         Ok(code) => code,

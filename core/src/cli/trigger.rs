@@ -142,7 +142,7 @@ pub async fn trigger(
         interval,
         RunType::Manual,
         conf,
-        run_id,
+        crate::runs::Chosen { run_id, note: None },
         Utc::now(),
     )
     .await?;

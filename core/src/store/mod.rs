@@ -313,6 +313,8 @@ pub struct NewRun {
     pub tasks: Vec<NewTaskInstance>,
     /// For backfill runs: most backfill runs of the DAG active at once.
     pub backfill_max_active_runs: Option<u32>,
+    /// A note for the people reading the run (the API's `note`), written with the run.
+    pub note: Option<String>,
     /// Creation time.
     pub at: DateTime<Utc>,
 }

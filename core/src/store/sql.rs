@@ -23,7 +23,7 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
 const RUN_COLUMNS: &str = "dag_id, run_id, logical_date, data_interval_start, data_interval_end, run_type, state, conf, dag_hash, created_at, started_at, ended_at, backfill_max_active_runs, attempt, sla_missed_at, note";
 /// The columns a new run is inserted with (`attempt` starts at its default, 1).
-const NEW_RUN_COLUMNS: &str = "dag_id, run_id, logical_date, data_interval_start, data_interval_end, run_type, state, conf, dag_hash, created_at, started_at, ended_at, backfill_max_active_runs";
+const NEW_RUN_COLUMNS: &str = "dag_id, run_id, logical_date, data_interval_start, data_interval_end, run_type, state, conf, dag_hash, created_at, started_at, ended_at, backfill_max_active_runs, note";
 const TI_COLUMNS: &str = "dag_id, run_id, task_id, operator, state, try_number, max_tries, queued_at, started_at, ended_at, next_retry_at, output, error, updated_at, queue, worker, hostname, heartbeat_at, pool";
 /// Rows per multi-row INSERT: well under both backends' bind-parameter limits.
 const INSERT_CHUNK: usize = 500;
@@ -644,7 +644,7 @@ impl RunStore for SqlStore {
         let mut tx = self.pool.begin().await.map_err(query_error("begin"))?;
         let at = micros(run.at);
         let inserted = sqlx::query(&format!(
-            "INSERT INTO dag_run ({NEW_RUN_COLUMNS}) VALUES ($1, $2, $3, $3, $4, $5, 'queued', $6, $7, $8, NULL, NULL, $9) RETURNING {RUN_COLUMNS}"
+            "INSERT INTO dag_run ({NEW_RUN_COLUMNS}) VALUES ($1, $2, $3, $3, $4, $5, 'queued', $6, $7, $8, NULL, NULL, $9, $10) RETURNING {RUN_COLUMNS}"
         ))
         .bind(&run.dag_id)
         .bind(&run.run_id)
@@ -655,6 +655,7 @@ impl RunStore for SqlStore {
         .bind(&run.version.hash)
         .bind(at)
         .bind(run.backfill_max_active_runs.map(i64::from))
+        .bind(run.note.as_deref())
         .fetch_one(&mut *tx)
         .await;
         let row = match inserted {

@@ -886,15 +886,15 @@ async fn trigger_run(
         interval,
         RunType::Manual,
         conf,
-        body.dag_run_id.as_deref(),
+        crate::runs::Chosen {
+            run_id: body.dag_run_id.as_deref(),
+            note: body.note.as_deref(),
+        },
         Utc::now(),
     )
     .await
     {
-        Ok((run, _)) => {
-            let run = super::v2::with_note(&state, run, body.note).await?;
-            Ok(Json(run_json(&run)))
-        }
+        Ok((run, _)) => Ok(Json(run_json(&run))),
         Err(e @ StartError::Conflict { .. }) => Err(ApiError::conflict(e.to_string())),
         Err(StartError::Unfinished {
             run_id,

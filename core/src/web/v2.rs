@@ -604,7 +604,10 @@ async fn trigger_run(
         interval,
         RunType::Manual,
         conf,
-        body.dag_run_id.as_deref(),
+        crate::runs::Chosen {
+            run_id: body.dag_run_id.as_deref(),
+            note: body.note.as_deref(),
+        },
         now,
     )
     .await;
@@ -614,9 +617,7 @@ async fn trigger_run(
         // The id is taken, or the logical date's run has not finished.
         Err(e) => return Err(ApiError::conflict(e.to_string())),
     };
-    Ok(Json(DagRunJson::from(
-        &with_note(&state, run, body.note).await?,
-    )))
+    Ok(Json(DagRunJson::from(&run)))
 }
 
 // -------------------------------------------------------------------------- task instances

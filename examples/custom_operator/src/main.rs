@@ -8,7 +8,6 @@
 
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    sluice_core::cli::main(sluice_example_custom_operator::registry()).await
+fn main() -> ExitCode {
+    sluice_core::cli::main(sluice_example_custom_operator::registry())
 }

@@ -41,6 +41,7 @@ fn new_run(dag: &str, start: DateTime<Utc>, tasks: &[&str]) -> NewRun {
             .collect(),
         at: start,
         backfill_max_active_runs: Some(4),
+        note: Some("loaded after the CRM fix".into()),
     }
 }
 
@@ -114,6 +115,7 @@ async fn story(store: Arc<dyn Store>) {
     assert_eq!(created.logical_date, at(0));
     assert_eq!(created.data_interval_end, at(15));
     assert_eq!(created.conf["quote"], "it's \"ok\"");
+    assert_eq!(created.note.as_deref(), Some("loaded after the CRM fix"));
     let tis = store.task_instances("etl", &run_id).await.unwrap();
     assert_eq!(
         tis.iter()

@@ -980,6 +980,40 @@ struct LogQuery {
 const LOG_CHUNK: u64 = 1 << 20;
 const LOG_CHUNK_MAX: u64 = 8 << 20;
 
+/// The task instance and try a log read names, or the 400/404 that says which part is wrong.
+pub(super) async fn find_try(
+    state: &AppState,
+    key: TaskKey,
+    try_number: &str,
+) -> Result<(TaskInstance, TaskKey, u32), ApiError> {
+    let TaskKey {
+        dag_id,
+        run_id,
+        task_id,
+    } = &key;
+    let number: u32 = try_number
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("try_number `{try_number}` is not a number")))?;
+    let ti = state
+        .store
+        .task_instances(dag_id, run_id)
+        .await?
+        .into_iter()
+        .find(|t| t.task_id == *task_id)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "task `{task_id}` of run `{run_id}` of DAG `{dag_id}` not found"
+            ))
+        })?;
+    if number == 0 || number > ti.try_number {
+        return Err(ApiError::not_found(format!(
+            "task `{task_id}` has tries 1 to {}; there is no try {number}",
+            ti.try_number
+        )));
+    }
+    Ok((ti, key, number))
+}
+
 async fn task_log(
     State(state): State<AppState>,
     Path((dag_id, run_id, task_id, try_number)): Path<(String, String, String, String)>,
@@ -996,26 +1030,16 @@ async fn task_log(
         (None, None) => None,
     };
     let limit = query.limit.unwrap_or(LOG_CHUNK).clamp(1, LOG_CHUNK_MAX);
-    let try_number: u32 = try_number
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("try_number `{try_number}` is not a number")))?;
-    let tis = state.store.task_instances(&dag_id, &run_id).await?;
-    let ti = tis.iter().find(|t| t.task_id == task_id).ok_or_else(|| {
-        ApiError::not_found(format!(
-            "task `{task_id}` of run `{run_id}` of DAG `{dag_id}` not found"
-        ))
-    })?;
-    if try_number == 0 || try_number > ti.try_number {
-        return Err(ApiError::not_found(format!(
-            "task `{task_id}` has tries 1 to {}; there is no try {try_number}",
-            ti.try_number
-        )));
-    }
-    let key = TaskKey {
-        dag_id,
-        run_id,
-        task_id,
-    };
+    let (ti, key, try_number) = find_try(
+        &state,
+        TaskKey {
+            dag_id,
+            run_id,
+            task_id,
+        },
+        &try_number,
+    )
+    .await?;
     // From this machine's folder when the try ran here, else from shared storage.
     let chunk = crate::storage::logs::read_range(&state.places, &key, try_number, offset, limit)
         .await

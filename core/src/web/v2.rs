@@ -851,26 +851,16 @@ async fn task_log(
             ))
         })?,
     };
-    let try_number: u32 = try_number
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("try_number `{try_number}` is not a number")))?;
-    let tis = state.store.task_instances(&dag_id, &run_id).await?;
-    let ti = tis.iter().find(|t| t.task_id == task_id).ok_or_else(|| {
-        ApiError::not_found(format!(
-            "task `{task_id}` of run `{run_id}` of DAG `{dag_id}` not found"
-        ))
-    })?;
-    if try_number == 0 || try_number > ti.try_number {
-        return Err(ApiError::not_found(format!(
-            "task `{task_id}` has tries 1 to {}; there is no try {try_number}",
-            ti.try_number
-        )));
-    }
-    let key = TaskKey {
-        dag_id,
-        run_id,
-        task_id,
-    };
+    let (_, key, try_number) = super::api::find_try(
+        &state,
+        TaskKey {
+            dag_id,
+            run_id,
+            task_id,
+        },
+        &try_number,
+    )
+    .await?;
     let chunk =
         crate::storage::logs::read_range(&state.places, &key, try_number, Some(offset), LOG_CHUNK)
             .await

@@ -76,20 +76,30 @@ struct Paging {
 
 impl Paging {
     fn bounds(&self) -> Result<(u32, u32), ApiError> {
-        let limit = self.limit.unwrap_or(100);
-        let offset = self.offset.unwrap_or(0);
-        if !(1..=10_000).contains(&limit) {
-            return Err(ApiError::bad_request(format!(
-                "limit must be between 1 and 10000, not {limit}"
-            )));
-        }
-        if offset < 0 {
-            return Err(ApiError::bad_request(format!(
-                "offset must not be negative, not {offset}"
-            )));
-        }
-        Ok((limit as u32, offset.min(u32::MAX as i64) as u32))
+        page_bounds(self.limit, self.offset, 100)
     }
+}
+
+/// `limit` (1 to 10,000; `default` when absent) and `offset` (not negative) of a list page,
+/// or a 400 naming the one that is wrong.
+pub(super) fn page_bounds(
+    limit: Option<i64>,
+    offset: Option<i64>,
+    default: i64,
+) -> Result<(u32, u32), ApiError> {
+    let limit = limit.unwrap_or(default);
+    let offset = offset.unwrap_or(0);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and 10000, not {limit}"
+        )));
+    }
+    if offset < 0 {
+        return Err(ApiError::bad_request(format!(
+            "offset must not be negative, not {offset}"
+        )));
+    }
+    Ok((limit as u32, offset.min(u32::MAX as i64) as u32))
 }
 
 /// The request body as `T`, or a 400 saying what to send.

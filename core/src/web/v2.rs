@@ -127,19 +127,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ListQuery {
 
 impl ListQuery {
     fn bounds(&self) -> Result<(u32, u32), ApiError> {
-        let limit = self.limit.unwrap_or(50);
-        let offset = self.offset.unwrap_or(0);
-        if !(1..=10_000).contains(&limit) {
-            return Err(ApiError::bad_request(format!(
-                "limit must be between 1 and 10000, not {limit}"
-            )));
-        }
-        if offset < 0 {
-            return Err(ApiError::bad_request(format!(
-                "offset must not be negative, not {offset}"
-            )));
-        }
-        Ok((limit as u32, offset.min(u32::MAX as i64) as u32))
+        // Airflow 3's default page is 50.
+        super::api::page_bounds(self.limit, self.offset, 50)
     }
 
     /// Refuses an `order_by` other than the list's own order.
